@@ -1,0 +1,3 @@
+from gpmctl.cli import main
+
+main()

@@ -1,0 +1,352 @@
+"""Typed recipes: dataclasses that map one to one onto YAML keys and `key.path=value` overrides.
+
+A recipe file is YAML with the sections below; every field has a default, so a recipe names only what
+it changes. Unknown keys and wrong types are errors that name the file and the key (with a close-match
+suggestion). The fully resolved recipe is saved with every run (`recipe.yaml` in the output folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from gpmctl.errors import ConfigError
+
+
+@dataclass
+class TinyBackbone:
+    """Shape of the embedded default backbone (`model.backbone: tiny`): a Llama built from a config."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+    max_position_embeddings: int = 512
+
+
+@dataclass
+class ModelConfig:
+    """The backbone and the preference head; everything here is saved with the trained model."""
+
+    backbone: str = "tiny"
+    """`tiny` (built from `model.tiny`, offline), a local folder, or a Hugging Face model id."""
+    tokenizer: str | None = None
+    """Tokenizer folder or id; default: the backbone's own (the shipped tiny tokenizer for `tiny`)."""
+    kind: Literal["gpm", "bt"] = "gpm"
+    """`gpm`: preference embedding in R^dim with the skew-symmetric operator; `bt`: scalar reward."""
+    dim: int = 2
+    """GPM embedding dimension 2k (even). Ignored for BT."""
+    gate: bool = False
+    """Prompt-dependent eigenvalue gate (softmax over the k blocks, read at the end of the prompt)."""
+    gate_variant: Literal["softmax", "scaled_softmax"] = "softmax"
+    """`softmax` as in the released checkpoints; `scaled_softmax` = k * softmax(logits / sqrt(hidden))."""
+    l2: bool = True
+    """L2-normalise the GPM embedding (paper section 4.2)."""
+    tau: float | None = None
+    """Temperature: P = sigmoid(s / tau). Default 0.1 for GPM, 1.0 for BT (the paper's settings)."""
+    pool: Literal["last", "first"] = "last"
+    """Token whose hidden state gives the embedding: the last real token (decoders) or the first (CLS)."""
+    eos: Literal["overwrite", "append", "none"] = "overwrite"
+    """`overwrite`: the last token becomes EOS (the reference code); `append`: add EOS if missing."""
+    gate_prompt: Literal["first_turn", "full_prompt"] = "first_turn"
+    """Where the gate reads the prompt: end of the first user turn (reference) or of the whole prompt."""
+    init_std: float | None = None
+    """Std of the head initialisation; default 1 / (hidden_size + 1) as in the reference."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype when loading; `auto` = float32 on CPU, bfloat16 on a bf16-capable GPU."""
+    attn_implementation: str | None = "sdpa"
+    """Attention kernel passed to transformers (`sdpa`, `eager`, `flash_attention_2`)."""
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+    tiny: TinyBackbone = field(default_factory=TinyBackbone)
+
+    def resolved_tau(self) -> float:
+        return self.tau if self.tau is not None else (0.1 if self.kind == "gpm" else 1.0)
+
+
+@dataclass
+class DataConfig:
+    """Where the preference pairs come from and how they are turned into tokens."""
+
+    train: str | None = None
+    """Training file (jsonl, jsonl.gz, json, parquet) in any format `gpmctl data` reads."""
+    eval: str | None = None
+    """Held-out file; if unset, `eval_fraction` of the training prompts are held out."""
+    eval_fraction: float = 0.0
+    """Fraction of training prompts held out for evaluation when `data.eval` is unset (split by prompt)."""
+    max_length: int = 512
+    """Tokens per (prompt, response) sequence after the chat template."""
+    truncation: Literal["right", "left", "error"] = "right"
+    """Over-long sequences: cut the end (reference), cut the start, or stop with an error."""
+    max_samples: int | None = None
+    """Use at most this many training pairs (the first ones), e.g. for a quick check."""
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation. Batch sizes count preference pairs (each pair is two sequences)."""
+
+    epochs: float = 1.0
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides epochs for the schedule length)."""
+    batch_size: int = 8
+    """Pairs per device per micro-batch."""
+    grad_accum: int = 1
+    lr: float = 2e-6
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    warmup_ratio: float = 0.03
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = 1.0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """`auto`: bf16 mixed precision on a bf16-capable GPU, fp32 on CPU (bf16 is slower there)."""
+    seed: int = 42
+    use_margin: bool = False
+    """Subtract each pair's `margin` from the score in the loss."""
+    use_soft_labels: bool = True
+    """Use a pair's `label` (P(chosen > rejected)) as a soft target when present."""
+    logging_steps: int = 10
+    eval_steps: int | None = None
+    """Evaluate every N optimizer steps (and always at the end); default once per epoch."""
+    save_steps: int | None = None
+    """Write a resumable checkpoint every N optimizer steps (and on SIGTERM/SIGUSR1)."""
+    keep_checkpoints: int = 2
+    keep_best: bool = True
+    """The final model is the one with the best eval accuracy (ties: lower eval loss)."""
+
+
+@dataclass
+class Recipe:
+    """A `gpmctl train-rm` recipe."""
+
+    output_dir: str = "runs/gpm"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        m, d, t = self.model, self.data, self.train
+        checks = [
+            (m.kind == "bt" or (m.dim >= 2 and m.dim % 2 == 0), "model.dim", f"must be even and >= 2, got {m.dim}"),
+            (not (m.kind == "bt" and m.gate), "model.gate", "a gate needs a GPM (model.kind: gpm)"),
+            (m.tau is None or m.tau > 0, "model.tau", "must be > 0"),
+            (d.train is not None, "data.train", "is required (a preference file)"),
+            (0.0 <= d.eval_fraction < 1.0, "data.eval_fraction", "must be in [0, 1)"),
+            (d.max_length >= 8, "data.max_length", "must be >= 8"),
+            (t.batch_size >= 1 and t.grad_accum >= 1, "train.batch_size", "batch_size and grad_accum must be >= 1"),
+            (t.epochs > 0 or (t.max_steps or 0) > 0, "train.epochs", "must be > 0 (or set train.max_steps)"),
+            (t.lr > 0, "train.lr", "must be > 0"),
+            (0.0 <= t.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)"),
+        ]
+        for ok, key, problem in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {problem}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# YAML and overrides -> dataclasses, with errors that name the key.
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check (and gently convert) `value` against the annotation `tp`; raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        item_types = args if origin is tuple and args and args[-1] is not Ellipsis else [args[0] if args else Any] * len(value)
+        return origin(_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, item_types)))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return _build(tp, value, prefix=f"{key}.")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 2e-6 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for name, value in values.items():
+        if name not in hints:
+            raise ConfigError(_unknown_key(prefix + str(name), [prefix + n for n in names]))
+        kwargs[name] = _coerce(value, hints[name], prefix + name)
+    return cls(**kwargs)
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(k.rsplit('.', 1)[-1] for k in known)})"
+    return f"unknown key {key}{hint}"
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(tp):
+            keys += _all_keys(tp, prefix + f.name + ".")
+    return keys
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.lr=1e-5` -> ("train.lr", 1e-5); the value is read as YAML (numbers, booleans, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_override(values: dict, key: str, value: Any, cls: type = Recipe) -> None:
+    """Set `values[a][b][c] = value` for key `a.b.c`, checking each part names a recipe field."""
+    parts = key.split(".")
+    node, tp = values, cls
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
+        if part not in hints:
+            raise ConfigError(_unknown_key(key, _all_keys(cls)))
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node, tp = child, hints[part]
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe, apply `key.path=value` overrides, check every key and type."""
+    values: dict = {}
+    source = "overrides"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{path}: no such recipe file")
+        try:
+            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(values).__name__}")
+    try:
+        for text in overrides:
+            apply_override(values, *parse_override(text))
+        recipe = _build(Recipe, values)
+        recipe.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return recipe
+
+
+def recipe_to_dict(recipe: Any) -> dict:
+    def plain(x: Any) -> Any:
+        if isinstance(x, tuple):
+            return list(x)
+        return x
+
+    return {k: (recipe_to_dict(v) if dataclasses.is_dataclass(v) else plain(v)) for k, v in dataclasses.asdict(recipe).items()}
+
+
+def dump_recipe(recipe: Any) -> str:
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shipped recipes: `recipes/*.yaml` in a checkout, packaged as `gpmctl.recipes` in a wheel.
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name -> path of every recipe shipped with gpmctl."""
+    import importlib.resources
+
+    found: dict[str, Path] = {}
+    checkout = Path(__file__).resolve().parent.parent / "recipes"
+    roots = [checkout] if checkout.is_dir() else []
+    try:
+        roots.append(Path(str(importlib.resources.files("gpmctl.recipes"))))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    for root in roots:
+        for p in sorted(root.glob("*.yaml")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """A recipe file path, or the name of a shipped recipe (with or without .yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
+    if path.parent == Path(".") and stem in shipped:
+        return shipped[stem]
+    close = difflib.get_close_matches(stem, list(shipped), n=1)
+    hint = f" (did you mean the shipped recipe {close[0]}?)" if close else ""
+    raise ConfigError(f"{name_or_path}: no such recipe file{hint}")

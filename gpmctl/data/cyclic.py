@@ -1,0 +1,300 @@
+"""Deterministic intransitive ("rock-paper-scissors") preference data, the paper's headline experiment.
+
+Construction:
+  - `num_items` item words sit on a circle, item i at angle theta_i = 2*pi*i / num_items.
+  - Item a beats item b iff sin(theta_b - theta_a) > 0, i.e. b lies less than half a turn ahead of a.
+    Opposite items (sin == 0) are never compared. This global tournament is intransitive.
+  - Each prompt gets one cycle of L evenly spaced items (o, o + n/L, o + 2n/L, ...). Every pair of
+    cycle items with a defined winner is a comparison; for L = 3 that is the 3 links of a 3-cycle.
+  - A response renders one item with random surface words ("Go with jade because it is calm and
+    bold."), so many texts express the same item; the prompt is context and never changes the winner.
+  - Train rows compare every cycle link `train_renderings` times, plus (for a `transitive_fraction` of
+    prompts) a transitive triple of neighbouring items. Test rows compare the same cycles again with
+    response texts that never occur in the train file.
+
+Why Bradley-Terry is capped: a scalar reward orders the items on a line, and a line can agree with at
+most 2 of the 3 links of a 3-cycle, so on 3-cycle test rows no scalar reward exceeds 2/3 accuracy.
+A 2-D preference embedding with the rotation operator places the items on the circle itself and can
+get every link right. `best_scalar_accuracy` computes this "BT ceiling" exactly for any rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from gpmctl.errors import ConfigError
+
+# Single lowercase words, none of which occurs in the other word lists, so a response names one item.
+ITEM_WORDS: tuple[str, ...] = (
+    "red", "blue", "green", "gold", "silver", "copper", "amber", "ivory",
+    "coral", "olive", "pearl", "jade", "oak", "pine", "cedar", "maple",
+    "stone", "glass", "steel", "iron", "brass", "clay", "wool", "silk",
+)  # fmt: skip
+OPENERS: tuple[str, ...] = (
+    "I would pick", "My choice is", "Go with", "Try", "Choose", "Pick", "I recommend", "I suggest",
+    "Consider", "Definitely", "Honestly,", "Surely", "Clearly", "Best is", "The answer is",
+)  # fmt: skip
+CONNECTORS: tuple[str, ...] = (
+    "because it is", "since it is", "as it looks", "which feels", "because it feels", "since it looks",
+    "as it seems", "which is", "given it is", "for it is", "because it seems", "which looks",
+)  # fmt: skip
+ADJECTIVES: tuple[str, ...] = (
+    "bright", "calm", "warm", "strong", "simple", "clean", "bold", "soft", "fresh", "quiet",
+    "rich", "light", "smooth", "sharp", "gentle", "clear", "lively", "solid", "classic", "modern",
+)  # fmt: skip
+PROMPT_TEMPLATES: tuple[str, ...] = (
+    "Which option suits a {topic} best?",
+    "What would you pick for a {topic}?",
+    "Recommend something for my {topic}.",
+    "Help me choose for a {topic}.",
+    "What is your pick for the {topic}?",
+    "Any suggestion for a new {topic}?",
+)
+TOPICS: tuple[str, ...] = (
+    "kitchen", "garden", "bedroom", "office", "poster", "jacket", "sofa", "bicycle", "wedding", "picnic",
+    "website", "logo", "carpet", "lamp", "table", "hallway", "balcony", "notebook", "scarf", "kite",
+)  # fmt: skip
+
+_MAX_RESAMPLES = 10_000  # a fresh test rendering is found in a few tries; this only stops a runaway loop
+_MAX_EXACT_ITEMS = 24  # the subset DP of best_scalar_accuracy holds 2**n floats
+
+
+@dataclass
+class CyclicConfig:
+    """Options of the cyclic data set; same options and seed give byte-identical files."""
+
+    num_prompts: int = 200
+    """Number of prompts; each carries one cycle."""
+    num_items: int = 12
+    """Items on the circle, at most len(ITEM_WORDS)."""
+    cycle_lengths: tuple[int, ...] = (3,)
+    """Cycle length L of each prompt, drawn uniformly from this tuple; each L >= 3 must divide num_items."""
+    train_renderings: int = 4
+    """Train pairs per comparison, each with fresh renderings of both items."""
+    test_renderings: int = 2
+    """Test pairs per comparison, with texts that never occur in the train file."""
+    transitive_fraction: float = 0.3
+    """Probability per prompt of an extra transitive triple of neighbouring items (train only)."""
+    seed: int = 0
+    """Seed of the one random.Random that draws everything."""
+
+
+def item_angle(item_index: int, num_items: int) -> float:
+    """Angle theta_i = 2*pi*i / num_items of item i on the circle, in radians."""
+    return 2 * math.pi * item_index / num_items
+
+
+def prefers(a: int, b: int, num_items: int) -> bool | None:
+    """True if item a beats item b, False if b beats a, None for a tie (same or opposite items).
+
+    Same rule as sin(theta_b - theta_a) > 0, in integers: floats give sin(pi) = 1e-16 > 0.
+    """
+    ahead = (b - a) % num_items  # steps from a to b counter-clockwise
+    if ahead == 0 or 2 * ahead == num_items:
+        return None
+    return 2 * ahead < num_items
+
+
+def _check(cfg: CyclicConfig) -> None:
+    """Raise ConfigError naming the first impossible option."""
+    for name in ("num_prompts", "num_items", "train_renderings", "test_renderings"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"cyclic: {name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.num_items > len(ITEM_WORDS):
+        raise ConfigError(f"cyclic: num_items must be <= {len(ITEM_WORDS)} (built-in item words), got {cfg.num_items}")
+    if not 0.0 <= cfg.transitive_fraction <= 1.0:
+        raise ConfigError(f"cyclic: transitive_fraction must be in [0, 1], got {cfg.transitive_fraction}")
+    if cfg.transitive_fraction > 0 and cfg.num_items < 5:
+        # neighbours o, o+1, o+2 form a tie (n=4) or a cycle (n=3) on so small a circle
+        raise ConfigError(f"cyclic: transitive triples need num_items >= 5, got {cfg.num_items}")
+    if not cfg.cycle_lengths:
+        raise ConfigError("cyclic: cycle_lengths must name at least one cycle length")
+    for length in cfg.cycle_lengths:
+        if length < 3:
+            raise ConfigError(f"cyclic: cycle lengths must be >= 3, got {length}")
+        if cfg.num_items % length:
+            raise ConfigError(f"cyclic: cycle length {length} does not divide num_items={cfg.num_items}")
+
+
+def cycle_items(offset: int, length: int, num_items: int) -> list[int]:
+    """The L evenly spaced items o + m*n/L (mod n), m = 0..L-1."""
+    step = num_items // length
+    return [(offset + m * step) % num_items for m in range(length)]
+
+
+def comparisons(items: list[int], num_items: int) -> list[tuple[int, int]]:
+    """Every (winner, loser) pair among `items` that has a defined winner, in a fixed order."""
+    pairs = []
+    for a, b in combinations(items, 2):
+        a_wins = prefers(a, b, num_items)
+        if a_wins is not None:
+            pairs.append((a, b) if a_wins else (b, a))
+    return pairs
+
+
+def render(rng: random.Random, item: str) -> str:
+    """One response text naming `item`, e.g. "Go with jade because it is calm and bold."."""
+    adj1, adj2 = rng.sample(ADJECTIVES, 2)
+    return f"{rng.choice(OPENERS)} {item} {rng.choice(CONNECTORS)} {adj1} and {adj2}."
+
+
+def generate_cyclic(cfg: CyclicConfig) -> tuple[list[dict], list[dict]]:
+    """Build (train_rows, test_rows); see the module docstring for the construction and row format."""
+    _check(cfg)
+    rng = random.Random(cfg.seed)
+    n, words = cfg.num_items, ITEM_WORDS
+    next_id = [0] * cfg.num_prompts  # ids run on from train into test, so they are unique across files
+
+    def row(p: int, prompt: str, kind: str, winner: int, loser: int, chosen: str, rejected: str) -> dict:
+        next_id[p] += 1
+        return {
+            "id": f"cyc-{p}-{next_id[p] - 1}", "prompt": prompt, "chosen": chosen, "rejected": rejected,
+            "kind": kind, "cycle": p, "chosen_item": words[winner], "rejected_item": words[loser],
+        }  # fmt: skip
+
+    train: list[dict] = []
+    cycles: list[tuple[str, list[tuple[int, int]]]] = []  # (prompt, comparisons) per prompt, for the test rows
+    for p in range(cfg.num_prompts):
+        prompt = rng.choice(PROMPT_TEMPLATES).format(topic=rng.choice(TOPICS))
+        length = rng.choice(cfg.cycle_lengths)
+        pairs = comparisons(cycle_items(rng.randrange(n), length, n), n)
+        cycles.append((prompt, pairs))
+        for winner, loser in pairs:
+            for _ in range(cfg.train_renderings):
+                chosen, rejected = render(rng, words[winner]), render(rng, words[loser])
+                train.append(row(p, prompt, "cycle", winner, loser, chosen, rejected))
+        if rng.random() < cfg.transitive_fraction:
+            start = rng.randrange(n)
+            for winner, loser in comparisons([start, (start + 1) % n, (start + 2) % n], n):
+                for _ in range(cfg.train_renderings):
+                    chosen, rejected = render(rng, words[winner]), render(rng, words[loser])
+                    train.append(row(p, prompt, "transitive", winner, loser, chosen, rejected))
+
+    train_texts = {text for r in train for text in (r["chosen"], r["rejected"])}
+
+    def fresh(item: str) -> str:
+        for _ in range(_MAX_RESAMPLES):
+            text = render(rng, item)
+            if text not in train_texts:
+                return text
+        raise ConfigError(f"cyclic: no unseen rendering of {item!r} left for the test set; lower train_renderings")
+
+    test: list[dict] = []
+    for p, (prompt, pairs) in enumerate(cycles):
+        for winner, loser in pairs:
+            for _ in range(cfg.test_renderings):
+                chosen, rejected = fresh(words[winner]), fresh(words[loser])
+                test.append(row(p, prompt, "cycle", winner, loser, chosen, rejected))
+    return train, test
+
+
+def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    """Write rows as JSON lines to a temp file beside `path`, then rename it, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_cyclic(out_dir: str | Path, cfg: CyclicConfig) -> dict[str, Path]:
+    """Generate the data set and write out_dir/train.jsonl and out_dir/test.jsonl; returns both paths."""
+    train, test = generate_cyclic(cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"train": out / "train.jsonl", "test": out / "test.jsonl"}
+    _write_jsonl_atomic(paths["train"], train)
+    _write_jsonl_atomic(paths["test"], test)
+    return paths
+
+
+def best_scalar_accuracy(rows: list[dict], num_items: int) -> float:
+    """The best accuracy any scalar score of the items (a Bradley-Terry reward) reaches on `rows`.
+
+    A scalar score is a linear order of the items; a row counts as right when its chosen item ranks
+    strictly above its rejected item (ties never help, so strict orders are enough). The score sees
+    the item only, not the prompt or the surface words. This is the "BT ceiling" to report next to
+    trained accuracies; on 3-cycle rows it is at most 2/3.
+
+    On rows where every cycle's comparisons are equally weighted (every test set of generate_cyclic),
+    the circle cut at some point is an optimal order. That is not true for arbitrary rows (weights
+    from transitive triples, or a hand-picked subset of comparisons can make a non-cut order better),
+    so this is solved exactly: the items split into connected components of the comparison graph,
+    and each component's best order is found by dynamic programming over subsets (2**size states).
+    """
+    if not rows:
+        raise ValueError("best_scalar_accuracy: no rows")
+    index = {word: i for i, word in enumerate(ITEM_WORDS[:num_items])}
+    wins = np.zeros((num_items, num_items))  # wins[u, v] = rows whose chosen item is u and rejected item is v
+    for r in rows:
+        try:
+            wins[index[r["chosen_item"]], index[r["rejected_item"]]] += 1
+        except KeyError as e:
+            raise ValueError(f"best_scalar_accuracy: item {e.args[0]!r} is not one of the first {num_items} items")
+    return sum(_best_order_agreement(wins[np.ix_(c, c)]) for c in _components(wins)) / len(rows)
+
+
+def _components(wins: np.ndarray) -> list[list[int]]:
+    """Connected components (lists of item indices) of the undirected graph of compared pairs."""
+    linked = (wins + wins.T) > 0
+    seen: set[int] = set()
+    groups = []
+    for start in range(len(wins)):
+        if start in seen:
+            continue
+        group, stack = [], [start]
+        seen.add(start)
+        while stack:
+            u = stack.pop()
+            group.append(u)
+            for v in np.flatnonzero(linked[u]):
+                if int(v) not in seen:
+                    seen.add(int(v))
+                    stack.append(int(v))
+        groups.append(sorted(group))
+    return groups
+
+
+def _best_order_agreement(wins: np.ndarray, chunk: int = 1 << 18) -> float:
+    """Max over linear orders of the weight of rows ranked right; wins [n, n], n <= 24.
+
+    best[S] = the most weight an order of the item set S (placed above all other items) gets right
+    among rows inside S. Adding v at the bottom of S - {v} gets right the rows won by S - {v} over v:
+        best[S] = max_{v in S} best[S - {v}] + sum_{u in S} wins[u, v]      (wins[v, v] = 0)
+    Sets are processed by size, vectorised over all sets of one size.
+    """
+    n = len(wins)
+    if n == 1:
+        return 0.0
+    if n > _MAX_EXACT_ITEMS:
+        raise ValueError(f"best_scalar_accuracy: {n} linked items is too many for the exact search")
+    sets = np.arange(1 << n, dtype=np.int64)
+    sizes = np.zeros(1 << n, dtype=np.int8)
+    for bit in range(n):
+        sizes += ((sets >> bit) & 1).astype(np.int8)
+    order = np.argsort(sizes, kind="stable")
+    bounds = np.searchsorted(sizes[order], np.arange(n + 2))
+    best = np.zeros(1 << n)
+    bits = np.arange(n, dtype=np.int64)
+    for size in range(1, n + 1):
+        layer = order[bounds[size] : bounds[size + 1]]
+        for lo in range(0, len(layer), chunk):
+            s = layer[lo : lo + chunk]
+            member = ((s[:, None] >> bits) & 1).astype(bool)  # [m, n]
+            gain = member.astype(np.float64) @ wins  # [m, n]: gain[s, v] = sum_{u in S} wins[u, v]
+            cand = np.where(member, best[s[:, None] ^ (1 << bits)] + gain, -np.inf)
+            best[s] = cand.max(axis=1)
+    return float(best[-1])

@@ -1,0 +1,106 @@
+"""From preference records to padded tensors: the one place where text becomes token ids.
+
+A (prompt, response) becomes the chat-templated conversation, tokenised with the tokenizer's default
+special tokens, with EOS at the read position (reference rule, `HeadConfig.eos`), and the index of the
+prompt's last token (where the gate reads the prompt). A pair is two such sequences; a batch of B pairs
+is ONE padded tensor of 2B rows, chosen first, so a training step needs one forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gpmctl.errors import DataError
+
+
+@dataclass
+class EncodedSequence:
+    ids: np.ndarray  # [length] int32
+    prompt_end: int  # index (in ids) of the prompt's last token
+
+
+@dataclass
+class EncodedPair:
+    chosen: EncodedSequence
+    rejected: EncodedSequence
+    margin: float = 0.0
+    label: float = 1.0
+    meta: dict | None = None
+
+
+class SequenceEncoder:
+    """Turns (prompt messages, response messages) into token ids following the model's head settings."""
+
+    def __init__(self, tokenizer, max_length: int, eos: str = "overwrite", gate_prompt: str = "first_turn", truncation: str = "right"):
+        if tokenizer.eos_token_id is None and eos != "none":
+            raise DataError("tokenizer", "has no EOS token; set model.eos: none")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.eos, self.gate_prompt, self.truncation = eos, gate_prompt, truncation
+        self.truncated = 0  # how many sequences were cut (reported by the caller)
+
+    def render(self, messages: list[dict]) -> str:
+        tok = self.tokenizer
+        if tok.chat_template:
+            return tok.apply_chat_template(messages, tokenize=False)
+        # No template (e.g. encoders, the official custom format): contents joined by spaces, then EOS.
+        return " ".join(m["content"] for m in messages) + " " + (tok.eos_token or "")
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def encode(self, prompt: list[dict], response: list[dict], where: str = "") -> EncodedSequence:
+        ids = self._ids(self.render(prompt + response))
+        gate_messages = prompt[:1] if self.gate_prompt == "first_turn" else prompt
+        prompt_len = len(self._ids(self.render(gate_messages)))
+        limit = self.max_length - (1 if self.eos == "append" else 0)
+        if len(ids) > limit:
+            if self.truncation == "error":
+                raise DataError(where or "data", f"{len(ids)} tokens, more than data.max_length={self.max_length}", field="length")
+            self.truncated += 1
+            cut = len(ids) - limit
+            ids = ids[:limit] if self.truncation == "right" else ids[cut:]
+            if self.truncation == "left":
+                prompt_len -= cut
+        if self.eos == "overwrite":
+            ids[-1] = self.tokenizer.eos_token_id
+        elif self.eos == "append" and ids[-1] != self.tokenizer.eos_token_id:
+            ids.append(self.tokenizer.eos_token_id)
+        prompt_end = min(max(prompt_len - 1, 0), len(ids) - 1)
+        return EncodedSequence(np.asarray(ids, dtype=np.int32), prompt_end)
+
+    def encode_pair(self, record, where: str = "", use_margin: bool = True, use_label: bool = True) -> EncodedPair:
+        """`record` is a gpmctl.data.records.PreferenceRecord."""
+        return EncodedPair(
+            chosen=self.encode(record.prompt, record.chosen, where),
+            rejected=self.encode(record.prompt, record.rejected, where),
+            margin=float(record.margin) if (use_margin and record.margin is not None) else 0.0,
+            label=float(record.label) if (use_label and record.label is not None) else 1.0,
+            meta=record.meta or None,
+        )
+
+
+def pad_sequences(seqs: list[EncodedSequence], pad_id: int, side: str = "left") -> dict[str, torch.Tensor]:
+    """Pad to the longest: input_ids, attention_mask [n, L] and prompt_end [n] (in padded coordinates)."""
+    length = max(len(s.ids) for s in seqs)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    prompt_end = torch.empty(len(seqs), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        n = len(s.ids)
+        start = length - n if side == "left" else 0
+        ids[row, start : start + n] = torch.from_numpy(s.ids.astype(np.int64))
+        mask[row, start : start + n] = 1
+        prompt_end[row] = start + s.prompt_end
+    return {"input_ids": ids, "attention_mask": mask, "prompt_end": prompt_end}
+
+
+def collate_pairs(pairs: list[EncodedPair], pad_id: int, side: str = "left") -> dict[str, torch.Tensor]:
+    """B pairs -> one batch of 2B rows (rows 0..B-1 chosen, B..2B-1 rejected) plus margin, label [B]."""
+    batch = pad_sequences([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, side)
+    batch["margin"] = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
+    batch["label"] = torch.tensor([p.label for p in pairs], dtype=torch.float32)
+    return batch

@@ -1,0 +1,213 @@
+"""Building, saving and loading preference models as Hugging Face style folders.
+
+A saved model folder holds
+    config.json               the backbone's transformers config
+    model.safetensors         backbone weights under `<base_model_prefix>.*` (the causal-LM naming of the
+                              released GPM checkpoints) + `value_head.weight` (+ `prompt_head.weight`);
+                              sharded with model.safetensors.index.json when large
+    preference_head.json      kind, dimension, gate, L2, tau, token rules: nothing is guessed from shapes
+    tokenizer files
+so `transformers.AutoModel.from_pretrained(folder)` loads the backbone on its own as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from gpmctl.errors import ModelError
+from gpmctl.models.reward_model import HEAD_FILE, HeadConfig, PreferenceModel
+
+TINY = "tiny"
+
+
+def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
+    """`auto` -> bfloat16 on a bf16-capable GPU, float32 otherwise (this CPU runs bf16 at half the fp32 speed)."""
+    if name == "auto":
+        cuda = torch.device(device).type == "cuda"
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """A tokenizer with a pad token (EOS when it has none, as in the reference) and left padding."""
+    from transformers import AutoTokenizer
+
+    if name_or_path == TINY:
+        from gpmctl.models.tiny_tokenizer import TINY_TOKENIZER_DIR
+
+        name_or_path = str(TINY_TOKENIZER_DIR)
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a tokenizer from {name_or_path!r}: {_first_line(e)}{_offline_hint(name_or_path)}") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    tok.truncation_side = "right"
+    return tok
+
+
+def tiny_backbone(tokenizer, shape, seed: int = 0, attn_implementation: str | None = "sdpa"):
+    """The embedded default: a small Llama built from a config (no download), seeded for reproducibility."""
+    from transformers import AutoModel, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        max_position_embeddings=shape.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return AutoModel.from_config(config, attn_implementation=attn_implementation)
+
+
+def load_backbone(name_or_path: str, dtype: torch.dtype, attn_implementation: str | None, trust_remote_code: bool):
+    """`transformers.AutoModel` from a local folder or a hub id (a causal-LM checkpoint loads its base model)."""
+    from transformers import AutoModel
+
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return _quiet(AutoModel.from_pretrained, name_or_path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a backbone from {name_or_path!r}: {_first_line(e)}{_offline_hint(name_or_path)}") from e
+
+
+def build_model(model_cfg, tokenizer, seed: int, device: torch.device | str = "cpu") -> PreferenceModel:
+    """A fresh PreferenceModel for training, from a recipe's `model` section (gpmctl.config.ModelConfig)."""
+    head = HeadConfig.from_model_config(model_cfg)
+    dtype = resolve_dtype(model_cfg.dtype, device)
+    if model_cfg.backbone == TINY:
+        backbone = tiny_backbone(tokenizer, model_cfg.tiny, seed, model_cfg.attn_implementation).to(dtype)
+    else:
+        backbone = load_backbone(model_cfg.backbone, dtype, model_cfg.attn_implementation, model_cfg.trust_remote_code)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 1)
+        model = PreferenceModel(backbone, head, init_std=model_cfg.init_std)
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def model_state_dict(model: PreferenceModel) -> dict[str, torch.Tensor]:
+    """Weights under the released-checkpoint names: `<prefix>.<backbone key>`, `value_head.weight`, ..."""
+    prefix = model.backbone.base_model_prefix or "model"
+    state = {f"{prefix}.{k}": v for k, v in model.backbone.state_dict().items()}
+    state["value_head.weight"] = model.value_head.weight
+    if model.prompt_head is not None:
+        state["prompt_head.weight"] = model.prompt_head.weight
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def save_model(model: PreferenceModel, out_dir: str | Path, tokenizer=None, extra_files: dict[str, str] | None = None) -> Path:
+    """Write the model folder. Files go to a temporary folder first and are then moved in one by one,
+    preference_head.json last, so an interrupted save never leaves a folder that loads wrong weights."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / ".saving"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    state = model_state_dict(model)
+    split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors", max_shard_size="5GB")
+    for filename, names in split.filename_to_tensors.items():
+        save_file({n: state[n] for n in names}, tmp / filename, metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())}, "weight_map": split.tensor_to_filename}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    model.backbone.config.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
+    (tmp / HEAD_FILE).write_text(json.dumps(model.head.to_json(), indent=2) + "\n")
+    # A previous model in the folder must not be mixed with this one: drop its weights first.
+    (out_dir / HEAD_FILE).unlink(missing_ok=True)
+    for old in out_dir.glob("model*.safetensors*"):
+        old.unlink()
+    for path in sorted(tmp.iterdir(), key=lambda p: p.name == HEAD_FILE):
+        os.replace(path, out_dir / path.name)
+    tmp.rmdir()
+    return out_dir
+
+
+def read_head_config(path: str | Path) -> HeadConfig:
+    path = Path(path)
+    head_file = path / HEAD_FILE
+    if not path.is_dir():
+        raise ModelError(f"{path}: no such model folder")
+    if not head_file.is_file():
+        raise ModelError(f"{path}: not a gpmctl model folder (no {HEAD_FILE}); train one with `gpmctl train-rm`")
+    try:
+        return HeadConfig.from_json(json.loads(head_file.read_text()), str(head_file))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ModelError(f"{head_file}: unreadable ({e})") from e
+
+
+def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device = "cpu", attn_implementation: str | None = "sdpa") -> PreferenceModel:
+    """Load a folder written by `save_model` (backbone through transformers, head tensors read by name)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    head = read_head_config(path)
+    torch_dtype = resolve_dtype(dtype, device)
+    backbone = load_backbone(str(path), torch_dtype, attn_implementation, trust_remote_code=False)
+    model = PreferenceModel(backbone, head)
+    heads = {"value_head.weight": model.value_head, "prompt_head.weight": model.prompt_head}
+    found = set()
+    for shard in sorted(path.glob("model*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            for name in set(f.keys()) & heads.keys():
+                layer = heads[name]
+                if layer is None:
+                    raise ModelError(f"{shard}: has {name} but {HEAD_FILE} says there is no gate")
+                tensor = f.get_tensor(name)
+                if tensor.shape != layer.weight.shape:
+                    raise ModelError(f"{shard}: {name} has shape {list(tensor.shape)}, {HEAD_FILE} implies {list(layer.weight.shape)}")
+                with torch.no_grad():
+                    layer.weight.copy_(tensor.to(layer.weight.dtype))
+                found.add(name)
+    missing = [n for n, layer in heads.items() if layer is not None and n not in found]
+    if missing:
+        raise ModelError(f"{path}: the weights lack {', '.join(missing)}")
+    return model.to(device).eval()
+
+
+def _quiet(fn, *args, **kwargs):
+    """Call a transformers loader without its progress bars and load reports."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _offline_hint(name: str) -> str:
+    if Path(name).exists() or os.environ.get("HF_HUB_OFFLINE") != "1":
+        return ""
+    return " (HF_HUB_OFFLINE=1: pass a local folder instead of a hub id)"

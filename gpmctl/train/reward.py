@@ -1,0 +1,386 @@
+"""`gpmctl train-rm`: train a Bradley-Terry reward model or a General Preference Model.
+
+The recipe, top to bottom:
+  1. prepare the run folder (resolved recipe, environment report) or find the checkpoint to resume
+  2. read and tokenise the preference pairs (held-out split by prompt when no eval file is given)
+  3. build the model, AdamW, the warmup + cosine schedule, and hand them to accelerate
+  4. loop: one forward pass per batch of pairs ([chosen; rejected] stacked), preference loss,
+     gradient accumulation and clipping; log, evaluate, keep the best, checkpoint
+  5. save the final model as a folder every other gpmctl command accepts as --model
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gpmctl.config import Recipe, dump_recipe
+from gpmctl.data.tokenize import EncodedPair, SequenceEncoder, collate_pairs
+from gpmctl.errors import EXIT_PREEMPTED, ConfigError, GpmctlError
+from gpmctl.models import preference as P
+from gpmctl.models.loading import build_model, load_tokenizer, save_model
+from gpmctl.models.reward_model import HEAD_FILE, PreferenceModel
+from gpmctl.train import checkpoint as ckpt
+from gpmctl.utils import RunLog, environment_report, log
+
+
+class Preempted(GpmctlError):
+    """Stopped on request after saving a checkpoint; `--resume auto` continues."""
+
+    exit_code = EXIT_PREEMPTED
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    final_metrics: dict = field(default_factory=dict)
+    best_metrics: dict | None = None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data
+
+
+def split_by_prompt(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic held-out split in which a prompt never sits on both sides."""
+    if eval_fraction <= 0:
+        return records, []
+    train, held = [], []
+    for r in records:
+        key = json.dumps(r.prompt, sort_keys=True, ensure_ascii=False) + f"#{seed}"
+        u = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
+        (held if u < eval_fraction else train).append(r)
+    return train, held
+
+
+def load_pairs(recipe: Recipe, encoder: SequenceEncoder) -> tuple[list[EncodedPair], list[EncodedPair]]:
+    from gpmctl.data.sources import read_source
+
+    d, t = recipe.data, recipe.train
+    train_records = list(read_source(d.train, limit=d.max_samples))
+    if not train_records:
+        raise GpmctlError(f"{d.train}: no preference pairs")
+    if d.eval:
+        eval_records = list(read_source(d.eval))
+    else:
+        train_records, eval_records = split_by_prompt(train_records, d.eval_fraction, t.seed)
+
+    def encode(records, path):
+        return [encoder.encode_pair(r, f"{path}:{i + 1}", t.use_margin, t.use_soft_labels) for i, r in enumerate(records)]
+
+    train = encode(train_records, d.train)
+    held = encode(eval_records, d.eval or d.train)
+    if encoder.truncated:
+        log(f"{encoder.truncated} sequences were longer than data.max_length={d.max_length} and were cut ({d.truncation})")
+    return train, held
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This rank's micro-batches of one epoch: a permutation seeded by (seed, epoch), so a resumed run
+    sees exactly the batches the interrupted one would have seen. Every rank gets the same count."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    per_step = batch_size * world
+    steps = n // per_step if world > 1 else math.ceil(n / batch_size)
+    return [order[s * per_step : (s + 1) * per_step][rank::world] for s in range(steps)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loss and evaluation
+
+
+def pair_loss(model: PreferenceModel, batch: dict, tau: float, use_margin: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over [chosen; rejected] -> (mean loss, per-pair scores s(chosen > rejected) [B])."""
+    out = model(batch["input_ids"], batch["attention_mask"], batch["prompt_end"])
+    half = batch["margin"].shape[0]
+    split = lambda x: (x[:half], x[half:]) if x is not None else (None, None)  # noqa: E731
+    (vc, vr), (gc, _) = split(out.value), split(out.gate)
+    score = P.bt_score(vc, vr) if model.head.kind == "bt" else P.preference_score(vc, vr, gc)
+    label = batch["label"]
+    loss = P.preference_loss(score, tau, batch["margin"] if use_margin else None, None if bool((label == 1).all()) else label)
+    return loss.mean(), score.detach()
+
+
+@torch.no_grad()
+def evaluate(model, pairs: list[EncodedPair], batch_size: int, tau: float, pad_id: int, accelerator) -> dict:
+    """Pair accuracy (s > 0 strictly: ties count wrong), mean P(chosen > rejected), loss; by `kind` if present."""
+    if not pairs:
+        return {}
+    was_training = model.training
+    model.eval()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = list(range(rank, len(pairs), world))
+    per_rank = math.ceil(len(pairs) / world)
+    scores = torch.full((per_rank,), float("nan"))
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start : start + batch_size]
+        batch = {k: v.to(accelerator.device) for k, v in collate_pairs([pairs[i] for i in idx], pad_id).items()}
+        _, s = pair_loss(model, batch, tau, use_margin=False)
+        scores[start : start + len(idx)] = s.float().cpu()
+    gathered = accelerator.gather(scores.to(accelerator.device)).cpu().view(world, per_rank)
+    # Undo the round-robin sharding: row r holds pairs r, r + world, ...
+    ordered = gathered.t().reshape(-1)[: len(pairs)]
+    model.train(was_training)
+    return pair_metrics(ordered, tau, [p.meta for p in pairs])
+
+
+def pair_metrics(scores: torch.Tensor, tau: float, metas: list[dict | None] | None = None) -> dict:
+    s = scores.double()
+    metrics = {
+        "accuracy": float((s > 0).double().mean()),
+        "mean_prob": float(torch.sigmoid(s / tau).mean()),
+        "loss": float(-torch.nn.functional.logsigmoid(s / tau).mean()),
+        "pairs": len(s),
+    }
+    kinds = [m.get("kind") for m in metas] if metas and all(m for m in metas) else None
+    if kinds and any(kinds):
+        for kind in sorted({k for k in kinds if k}):
+            sel = torch.tensor([k == kind for k in kinds])
+            metrics[f"accuracy/{kind}"] = float((s[sel] > 0).double().mean())
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run
+
+
+def _decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and norm weights (as the reference)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _resume_point(output_dir: Path, resume: str | None) -> Path | None:
+    if resume in (None, "none"):
+        if ckpt.list_checkpoints(output_dir) or (output_dir / HEAD_FILE).exists():
+            raise ConfigError(
+                f"{output_dir}: already holds a run; pass --resume auto to continue it or --overwrite to start again"
+            )
+        return None
+    if resume == "auto":
+        found = ckpt.list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise ConfigError(f"{resume}: not a checkpoint folder (no trainer_state.json)")
+    return path
+
+
+class _StopFlag:
+    """SIGTERM / SIGUSR1 (cluster preemption) ask the loop to checkpoint and exit after the current step."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+            if sig is not None:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: bool = False, stop_after_steps: int | None = None) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    m, d, t = recipe.model, recipe.data, recipe.train
+    output_dir = Path(recipe.output_dir)
+    if overwrite and resume not in (None, "none"):
+        raise ConfigError("--overwrite and --resume exclude each other")
+    if overwrite:
+        import shutil
+
+        shutil.rmtree(output_dir / ckpt.CHECKPOINTS, ignore_errors=True)
+        (output_dir / HEAD_FILE).unlink(missing_ok=True)
+    resume_from = _resume_point(output_dir, resume)
+
+    precision = t.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    accelerator = Accelerator(
+        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision],
+        gradient_accumulation_steps=t.grad_accum,
+    )
+    main = accelerator.is_main_process
+    set_seed(t.seed)
+
+    # 1. The run folder.
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+        (output_dir / "environment.json").write_text(json.dumps(environment_report(accelerator), indent=2))
+    runlog = RunLog(output_dir / "log.jsonl", enabled=main)
+
+    # 2. Data.
+    tokenizer = load_tokenizer(m.tokenizer or m.backbone, m.trust_remote_code)
+    encoder = SequenceEncoder(tokenizer, d.max_length, m.eos, m.gate_prompt, d.truncation)
+    started = time.perf_counter()
+    train_pairs, eval_pairs = load_pairs(recipe, encoder)
+    log(f"data: {len(train_pairs)} train pairs, {len(eval_pairs)} eval pairs ({time.perf_counter() - started:.1f}s to tokenise)")
+
+    # 3. Model, optimiser, schedule.
+    model = build_model(m, tokenizer, t.seed, accelerator.device)
+    log(f"model: {m.backbone} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters), head {model.head}")
+    micro_per_epoch = len(epoch_batches(len(train_pairs), t.batch_size, t.seed, 0, accelerator.process_index, accelerator.num_processes))
+    steps_per_epoch = micro_per_epoch // t.grad_accum
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size x train.grad_accum x processes exceeds the {len(train_pairs)} training pairs")
+    total_steps = t.max_steps or math.ceil(t.epochs * steps_per_epoch)
+    optimizer = torch.optim.AdamW(_decay_groups(model, t.weight_decay), lr=t.lr, betas=t.adam_betas)
+    scheduler = get_scheduler(t.scheduler if t.scheduler != "constant" else "constant_with_warmup", optimizer,
+                              num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)  # fmt: skip
+    model, optimizer = accelerator.prepare(model, optimizer)
+    tau = m.resolved_tau()
+    eval_every = t.eval_steps or steps_per_epoch
+
+    state = {"step": 0, "epoch": 0, "micro_batch": 0, "best": None}
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
+        log(f"resumed from {resume_from} at step {state['step']}")
+    log(f"training: {total_steps} steps ({steps_per_epoch} per epoch), batch {t.batch_size} x {t.grad_accum} x {accelerator.num_processes} pairs, {precision}")
+
+    def save_state(reason: str) -> Path:
+        path = ckpt.checkpoint_dir(output_dir, state["step"])
+        if main:
+            ckpt.save_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, state)
+            ckpt.prune_checkpoints(output_dir, max(t.keep_checkpoints, 1))
+            runlog.write({"event": "checkpoint", "step": state["step"], "path": str(path), "reason": reason})
+        accelerator.wait_for_everyone()
+        return path
+
+    def run_eval() -> dict:
+        metrics = evaluate(model, eval_pairs, t.batch_size * 2, tau, tokenizer.pad_token_id, accelerator)
+        if not metrics:
+            return {}
+        runlog.write({"event": "eval", "step": state["step"], **{f"eval/{k}": v for k, v in metrics.items()}})
+        log(f"eval @ step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "pairs"))
+        key = (metrics["accuracy"], -metrics["loss"])
+        if t.keep_best and (state["best"] is None or key > tuple(state["best"]["key"])):
+            state["best"] = {"key": list(key), "step": state["step"], "metrics": metrics}
+            if main:
+                save_model(accelerator.unwrap_model(model), output_dir / "best", tokenizer)
+            accelerator.wait_for_everyone()
+        return metrics
+
+    # 4. The loop.
+    model.train()
+    progress = _progress(total_steps, state["step"], main)
+    window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "tokens": 0, "started": time.perf_counter()}
+    with _StopFlag() as stop, progress:
+        while state["step"] < total_steps:
+            batches = epoch_batches(len(train_pairs), t.batch_size, t.seed, state["epoch"], accelerator.process_index, accelerator.num_processes)
+            batches = batches[: steps_per_epoch * t.grad_accum]  # whole optimizer steps only
+            while state["micro_batch"] < len(batches) and state["step"] < total_steps:
+                idx = batches[state["micro_batch"]]
+                batch = {k: v.to(accelerator.device) for k, v in collate_pairs([train_pairs[i] for i in idx], tokenizer.pad_token_id).items()}
+                with accelerator.accumulate(model):
+                    loss, score = pair_loss(model, batch, tau, t.use_margin)
+                    accelerator.backward(loss)
+                    grad_norm = None
+                    if accelerator.sync_gradients and t.max_grad_norm > 0:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state["micro_batch"] += 1
+                window["loss"] += float(loss) * len(idx)
+                window["correct"] += float((score > 0).sum())
+                window["pairs"] += len(idx)
+                window["tokens"] += int(batch["attention_mask"].sum())
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                state["step"] += 1
+                progress.advance()
+                step = state["step"]
+                if step % t.logging_steps == 0 or step == total_steps:
+                    seconds = time.perf_counter() - window["started"]
+                    record = {
+                        "event": "train", "step": step, "epoch": round(state["epoch"] + state["micro_batch"] / len(batches), 4),
+                        "loss": window["loss"] / window["pairs"], "accuracy": window["correct"] / window["pairs"],
+                        "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                        "pairs_per_s": window["pairs"] / seconds, "tokens_per_s": window["tokens"] / seconds,
+                    }  # fmt: skip
+                    runlog.write(record)
+                    progress.describe(f"loss {record['loss']:.4f} acc {record['accuracy']:.3f}")
+                    window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "tokens": 0, "started": time.perf_counter()}
+                if eval_pairs and step % eval_every == 0 and step != total_steps:
+                    run_eval()
+                if t.save_steps and step % t.save_steps == 0:
+                    save_state("save_steps")
+                if stop.signal or (stop_after_steps is not None and step >= stop_after_steps):
+                    path = save_state(stop.signal or "stop_after_steps")
+                    raise Preempted(f"stopped at step {step} ({stop.signal or '--stop-after-steps'}); checkpoint {path}; continue with --resume auto")
+            if state["micro_batch"] >= len(batches):
+                state["epoch"] += 1
+                state["micro_batch"] = 0
+
+    # 5. Final evaluation and model.
+    final = run_eval()
+    unwrapped = accelerator.unwrap_model(model)
+    if main:
+        best = state["best"]
+        if t.keep_best and best is not None and best["step"] != state["step"] and (output_dir / "best" / HEAD_FILE).exists():
+            log(f"final model: the best eval checkpoint (step {best['step']}, accuracy {best['metrics']['accuracy']:.4f})")
+            from gpmctl.models.loading import load_model
+
+            unwrapped = load_model(output_dir / "best", dtype="float32")
+        save_model(unwrapped, output_dir, tokenizer)
+        summary = {"steps": state["step"], "final_eval": final, "best": best, "recipe": str(output_dir / "recipe.yaml")}
+        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        runlog.write({"event": "done", **summary})
+    accelerator.wait_for_everyone()
+    runlog.close()
+    return TrainResult(output_dir, state["step"], final, state["best"])
+
+
+class _progress:
+    """A Rich progress bar on stderr when it is a terminal; otherwise nothing (logs carry the numbers)."""
+
+    def __init__(self, total: int, done: int, enabled: bool):
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            from gpmctl.utils import stderr_console
+
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                TextColumn("{task.description}"), console=stderr_console(), transient=True)  # fmt: skip
+            self.task = self.bar.add_task("", total=total, completed=done)
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+
+    def advance(self):
+        if self.bar:
+            self.bar.advance(self.task)
+
+    def describe(self, text: str):
+        if self.bar:
+            self.bar.update(self.task, description=text)
