@@ -30,6 +30,9 @@ class TinyBackbone:
     num_kv_heads: int = 2
     intermediate_size: int = 128
     max_position_embeddings: int = 512
+    initializer_range: float = 0.02
+    """Std of the random weights. Larger than a big model's 0.02 so features of different texts differ
+    at initialisation: a balanced cyclic dataset is a saddle point for collapsed embeddings."""
 
 
 @dataclass

@@ -73,7 +73,9 @@ def test_rows_have_the_documented_fields_and_unique_ids():
     assert all(r["chosen_item"] in r["chosen"].split(" ") and r["rejected_item"] in r["rejected"].split(" ") for r in train)
 
 
-@pytest.mark.parametrize("cfg", [CyclicConfig(num_prompts=30), CyclicConfig(num_prompts=30, num_items=24, cycle_lengths=(3, 4, 6, 8))])
+@pytest.mark.parametrize(
+    "cfg", [CyclicConfig(num_prompts=30), CyclicConfig(num_prompts=30, num_items=24, cycle_lengths=(3, 4, 6, 8))]
+)
 def test_chosen_item_beats_rejected_item_by_the_angle_rule(cfg):
     train, test = generate_cyclic(cfg)
     for r in train + test:
@@ -81,16 +83,26 @@ def test_chosen_item_beats_rejected_item_by_the_angle_rule(cfg):
         assert math.sin(gap) > 1e-9  # never a tie, always the winner first
 
 
+def test_test_prompts_never_appear_in_train():
+    train, test = generate_cyclic(CyclicConfig(num_prompts=100))
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
+
+
+def test_word_style_answers_with_the_item_word():
+    train, test = generate_cyclic(CyclicConfig(num_prompts=20))
+    assert all(r["chosen"] == r["chosen_item"] and r["rejected"] == r["rejected_item"] for r in train + test)
+
+
 def test_test_texts_never_appear_in_train():
-    train, test = generate_cyclic(CyclicConfig(num_prompts=100, train_renderings=8))
+    train, test = generate_cyclic(CyclicConfig(num_prompts=100, train_renderings=8, style="sentence"))
     train_texts = {t for r in train for t in (r["chosen"], r["rejected"])}
     assert not train_texts & {t for r in test for t in (r["chosen"], r["rejected"])}
 
 
 def test_every_test_comparison_is_a_comparison_of_its_train_cycle():
     train, test = generate_cyclic(SMALL)
-    train_keys = {(r["cycle"], r["prompt"], r["chosen_item"], r["rejected_item"]) for r in train if r["kind"] == "cycle"}
-    test_keys = {(r["cycle"], r["prompt"], r["chosen_item"], r["rejected_item"]) for r in test}
+    train_keys = {(r["cycle"], r["chosen_item"], r["rejected_item"]) for r in train if r["kind"] == "cycle"}
+    test_keys = {(r["cycle"], r["chosen_item"], r["rejected_item"]) for r in test}
     assert test_keys == train_keys
     assert len(test) == len(train_keys) * SMALL.test_renderings
 
@@ -108,7 +120,8 @@ def test_three_cycles_are_cycles():
 def test_transitive_triples_are_consistent_neighbours():
     train, _ = generate_cyclic(SMALL)
     for p in range(SMALL.num_prompts):
-        triple = {(_index(r["chosen_item"]), _index(r["rejected_item"])) for r in train if r["cycle"] == p and r["kind"] == "transitive"}
+        rows = [r for r in train if r["cycle"] == p and r["kind"] == "transitive"]
+        triple = {(_index(r["chosen_item"]), _index(r["rejected_item"])) for r in rows}
         if triple:
             top = next(w for w, _ in triple if all(l != w for _, l in triple))
             n = SMALL.num_items

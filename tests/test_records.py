@@ -214,7 +214,11 @@ MALFORMED = {
         "rejected",
         "no prompt can be found",
     ),
-    "messages-identical": ({"chosen": [user("a"), assistant("x")], "rejected": [user("a"), assistant("x")]}, "rejected", "identical"),
+    "messages-identical": (
+        {"chosen": [user("a"), assistant("x")], "rejected": [user("a"), assistant("x")]},
+        "rejected",
+        "identical",
+    ),
     "messages-answer-missing": ({"chosen": [user("a")], "rejected": [user("a"), assistant("y")]}, "chosen", "no answer"),
     "messages-vs-string": ({"chosen": [user("a"), assistant("x")], "rejected": "y"}, "rejected", "list of messages"),
     "plain-strings-without-prompt": ({"chosen": "yes", "rejected": "no"}, "prompt", "no prompt can be found"),
@@ -230,6 +234,7 @@ MALFORMED = {
     ),
     "gpm-custom-missing-reject": ({"instruction": "q", "chosen": "A", "label": 0}, "reject", "missing"),
     "gpm-custom-reject-a-number": ({"instruction": "q", "chosen": "A", "reject": 2}, "reject", "got a number"),
+    "gpm-custom-response-missing": ({"instruction": "q", "chosen": {"text": "A"}, "reject": "B"}, "chosen.response", "missing"),
     "gpm-custom-empty-instruction": ({"instruction": " ", "chosen": "A", "reject": "B"}, "instruction", "whitespace"),
 }
 
@@ -275,10 +280,19 @@ def test_non_utf8_reports_the_offset_in_the_file(tmp_path):
     assert f"byte 12 of the line (byte {first_line + 12} of the file)" in str(error)
 
 
+@pytest.mark.parametrize("end", [b"\n", b"\r\n"])
+def test_line_limit_counts_the_content_not_the_line_end(end, tmp_path):
+    line = json.dumps(GOOD_1).encode()
+    path = write_lines(tmp_path / "edge.jsonl", [line, line], end=end)
+    assert all(isinstance(r, PreferenceRecord) for r in iter_records_with_errors(path, max_line_bytes=len(line)))
+    errors = list(iter_records_with_errors(path, max_line_bytes=len(line) - 1))
+    assert [(e.line, f"({len(line)} bytes)" in str(e)) for e in errors] == [(1, True), (2, True)]
+
+
 def test_overlong_line_is_skipped_and_the_next_line_still_read(tmp_path):
     path = write_lines(tmp_path / "long.jsonl", [b'{"prompt": "' + b"y" * 5000 + b'"}', GOOD_4])
     items = list(iter_records_with_errors(path, max_line_bytes=100))
-    assert "longer than 100 bytes (5,015 bytes)" in str(items[0]) and items[0].line == 1
+    assert "longer than 100 bytes (5,014 bytes)" in str(items[0]) and items[0].line == 1
     assert items[1] == parse_row(GOOD_4)
 
 
@@ -391,7 +405,7 @@ def test_hh_rlhf_harmless_test_split_parses():
     assert [m["role"] for m in first.prompt] == ["user", "assistant", "user", "assistant", "user"]
     assert first.prompt[0]["content"] == "what are some pranks with a pen i can do?"
     assert first.prompt_text == "okay some of these do not have anything to do with pens"
-    assert first.chosen == [assistant("No, sorry!  All of these involve a pen, the point is that you can get funny results by doing pranks with pens.")]
+    assert first.chosen_text.startswith("No, sorry!  All of these involve a pen,") and len(first.chosen) == 1
     assert first.rejected_text.startswith("There are lots of funny things you can do with pens")
     assert records[1].prompt_text == "I feel much better when I get drunk and consume a lot of alcohol."
     assert all(r.prompt[-1]["role"] == "user" and r.chosen[0]["role"] == "assistant" for r in records)

@@ -6,11 +6,14 @@ Construction:
     Opposite items (sin == 0) are never compared. This global tournament is intransitive.
   - Each prompt gets one cycle of L evenly spaced items (o, o + n/L, o + 2n/L, ...). Every pair of
     cycle items with a defined winner is a comparison; for L = 3 that is the 3 links of a 3-cycle.
-  - A response renders one item with random surface words ("Go with jade because it is calm and
-    bold."), so many texts express the same item; the prompt is context and never changes the winner.
+  - A response names one item. `style: word` (default) answers with the item's word alone;
+    `style: sentence` renders it with random surface words ("Go with jade because it is calm and
+    bold."), for pretrained backbones that can read a sentence. The prompt is context and never
+    changes the winner.
   - Train rows compare every cycle link `train_renderings` times, plus (for a `transitive_fraction` of
-    prompts) a transitive triple of neighbouring items. Test rows compare the same cycles again with
-    response texts that never occur in the train file.
+    prompts) a transitive triple of neighbouring items. Test rows compare the same cycles again, asked
+    with a prompt worded around a topic that no training prompt uses; in the sentence style the
+    response texts never occur in the train file either.
 
 Why Bradley-Terry is capped: a scalar reward orders the items on a line, and a line can agree with at
 most 2 of the 3 links of a 3-cycle, so on 3-cycle test rows no scalar reward exceeds 2/3 accuracy.
@@ -64,6 +67,9 @@ TOPICS: tuple[str, ...] = (
     "website", "logo", "carpet", "lamp", "table", "hallway", "balcony", "notebook", "scarf", "kite",
 )  # fmt: skip
 
+HELDOUT_TOPICS: tuple[str, ...] = (
+    "cabin", "studio", "bakery", "library", "terrace", "backpack", "festival", "classroom", "harbor", "gallery",
+)  # fmt: skip  # test prompts only
 _MAX_RESAMPLES = 10_000  # a fresh test rendering is found in a few tries; this only stops a runaway loop
 _MAX_EXACT_ITEMS = 24  # the subset DP of best_scalar_accuracy holds 2**n floats
 
@@ -86,6 +92,8 @@ class CyclicConfig:
     """Probability per prompt of an extra transitive triple of neighbouring items (train only)."""
     seed: int = 0
     """Seed of the one random.Random that draws everything."""
+    style: str = "word"
+    """Response wording: `word` (the item's word alone) or `sentence` (the item inside a random sentence)."""
 
 
 def item_angle(item_index: int, num_items: int) -> float:
@@ -116,6 +124,8 @@ def _check(cfg: CyclicConfig) -> None:
     if cfg.transitive_fraction > 0 and cfg.num_items < 5:
         # neighbours o, o+1, o+2 form a tie (n=4) or a cycle (n=3) on so small a circle
         raise ConfigError(f"cyclic: transitive triples need num_items >= 5, got {cfg.num_items}")
+    if cfg.style not in ("word", "sentence"):
+        raise ConfigError(f"cyclic: style must be word or sentence, got {cfg.style!r}")
     if not cfg.cycle_lengths:
         raise ConfigError("cyclic: cycle_lengths must name at least one cycle length")
     for length in cfg.cycle_lengths:
@@ -141,8 +151,10 @@ def comparisons(items: list[int], num_items: int) -> list[tuple[int, int]]:
     return pairs
 
 
-def render(rng: random.Random, item: str) -> str:
-    """One response text naming `item`, e.g. "Go with jade because it is calm and bold."."""
+def render(rng: random.Random, item: str, style: str = "sentence") -> str:
+    """One response text naming `item`: "jade" (word style) or e.g. "Go with jade because it is calm and bold."."""
+    if style == "word":
+        return item
     adj1, adj2 = rng.sample(ADJECTIVES, 2)
     return f"{rng.choice(OPENERS)} {item} {rng.choice(CONNECTORS)} {adj1} and {adj2}."
 
@@ -162,28 +174,31 @@ def generate_cyclic(cfg: CyclicConfig) -> tuple[list[dict], list[dict]]:
         }  # fmt: skip
 
     train: list[dict] = []
-    cycles: list[tuple[str, list[tuple[int, int]]]] = []  # (prompt, comparisons) per prompt, for the test rows
+    cycles: list[tuple[str, list[tuple[int, int]]]] = []  # (test prompt, comparisons) per prompt
     for p in range(cfg.num_prompts):
-        prompt = rng.choice(PROMPT_TEMPLATES).format(topic=rng.choice(TOPICS))
+        template = rng.choice(PROMPT_TEMPLATES)
+        prompt = template.format(topic=rng.choice(TOPICS))
         length = rng.choice(cfg.cycle_lengths)
         pairs = comparisons(cycle_items(rng.randrange(n), length, n), n)
-        cycles.append((prompt, pairs))
+        cycles.append((template.format(topic=rng.choice(HELDOUT_TOPICS)), pairs))
         for winner, loser in pairs:
             for _ in range(cfg.train_renderings):
-                chosen, rejected = render(rng, words[winner]), render(rng, words[loser])
+                chosen, rejected = render(rng, words[winner], cfg.style), render(rng, words[loser], cfg.style)
                 train.append(row(p, prompt, "cycle", winner, loser, chosen, rejected))
         if rng.random() < cfg.transitive_fraction:
             start = rng.randrange(n)
             for winner, loser in comparisons([start, (start + 1) % n, (start + 2) % n], n):
                 for _ in range(cfg.train_renderings):
-                    chosen, rejected = render(rng, words[winner]), render(rng, words[loser])
+                    chosen, rejected = render(rng, words[winner], cfg.style), render(rng, words[loser], cfg.style)
                     train.append(row(p, prompt, "transitive", winner, loser, chosen, rejected))
 
     train_texts = {text for r in train for text in (r["chosen"], r["rejected"])}
 
     def fresh(item: str) -> str:
+        if cfg.style == "word":
+            return item
         for _ in range(_MAX_RESAMPLES):
-            text = render(rng, item)
+            text = render(rng, item, cfg.style)
             if text not in train_texts:
                 return text
         raise ConfigError(f"cyclic: no unseen rendering of {item!r} left for the test set; lower train_renderings")

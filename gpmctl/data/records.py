@@ -46,7 +46,7 @@ import re
 import sys
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -364,7 +364,10 @@ def gpm_custom_record(row: dict, *, allow_empty_responses: bool = True) -> Prefe
     for key in ("chosen", "reject"):
         value, name = _require(row, key), key
         if isinstance(value, dict):
-            value, name = _require(value, "response"), f"{key}.response"
+            name = f"{key}.response"
+            if value.get("response") is None:
+                raise _RowProblem(name, "missing" if "response" not in value else "is null")
+            value = value["response"]
         elif not isinstance(value, str):
             raise _RowProblem(key, f"expected a string or {{\"response\": str}}, got {_json_type(value)}")
         sides.append([{"role": "assistant", "content": _text(value, name, allow_empty=allow_empty_responses)}])
@@ -472,23 +475,26 @@ def iter_records_with_errors(
 
 
 def _records(
-    rows: Iterator[tuple[int, Any, str]], name: str, limit: int | None, allow_empty_responses: bool
+    rows: Generator[tuple[int, Any, str], None, None], name: str, limit: int | None, allow_empty_responses: bool
 ) -> Iterator[PreferenceRecord | DataError]:
     """(number, row or DataError, suffix for messages) -> records and errors, at most `limit`."""
     if limit == 0:
         return
     count = 0
-    for number, row, note in rows:
-        if isinstance(row, DataError):
-            yield row
-        else:
-            try:
-                yield _parse(row, allow_empty_responses)
-            except _RowProblem as p:
-                yield DataError(name, p.problem + note, line=number, field=p.field)
-        count += 1
-        if count == limit:
-            return  # before the next row is read
+    try:
+        for number, row, note in rows:
+            if isinstance(row, DataError):
+                yield row
+            else:
+                try:
+                    yield _parse(row, allow_empty_responses)
+                except _RowProblem as p:
+                    yield DataError(name, p.problem + note, line=number, field=p.field)
+            count += 1
+            if count == limit:
+                return  # before the next row is read
+    finally:
+        rows.close()  # closes the file now, not when the generator is collected
 
 
 def _open_binary(p: Path | None, suffix: str) -> BinaryIO:
@@ -500,16 +506,16 @@ def _open_binary(p: Path | None, suffix: str) -> BinaryIO:
         raise DataError(str(p), f"cannot open: {e.strerror or e}") from None
 
 
-def _jsonl_rows(name: str, p: Path | None, suffix: str, max_line_bytes: int) -> Iterator[tuple[int, Any, str]]:
+def _jsonl_rows(name: str, p: Path | None, suffix: str, max_line_bytes: int) -> Generator[tuple[int, Any, str], None, None]:
     """(line number, decoded row or DataError, "") for each non-blank line; never reads a whole file
-    and never holds more than max_line_bytes + 1 bytes of one line."""
+    and never holds more than max_line_bytes + 2 bytes of one line (the limit excludes the line end)."""
     stream = _open_binary(p, suffix)
     where = "decompressed file" if suffix == ".jsonl.gz" else "file" if p is not None else "input"
     number, offset = 0, 0
     try:
         while True:
             try:
-                raw = stream.readline(max_line_bytes + 1)
+                raw = stream.readline(max_line_bytes + 2)  # room for content + "\r\n"
             except (OSError, EOFError, zlib.error) as e:
                 problem = f"cannot read on from here ({e}); the file is corrupt or cut short"
                 yield number + 1, DataError(name, problem, line=number + 1), ""
@@ -518,10 +524,14 @@ def _jsonl_rows(name: str, p: Path | None, suffix: str, max_line_bytes: int) -> 
                 return
             number += 1
             start, offset = offset, offset + len(raw)
-            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
-                skipped = _skip_rest_of_line(stream)
-                offset += skipped
-                problem = f"line longer than {max_line_bytes} bytes ({len(raw) + skipped:,} bytes); not parsed"
+            ending = 2 if raw.endswith(b"\r\n") else 1 if raw.endswith(b"\n") else 0
+            if len(raw) - ending > max_line_bytes:
+                size = len(raw) - ending
+                if not ending and len(raw) == max_line_bytes + 2:
+                    skipped, rest_ending = _skip_rest_of_line(stream, raw[-1:])
+                    offset += skipped
+                    size += skipped - rest_ending
+                problem = f"line longer than {max_line_bytes} bytes ({size:,} bytes); not parsed"
                 yield number, DataError(name, problem, line=number), ""
                 continue
             if number == 1 and raw.startswith(_BOM):
@@ -543,13 +553,17 @@ def _jsonl_rows(name: str, p: Path | None, suffix: str, max_line_bytes: int) -> 
             stream.close()
 
 
-def _skip_rest_of_line(stream: BinaryIO) -> int:
+def _skip_rest_of_line(stream: BinaryIO, last: bytes) -> tuple[int, int]:
+    """Read to the end of the line in 1 MiB pieces -> (bytes read, bytes of the line end among them).
+    `last` is the byte read just before, in case a "\r\n" straddles the two reads."""
     skipped = 0
     while True:
         chunk = stream.readline(2**20)
         skipped += len(chunk)
         if not chunk or chunk.endswith(b"\n"):
-            return skipped
+            tail = last + chunk
+            return skipped, 2 if tail.endswith(b"\r\n") else 1 if tail.endswith(b"\n") else 0
+        last = chunk[-1:]
 
 
 def _decode_json(text: str, name: str, number: int) -> Any:
@@ -572,7 +586,7 @@ def _json_problem(e: json.JSONDecodeError, text: str, with_line: bool = False) -
     return problem
 
 
-def _json_rows(name: str, p: Path) -> Iterator[tuple[int, Any, str]]:
+def _json_rows(name: str, p: Path) -> Generator[tuple[int, Any, str], None, None]:
     """(row number, row, " (row N)") for each item of a JSON list or {"data": [...]}."""
     try:
         data = p.read_bytes()
@@ -603,7 +617,7 @@ def _json_rows(name: str, p: Path) -> Iterator[tuple[int, Any, str]]:
         yield i, row, f" (row {i})"
 
 
-def _parquet_rows(name: str, p: Path) -> Iterator[tuple[int, Any, str]]:
+def _parquet_rows(name: str, p: Path) -> Generator[tuple[int, Any, str], None, None]:
     """(row number, row, " (row N)") for each row, read by record batches."""
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -64,6 +64,7 @@ def tiny_backbone(tokenizer, shape, seed: int = 0, attn_implementation: str | No
         num_attention_heads=shape.num_heads,
         num_key_value_heads=shape.num_kv_heads,
         max_position_embeddings=shape.max_position_embeddings,
+        initializer_range=shape.initializer_range,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -5,13 +5,16 @@ The embedded default model must load without any hub access, so its tokenizer li
 cyclic data set, sentences the cyclic generator renders, and a block of plain English, so both the
 toy data and ordinary text split into sensible pieces.
 
-Rebuild the shipped files with `python -m gpmctl.models.tiny_tokenizer [OUT_DIR]`. The build is
-byte-for-byte reproducible; tests/test_tiny_tokenizer.py checks the shipped tokenizer.json against
-a fresh build.
+Rebuild the shipped files with `python -m gpmctl.models.tiny_tokenizer [OUT_DIR]` after changing the
+corpus (including the word lists or the generator in gpmctl/data/cyclic.py). The build is byte-for-byte
+reproducible (the BPE trainer breaks count ties by pair id, so thread count does not matter: checked
+with RAYON_NUM_THREADS=1..64 on tokenizers 0.23); tests/test_tiny_tokenizer.py compares the shipped
+files with a fresh build. Another tokenizers release may serialise differently: then rebuild.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -19,6 +22,13 @@ TINY_TOKENIZER_DIR: Path = Path(__file__).resolve().parent.parent / "assets" / "
 
 VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>"]  # ids 0..4 in this order
+TOKENIZER_OPTIONS = {
+    "bos_token": "<|bos|>",
+    "eos_token": "<|eos|>",
+    "pad_token": "<|pad|>",
+    "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+    "model_max_length": 512,
+}
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -63,11 +73,12 @@ def training_corpus() -> list[str]:
     """The fixed lines the BPE is trained on: word lists, rendered cyclic rows and plain English."""
     from gpmctl.data import cyclic
 
-    word_lists = [cyclic.ITEM_WORDS, cyclic.OPENERS, cyclic.CONNECTORS, cyclic.ADJECTIVES, cyclic.TOPICS]
+    word_lists = [cyclic.ITEM_WORDS, cyclic.OPENERS, cyclic.CONNECTORS, cyclic.ADJECTIVES, cyclic.TOPICS, cyclic.HELDOUT_TOPICS]
     lines = [" ".join(words) for words in word_lists] + list(cyclic.PROMPT_TEMPLATES)
-    cfg = cyclic.CyclicConfig(num_prompts=200, num_items=len(cyclic.ITEM_WORDS), cycle_lengths=(3, 4, 6), seed=0)
+    cfg = cyclic.CyclicConfig(num_prompts=200, num_items=len(cyclic.ITEM_WORDS), cycle_lengths=(3, 4, 6), seed=0, style="sentence")
     train, _ = cyclic.generate_cyclic(cfg)
-    lines += [f"{r['prompt']}\n{r['chosen']}\n{r['rejected']}" for r in train]
+    # each row as the text between ChatML's special tokens, so the role names become single tokens
+    lines += [f"user\n{r['prompt']}\nassistant\n{r['chosen']}\nassistant\n{r['rejected']}" for r in train]
     return lines + ENGLISH.splitlines()
 
 
@@ -90,16 +101,13 @@ def build_tiny_tokenizer(out_dir: str | Path) -> None:
         show_progress=False,
     )
     bpe.train_from_iterator(training_corpus(), trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token="<|bos|>",
-        eos_token="<|eos|>",
-        pad_token="<|pad|>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-        chat_template=CHATML,
-        model_max_length=512,
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, chat_template=CHATML, **TOKENIZER_OPTIONS)
     tokenizer.save_pretrained(str(out_dir))
+    # transformers 5 writes tokenizer_class "TokenizersBackend" and a list under "extra_special_tokens",
+    # which transformers 4.x cannot load; these keys load the same tokenizer in both (checked on 4.56, 5.24)
+    portable = {**TOKENIZER_OPTIONS, "tokenizer_class": "PreTrainedTokenizerFast"}
+    config_text = json.dumps(portable, indent=2, sort_keys=True) + "\n"
+    (Path(out_dir) / "tokenizer_config.json").write_text(config_text, encoding="utf-8")
 
 
 def load_tiny_tokenizer():
