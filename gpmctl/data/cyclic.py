@@ -12,8 +12,8 @@ Construction:
     changes the winner.
   - Train rows compare every cycle link `train_renderings` times, plus (for a `transitive_fraction` of
     prompts) a transitive triple of neighbouring items. Test rows compare the same cycles again, asked
-    with a prompt worded around a topic that no training prompt uses; in the sentence style the
-    response texts never occur in the train file either.
+    with a prompt wording (template x topic) that no training prompt uses, one in four of them being
+    held out; in the sentence style the response texts never occur in the train file either.
 
 Why Bradley-Terry is capped: a scalar reward orders the items on a line, and a line can agree with at
 most 2 of the 3 links of a 3-cycle, so on 3-cycle test rows no scalar reward exceeds 2/3 accuracy.
@@ -67,9 +67,10 @@ TOPICS: tuple[str, ...] = (
     "website", "logo", "carpet", "lamp", "table", "hallway", "balcony", "notebook", "scarf", "kite",
 )  # fmt: skip
 
-HELDOUT_TOPICS: tuple[str, ...] = (
-    "cabin", "studio", "bakery", "library", "terrace", "backpack", "festival", "classroom", "harbor", "gallery",
-)  # fmt: skip  # test prompts only
+# Every template x topic wording; one in four is kept for test prompts only (known words, new wording).
+_WORDINGS = [(t, topic) for t in range(len(PROMPT_TEMPLATES)) for topic in range(len(TOPICS))]
+TRAIN_PROMPTS = tuple(PROMPT_TEMPLATES[t].format(topic=TOPICS[c]) for t, c in _WORDINGS if (t + c) % 4)
+HELDOUT_PROMPTS = tuple(PROMPT_TEMPLATES[t].format(topic=TOPICS[c]) for t, c in _WORDINGS if (t + c) % 4 == 0)
 _MAX_RESAMPLES = 10_000  # a fresh test rendering is found in a few tries; this only stops a runaway loop
 _MAX_EXACT_ITEMS = 24  # the subset DP of best_scalar_accuracy holds 2**n floats
 
@@ -176,11 +177,10 @@ def generate_cyclic(cfg: CyclicConfig) -> tuple[list[dict], list[dict]]:
     train: list[dict] = []
     cycles: list[tuple[str, list[tuple[int, int]]]] = []  # (test prompt, comparisons) per prompt
     for p in range(cfg.num_prompts):
-        template = rng.choice(PROMPT_TEMPLATES)
-        prompt = template.format(topic=rng.choice(TOPICS))
+        prompt, heldout_prompt = rng.choice(TRAIN_PROMPTS), rng.choice(HELDOUT_PROMPTS)
         length = rng.choice(cfg.cycle_lengths)
         pairs = comparisons(cycle_items(rng.randrange(n), length, n), n)
-        cycles.append((template.format(topic=rng.choice(HELDOUT_TOPICS)), pairs))
+        cycles.append((heldout_prompt, pairs))
         for winner, loser in pairs:
             for _ in range(cfg.train_renderings):
                 chosen, rejected = render(rng, words[winner], cfg.style), render(rng, words[loser], cfg.style)

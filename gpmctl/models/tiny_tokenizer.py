@@ -73,7 +73,7 @@ def training_corpus() -> list[str]:
     """The fixed lines the BPE is trained on: word lists, rendered cyclic rows and plain English."""
     from gpmctl.data import cyclic
 
-    word_lists = [cyclic.ITEM_WORDS, cyclic.OPENERS, cyclic.CONNECTORS, cyclic.ADJECTIVES, cyclic.TOPICS, cyclic.HELDOUT_TOPICS]
+    word_lists = [cyclic.ITEM_WORDS, cyclic.OPENERS, cyclic.CONNECTORS, cyclic.ADJECTIVES, cyclic.TOPICS]
     lines = [" ".join(words) for words in word_lists] + list(cyclic.PROMPT_TEMPLATES)
     cfg = cyclic.CyclicConfig(num_prompts=200, num_items=len(cyclic.ITEM_WORDS), cycle_lengths=(3, 4, 6), seed=0, style="sentence")
     train, _ = cyclic.generate_cyclic(cfg)
