@@ -303,7 +303,7 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 state["micro_batch"] += 1
-                window["loss"] += float(loss) * len(idx)
+                window["loss"] += float(loss.detach()) * len(idx)
                 window["correct"] += float((score > 0).sum())
                 window["pairs"] += len(idx)
                 window["tokens"] += int(batch["attention_mask"].sum())
