@@ -234,8 +234,20 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+# Names users bring from TRL, transformers and the authors' scripts -> the recipe's own field.
+_ALIASES = {
+    "learning_rate": "lr", "gradient_accumulation_steps": "grad_accum", "accumulated_gradient": "grad_accum",
+    "num_train_epochs": "epochs", "max_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+    "micro_train_batch_size": "batch_size", "max_len": "max_length", "value_head_dim": "dim",
+    "general_preference_tau": "tau", "add_prompt_head": "gate", "warmup": "warmup_ratio",
+    "max_norm": "max_grad_norm", "l2": "weight_decay", "save_path": "output_dir", "pretrain": "backbone",
+}  # fmt: skip
+
+
 def _unknown_key(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    section, _, name = key.rpartition(".")
+    alias = f"{section}.{_ALIASES[name]}" if section and name in _ALIASES else _ALIASES.get(name)
+    close = [alias] if alias in known else difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(k.rsplit('.', 1)[-1] for k in known)})"
     return f"unknown key {key}{hint}"
 

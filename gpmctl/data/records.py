@@ -497,6 +497,40 @@ def _records(
         rows.close()  # closes the file now, not when the generator is collected
 
 
+def iter_rows_with_errors(
+    path: str | Path,
+    *,
+    rename: dict[str, str] | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    allow_empty_responses: bool = True,
+) -> Iterator[tuple[str | None, PreferenceRecord | DataError]]:
+    """Like iter_records_with_errors, with each row's detected format (None when the row could not
+    be decoded or is not an object) and its keys renamed before parsing: `rename` maps a key of the
+    file to the canonical key it stands for, e.g. {"question": "prompt"}; a key already holding the
+    canonical name is replaced."""
+    name, p, suffix = _checked_path(path)
+    if suffix in (".jsonl", ".jsonl.gz"):
+        rows = _jsonl_rows(name, p, suffix, max_line_bytes)
+    elif suffix == ".json":
+        rows = _json_rows(name, p)
+    else:
+        rows = _parquet_rows(name, p)
+    try:
+        for number, row, note in rows:
+            if isinstance(row, DataError):
+                yield None, row
+                continue
+            if rename and isinstance(row, dict):
+                row = {rename.get(k, k): v for k, v in row.items() if k not in rename.values() or k in rename}
+            fmt = detect_format(row) if isinstance(row, dict) and "chosen" in row else None
+            try:
+                yield fmt, _parse(row, allow_empty_responses)
+            except _RowProblem as e:
+                yield fmt, DataError(name, e.problem + note, line=number, field=e.field)
+    finally:
+        rows.close()
+
+
 def _open_binary(p: Path | None, suffix: str) -> BinaryIO:
     if p is None:
         return sys.stdin.buffer
@@ -700,6 +734,7 @@ __all__ = [
     "hh_dialogue_record",
     "implicit_messages_record",
     "iter_records_with_errors",
+    "iter_rows_with_errors",
     "parse_row",
     "read_records",
     "write_jsonl",

@@ -1,0 +1,132 @@
+"""The command line as a user meets it: fast help, one-line errors with exit code 2, recipes and overrides."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpmctl.config import load_recipe, parse_override, resolve_recipe, shipped_recipes
+from gpmctl.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GPMCTL_DEBUG": ""}
+
+
+def gpmctl(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpmctl", *args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_help_lists_the_six_subcommands_without_importing_torch():
+    code = (
+        "import sys; sys.argv = ['gpmctl', '--help']\n"
+        "from gpmctl.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT).stdout
+    for command in ("data", "train-rm", "train-gpo", "score", "eval", "export"):
+        assert command in out
+    assert out.strip().endswith("NO-TORCH")
+
+
+def test_planned_commands_say_so_and_exit_2():
+    result = gpmctl("score", "a.jsonl", "b.jsonl")
+    assert result.returncode == 2 and "not yet available" in result.stderr
+
+
+def test_unknown_recipe_key_names_file_key_and_suggestion(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("output_dir: x\nmodel:\n  dimm: 4\ndata:\n  train: t.jsonl\n")
+    assert_one_line_error(gpmctl("train-rm", str(recipe)), str(recipe), "model.dimm", "model.dim")
+
+
+def test_unknown_override_key_is_an_error():
+    assert_one_line_error(gpmctl("train-rm", "recipes/cyclic_tiny_gpm.yaml", "train.learning_rate=1"), "train.learning_rate", "train.lr")
+
+
+def test_wrong_type_and_bad_yaml_are_errors(tmp_path):
+    assert_one_line_error(gpmctl("train-rm", "recipes/cyclic_tiny_gpm.yaml", "train.batch_size=many"), "train.batch_size", "integer")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    assert_one_line_error(gpmctl("train-rm", str(bad)), str(bad), "YAML")
+
+
+def test_missing_data_file_is_an_error(tmp_path):
+    result = gpmctl("train-rm", "recipes/cyclic_tiny_gpm.yaml", f"output_dir={tmp_path}/o", "data.train=/nowhere/pairs.jsonl")
+    assert_one_line_error(result, "/nowhere/pairs.jsonl")
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    good = '{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}\n'
+    data.write_text(good * 3 + '{"prompt": "Hi", "chosen": "Hello!", "rejected": \n' + good)
+    result = gpmctl("train-rm", "recipes/cyclic_tiny_gpm.yaml", f"output_dir={tmp_path}/o", f"data.train={data}", "data.eval=null")
+    assert_one_line_error(result, f"{data}:4")
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def test_missing_recipe_suggests_a_shipped_one():
+    assert_one_line_error(gpmctl("train-rm", "cyclic_tiny_gmp"), "cyclic_tiny_gpm")
+
+
+def test_print_recipe_resolves_shipped_names_and_overrides():
+    result = gpmctl("train-rm", "cyclic_tiny_bt", "train.lr=0.01", "--print-recipe")
+    assert result.returncode == 0, result.stderr
+    assert "lr: 0.01" in result.stdout and "kind: bt" in result.stdout
+
+
+def test_overrides_are_typed_by_the_recipe_schema():
+    recipe = load_recipe("recipes/cyclic_tiny_gpm.yaml", ["model.dim=4", "model.gate=true", "train.lr=2e-6", "train.adam_betas=[0.9, 0.99]", "data.eval=null"])
+    assert recipe.model.dim == 4 and recipe.model.gate is True and recipe.train.lr == 2e-6
+    assert recipe.train.adam_betas == (0.9, 0.99) and recipe.data.eval is None
+    assert parse_override("data.train=a=b.jsonl") == ("data.train", "a=b.jsonl")
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [("model.dim=3", "even"), ("model.kind=rm", "gpm, bt"), ("model.gate=yes please", "true or false"),
+     ("model.kind=bt", None), ("train.adam_betas=[0.9]", "2 values"), ("nonsense", "key.path=value")],
+)  # fmt: skip
+def test_invalid_values_are_rejected(override, message):
+    if message is None:
+        assert load_recipe("recipes/cyclic_tiny_gpm.yaml", [override, "model.gate=false"]).model.kind == "bt"
+        with pytest.raises(ConfigError, match="gate needs a GPM"):
+            load_recipe("recipes/cyclic_tiny_gpm.yaml", [override, "model.gate=true"])
+        return
+    with pytest.raises(ConfigError, match=message):
+        load_recipe("recipes/cyclic_tiny_gpm.yaml", [override])
+
+
+def test_tau_defaults_follow_the_paper():
+    assert load_recipe(None, ["data.train=x"]).model.resolved_tau() == 0.1
+    assert load_recipe(None, ["data.train=x", "model.kind=bt"]).model.resolved_tau() == 1.0
+
+
+def test_every_shipped_recipe_loads():
+    names = shipped_recipes()
+    assert {"cyclic_tiny_gpm", "cyclic_tiny_bt"} <= set(names)
+    for name in names:
+        load_recipe(resolve_recipe(name))
+
+
+def test_data_cyclic_writes_files_and_reports_the_bt_ceiling(tmp_path):
+    import json
+
+    result = gpmctl("data", "cyclic", str(tmp_path), "--seed", "3", "--num-prompts", "20")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert Path(summary["train"]).is_file() and Path(summary["test"]).is_file()
+    assert summary["bt_ceiling_test"] == pytest.approx(2 / 3, abs=1e-4)
