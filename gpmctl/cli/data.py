@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+import sys
+from contextlib import contextmanager
+from typing import List, Optional
 
 import typer
 
@@ -45,10 +47,180 @@ def cyclic(
     print(json.dumps(summary))
 
 
-@app.command("stats", hidden=True)
-def stats(path: str, limit: Optional[int] = None) -> None:
-    """Count the pairs of a file (more statistics come with the data issue)."""
-    from gpmctl.data.records import read_records
+MAX_SKIPPED_SHOWN = 100  # --skip-invalid prints this many skipped rows, then only counts them
 
-    n = sum(1 for _ in read_records(path, limit=limit))
-    print(json.dumps({"path": path, "pairs": n}))
+
+@contextmanager
+def _progress(label: str):
+    """A row counter on stderr when stderr is a terminal; otherwise nothing (-> None)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from gpmctl.utils import stderr_console
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,} rows"),
+                  TimeElapsedColumn(), console=stderr_console(), transient=True) as bar:  # fmt: skip
+        task = bar.add_task(label, total=None)
+        yield lambda rows: bar.update(task, completed=rows)
+
+
+class _SkipReporter:
+    """Prints skipped rows (the first MAX_SKIPPED_SHOWN) on stderr and counts them all."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, error) -> None:
+        self.count += 1
+        if self.count <= MAX_SKIPPED_SHOWN:
+            print(f"skipped: {error}", file=sys.stderr)
+
+    def summary(self) -> None:
+        if self.count > MAX_SKIPPED_SHOWN:
+            print(f"skipped: ... {self.count - MAX_SKIPPED_SHOWN:,} more rows not shown", file=sys.stderr)
+        if self.count:
+            print(f"skipped {self.count:,} invalid rows (see above)", file=sys.stderr)
+
+
+SKIP_HELP = "Skip bad rows (each is reported on stderr and counted) instead of stopping with exit 2."
+
+
+@app.command("validate")
+def validate(files: List[str] = typer.Argument(..., help="Data files (.jsonl, .jsonl.gz, .json, .parquet; - for stdin).")) -> None:
+    """Check every row of every file in one pass; print each problem as `file:line: field: problem`.
+
+    Problems go to stderr, one per line, then a summary line. The row format is detected per row
+    (explicit, messages, hh-rlhf, gpm-custom). Exit 0 when every row is valid, 2 otherwise.
+
+    Example: gpmctl data validate data/train.jsonl data/test.jsonl.gz
+    """
+    from gpmctl.data.ops import validate as validate_rows
+
+    rows = problems = 0
+    with _progress("validating") as progress:
+        for _, number, problem in validate_rows(files, progress):
+            rows += number > 0
+            if problem is not None:
+                problems += 1
+                print(problem, file=sys.stderr)
+    print(f"validate: {len(files)} file(s), {rows:,} rows, {problems:,} problem(s)", file=sys.stderr)
+    if problems:
+        raise typer.Exit(2)
+
+
+@app.command("convert")
+def convert(
+    src: str = typer.Argument(..., help="Input file in any readable format (- for stdin jsonl)."),
+    dst: str = typer.Argument(..., help="Output: .jsonl, .jsonl.gz, .parquet, or - for jsonl on stdout."),
+    chosen_key: Optional[str] = typer.Option(None, help="Input key that holds the chosen answer (renamed to chosen)."),
+    rejected_key: Optional[str] = typer.Option(None, help="Input key that holds the rejected answer (renamed to rejected)."),
+    prompt_key: Optional[str] = typer.Option(None, help="Input key that holds the prompt (renamed to prompt)."),
+    skip_invalid: bool = typer.Option(False, help=SKIP_HELP),
+) -> None:
+    """Convert a preference file to canonical rows: explicit {prompt, chosen, rejected, ...}.
+
+    jsonl output keeps one-message sides as strings; parquet stores prompt/chosen/rejected as lists
+    of {role, content} and is written in batches. The output appears only when complete (written
+    to a temporary file, then renamed). A summary goes to stderr.
+
+    Example: gpmctl data convert hh-rlhf.jsonl.gz pairs.parquet
+
+    Example: gpmctl data convert raw.jsonl pairs.jsonl --prompt-key question --chosen-key good --rejected-key bad
+    """
+    from gpmctl.data.ops import convert as convert_file
+
+    rename = {k: v for k, v in ((prompt_key, "prompt"), (chosen_key, "chosen"), (rejected_key, "rejected")) if k}
+    skipped = _SkipReporter()
+    with _progress("converting") as progress:
+        result = convert_file(src, dst, rename=rename, skip_invalid=skip_invalid, on_error=skipped, progress=progress)
+    skipped.summary()
+    print(f"convert: wrote {result['rows']:,} rows to {dst}", file=sys.stderr)
+
+
+@app.command("stats")
+def stats(
+    path: str = typer.Argument(..., help="Data file (any readable format; - for stdin)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Also count tokens with this tokenizer (hub id, folder, or tiny)."),
+    against: Optional[str] = typer.Option(None, help="Count prompts of PATH that also occur in this file (contamination)."),
+    limit: Optional[int] = typer.Option(None, help="Read at most this many rows."),
+) -> None:
+    """Print statistics of a preference file as JSON on stdout.
+
+    Keys: rows, valid, invalid; formats (valid rows per detected format); distinct_prompts;
+    duplicate_pairs (rows whose prompt, chosen and rejected repeat an earlier row exactly);
+    swapped_pairs (rows that repeat an earlier pair with chosen and rejected exchanged: a tie);
+    empty_responses (whitespace-only chosen / rejected); chars: p50/p90/p99/max length of the prompt
+    (all its messages), chosen and rejected texts (nearest-rank percentiles); tokens: the same in
+    tokens (raw texts, no chat template, no special tokens) with --tokenizer; against: rows and
+    invalid rows of the other file, shared_prompts (distinct prompts of PATH found there) and
+    rows_with_shared_prompt; prompts are compared casefolded with whitespace collapsed.
+
+    Example: gpmctl data stats pairs.jsonl --tokenizer tiny --against test.jsonl
+    """
+    from gpmctl.data.ops import stats as file_stats
+
+    tok = None
+    if tokenizer is not None:
+        from gpmctl.models.loading import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+    with _progress("reading") as progress:
+        result = file_stats(path, tokenizer=tok, against=against, limit=limit, progress=progress)
+    print(json.dumps(result))
+
+
+@app.command("split")
+def split(
+    src: str = typer.Argument(..., help="Input file (any readable format; - for stdin)."),
+    out_dir: str = typer.Argument(..., help="Folder for train.jsonl and eval.jsonl (created if needed)."),
+    eval_fraction: float = typer.Option(0.1, help="Expected share of prompts held out for eval, in [0, 1]."),
+    seed: int = typer.Option(0, help="Seed of the prompt hash: the same seed gives the same split."),
+    skip_invalid: bool = typer.Option(False, help=SKIP_HELP),
+) -> None:
+    """Split a file into train and eval BY PROMPT: all pairs of a prompt land on the same side.
+
+    A pair is held out when a hash of its prompt messages and the seed falls below
+    --eval-fraction: the rule `train-rm` uses for data.eval_fraction, so the sides match. The
+    share of rows held out is close to, not exactly, the fraction. Prints the counts as JSON.
+
+    Example: gpmctl data split pairs.jsonl data/split --eval-fraction 0.1 --seed 0
+    """
+    from gpmctl.data.ops import split as split_file
+
+    skipped = _SkipReporter()
+    with _progress("splitting") as progress:
+        result = split_file(src, out_dir, eval_fraction=eval_fraction, seed=seed, skip_invalid=skip_invalid,
+                            on_error=skipped, progress=progress)  # fmt: skip
+    skipped.summary()
+    print(json.dumps(result))
+
+
+@app.command("mix")
+def mix(
+    dst: str = typer.Argument(..., help="Output: .jsonl, .jsonl.gz, .parquet, or - for jsonl on stdout."),
+    sources: List[str] = typer.Argument(..., help="Sources as PATH:WEIGHT (weight 1 when left out)."),
+    seed: int = typer.Option(0, help="Seed of the draws: the same seed writes the same file."),
+    total: Optional[int] = typer.Option(None, help="Rows to write; default: the sum of the sources' valid rows."),
+    skip_invalid: bool = typer.Option(False, help=SKIP_HELP),
+) -> None:
+    """Write a weighted mixture of sources (like OpenRLHF's dataset_probs).
+
+    Rule: each output row is drawn from source i with probability WEIGHT_i / sum of weights. A
+    source is read in file order; when it runs out it starts again from its first row, so a small
+    source with a large weight is repeated (with replacement, by whole passes) rather than ending the
+    mixture. --total rows are written (default: the sum of the sources' sizes). Prints per-source
+    counts as JSON on stdout (on stderr when DST is -).
+
+    Example: gpmctl data mix mix.jsonl hh.jsonl.gz:0.7 ultrafeedback.jsonl:0.3 --total 100000 --seed 0
+    """
+    from gpmctl.data.ops import mix as mix_files
+    from gpmctl.data.ops import parse_mix_source
+
+    skipped = _SkipReporter()
+    with _progress("mixing") as progress:
+        result = mix_files(dst, [parse_mix_source(s) for s in sources], seed=seed, total=total,
+                           skip_invalid=skip_invalid, on_error=skipped, progress=progress)  # fmt: skip
+    skipped.summary()
+    print(json.dumps(result), file=sys.stderr if dst == "-" else sys.stdout)

@@ -291,7 +291,7 @@ def percentiles(values: array) -> dict | None:
 
 def _token_lengths(tokenizer, texts: list[str], into: array) -> None:
     if texts:
-        into.extend(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+        into.extend(len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def stats(
