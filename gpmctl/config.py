@@ -342,14 +342,14 @@ def shipped_recipes() -> dict[str, Path]:
 
     found: dict[str, Path] = {}
     checkout = Path(__file__).resolve().parent.parent / "recipes"
-    roots = [checkout] if checkout.is_dir() else []
-    try:
-        roots.append(Path(str(importlib.resources.files("gpmctl.recipes"))))
-    except (ModuleNotFoundError, TypeError):
+    entries = list(checkout.glob("*.yaml")) if checkout.is_dir() else []
+    try:  # an installed wheel: gpmctl/recipes/*.yaml
+        entries += [Path(str(e)) for e in importlib.resources.files("gpmctl.recipes").iterdir()]
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
         pass
-    for root in roots:
-        for p in sorted(root.glob("*.yaml")):
-            found.setdefault(p.stem, p)
+    for path in sorted(entries, key=lambda p: p.name):
+        if path.suffix == ".yaml":
+            found.setdefault(path.stem, path)
     return found
 
 
