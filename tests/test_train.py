@@ -85,3 +85,26 @@ def test_cyclic_recipes_reproduce_the_headline(tmp_path, kind, bound):
     recipe = load_recipe(f"recipes/cyclic_tiny_{kind}.yaml", [f"output_dir={tmp_path / kind}", "train.eval_steps=1000"])
     accuracy = train_reward_model(recipe).final_metrics["accuracy"]
     assert accuracy >= bound if kind == "gpm" else accuracy <= bound
+
+
+@pytest.mark.parametrize("arch", ["bert", "qwen2"])
+def test_a_local_backbone_folder_trains_and_reloads(tmp_path, arch):
+    """Any AutoModel backbone from a local folder: an encoder (BERT) and another decoder family (Qwen2)."""
+    from transformers import AutoModel, BertConfig, Qwen2Config
+
+    from gpmctl.models.loading import load_tokenizer
+
+    tok = load_tokenizer("tiny")
+    shape = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 max_position_embeddings=128, pad_token_id=tok.pad_token_id)  # fmt: skip
+    config = BertConfig(**shape) if arch == "bert" else Qwen2Config(num_key_value_heads=1, **shape)
+    folder = tmp_path / arch
+    AutoModel.from_config(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    pool = "first" if arch == "bert" else "last"
+    recipe = load_recipe("recipes/cyclic_tiny_gpm.yaml", [f"output_dir={tmp_path / 'run'}", f"model.backbone={folder}", f"model.pool={pool}",
+                                                          "model.gate=true", *SMALL_DATA, "train.max_steps=3", "train.batch_size=4"])  # fmt: skip
+    result = train_reward_model(recipe)
+    model = load_model(result.output_dir)
+    assert type(model.backbone).__name__ == ("BertModel" if arch == "bert" else "Qwen2Model")
+    assert model.head.pool == pool and result.final_metrics["pairs"] > 0
