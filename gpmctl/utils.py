@@ -24,6 +24,17 @@ def stderr_console():
     return _console
 
 
+def quiet_libraries() -> None:
+    """Keep library banners and progress bars off stderr (our own log lines say what happens)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if not torch.cuda.is_available():  # DeepSpeed (imported by transformers when installed) warns otherwise
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def log(message: str) -> None:
     """A progress/diagnostic line on stderr (rank 0 only under a distributed launcher)."""
     if int(os.environ.get("RANK", "0")) != 0:

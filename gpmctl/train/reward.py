@@ -29,7 +29,7 @@ from gpmctl.models import preference as P
 from gpmctl.models.loading import build_model, load_tokenizer, save_model
 from gpmctl.models.reward_model import HEAD_FILE, PreferenceModel
 from gpmctl.train import checkpoint as ckpt
-from gpmctl.utils import RunLog, environment_report, log
+from gpmctl.utils import RunLog, environment_report, log, quiet_libraries
 
 
 class Preempted(GpmctlError):
@@ -205,6 +205,7 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
     from transformers import get_scheduler
 
     m, d, t = recipe.model, recipe.data, recipe.train
+    quiet_libraries()
     output_dir = Path(recipe.output_dir)
     if overwrite and resume not in (None, "none"):
         raise ConfigError("--overwrite and --resume exclude each other")
