@@ -13,7 +13,7 @@ import sys
 import typer
 
 from gpmctl import __version__
-from gpmctl.cli import data, demo, stubs, train_rm
+from gpmctl.cli import data, demo, score, stubs, train_rm
 
 app = typer.Typer(
     name="gpmctl",
@@ -26,6 +26,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.command("train-rm", context_settings={"allow_extra_args": False})(train_rm.train_rm)
 app.command("demo")(demo.demo)
+app.command("score")(score.score)
 stubs.register(app)
 
 

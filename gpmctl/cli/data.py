@@ -85,22 +85,46 @@ class _SkipReporter:
 
 
 SKIP_HELP = "Skip bad rows (each is reported on stderr and counted) instead of stopping with exit 2."
+FORMAT_HELP = "Read every row with this reader (explicit, messages, hh-rlhf, gpm-custom, ultrafeedback) instead of detecting it per row."
+ULTRAFEEDBACK_HELP = "UltraFeedback rows: binarize (best vs worst completion) or cyclic (the paper's cyclic triples)."
+CRITERIA_HELP = "With --ultrafeedback cyclic: the aspect of each link, e.g. 'honesty>truthfulness>helpfulness'."
+
+
+def _read_options(fmt: Optional[str], ultrafeedback: str, criteria: Optional[str]):
+    """The flags -> ReadOptions; a bad value is a one-line ConfigError (exit 2)."""
+    from gpmctl.data.records import DEFAULT_CYCLE_CRITERIA, ReadOptions
+    from gpmctl.errors import ConfigError
+
+    try:
+        return ReadOptions(format=fmt, ultrafeedback_mode=ultrafeedback, criteria=criteria or DEFAULT_CYCLE_CRITERIA)
+    except ValueError as e:
+        raise ConfigError(f"--format/--ultrafeedback/--criteria: {e}") from None
 
 
 @app.command("validate")
-def validate(files: List[str] = typer.Argument(..., help="Data files (.jsonl, .jsonl.gz, .json, .parquet; - for stdin).")) -> None:
+def validate(
+    files: List[str] = typer.Argument(..., help="Data files (.jsonl, .jsonl.gz, .json, .parquet; - for stdin)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    ultrafeedback: str = typer.Option("binarize", help=ULTRAFEEDBACK_HELP),
+    criteria: Optional[str] = typer.Option(None, help=CRITERIA_HELP),
+) -> None:
     """Check every row of every file in one pass; print each problem as `file:line: field: problem`.
 
     Problems go to stderr, one per line, then a summary line. The row format is detected per row
-    (explicit, messages, hh-rlhf, gpm-custom). Exit 0 when every row is valid, 2 otherwise.
+    (explicit, messages, hh-rlhf, gpm-custom, ultrafeedback) unless --format names one. Exit 0
+    when every row is valid, 2 otherwise. The summary counts records (an UltraFeedback row may
+    give several, or none).
 
     Example: gpmctl data validate data/train.jsonl data/test.jsonl.gz
+
+    Example: gpmctl data validate raw.jsonl --format explicit
     """
     from gpmctl.data.ops import validate as validate_rows
 
+    options = _read_options(fmt, ultrafeedback, criteria)
     rows = problems = 0
     with _progress("validating") as progress:
-        for _, number, problem in validate_rows(files, progress):
+        for _, number, problem in validate_rows(files, progress, options=options):
             rows += number > 0
             if problem is not None:
                 problems += 1
@@ -118,6 +142,9 @@ def convert(
     rejected_key: Optional[str] = typer.Option(None, help="Input key that holds the rejected answer (renamed to rejected)."),
     prompt_key: Optional[str] = typer.Option(None, help="Input key that holds the prompt (renamed to prompt)."),
     skip_invalid: bool = typer.Option(False, help=SKIP_HELP),
+    fmt: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    ultrafeedback: str = typer.Option("binarize", help=ULTRAFEEDBACK_HELP),
+    criteria: Optional[str] = typer.Option(None, help=CRITERIA_HELP),
 ) -> None:
     """Convert a preference file to canonical rows: explicit {prompt, chosen, rejected, ...}.
 
@@ -128,13 +155,17 @@ def convert(
     Example: gpmctl data convert hh-rlhf.jsonl.gz pairs.parquet
 
     Example: gpmctl data convert raw.jsonl pairs.jsonl --prompt-key question --chosen-key good --rejected-key bad
+
+    Example: gpmctl data convert ultrafeedback.jsonl cyclic.jsonl --ultrafeedback cyclic --criteria 'honesty>truthfulness>helpfulness'
     """
     from gpmctl.data.ops import convert as convert_file
 
+    options = _read_options(fmt, ultrafeedback, criteria)
     rename = {k: v for k, v in ((prompt_key, "prompt"), (chosen_key, "chosen"), (rejected_key, "rejected")) if k}
     skipped = _SkipReporter()
     with _progress("converting") as progress:
-        result = convert_file(src, dst, rename=rename, skip_invalid=skip_invalid, on_error=skipped, progress=progress)
+        result = convert_file(src, dst, rename=rename, skip_invalid=skip_invalid, on_error=skipped, progress=progress,
+                              options=options)  # fmt: skip
     skipped.summary()
     print(f"convert: wrote {result['rows']:,} rows to {dst}", file=sys.stderr)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gpmctl.data.records import FORMATS, PreferenceRecord, iter_rows_with_errors
+from gpmctl.data.records import FORMATS, PreferenceRecord, ReadOptions, iter_rows_with_errors
 from gpmctl.errors import ConfigError, DataError
 
 Progress = Callable[[int], None]  # called with the rows done so far, every PROGRESS_EVERY rows
@@ -44,11 +44,12 @@ def valid_records(
     on_error: OnError | None = None,
     rename: dict[str, str] | None = None,
     progress: Progress | None = None,
+    options: ReadOptions | None = None,
 ) -> Iterator[PreferenceRecord]:
     """The records of a file. A bad row raises its DataError, or with `skip_invalid` goes to
-    `on_error` and reading goes on."""
+    `on_error` and reading goes on. `options`: forced format, UltraFeedback mode (ReadOptions)."""
     count = 0
-    for _, item in iter_rows_with_errors(path, rename=rename):
+    for _, item in iter_rows_with_errors(path, rename=rename, options=options):
         count += 1
         if progress is not None and count % PROGRESS_EVERY == 0:
             progress(count)
@@ -61,12 +62,14 @@ def valid_records(
         yield item
 
 
-def validate(paths: list[str], progress: Progress | None = None) -> Iterator[tuple[str, int, DataError | None]]:
-    """(path, row number within the file, problem or None) for every row of every file, in one
-    pass. A file that cannot be opened is one problem with row number 0."""
+def validate(
+    paths: list[str], progress: Progress | None = None, options: ReadOptions | None = None
+) -> Iterator[tuple[str, int, DataError | None]]:
+    """(path, item number within the file, problem or None) for every record or bad row of every
+    file, in one pass. A file that cannot be opened is one problem with row number 0."""
     for path in paths:
         try:
-            items = iter_rows_with_errors(path)
+            items = iter_rows_with_errors(path, options=options)
             number = 0
             for _, item in items:
                 number += 1
@@ -252,8 +255,10 @@ def convert(
     skip_invalid: bool = False,
     on_error: OnError | None = None,
     progress: Progress | None = None,
+    options: ReadOptions | None = None,
 ) -> dict:
-    """Any readable file -> canonical jsonl / jsonl.gz / parquet (or "-"). -> {"rows", "skipped"}."""
+    """Any readable file -> canonical jsonl / jsonl.gz / parquet (or "-"). -> {"rows", "skipped"}.
+    `options` forces a format or picks the UltraFeedback mode (ReadOptions)."""
     skipped = 0
 
     def count_error(e: DataError) -> None:
@@ -263,7 +268,8 @@ def convert(
             on_error(e)
 
     with RecordWriter(dst) as out:
-        for record in valid_records(src, skip_invalid=skip_invalid, on_error=count_error, rename=rename, progress=progress):
+        for record in valid_records(src, skip_invalid=skip_invalid, on_error=count_error, rename=rename, progress=progress,
+                                    options=options):  # fmt: skip
             out.write(record)
     return {"input": src, "output": dst, "rows": out.rows, "skipped": skipped}
 

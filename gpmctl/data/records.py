@@ -19,6 +19,26 @@ detected per row from its keys (`detect_format`):
   gpm-custom    {"instruction", "chosen", "reject", "label"} of the official GPM code's cyclic data;
                 "chosen"/"reject" are strings or {"response": str}. Its "label" is an index, not a
                 probability: it is ignored.
+  ultrafeedback {"prompt" | "instruction": str, "completions": [{"response": str, "overall_score"?,
+                "fine-grained_score"?, "annotations": {aspect: {"Rating": "1".."5" | "N/A", ...}}}]}
+                (openbmb/UltraFeedback). One row gives zero, one or several records, chosen by
+                `ultrafeedback_mode`:
+                  binarize (default): chosen = the completion with the highest score, rejected = the
+                    one with the lowest (first in file order on ties), margin = the score difference;
+                    score = overall_score, else fine-grained_score, else the mean of the numeric aspect
+                    ratings. The binarized UltraFeedback recipe draws a random lower completion; the
+                    lowest is taken here so the output is deterministic. A row whose scored
+                    completions all tie (or that has fewer than two) gives no record.
+                  cyclic: the paper's construction (section 8 of the reference): for criteria
+                    (c1, ..., cL) (default instruction_following > honesty > truthfulness, "Cyclic No.
+                    4"), every ordered choice of L distinct completions X1..XL with X1 > X2 under c1,
+                    X2 > X3 under c2, ..., XL > X1 under cL (strictly; "N/A" never wins or loses) is
+                    a cycle. Each link is one record, margin = the rating difference, meta kind=cycle,
+                    criterion=<the link's aspect>, cycle=<index of the cycle in the row>,
+                    cycle_criteria="c1>c2>...". Rows without a cycle give no record.
+                Aspect names: instruction_following (alias if), honesty, truthfulness, helpfulness.
+
+Duplicate keys in a JSON object: the last one wins (Python's json, and most JSON readers, do this).
 
 Optional keys of every format: "margin" (a finite number: preference strength), "id" (string or
 integer, kept as a string), "subset" (string). Other scalar keys (string, number, boolean) are kept in
@@ -56,12 +76,18 @@ from gpmctl.errors import DataError
 Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": str}
 
 ROLES = ("user", "assistant", "system")
-FORMATS = ("explicit", "messages", "hh-rlhf", "gpm-custom")
+FORMATS = ("explicit", "messages", "hh-rlhf", "gpm-custom", "ultrafeedback")
+ULTRAFEEDBACK_MODES = ("binarize", "cyclic")
+ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
+ASPECT_ALIASES = {"if": "instruction_following", "instruction-following": "instruction_following"}
+DEFAULT_CYCLE_CRITERIA = ("instruction_following", "honesty", "truthfulness")
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 MAX_LINE_BYTES = 16 * 2**20
 
 # Keys the readers interpret; never written or read as `meta`.
-RESERVED_KEYS = frozenset({"prompt", "chosen", "rejected", "margin", "label", "id", "subset", "instruction", "reject"})
+RESERVED_KEYS = frozenset(
+    {"prompt", "chosen", "rejected", "margin", "label", "id", "subset", "instruction", "reject", "completions"}
+)
 
 _BOM = b"\xef\xbb\xbf"
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
@@ -260,6 +286,8 @@ def _check_different(chosen: list[Message], rejected: list[Message], name: str =
 
 def detect_format(row: dict) -> str:
     """Which of FORMATS a row is, from its keys (and, for implicit rows, the type of "chosen")."""
+    if "completions" in row and "chosen" not in row:
+        return "ultrafeedback"
     if "rejected" not in row and ("reject" in row or "instruction" in row):
         return "gpm-custom"
     if "prompt" in row:
@@ -375,6 +403,138 @@ def gpm_custom_record(row: dict, *, allow_empty_responses: bool = True) -> Prefe
     return PreferenceRecord(prompt, sides[0], sides[1], **_optional_fields(row, soft_label=False))
 
 
+def parse_criteria(criteria: str | Iterable[str]) -> tuple[str, ...]:
+    """"honesty>truthfulness>helpfulness" (or a sequence of names) -> aspect names; ValueError if bad."""
+    names = criteria.split(">") if isinstance(criteria, str) else list(criteria)
+    out = tuple(ASPECT_ALIASES.get(n.strip().lower(), n.strip().lower()) for n in names)
+    unknown = [n for n in out if n not in ASPECTS]
+    if unknown:
+        raise ValueError(f"unknown aspect {unknown[0]!r}; known: {', '.join(ASPECTS)} (or if)")
+    if len(out) < 3:
+        raise ValueError(f"a cycle needs at least 3 criteria, got {len(out)}: {'>'.join(out)}")
+    return out
+
+
+def _rating(value: Any, name: str) -> float | None:
+    """An UltraFeedback rating: "4" / 4 -> 4.0; "N/A", "", null -> None; anything else an error."""
+    if value is None or (isinstance(value, str) and value.strip().upper() in ("", "N/A", "NA")):
+        return None
+    if isinstance(value, bool):
+        raise _RowProblem(name, f"expected a rating like \"4\" or \"N/A\", got {_json_type(value)}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _RowProblem(name, f"expected a rating like \"4\" or \"N/A\", got {_short(value)}") from None
+    if not math.isfinite(number):
+        raise _RowProblem(name, f"expected a finite rating, got {_short(value)}")
+    return number
+
+
+@dataclass
+class _Completion:
+    index: int
+    text: str
+    ratings: dict[str, float | None]  # aspect -> rating (None: N/A or absent)
+    score: float | None  # overall_score, else fine-grained_score, else mean of ratings
+
+
+def _completions(row: dict, allow_empty_responses: bool) -> list[_Completion]:
+    completions = _require(row, "completions")
+    if not isinstance(completions, list):
+        raise _RowProblem("completions", f"expected a list of completions, got {_json_type(completions)}")
+    out = []
+    for i, c in enumerate(completions):
+        where = f"completions[{i}]"
+        if not isinstance(c, dict):
+            raise _RowProblem(where, f"expected a completion object, got {_json_type(c)}")
+        text = _text(_require_at(c, "response", where), f"{where}.response", allow_empty=allow_empty_responses)
+        annotations = c.get("annotations") or {}
+        if not isinstance(annotations, dict):
+            raise _RowProblem(f"{where}.annotations", f"expected an object of aspects, got {_json_type(annotations)}")
+        ratings: dict[str, float | None] = {}
+        for aspect in ASPECTS:
+            note = annotations.get(aspect)
+            if isinstance(note, list):  # some UltraFeedback dumps wrap each aspect in a one-item list
+                note = note[0] if note else None
+            if note is None:
+                ratings[aspect] = None
+            elif isinstance(note, dict):
+                ratings[aspect] = _rating(note.get("Rating"), f"{where}.annotations.{aspect}.Rating")
+            else:
+                raise _RowProblem(f"{where}.annotations.{aspect}", f"expected an object with \"Rating\", got {_json_type(note)}")
+        score = None
+        for key in ("overall_score", "fine-grained_score"):
+            value = c.get(key)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise _RowProblem(f"{where}.{key}", f"expected a finite number, got {_short(value)}")
+                score = float(value)
+                break
+        if score is None:
+            known = [r for r in ratings.values() if r is not None]
+            score = sum(known) / len(known) if known else None
+        out.append(_Completion(i, text, ratings, score))
+    return out
+
+
+def _require_at(obj: dict, key: str, where: str) -> Any:
+    if obj.get(key) is None:
+        raise _RowProblem(f"{where}.{key}", "missing" if key not in obj else "is null")
+    return obj[key]
+
+
+def ultrafeedback_records(
+    row: dict,
+    *,
+    allow_empty_responses: bool = True,
+    mode: str = "binarize",
+    criteria: tuple[str, ...] = DEFAULT_CYCLE_CRITERIA,
+) -> list[PreferenceRecord]:
+    """One UltraFeedback row -> its records (see the module docstring for the two modes)."""
+    if mode not in ULTRAFEEDBACK_MODES:
+        raise ValueError(f"ultrafeedback mode must be one of {', '.join(ULTRAFEEDBACK_MODES)}, got {mode!r}")
+    key = "prompt" if "prompt" in row else "instruction"
+    prompt = [{"role": "user", "content": _text(_require(row, key), key)}]
+    completions = _completions(row, allow_empty_responses)
+    optional = _optional_fields(row, soft_label=False)
+    optional["margin"] = None
+
+    def record(a: _Completion, b: _Completion, margin: float, **meta: Any) -> PreferenceRecord:
+        fields = {**optional, "margin": margin, "meta": {**optional["meta"], **meta}}
+        return PreferenceRecord(prompt, [{"role": "assistant", "content": a.text}], [{"role": "assistant", "content": b.text}], **fields)
+
+    if mode == "binarize":
+        scored = [c for c in completions if c.score is not None]
+        if len(scored) < 2:
+            return []
+        best = max(scored, key=lambda c: c.score)  # max/min keep the first of equals
+        worst = min((c for c in scored if c.text != best.text), key=lambda c: c.score, default=None)
+        if worst is None or worst.score >= best.score:
+            return []
+        return [record(best, worst, best.score - worst.score)]
+
+    from itertools import permutations
+
+    out: list[PreferenceRecord] = []
+    names = ">".join(criteria)
+    cycle = 0
+    for chain in permutations(completions, len(criteria)):
+        if chain[0].index != min(c.index for c in chain) and len(set(criteria)) == 1:
+            continue  # one criterion all round: rotations are the same cycle
+        links = []
+        for k, aspect in enumerate(criteria):
+            a, b = chain[k], chain[(k + 1) % len(chain)]
+            ra, rb = a.ratings[aspect], b.ratings[aspect]
+            if ra is None or rb is None or ra <= rb or a.text == b.text:
+                break
+            links.append((a, b, ra - rb, aspect))
+        else:
+            for a, b, margin, aspect in links:
+                out.append(record(a, b, margin, kind="cycle", criterion=aspect, cycle=cycle, cycle_criteria=names))
+            cycle += 1
+    return out
+
+
 _READERS = {
     "explicit": explicit_prompt_record,
     "messages": implicit_messages_record,
@@ -383,22 +543,63 @@ _READERS = {
 }
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How rows are read: `format` forces one reader (None: detect per row); UltraFeedback mode and
+    cycle criteria; whether empty answers are allowed."""
+
+    format: str | None = None
+    ultrafeedback_mode: str = "binarize"
+    criteria: tuple[str, ...] = DEFAULT_CYCLE_CRITERIA
+    allow_empty_responses: bool = True
+
+    def __post_init__(self) -> None:
+        if self.format is not None and self.format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.ultrafeedback_mode not in ULTRAFEEDBACK_MODES:
+            raise ValueError(f"ultrafeedback mode must be one of {', '.join(ULTRAFEEDBACK_MODES)}, got {self.ultrafeedback_mode!r}")
+        object.__setattr__(self, "criteria", parse_criteria(self.criteria))
+
+
 def parse_row(
     row: Any, *, source: str = "<row>", line: int | None = None, allow_empty_responses: bool = True
 ) -> PreferenceRecord:
-    """One decoded row of any supported format -> record; problems raise DataError(source, ..., line)."""
+    """One decoded row of any supported format -> record; problems raise DataError(source, ..., line).
+    An UltraFeedback row is binarised and must give a pair; use parse_rows for several records."""
+    records = parse_rows(row, source=source, line=line, options=ReadOptions(allow_empty_responses=allow_empty_responses))
+    if len(records) != 1:
+        raise DataError(source, "UltraFeedback row gives no pair (fewer than two scored completions, or all tie)", line=line)
+    return records[0]
+
+
+def parse_rows(
+    row: Any, *, source: str = "<row>", line: int | None = None, options: ReadOptions | None = None
+) -> list[PreferenceRecord]:
+    """One decoded row -> its records (one, except for UltraFeedback rows); problems raise DataError."""
     try:
-        return _parse(row, allow_empty_responses)
+        return _parse(row, options or ReadOptions())
     except _RowProblem as p:
         raise DataError(source, p.problem, line=line, field=p.field) from None
 
 
-def _parse(row: Any, allow_empty_responses: bool) -> PreferenceRecord:
+def _row_format(row: Any, options: ReadOptions) -> str | None:
+    if not isinstance(row, dict):
+        return None
+    if options.format is not None:
+        return options.format
+    return detect_format(row) if "chosen" in row or "completions" in row else None
+
+
+def _parse(row: Any, options: ReadOptions) -> list[PreferenceRecord]:
     if not isinstance(row, dict):
         raise _RowProblem(None, f"expected a JSON object, got {_json_type(row)}")
-    if "chosen" not in row:
+    fmt = _row_format(row, options)
+    if fmt is None:
         raise _RowProblem("chosen", "missing")
-    return _READERS[detect_format(row)](row, allow_empty_responses=allow_empty_responses)
+    if fmt == "ultrafeedback":
+        return ultrafeedback_records(row, allow_empty_responses=options.allow_empty_responses,
+                                     mode=options.ultrafeedback_mode, criteria=options.criteria)  # fmt: skip
+    return [_READERS[fmt](row, allow_empty_responses=options.allow_empty_responses)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,15 +633,17 @@ def read_records(
     limit: int | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
     allow_empty_responses: bool = True,
+    options: ReadOptions | None = None,
 ) -> Iterator[PreferenceRecord]:
     """Records of a .jsonl, .jsonl.gz, .json or .parquet file, or of stdin jsonl for "-".
 
     jsonl is streamed line by line, parquet by record batches; .json is loaded whole (a list of rows
-    or {"data": [rows]}). Stops after `limit` rows. The first problem raises DataError; a missing
-    file or unknown suffix raises at once, before iteration.
+    or {"data": [rows]}). Stops after `limit` rows (an UltraFeedback row may give several records).
+    The first problem raises DataError; a missing file or unknown suffix raises at once, before
+    iteration. `options` forces a format or picks the UltraFeedback mode (see ReadOptions).
     """
     items = iter_records_with_errors(
-        path, limit=limit, max_line_bytes=max_line_bytes, allow_empty_responses=allow_empty_responses
+        path, limit=limit, max_line_bytes=max_line_bytes, allow_empty_responses=allow_empty_responses, options=options
     )
     return _raise_first(items)
 
@@ -452,44 +655,71 @@ def _raise_first(items: Iterator[PreferenceRecord | DataError]) -> Iterator[Pref
         yield item
 
 
+def _options(options: ReadOptions | None, allow_empty_responses: bool) -> ReadOptions:
+    if options is None:
+        return ReadOptions(allow_empty_responses=allow_empty_responses)
+    return options
+
+
+def _file_rows(path: str | Path, max_line_bytes: int) -> tuple[str, Generator[tuple[int, Any, str], None, None]]:
+    name, p, suffix = _checked_path(path)
+    if suffix in (".jsonl", ".jsonl.gz"):
+        return name, _jsonl_rows(name, p, suffix, max_line_bytes)
+    if suffix == ".json":
+        return name, _json_rows(name, p)
+    return name, _parquet_rows(name, p)
+
+
 def iter_records_with_errors(
     path: str | Path,
     *,
     limit: int | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
     allow_empty_responses: bool = True,
+    options: ReadOptions | None = None,
 ) -> Iterator[PreferenceRecord | DataError]:
     """Like read_records, but each bad row is yielded as a DataError and reading goes on with the
     next row. A problem that ends the file (corrupt gzip, a .json that does not parse) is yielded
     last. `limit` counts rows, good and bad. A missing file or unknown suffix raises at once."""
-    name, p, suffix = _checked_path(path)
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    if suffix in (".jsonl", ".jsonl.gz"):
-        rows = _jsonl_rows(name, p, suffix, max_line_bytes)
-    elif suffix == ".json":
-        rows = _json_rows(name, p)
-    else:
-        rows = _parquet_rows(name, p)
-    return _records(rows, name, limit, allow_empty_responses)
+    name, rows = _file_rows(path, max_line_bytes)
+    return (item for _, item in _records(rows, name, limit, _options(options, allow_empty_responses)))
+
+
+def iter_row_records(
+    rows: Iterable[Any], source: str, *, limit: int | None = None, options: ReadOptions | None = None
+) -> Iterator[PreferenceRecord | DataError]:
+    """Records (and DataErrors) of already decoded rows, e.g. a `datasets.Dataset`; errors say
+    "SOURCE:N" with N the 1-based row number."""
+
+    def numbered() -> Generator[tuple[int, Any, str], None, None]:
+        for i, row in enumerate(rows, start=1):
+            yield i, row, f" (row {i})"
+
+    return (item for _, item in _records(numbered(), source, limit, options or ReadOptions()))
 
 
 def _records(
-    rows: Generator[tuple[int, Any, str], None, None], name: str, limit: int | None, allow_empty_responses: bool
-) -> Iterator[PreferenceRecord | DataError]:
-    """(number, row or DataError, suffix for messages) -> records and errors, at most `limit`."""
+    rows: Generator[tuple[int, Any, str], None, None], name: str, limit: int | None, options: ReadOptions
+) -> Iterator[tuple[str | None, PreferenceRecord | DataError]]:
+    """(number, row or DataError, suffix for messages) -> (format, record or error), `limit` rows."""
     if limit == 0:
         return
     count = 0
     try:
         for number, row, note in rows:
             if isinstance(row, DataError):
-                yield row
+                yield None, row
             else:
+                fmt = _row_format(row, options)
                 try:
-                    yield _parse(row, allow_empty_responses)
+                    records = _parse(row, options)
                 except _RowProblem as p:
-                    yield DataError(name, p.problem + note, line=number, field=p.field)
+                    yield fmt, DataError(name, p.problem + note, line=number, field=p.field)
+                else:
+                    for record in records:
+                        yield fmt, record
             count += 1
             if count == limit:
                 return  # before the next row is read
@@ -503,32 +733,24 @@ def iter_rows_with_errors(
     rename: dict[str, str] | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
     allow_empty_responses: bool = True,
+    options: ReadOptions | None = None,
 ) -> Iterator[tuple[str | None, PreferenceRecord | DataError]]:
-    """Like iter_records_with_errors, with each row's detected format (None when the row could not
-    be decoded or is not an object) and its keys renamed before parsing: `rename` maps a key of the
-    file to the canonical key it stands for, e.g. {"question": "prompt"}; a key already holding the
-    canonical name is replaced."""
-    name, p, suffix = _checked_path(path)
-    if suffix in (".jsonl", ".jsonl.gz"):
-        rows = _jsonl_rows(name, p, suffix, max_line_bytes)
-    elif suffix == ".json":
-        rows = _json_rows(name, p)
-    else:
-        rows = _parquet_rows(name, p)
-    try:
-        for number, row, note in rows:
-            if isinstance(row, DataError):
-                yield None, row
-                continue
-            if rename and isinstance(row, dict):
-                row = {rename.get(k, k): v for k, v in row.items() if k not in rename.values() or k in rename}
-            fmt = detect_format(row) if isinstance(row, dict) and "chosen" in row else None
-            try:
-                yield fmt, _parse(row, allow_empty_responses)
-            except _RowProblem as e:
-                yield fmt, DataError(name, e.problem + note, line=number, field=e.field)
-    finally:
-        rows.close()
+    """Like iter_records_with_errors, with each row's format (None when the row could not be decoded
+    or is not an object) and its keys renamed before parsing: `rename` maps a key of the file to the
+    canonical key it stands for, e.g. {"question": "prompt"}; a key already holding the canonical
+    name is replaced. An UltraFeedback row gives one item per record."""
+    name, rows = _file_rows(path, max_line_bytes)
+
+    def renamed() -> Generator[tuple[int, Any, str], None, None]:
+        try:
+            for number, row, note in rows:
+                if rename and isinstance(row, dict):
+                    row = {rename.get(k, k): v for k, v in row.items() if k not in rename.values() or k in rename}
+                yield number, row, note
+        finally:
+            rows.close()
+
+    return _records(renamed(), name, None, _options(options, allow_empty_responses))
 
 
 def _open_binary(p: Path | None, suffix: str) -> BinaryIO:
@@ -723,7 +945,13 @@ def _umask() -> int:
 
 
 __all__ = [
+    "ASPECTS",
     "FORMATS",
+    "ReadOptions",
+    "iter_row_records",
+    "parse_criteria",
+    "parse_rows",
+    "ultrafeedback_records",
     "MAX_LINE_BYTES",
     "Message",
     "PreferenceRecord",

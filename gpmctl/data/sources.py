@@ -1,22 +1,48 @@
-"""Where a recipe's `data.train` / `data.eval` come from: a file, or a generator spec.
+"""Where a recipe's `data.train` / `data.eval` come from: files, folders, generators, the Hub, mixtures.
 
     path/to/pairs.jsonl                          any file gpmctl.data.records reads
+    path/to/folder                               every readable file directly inside it (.jsonl,
+                                                 .jsonl.gz, .json, .parquet), by sorted name, in turn
     cyclic:train  cyclic:test                    the deterministic cyclic generator (gpmctl.data.cyclic),
     cyclic:test?seed=1&num_prompts=100           with CyclicConfig fields as query options
+    ultrafeedback:SOURCE                         UltraFeedback rows of SOURCE (a file, folder or Hub id),
+    ultrafeedback:binarize:SOURCE                  binarised: best vs worst completion (the default)
+    ultrafeedback:cyclic:SOURCE                  the paper's cyclic triples from the aspect ratings,
+    ultrafeedback:cyclic:SOURCE?criteria=honesty>truthfulness>helpfulness
+                                                 with the aspect of each link (default
+                                                 instruction_following>honesty>truthfulness; `if` is
+                                                 short for instruction_following)
+    org/name  org/name:split                     a Hugging Face dataset through datasets.load_dataset,
+    org/name@config  org/name@config:split       when no such local path exists (default split: train)
+    a.jsonl:0.7,b.jsonl:0.3                      a mixture (weights default to 1; any source above as a
+                                                 part, except another mixture)
+
+Mixture rule: the parts are interleaved deterministically by smooth weighted round robin: every step
+each part gains its weight in credit, the part with the most credit (the first on ties) gives the next
+record and loses the total weight. Over any stretch each part's share stays within one record of
+weight / total. The mixture holds as many records as its parts together; a part that runs out starts
+again from its first record (a small heavy part is repeated, as in `gpmctl data mix`). Reading a
+mixture reads each part once to count it first.
+
+Hub sources need the network or the datasets cache; offline (HF_DATASETS_OFFLINE=1) or without a
+connection a missing dataset fails at once with one line naming it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from urllib.parse import parse_qsl
 
 import yaml
 
-from gpmctl.errors import ConfigError
+from gpmctl.errors import ConfigError, DataError
 
 CYCLIC = "cyclic:"
+ULTRAFEEDBACK = "ultrafeedback:"
 
 
 def parse_cyclic_spec(spec: str):
@@ -49,11 +75,154 @@ def source_rows(spec: str) -> list[dict]:
     return train if split == "train" else test
 
 
-def read_source(spec: str, limit: int | None = None) -> Iterator:
-    """PreferenceRecords of a file or a generator spec."""
-    from gpmctl.data.records import parse_row, read_records
+def parse_ultrafeedback_spec(spec: str):
+    """`ultrafeedback:[binarize:|cyclic:]SOURCE[?criteria=a>b>c]` -> (SOURCE, ReadOptions)."""
+    from gpmctl.data.records import DEFAULT_CYCLE_CRITERIA, ReadOptions
 
-    if not spec.startswith(CYCLIC):
-        return read_records(spec, limit=limit)
-    rows = source_rows(spec)[:limit]
-    return (parse_row(row, source=spec, line=i + 1) for i, row in enumerate(rows))
+    body = spec[len(ULTRAFEEDBACK) :]
+    mode = "binarize"
+    for name in ("binarize", "cyclic"):
+        if body.startswith(name + ":"):
+            mode, body = name, body[len(name) + 1 :]
+    inner, _, query = body.partition("?")
+    criteria: typing.Any = DEFAULT_CYCLE_CRITERIA
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key != "criteria":
+            raise ConfigError(f"{spec}: unknown ultrafeedback option {key!r} (known: criteria)")
+        criteria = value
+    if not inner:
+        raise ConfigError(f"{spec}: name a source after 'ultrafeedback:', e.g. ultrafeedback:cyclic:uf.jsonl")
+    try:
+        return inner, ReadOptions(format="ultrafeedback", ultrafeedback_mode=mode, criteria=criteria)
+    except ValueError as e:
+        raise ConfigError(f"{spec}: {e}") from None
+
+
+def parse_mixture(spec: str) -> list[tuple[str, float]] | None:
+    """`a.jsonl:0.7,b.jsonl:0.3` -> [(a.jsonl, 0.7), (b.jsonl, 0.3)]; None when `spec` is not a
+    mixture (no comma, or an existing path with a comma in its name)."""
+    from gpmctl.data.ops import parse_mix_source
+
+    if "," not in spec or Path(spec).exists() or spec.startswith(CYCLIC):
+        return None
+    parts = [p.strip() for p in spec.split(",")]
+    if any(not p for p in parts):
+        raise ConfigError(f"{spec}: empty part in the mixture; write a.jsonl:0.7,b.jsonl:0.3")
+    return [parse_mix_source(p) for p in parts]
+
+
+def weighted_interleave(weights: list[float]) -> Iterator[int]:
+    """Endless part indices by smooth weighted round robin (see the module docstring)."""
+    total = sum(weights)
+    credit = [0.0] * len(weights)
+    while True:
+        for i, w in enumerate(weights):
+            credit[i] += w
+        best = max(range(len(weights)), key=lambda i: (credit[i], -i))
+        credit[best] -= total
+        yield best
+
+
+def _mixture_records(parts: list[tuple[str, float]], limit: int | None) -> Iterator:
+    sizes = [sum(1 for _ in read_source(path)) for path, _ in parts]
+    for (path, _), size in zip(parts, sizes):
+        if size == 0:
+            raise DataError(path, "no records to mix")
+
+    def cycle(path: str) -> Iterator:
+        while True:
+            yield from read_source(path)
+
+    streams = [cycle(path) for path, _ in parts]
+    total = sum(sizes) if limit is None else min(sum(sizes), limit)
+    order = weighted_interleave([w for _, w in parts])
+    return (next(streams[next(order)]) for _ in range(total))
+
+
+def _hub_id(spec: str) -> tuple[str, str | None, str] | None:
+    """`name[@config][:split]` -> (name, config, split) when it looks like a Hub id, else None."""
+    if spec.startswith(("/", ".", "~")) or "\\" in spec:
+        return None
+    head, _, split = spec.partition(":")
+    name, _, config = head.partition("@")
+    parts = name.split("/")
+    if not 1 <= len(parts) <= 2 or not all(parts) or Path(name).suffix in (".jsonl", ".json", ".parquet", ".gz"):
+        return None
+    return name, config or None, split or "train"
+
+
+def _hub_rows(spec: str, name: str, config: str | None, split: str) -> Iterable:
+    """The rows of a Hub dataset; any failure to reach it is one DataError line."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(spec, "no such file, and the datasets package is not installed to read it as a Hub dataset") from None
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except (ConnectionError, OSError, ValueError, FileNotFoundError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(
+            spec,
+            f"no such local path, and Hugging Face dataset {name!r}"
+            f"{f' (config {config!r})' if config else ''} split {split!r} could not be loaded ({first}); "
+            "pass a local file (.jsonl, .jsonl.gz, .json, .parquet) or folder instead",
+        ) from None
+    except Exception as e:  # datasets raises its own types for unknown splits/configs
+        raise DataError(spec, f"Hugging Face dataset {name!r} could not be loaded: {type(e).__name__}: {e}; "
+                              "pass a local file instead") from None  # fmt: skip
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    from gpmctl.data.records import SUFFIXES, _suffix
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and _suffix(p) in SUFFIXES)
+    if not files:
+        raise DataError(str(folder), f"folder holds no data files ({', '.join(SUFFIXES)})")
+    return files
+
+
+def read_source(spec: str, limit: int | None = None, options=None) -> Iterator:
+    """PreferenceRecords of a source spec (see the module docstring). Problems raise DataError /
+    ConfigError naming the source; a missing source raises before iteration starts."""
+    from gpmctl.data.records import iter_row_records, parse_row, read_records
+
+    spec = str(spec)
+    if spec.startswith(CYCLIC):
+        rows = source_rows(spec)[:limit]
+        return (parse_row(row, source=spec, line=i + 1) for i, row in enumerate(rows))
+    if spec.startswith(ULTRAFEEDBACK):
+        inner, uf_options = parse_ultrafeedback_spec(spec)
+        return read_source(inner, limit, uf_options)
+    mixture = parse_mixture(spec)
+    if mixture is not None:
+        if options is not None:
+            raise ConfigError(f"{spec}: a mixture cannot sit inside ultrafeedback:; prefix each part instead")
+        return _mixture_records(mixture, limit)
+    path = Path(spec)
+    if spec == "-" or path.is_file():
+        return read_records(spec, limit=limit, options=options)
+    if path.is_dir():
+        files = _folder_files(path)
+        records = itertools.chain.from_iterable(read_records(f, options=options) for f in files)
+        return itertools.islice(records, limit) if limit is not None else records
+    hub = _hub_id(spec)
+    if hub is None:
+        return read_records(spec, limit=limit, options=options)  # the usual "no such file" / suffix error
+    rows = _hub_rows(spec, *hub)
+    return _raise_first(iter_row_records(rows, spec, limit=limit, options=options))
+
+
+def _raise_first(items: Iterator) -> Iterator:
+    from gpmctl.data.records import _raise_first as first
+
+    return first(items)
+
+
+__all__ = [
+    "parse_cyclic_spec",
+    "parse_mixture",
+    "parse_ultrafeedback_spec",
+    "read_source",
+    "source_rows",
+    "weighted_interleave",
+]

@@ -1,0 +1,106 @@
+"""`gpmctl score A B [C ...] --model M`: P(a > b) per line, or a K x K matrix for K files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def score(
+    inputs: list[str] = typer.Argument(..., help="K >= 2 jsonl files (or - for stdin, once); line i of each answers the same prompt."),
+    model: str = typer.Option(..., "--model", "-m", help="A model folder written by train-rm."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write here instead of stdout (atomically; see --resume)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted -o run after its last complete chunk (same --chunk-lines)."),
+    embed: bool = typer.Option(False, "--embed", help="Write the embeddings (and gate) instead of probabilities."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl or tsv."),
+    batch_size: int = typer.Option(32, help="Sequences per forward pass."),
+    max_length: int = typer.Option(2048, help="Tokens per (prompt, response); longer ones are cut at the end."),
+    chunk_lines: int = typer.Option(256, help="Input lines read, scored and written at a time (memory stays flat)."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
+    allow_prompt_mismatch: bool = typer.Option(False, help="Accept different prompts on the same line."),
+) -> None:
+    """Score aligned responses with a GPM or BT model: each response is embedded once (K passes per prompt).
+
+    Two files: one JSON object per line, {"line", "id"?, "p": P(a > b), "logit": s / tau} (BT adds the
+    rewards). K >= 3 files: {"line", "id"?, "matrix": K x K probabilities, "win_rate": mean P(i > j)}.
+
+    Example: gpmctl score a.jsonl b.jsonl --model runs/cyclic_tiny_gpm > p.jsonl
+    """
+    import torch
+
+    from gpmctl.data.tokenize import SequenceEncoder
+    from gpmctl.errors import ConfigError
+    from gpmctl.models.loading import load_model, load_tokenizer
+    from gpmctl.score import aligned_rows, score_rows
+    from gpmctl.utils import log, quiet_libraries
+
+    if len(inputs) < 2:
+        raise ConfigError("score needs at least two input files")
+    if inputs.count("-") > 1:
+        raise ConfigError("stdin (-) can be only one of the inputs")
+    if fmt not in ("jsonl", "tsv") or (embed and fmt != "jsonl"):
+        raise ConfigError(f"--format: expected jsonl or tsv (embeddings: jsonl only), got {fmt!r}")
+    if resume and not output:
+        raise ConfigError("--resume needs --output")
+    quiet_libraries()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    net = load_model(model, dtype=dtype, device=device)
+    tokenizer = load_tokenizer(model)
+    encoder = SequenceEncoder(tokenizer, max_length, net.head.eos, net.head.gate_prompt, "right")
+
+    partial = Path(f"{output}.partial") if output else None
+    skip = _complete_chunks(partial, chunk_lines) if resume and partial.exists() else 0
+    if skip:
+        log(f"resuming {output}: {skip} lines already scored")
+    sink = open(partial, "a" if skip else "w", encoding="utf-8") if partial else sys.stdout
+    written = skip
+    try:
+        chunk = []
+        for item in aligned_rows(inputs, skip=skip, allow_prompt_mismatch=allow_prompt_mismatch):
+            chunk.append(item)
+            if len(chunk) == chunk_lines:
+                written += _write(sink, score_rows(net, encoder, chunk, batch_size, device, embed), fmt)
+                chunk = []
+        if chunk:
+            written += _write(sink, score_rows(net, encoder, chunk, batch_size, device, embed), fmt)
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    if partial:
+        partial.replace(output)
+    log(f"scored {written} lines of {len(inputs)} files")
+
+
+def _write(sink, records: list[dict], fmt: str) -> int:
+    """Whole lines only, flushed per chunk: an interruption never leaves half a record behind a newline."""
+    lines = []
+    for r in records:
+        if fmt == "jsonl":
+            lines.append(json.dumps(r))
+        else:
+            values = [r["p"], r["logit"]] if "p" in r else r["win_rate"]
+            lines.append("\t".join([str(r["line"]), r.get("id", "")] + [f"{v:.6g}" for v in values]))
+    sink.write("".join(line + "\n" for line in lines))
+    sink.flush()
+    return len(records)
+
+
+def _complete_chunks(path: Path, chunk_lines: int) -> int:
+    """Keep the whole chunks of an interrupted output (cutting anything after them) and return their line
+    count. Restarting on a chunk boundary batches the rest exactly as an uninterrupted run would, so the
+    resumed file is byte-identical to an uninterrupted one (same --chunk-lines)."""
+    data = path.read_bytes()
+    lines = data.count(b"\n")
+    keep_lines = lines - lines % chunk_lines
+    keep = 0
+    for _ in range(keep_lines):
+        keep = data.index(b"\n", keep) + 1
+    if keep != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+    return keep_lines
