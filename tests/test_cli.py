@@ -43,7 +43,11 @@ def test_help_lists_the_six_subcommands_without_importing_torch():
 
 
 def test_planned_commands_say_so_and_exit_2():
-    result = gpmctl("score", "a.jsonl", "b.jsonl")
+    from gpmctl.cli.stubs import PLANNED
+
+    if not PLANNED:
+        pytest.skip("every subcommand is implemented")
+    result = gpmctl(next(iter(PLANNED)), "a.jsonl", "b.jsonl")
     assert result.returncode == 2 and "not yet available" in result.stderr
 
 

@@ -130,7 +130,7 @@ def test_saved_weights_use_the_released_checkpoint_names(tmp_path):
 def test_loading_a_folder_that_is_not_a_model_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="no such model folder"):
         load_model(tmp_path / "missing")
-    with pytest.raises(ModelError, match="not a gpmctl model folder"):
+    with pytest.raises(ModelError, match=r"no model\*\.safetensors"):
         load_model(tmp_path)
 
 

@@ -13,7 +13,7 @@ import sys
 import typer
 
 from gpmctl import __version__
-from gpmctl.cli import data, demo, score, stubs, train_rm
+from gpmctl.cli import data, demo, export, score, stubs, train_rm
 
 app = typer.Typer(
     name="gpmctl",
@@ -27,6 +27,7 @@ app.add_typer(data.app, name="data")
 app.command("train-rm", context_settings={"allow_extra_args": False})(train_rm.train_rm)
 app.command("demo")(demo.demo)
 app.command("score")(score.score)
+app.command("export")(export.export)
 stubs.register(app)
 
 

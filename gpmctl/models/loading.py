@@ -114,7 +114,8 @@ def model_state_dict(model: PreferenceModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def save_model(model: PreferenceModel, out_dir: str | Path, tokenizer=None, extra_files: dict[str, str] | None = None) -> Path:
+def save_model(model: PreferenceModel, out_dir: str | Path, tokenizer=None, extra_files: dict[str, str] | None = None,
+               max_shard_size: str = "5GB") -> Path:
     """Write the model folder. Files go to a temporary folder first and are then moved in one by one,
     preference_head.json last, so an interrupted save never leaves a folder that loads wrong weights."""
     from huggingface_hub import split_torch_state_dict_into_shards
@@ -126,13 +127,17 @@ def save_model(model: PreferenceModel, out_dir: str | Path, tokenizer=None, extr
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     state = model_state_dict(model)
-    split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors", max_shard_size="5GB")
+    split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size)
     for filename, names in split.filename_to_tensors.items():
         save_file({n: state[n] for n in names}, tmp / filename, metadata={"format": "pt"})
     if split.is_sharded:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())}, "weight_map": split.tensor_to_filename}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     model.backbone.config.save_pretrained(tmp)
+    # Record the head in config.json too, so a loader that only reads the config sees what the model is.
+    config = json.loads((tmp / "config.json").read_text())
+    config["preference_head"] = model.head.to_json()
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     for name, text in (extra_files or {}).items():
@@ -149,20 +154,49 @@ def save_model(model: PreferenceModel, out_dir: str | Path, tokenizer=None, extr
 
 
 def read_head_config(path: str | Path) -> HeadConfig:
+    """The head settings of a model folder: preference_head.json, or, for a checkpoint in the layout of
+    the paper's released models (no settings file), inferred from the head tensors as the authors'
+    inference code does: dim = rows of value_head.weight, gate iff prompt_head.weight, L2 on, tau 0.1."""
     path = Path(path)
     head_file = path / HEAD_FILE
     if not path.is_dir():
         raise ModelError(f"{path}: no such model folder")
-    if not head_file.is_file():
-        raise ModelError(f"{path}: not a gpmctl model folder (no {HEAD_FILE}); train one with `gpmctl train-rm`")
-    try:
-        return HeadConfig.from_json(json.loads(head_file.read_text()), str(head_file))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ModelError(f"{head_file}: unreadable ({e})") from e
+    if head_file.is_file():
+        try:
+            return HeadConfig.from_json(json.loads(head_file.read_text()), str(head_file))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ModelError(f"{head_file}: unreadable ({e})") from e
+    shapes = _head_shapes(path)
+    if "value_head.weight" not in shapes:
+        raise ModelError(f"{path}: not a preference model (no {HEAD_FILE} and no value_head.weight in its safetensors)")
+    rows = shapes["value_head.weight"][0]
+    if rows == 1:
+        return HeadConfig(kind="bt", dim=1, gate=False, l2=False, tau=1.0)
+    if rows % 2:
+        raise ModelError(f"{path}: value_head.weight has {rows} rows; a GPM needs an even number")
+    gate = "prompt_head.weight" in shapes
+    if gate and shapes["prompt_head.weight"][0] * 2 != rows:
+        raise ModelError(f"{path}: prompt_head.weight has {shapes['prompt_head.weight'][0]} rows, expected {rows // 2}")
+    return HeadConfig(kind="gpm", dim=rows, gate=gate, l2=True, tau=0.1)
+
+
+def _head_shapes(path: Path) -> dict[str, list[int]]:
+    """Shapes of value_head/prompt_head tensors, read from safetensors headers without loading weights."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for shard in sorted(path.glob("model*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            for name in {"value_head.weight", "prompt_head.weight"} & set(f.keys()):
+                shapes[name] = list(f.get_slice(name).get_shape())
+    if not shapes and not any(path.glob("model*.safetensors")):
+        raise ModelError(f"{path}: no model*.safetensors weights (gpmctl never loads pickled .bin checkpoints)")
+    return shapes
 
 
 def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device = "cpu", attn_implementation: str | None = "sdpa") -> PreferenceModel:
-    """Load a folder written by `save_model` (backbone through transformers, head tensors read by name)."""
+    """Load a folder written by `save_model`, or a checkpoint in the released GPM layout (backbone through
+    transformers, head tensors read by name)."""
     from safetensors import safe_open
 
     path = Path(path)

@@ -42,7 +42,7 @@ class Preempted(GpmctlError):
 class TrainResult:
     output_dir: Path
     steps: int
-    final_metrics: dict = field(default_factory=dict)
+    final_metrics: dict = field(default_factory=dict)  # eval metrics of the saved model
     best_metrics: dict | None = None
 
 
@@ -339,6 +339,7 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
     # 5. Final evaluation and model.
     final = run_eval()
     unwrapped = accelerator.unwrap_model(model)
+    model_metrics = final
     if main:
         best = state["best"]
         if t.keep_best and best is not None and best["step"] != state["step"] and (output_dir / "best" / HEAD_FILE).exists():
@@ -346,13 +347,15 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
             from gpmctl.models.loading import load_model
 
             unwrapped = load_model(output_dir / "best", dtype="float32")
+            model_metrics = best["metrics"]
         save_model(unwrapped, output_dir, tokenizer)
-        summary = {"steps": state["step"], "final_eval": final, "best": best, "recipe": str(output_dir / "recipe.yaml")}
+        summary = {"steps": state["step"], "model_eval": model_metrics, "final_eval": final, "best": best,
+                   "recipe": str(output_dir / "recipe.yaml")}  # fmt: skip
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         runlog.write({"event": "done", **summary})
     accelerator.wait_for_everyone()
     runlog.close()
-    return TrainResult(output_dir, state["step"], final, state["best"])
+    return TrainResult(output_dir, state["step"], model_metrics, state["best"])
 
 
 class _progress:

@@ -1,0 +1,29 @@
+"""`gpmctl export RUN_OR_MODEL OUT_DIR`: a standard Hugging Face folder others can load."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+
+def export(
+    source: str = typer.Argument(..., help="A train-rm run folder or any model folder gpmctl loads."),
+    out_dir: str = typer.Argument(..., help="The folder to write."),
+    dtype: Optional[str] = typer.Option(None, help="Cast the weights: fp32, bf16 or fp16 (default: keep)."),
+    max_shard_size: str = typer.Option("5GB", help="Largest safetensors shard, e.g. 2GB, 500MB."),
+) -> None:
+    """Write a model as a Hugging Face folder: config.json (with the head settings), sharded
+    safetensors in the released-checkpoint layout, tokenizer, preference_head.json and a model card
+    with the run's recipe and metrics.
+
+    Example: gpmctl export runs/cyclic_tiny_gpm exported/cyclic-gpm --dtype bf16
+    """
+    from gpmctl.export import export_model
+    from gpmctl.utils import quiet_libraries
+
+    quiet_libraries()
+    path = export_model(source, out_dir, dtype, max_shard_size)
+    files = sorted(p.name for p in path.iterdir())
+    print(json.dumps({"output_dir": str(path), "files": files}))
