@@ -201,3 +201,40 @@ def test_every_data_command_help_has_an_example():
     for command in ("validate", "convert", "stats", "split", "mix", "cyclic"):
         result = cli(command, "--help")
         assert result.exit_code == 0 and "Example: gpmctl data " + command in result.stdout
+
+
+def uf_completion(text: str, if_: str, honesty: str, truth: str) -> dict:
+    return {"response": text, "annotations": {"instruction_following": {"Rating": if_}, "honesty": {"Rating": honesty},
+                                               "truthfulness": {"Rating": truth}, "helpfulness": {"Rating": "N/A"}}}  # fmt: skip
+
+
+UF_CYCLE = {"instruction": "Name a colour.",
+            "completions": [uf_completion("A", "5", "2", "1"), uf_completion("B", "3", "4", "2"), uf_completion("C", "1", "3", "4")]}  # fmt: skip
+
+
+def test_convert_ultrafeedback_cyclic_writes_the_labelled_links(tmp_path):
+    src = write_rows(tmp_path / "uf.jsonl", [UF_CYCLE])
+    dst = tmp_path / "cyc.jsonl"
+    result = cli("convert", str(src), str(dst), "--ultrafeedback", "cyclic")
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert [(r["chosen"], r["rejected"], r["criterion"], r["kind"]) for r in rows] == [
+        ("A", "B", "instruction_following", "cycle"), ("B", "C", "honesty", "cycle"), ("C", "A", "truthfulness", "cycle")]  # fmt: skip
+    result = cli("convert", str(src), str(dst), "--ultrafeedback", "cyclic", "--criteria", "honesty>truthfulness>helpfulness")
+    assert result.exit_code == 0 and dst.read_text() == ""
+    result = cli("convert", str(src), str(dst))  # binarize by mean rating: B (3) over A (8/3, first of the tied lowest)
+    rows = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("B", "A")] and rows[0]["margin"] == pytest.approx(1 / 3)
+
+
+def test_format_flag_forces_one_reader_and_rejects_unknown_names(tmp_path):
+    msgs = {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}  # fmt: skip
+    path = write_rows(tmp_path / "msgs.jsonl", [msgs])
+    assert cli("validate", str(path), "--format", "messages").exit_code == 0
+    result = cli("validate", str(path), "--format", "explicit")
+    assert result.exit_code == 2 and f"{path}:1: prompt: missing" in result.stderr
+    bad = gpmctl("data", "validate", str(path), "--format", "csv")
+    assert bad.returncode == 2 and "format must be one of" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    bad = gpmctl("data", "convert", str(path), str(tmp_path / "o.jsonl"), "--ultrafeedback", "cyclic", "--criteria", "if>x>y")
+    assert bad.returncode == 2 and "unknown aspect 'x'" in bad.stderr

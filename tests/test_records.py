@@ -236,13 +236,43 @@ MALFORMED = {
     "gpm-custom-reject-a-number": ({"instruction": "q", "chosen": "A", "reject": 2}, "reject", "got a number"),
     "gpm-custom-response-missing": ({"instruction": "q", "chosen": {"text": "A"}, "reject": "B"}, "chosen.response", "missing"),
     "gpm-custom-empty-instruction": ({"instruction": " ", "chosen": "A", "reject": "B"}, "instruction", "whitespace"),
+    # Duplicate keys: the last one wins (as in Python's json), so this row's answers end up identical.
+    "duplicate-keys-last-wins": (b'{"prompt": "q", "chosen": "a", "rejected": "b", "rejected": "a"}', "rejected", "identical"),
+    "answer-starts-with-user-role": (
+        {"prompt": "q", "chosen": [user("a"), assistant("b")], "rejected": "c"},
+        "chosen[0].role",
+        "must start with an assistant message, got 'user'",
+    ),
+    "answer-starts-with-system-role": (
+        {"prompt": "q", "chosen": "a", "rejected": [{"role": "system", "content": "b"}]},
+        "rejected[0].role",
+        "got 'system'",
+    ),
+    "top-level-null": (b"null", None, "expected a JSON object, got null"),
+    "top-level-number": (b"42", None, "expected a JSON object, got a number"),
+    "trailing-garbage": (b'{"prompt": "q", "chosen": "a", "rejected": "b"} x', None, "Extra data"),
+    "prompt-an-object": ({"prompt": {"text": "q"}, "chosen": "a", "rejected": "b"}, "prompt", "got an object"),
+    "empty-chosen-strict-field-type": ({"prompt": "q", "chosen": "a", "rejected": False}, "rejected", "got a boolean"),
+    "ultrafeedback-completions-not-a-list": ({"instruction": "q", "completions": "a"}, "completions", "expected a list"),
+    "ultrafeedback-bad-rating": (
+        {"instruction": "q", "completions": [{"response": "a", "annotations": {"honesty": {"Rating": "high"}}}]},
+        "completions[0].annotations.honesty.Rating",
+        "expected a rating",
+    ),
+    "ultrafeedback-missing-response": (
+        {"instruction": "q", "completions": [{"annotations": {}}]},
+        "completions[0].response",
+        "missing",
+    ),
+    "ultrafeedback-empty-instruction": ({"instruction": "", "completions": []}, "instruction", "empty text"),
 }
 
 
+@pytest.mark.parametrize("end", [b"\n", b"\r\n"], ids=["lf", "crlf"])
 @pytest.mark.parametrize("case", list(MALFORMED))
-def test_malformed_row_names_file_line_and_field_and_keeps_the_rows_around_it(case, tmp_path):
+def test_malformed_row_names_file_line_and_field_and_keeps_the_rows_around_it(case, end, tmp_path):
     bad, field, words = MALFORMED[case]
-    path = write_lines(tmp_path / f"{case}.jsonl", [GOOD_1, b"", bad, GOOD_4])
+    path = write_lines(tmp_path / f"{case}.jsonl", [GOOD_1, b"", bad, GOOD_4], end=end)
 
     items = list(iter_records_with_errors(path, max_line_bytes=LONG))
     assert [type(item) for item in items] == [PreferenceRecord, DataError, PreferenceRecord]
@@ -261,7 +291,23 @@ def test_malformed_row_names_file_line_and_field_and_keeps_the_rows_around_it(ca
 
 
 def test_malformed_corpus_is_large_enough():
-    assert len(MALFORMED) >= 20
+    assert len(MALFORMED) >= 25
+
+
+def test_duplicate_keys_take_the_last_value(tmp_path):
+    path = write_lines(tmp_path / "dup.jsonl", [b'{"prompt": "q", "chosen": "old", "chosen": "new", "rejected": "b"}'])
+    assert [r.chosen_text for r in read_records(path)] == ["new"]
+
+
+def test_ten_megabyte_lines_are_read_and_a_bad_one_is_reported_between_good_ones(tmp_path):
+    big = "x" * (10 * 2**20)
+    rows = [{"prompt": "q", "chosen": big, "rejected": "b"}, {"prompt": "q", "chosen": big, "rejected": 5}, GOOD_4]
+    path = write_lines(tmp_path / "big.jsonl", rows)
+    items = list(iter_records_with_errors(path))
+    assert len(items[0].chosen_text) == len(big) and items[2] == parse_row(GOOD_4)
+    assert str(items[1]) == f"{path}:2: rejected: expected a string or a list of messages, got a number"
+    over = list(iter_records_with_errors(path, max_line_bytes=2**20))
+    assert [getattr(i, "line", None) for i in over] == [1, 2, None] and "longer than 1048576 bytes" in str(over[0])
 
 
 def test_bom_crlf_and_blank_lines_are_accepted_and_blank_lines_count(tmp_path):

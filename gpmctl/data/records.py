@@ -47,6 +47,8 @@ integer, kept as a string), "subset" (string). Other scalar keys (string, number
 Soft-label rule: "label" is read as P(chosen > rejected) in every format except gpm-custom. It must be
 a number (not a boolean) in [0, 1]; anything else is an error. Absent or null means 1 (`label=None`).
 
+Roles: in the explicit format each answer (chosen, rejected) must start with an assistant message.
+
 Empty texts: a whitespace-only prompt message or user/system turn is an error. An empty assistant
 answer in chosen/rejected is accepted by default (`allow_empty_responses=True`) because real data has
 them (4 of the 2,312 HH-RLHF harmless-base test rows prefer an empty reply); pass False to reject them.
@@ -308,6 +310,9 @@ def explicit_prompt_record(row: dict, *, allow_empty_responses: bool = True) -> 
     n = len(prompt)
     if chosen[:n] == prompt and rejected[:n] == prompt and len(chosen) > n and len(rejected) > n:
         chosen, rejected = chosen[n:], rejected[n:]  # answers that repeat the prompt (UltraFeedback-binarized)
+    for key, side in (("chosen", chosen), ("rejected", rejected)):
+        if side[0]["role"] != "assistant":  # the answer to the prompt must be the assistant's turn
+            raise _RowProblem(f"{key}[0].role", f"an answer must start with an assistant message, got {side[0]['role']!r}")
     _check_different(chosen, rejected)
     return PreferenceRecord(prompt, chosen, rejected, **_optional_fields(row, soft_label=True))
 
@@ -494,6 +499,8 @@ def ultrafeedback_records(
     if mode not in ULTRAFEEDBACK_MODES:
         raise ValueError(f"ultrafeedback mode must be one of {', '.join(ULTRAFEEDBACK_MODES)}, got {mode!r}")
     key = "prompt" if "prompt" in row else "instruction"
+    if key not in row:
+        raise _RowProblem(key, 'missing (an UltraFeedback row holds its question in "instruction" or "prompt")')
     prompt = [{"role": "user", "content": _text(_require(row, key), key)}]
     completions = _completions(row, allow_empty_responses)
     optional = _optional_fields(row, soft_label=False)

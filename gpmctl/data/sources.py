@@ -15,7 +15,8 @@
     org/name  org/name:split                     a Hugging Face dataset through datasets.load_dataset,
     org/name@config  org/name@config:split       when no such local path exists (default split: train)
     a.jsonl:0.7,b.jsonl:0.3                      a mixture (weights default to 1; any source above as a
-                                                 part, except another mixture)
+                                                 part, except another mixture; commas split parts, so a
+                                                 cyclic part cannot list several cycle_lengths)
 
 Mixture rule: the parts are interleaved deterministically by smooth weighted round robin: every step
 each part gains its weight in credit, the part with the most credit (the first on ties) gives the next
@@ -100,12 +101,15 @@ def parse_ultrafeedback_spec(spec: str):
 
 def parse_mixture(spec: str) -> list[tuple[str, float]] | None:
     """`a.jsonl:0.7,b.jsonl:0.3` -> [(a.jsonl, 0.7), (b.jsonl, 0.3)]; None when `spec` is not a
-    mixture (no comma, or an existing path with a comma in its name)."""
+    mixture: no comma, an existing path with a comma in its name, or one cyclic spec whose commas
+    only separate numbers (`cyclic:train?cycle_lengths=3,4`)."""
     from gpmctl.data.ops import parse_mix_source
 
-    if "," not in spec or Path(spec).exists() or spec.startswith(CYCLIC):
+    if "," not in spec or Path(spec).exists():
         return None
     parts = [p.strip() for p in spec.split(",")]
+    if spec.startswith(CYCLIC) and all(p.isdigit() for p in parts[1:]):
+        return None
     if any(not p for p in parts):
         raise ConfigError(f"{spec}: empty part in the mixture; write a.jsonl:0.7,b.jsonl:0.3")
     return [parse_mix_source(p) for p in parts]
@@ -187,17 +191,17 @@ def read_source(spec: str, limit: int | None = None, options=None) -> Iterator:
     from gpmctl.data.records import iter_row_records, parse_row, read_records
 
     spec = str(spec)
+    mixture = parse_mixture(spec)
+    if mixture is not None:
+        if options is not None:
+            raise ConfigError(f"{spec}: a mixture cannot sit inside ultrafeedback:; prefix each part instead")
+        return _mixture_records(mixture, limit)
     if spec.startswith(CYCLIC):
         rows = source_rows(spec)[:limit]
         return (parse_row(row, source=spec, line=i + 1) for i, row in enumerate(rows))
     if spec.startswith(ULTRAFEEDBACK):
         inner, uf_options = parse_ultrafeedback_spec(spec)
         return read_source(inner, limit, uf_options)
-    mixture = parse_mixture(spec)
-    if mixture is not None:
-        if options is not None:
-            raise ConfigError(f"{spec}: a mixture cannot sit inside ultrafeedback:; prefix each part instead")
-        return _mixture_records(mixture, limit)
     path = Path(spec)
     if spec == "-" or path.is_file():
         return read_records(spec, limit=limit, options=options)
