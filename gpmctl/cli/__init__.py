@@ -13,7 +13,7 @@ import sys
 import typer
 
 from gpmctl import __version__
-from gpmctl.cli import data, demo, export, score, stubs, train_rm
+from gpmctl.cli import data, demo, eval, export, score, stubs, train_rm
 
 app = typer.Typer(
     name="gpmctl",
@@ -24,6 +24,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(data.app, name="data")
+app.add_typer(eval.app, name="eval")
 app.command("train-rm", context_settings={"allow_extra_args": False})(train_rm.train_rm)
 app.command("demo")(demo.demo)
 app.command("score")(score.score)

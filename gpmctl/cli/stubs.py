@@ -8,7 +8,6 @@ import typer
 
 PLANNED = {
     "train-gpo": "General Preference Optimization of a policy against a GPM (SPPO-style self-play)",
-    "eval": "RewardBench (official scoring), RewardBench 2, RM-Bench, cyclic and custom preference sets",
 }
 
 

@@ -1,0 +1,413 @@
+"""`gpmctl eval ...`: RewardBench (official scoring), RM-Bench, preference files and cyclic sets.
+
+Data on stdout (the results JSON, unless --output), tables and progress on stderr. Every command takes
+`--examples FILE` (per-example scores, jsonl) and `--scores FILE` (re-aggregate such a file: no model).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(help="Evaluate reward models: RewardBench, RM-Bench, any preference file, cyclic sets.", no_args_is_help=True)
+
+MODEL_HELP = "A model folder written by train-rm."
+SCORES_HELP = "Aggregate this per-example file (written by --examples) instead of running a model."
+DATA_HELP = "A local .parquet/.jsonl/.json copy of the split, or a Hugging Face id."
+
+
+def _model_options():
+    return dict(
+        batch_size=typer.Option(32, help="Sequences per forward pass."),
+        max_length=typer.Option(2048, help="Tokens per (prompt, response); longer ones are cut at the end."),
+        dtype=typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
+        device=typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
+    )
+
+
+_O = _model_options()
+
+
+def _need_one(model: Optional[str], scores: Optional[str]) -> None:
+    from gpmctl.errors import ConfigError
+
+    if bool(model) == bool(scores):
+        raise ConfigError("pass either --model (score the data) or --scores (aggregate saved per-example scores)")
+
+
+def _emit(result: dict, output: Optional[str], sort_keys: bool = False) -> None:
+    from gpmctl.utils import atomic_write_text, log
+
+    text = json.dumps(result, indent=4, sort_keys=sort_keys) + "\n"
+    if output and output != "-":
+        atomic_write_text(output, text)
+        log(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def _write_examples(path: Optional[str], examples: list[dict]) -> None:
+    from gpmctl.utils import atomic_write_text, log
+
+    if path:
+        atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in examples))
+        log(f"wrote {len(examples)} per-example scores to {path}")
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _settings(scorer, model: str, max_length: int) -> dict:
+    """The settings that move scores, saved with the results (called once scoring is done)."""
+    from gpmctl.utils import log
+
+    if scorer.encoder.truncated:
+        log(f"warning: {scorer.encoder.truncated} sequences were longer than --max-length {max_length} and cut at the end")
+    head = scorer.model.head
+    return {"model_path": model, "kind": head.kind, "dim": head.dim, "gate": head.gate, "tau": head.tau, "eos": head.eos,
+            "max_length": max_length, "truncation": "right", "padding": "left", "batch_size": scorer.batch_size,
+            "dtype": str(next(scorer.model.parameters()).dtype).replace("torch.", ""), "device": str(scorer.device),
+            "truncated_sequences": scorer.encoder.truncated}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+@app.command("rewardbench")
+def rewardbench(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    data: str = typer.Option("allenai/reward-bench", help=DATA_HELP),
+    split: str = typer.Option("filtered", help="Split of a Hugging Face id."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results JSON here instead of stdout."),
+    examples: Optional[str] = typer.Option(None, help="Write per-example scores (jsonl: id, subset, score, p, correct)."),
+    scores: Optional[str] = typer.Option(None, help=f"{SCORES_HELP} Also RewardBench's own per-example or per-subset files."),
+    legacy_xstest: bool = typer.Option(False, help="rewardbench <= 0.1.2's swapped XSTest weights (as the GPM repo's prints)."),
+    batch_size: int = _O["batch_size"],
+    max_length: int = _O["max_length"],
+    dtype: str = _O["dtype"],
+    device: str = _O["device"],
+) -> None:
+    """RewardBench v1 with the official scoring: 23 subsets, 4 sections, Score = mean of the sections.
+
+    A pair is right when s(chosen > rejected) > 0 strictly (a tie is wrong). Subsets are
+    num_correct / num_total; a section is the count-weighted mean of its subsets (math-prm weighted
+    984, as the six code subsets together). Row counts are checked against the filtered split
+    (2,985): a missing or partial subset is a warning on stderr and is scored over the rows present
+    (sections then use the subsets present; `complete` is false in the JSON).
+
+    Examples:
+      gpmctl eval rewardbench -m runs/gpm --data reward-bench-filtered.parquet -o rb.json --examples rb.jsonl
+      gpmctl eval rewardbench --scores rb.jsonl          # re-aggregate, no model
+    """
+    from gpmctl.eval import rewardbench as rb
+    from gpmctl.utils import log
+
+    _need_one(model, scores)
+    settings = None
+    if scores:
+        results, metrics = rb.read_scores(scores)
+        agg = rb.aggregate_metrics(metrics, legacy_xstest) if metrics is not None else rb.aggregate(results, legacy_xstest)
+        name, model_type = (metrics or {}).get("model", scores), (metrics or {}).get("model_type", "scores file")
+        chat_template = (metrics or {}).get("chat_template", "n/a")
+    else:
+        from collections import Counter
+
+        from gpmctl.eval.scoring import load_scorer
+
+        rows = rb.load_rows(data, split)
+        warnings, _ = rb.check_counts(Counter(r["subset"] for r in rows))
+        for w in warnings:
+            log(f"warning: {w}")
+        scorer = load_scorer(model, batch_size, max_length, dtype, device)
+        log(f"rewardbench: {len(rows)} pairs, {2 * len(rows)} sequences to embed")
+        per_example = rb.score_examples(scorer, rows)
+        _write_examples(examples, per_example)
+        agg = rb.aggregate(((e["subset"], e["correct"]) for e in per_example), legacy_xstest)
+        settings = _settings(scorer, model, max_length) | {"data": data, "legacy_xstest_weights": legacy_xstest}
+        name, model_type = model, ("Seq. Classifier" if scorer.kind == "bt" else "Custom Classifier")
+        chat_template = "tokenizer" if scorer.encoder.tokenizer.chat_template else "raw"
+    for w in agg["warnings"] if scores else []:
+        log(f"warning: {w}")
+    _rewardbench_table(agg)
+    _emit(rb.results_json(agg, name, model_type, chat_template, settings), output, sort_keys=True)
+
+
+def _rewardbench_table(agg: dict) -> None:
+    from rich.table import Table
+
+    from gpmctl.eval.rewardbench import SUBSET_MAPPING
+    from gpmctl.utils import stderr_console
+
+    table = Table(title="RewardBench", title_justify="left")
+    for col, justify in (("section / subset", "left"), ("correct", "right"), ("accuracy %", "right")):
+        table.add_column(col, justify=justify)
+    counts = agg.get("counts") or {}
+    for section, subsets in SUBSET_MAPPING.items():
+        for s in subsets:
+            if s in agg["subsets"]:
+                c = f"{counts[s][0]:g}/{counts[s][1]}" if s in counts else ""
+                table.add_row(f"  {s}", c, _pct(agg["subsets"][s]))
+        table.add_row(f"[bold]{section}[/bold]", "", f"[bold]{_pct(agg['sections'][section])}[/bold]", end_section=True)
+    table.add_row("[bold]Score[/bold] (mean of sections)", "", f"[bold]{_pct(agg['score'])}[/bold]")
+    if agg.get("accuracy") is not None:
+        table.add_row("pair accuracy (unweighted)", str(agg["num_pairs"]), _pct(agg["accuracy"]))
+    stderr_console().print(table)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+@app.command("pairs")
+def pairs(
+    data: Optional[str] = typer.Option(None, help="Any preference file or source train-rm reads (jsonl, parquet, cyclic:test)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results JSON here instead of stdout."),
+    examples: Optional[str] = typer.Option(None, help="Write per-example scores (jsonl: id, subset, meta, score, p, correct)."),
+    scores: Optional[str] = typer.Option(None, help=SCORES_HELP),
+    limit: Optional[int] = typer.Option(None, help="Only the first N rows."),
+    batch_size: int = _O["batch_size"],
+    max_length: int = _O["max_length"],
+    dtype: str = _O["dtype"],
+    device: str = _O["device"],
+) -> None:
+    """Accuracy, mean P(chosen > rejected), expected calibration error and a 10-bin reliability table.
+
+    Broken down by `subset` and by the meta key `kind` when the data has them. Calibration counts each
+    pair in both orders, (P, y) and (1 - P, 1 - y), with y the soft label when the data has one.
+
+    Example: gpmctl eval pairs --data test.jsonl -m runs/gpm --examples per_pair.jsonl
+    """
+    from gpmctl.eval import pairs as ev
+    from gpmctl.eval.metrics import pair_report
+
+    _need_one(model, scores)
+    per_example, extra = _pair_examples(data, model, scores, limit, batch_size, max_length, dtype, device)
+    if not scores:
+        _write_examples(examples, per_example)
+    report = pair_report(per_example, ev.GROUP_KEYS)
+    _pairs_table(report, "pairs")
+    _emit({"data": data or scores, **report, **({"gpmctl": extra} if extra else {})}, output)
+
+
+def _pair_examples(data, model, scores, limit, batch_size, max_length, dtype, device):
+    from gpmctl.errors import ConfigError
+    from gpmctl.eval import pairs as ev
+    from gpmctl.utils import log
+
+    if scores:
+        return ev.read_scores(scores), None
+    if not data:
+        raise ConfigError("--data is required with --model")
+    from gpmctl.data.sources import read_source
+    from gpmctl.eval.scoring import load_scorer
+
+    records = list(read_source(data, limit=limit))
+    scorer = load_scorer(model, batch_size, max_length, dtype, device)
+    log(f"{len(records)} pairs, {2 * len(records)} sequences to embed")
+    return ev.score_records(scorer, records), _settings(scorer, model, max_length) | {"data": data}
+
+
+def _pairs_table(report: dict, title: str) -> None:
+    from rich.table import Table
+
+    from gpmctl.utils import stderr_console
+
+    console = stderr_console()
+    table = Table(title=title, title_justify="left")
+    for col in ("group", "pairs", "accuracy %", "mean P %", "ECE"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+
+    def row(name, m):
+        ece = "-" if m.get("ece") is None else f"{m['ece']:.4f}"
+        table.add_row(name, str(m["pairs"]), _pct(m.get("accuracy")), _pct(m.get("mean_prob")), ece)
+
+    row("[bold]all[/bold]", report)
+    for key in ("subset", "kind"):
+        for value, m in report.get(f"by_{key}", {}).items():
+            row(f"{key}={value}", m)
+    console.print(table)
+    rel = Table(title="reliability (both orders of each pair)", title_justify="left")
+    for col in ("P bin", "count", "mean P", "observed"):
+        rel.add_column(col, justify="right")
+    for r in report.get("reliability", []):
+        rel.add_row(f"[{r['bin'][0]:.1f}, {r['bin'][1]:.1f})", str(r["count"]), "-" if r["mean_p"] is None else f"{r['mean_p']:.3f}",
+                    "-" if r["observed"] is None else f"{r['observed']:.3f}")  # fmt: skip
+    console.print(rel)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+@app.command("cyclic")
+def cyclic(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    data: str = typer.Option("cyclic:test", help="cyclic:test[?options] (the generator) or a file with meta `cycle`."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results JSON here instead of stdout."),
+    examples: Optional[str] = typer.Option(None, help="Write per-example scores (jsonl)."),
+    scores: Optional[str] = typer.Option(None, help=SCORES_HELP),
+    batch_size: int = _O["batch_size"],
+    max_length: int = _O["max_length"],
+    dtype: str = _O["dtype"],
+    device: str = _O["device"],
+) -> None:
+    """Intransitive (cyclic) preferences: overall and per-cycle accuracy, and the BT ceiling.
+
+    The BT ceiling is the best accuracy any scalar reward can reach on the same pairs (at most 2/3 on
+    3-cycles); a GPM can exceed it. It needs rows naming their items (chosen_item, rejected_item).
+
+    Example: gpmctl eval cyclic -m runs/cyclic_tiny_gpm --data 'cyclic:test?num_prompts=200'
+    """
+    from gpmctl.eval import pairs as ev
+    from gpmctl.eval.metrics import pair_report
+
+    _need_one(model, scores)
+    per_example, extra = _pair_examples(None if scores else data, model, scores, None, batch_size, max_length, dtype, device)
+    if not scores:
+        _write_examples(examples, per_example)
+    ceiling_rows = per_example
+    if not scores and data.startswith("cyclic:"):
+        from gpmctl.data.sources import source_rows
+
+        ceiling_rows = source_rows(data)
+    report = pair_report(per_example, ev.GROUP_KEYS)
+    report.update(ev.cyclic_report(per_example, ceiling_rows))
+    _pairs_table({k: v for k, v in report.items() if k != "by_subset"}, "cyclic")
+    from gpmctl.utils import log
+
+    log(f"cycles: {report['cycles']}, all pairs right in {_pct(report['cycles_all_right'])}% of them; "
+        f"BT ceiling {_pct(report.get('bt_ceiling'))}%, this model {_pct(report['accuracy'])}%")  # fmt: skip
+    _emit({"data": scores or data, **report, **({"gpmctl": extra} if extra else {})}, output)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+@app.command("rmbench")
+def rmbench(
+    data: Optional[List[str]] = typer.Option(None, help="RM-Bench folder or *_filtered.json files (repeatable)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results JSON here instead of stdout."),
+    examples: Optional[str] = typer.Option(None, help="Write per-row 3x3 scores and matrices (jsonl)."),
+    scores: Optional[str] = typer.Option(None, help=SCORES_HELP),
+    limit: Optional[int] = typer.Option(None, help="Only the first N rows of each file (a quick check, not a benchmark number)."),
+    batch_size: int = _O["batch_size"],
+    max_length: int = _O["max_length"],
+    dtype: str = _O["dtype"],
+    device: str = _O["device"],
+) -> None:
+    """RM-Bench: per row a 3x3 matrix chosen style x rejected style; hard / normal / easy per domain.
+
+    hard = upper triangle (chosen plainer than rejected), normal = diagonal, easy = lower triangle of
+    the domain's mean matrix; domain = mean of the three; the two safety files are one domain;
+    overall = mean of the domains present (the math file is not in ../shared/data).
+
+    Example: gpmctl eval rmbench -m runs/gpm --data ../shared/data/rm-bench
+    """
+    from gpmctl.errors import ConfigError
+    from gpmctl.eval import rmbench as rm
+    from gpmctl.utils import log
+
+    _need_one(model, scores)
+    extra = None
+    if scores:
+        per_example = rm.read_scores(scores)
+    else:
+        if not data:
+            raise ConfigError("--data is required with --model")
+        from gpmctl.eval.scoring import load_scorer
+
+        files = rm.data_files(data)
+        tables = [(f, rm.read_rows(f)[:limit]) for f in files]
+        scorer = load_scorer(model, batch_size, max_length, dtype, device)
+        per_example = []
+        for f, rows in tables:
+            log(f"rmbench {f.name}: {len(rows)} rows, {6 * len(rows)} sequences to embed")
+            per_example += rm.score_examples(scorer, f, rows)
+        _write_examples(examples, per_example)
+        extra = _settings(scorer, model, max_length) | {"data": [str(f) for f in files]}
+    result = rm.aggregate(per_example)
+    if result["missing_domains"]:
+        log(f"warning: domain(s) {', '.join(result['missing_domains'])} not in the data; overall is the mean of the others")
+    _rmbench_table(result)
+    _emit({**result, **({"gpmctl": extra} if extra else {})}, output)
+
+
+def _rmbench_table(result: dict) -> None:
+    from rich.table import Table
+
+    from gpmctl.utils import stderr_console
+
+    table = Table(title="RM-Bench", title_justify="left")
+    for col in ("domain", "rows", "hard %", "normal %", "easy %", "average %"):
+        table.add_column(col, justify="left" if col == "domain" else "right")
+    for name, d in result["domains"].items():
+        table.add_row(name, str(d["rows"]), _pct(d["hard"]), _pct(d["normal"]), _pct(d["easy"]), _pct(d["average"]))
+    if result["domains"]:
+        overall = f"[bold]{_pct(result['overall'])}[/bold]"
+        table.add_row("[bold]overall[/bold]", "", _pct(result["hard"]), _pct(result["normal"]), _pct(result["easy"]), overall)
+    stderr_console().print(table)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+@app.command("rewardbench2")
+def rewardbench2(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    data: str = typer.Option("allenai/reward-bench-2", help=DATA_HELP),
+    split: str = typer.Option("test", help="Split of a Hugging Face id."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results JSON here instead of stdout."),
+    examples: Optional[str] = typer.Option(None, help="Write per-prompt K x K scores (jsonl)."),
+    scores: Optional[str] = typer.Option(None, help=SCORES_HELP),
+    batch_size: int = _O["batch_size"],
+    max_length: int = _O["max_length"],
+    dtype: str = _O["dtype"],
+    device: str = _O["device"],
+) -> None:
+    """RewardBench 2: best-of-4 accuracy (shared credit at ties), the Ties composite, mean of six subsets.
+
+    A GPM has no pointwise reward: a prompt counts as right when no other completion beats the first
+    chosen one, s(chosen > other) >= 0, with credit shared among those tied with it (for BT exactly the
+    official rule). The Ties subset ranks completions by their mean score against the others.
+
+    Example: gpmctl eval rewardbench2 -m runs/gpm --data reward-bench-2-test.parquet -o rb2.json
+    """
+    from gpmctl.eval import rewardbench as rb
+    from gpmctl.eval import rewardbench2 as rb2
+    from gpmctl.utils import log
+
+    _need_one(model, scores)
+    extra = None
+    if scores:
+        from pathlib import Path
+
+        per_example = [dict(r) for r in rb.read_table(Path(scores))]
+    else:
+        from gpmctl.eval.scoring import load_scorer
+
+        rows = rb.load_rows(data, split)
+        scorer = load_scorer(model, batch_size, max_length, dtype, device)
+        log(f"rewardbench2: {len(rows)} prompts, {sum(len(r['chosen']) + len(r['rejected']) for r in rows)} sequences to embed")
+        per_example = rb2.score_examples(scorer, rows)
+        _write_examples(examples, per_example)
+        extra = _settings(scorer, model, max_length) | {"data": data}
+    result = rb2.aggregate(per_example)
+    for w in result["warnings"]:
+        log(f"warning: {w}")
+    from rich.table import Table
+
+    from gpmctl.utils import stderr_console
+
+    table = Table(title="RewardBench 2", title_justify="left")
+    for col in ("subset", "prompts", "score %"):
+        table.add_column(col, justify="left" if col == "subset" else "right")
+    for name, value in result["subsets"].items():
+        table.add_row(name, str(result["counts"][name]), _pct(value))
+    table.add_row("[bold]Score[/bold] (mean of 6)", "", f"[bold]{_pct(result['score'])}[/bold]")
+    stderr_console().print(table)
+    _emit({**result, "model": model or scores, **({"gpmctl": extra} if extra else {})}, output)
