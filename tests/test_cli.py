@@ -11,6 +11,7 @@ import pytest
 
 from gpmctl.config import load_recipe, parse_override, resolve_recipe, shipped_recipes
 from gpmctl.errors import ConfigError
+from gpmctl.train.gpo_config import is_gpo_recipe, load_gpo_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GPMCTL_DEBUG": ""}
@@ -123,7 +124,8 @@ def test_every_shipped_recipe_loads():
     names = shipped_recipes()
     assert {"cyclic_tiny_gpm", "cyclic_tiny_bt"} <= set(names)
     for name in names:
-        load_recipe(resolve_recipe(name))
+        path = resolve_recipe(name)
+        (load_gpo_recipe if is_gpo_recipe(path) else load_recipe)(path)  # gpo_*.yaml: the train-gpo schema
 
 
 def test_data_cyclic_writes_files_and_reports_the_bt_ceiling(tmp_path):

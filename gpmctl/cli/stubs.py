@@ -7,7 +7,6 @@ import sys
 import typer
 
 PLANNED = {
-    "train-gpo": "General Preference Optimization of a policy against a GPM (SPPO-style self-play)",
 }
 
 

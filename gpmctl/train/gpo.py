@@ -1,0 +1,412 @@
+"""`gpmctl train-gpo`: General Preference Optimization (or SPPO) of a policy against a GPM / BT judge.
+
+The recipe, top to bottom (gpm_paper.md 9.1-9.2); iteration t samples from pi_{t-1} and writes pi_t:
+  0. pi_0: policy.model, or the tiny Llama warmed up on the cyclic task      iter-0/policy/
+     and its samples on the held-out prompts                                iter-0/eval_generations.jsonl
+  for t = 1..T:
+  1. K responses per prompt from pi_{t-1} (sampling, seed per sample)       iter-t/generations.jsonl
+  2. each response embedded ONCE by the judge; the K x K score table        iter-t/scores.jsonl
+  3. regression targets; the pair (best, worst) or all K per prompt         iter-t/pairs.jsonl
+  4. minimise (log pi/pi_{t-1} - target)^2 (gpmctl.train.gpo_loss)         iter-t/policy/ = pi_t
+  5. held-out win rates of pi_t against pi_0 and pi_{t-1} under the judge    iter-t/eval_generations.jsonl,
+                                                                              iter-t/metrics.json, log.jsonl
+pi_t is the next iteration's sampler and reference. Resume (`--resume auto`) is per iteration: an
+iteration with metrics.json is done; an unfinished one reuses its saved generations and scores and
+trains again from pi_{t-1}. Deleting iter-t/metrics.json (and later iterations) re-trains iteration t
+from its saved generations, e.g. with the other loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gpmctl.errors import ConfigError
+from gpmctl.models import preference as P
+from gpmctl.models.reward_model import HEAD_FILE
+from gpmctl.train import gpo_loss as L
+from gpmctl.train.gpo_config import GpoRecipe
+from gpmctl.train.gpo_policy import (
+    Sample, build_tiny_policy, encode_prompt, generate, load_policy, policy_tokenizer, read_prompts, save_policy,
+    sequence_logps, warmup_cyclic,
+)  # fmt: skip
+from gpmctl.utils import RunLog, environment_report, log, quiet_libraries
+
+EVAL_SEED_OFFSET = 7_777_777  # eval samples use their own seeds, the same for every policy
+
+
+@dataclass
+class GpoResult:
+    output_dir: Path
+    policy: Path
+    iterations: list[dict] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files of a run
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _generation_rows(prompts: list[list[dict]], samples: list[list[Sample]]) -> list[dict]:
+    return [
+        {"prompt_index": n, "prompt": prompt, "responses": [s.text for s in row], "response_ids": [s.ids for s in row],
+         "finished": [s.finished for s in row]}
+        for n, (prompt, row) in enumerate(zip(prompts, samples))
+    ]  # fmt: skip
+
+
+def _iteration_dir(output_dir: Path, t: int) -> Path:
+    return output_dir / f"iter-{t}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The judge
+
+
+def ensure_judge(recipe: GpoRecipe) -> Path:
+    """The judge folder; trained first with `judge.train_recipe` when it holds no model yet."""
+    j = recipe.judge
+    path = Path(j.model)
+    if (path / HEAD_FILE).is_file():
+        return path
+    if j.train_recipe is None:
+        raise ConfigError(f"judge.model: {path} holds no gpmctl model; train one (gpmctl train-rm RECIPE output_dir={path}) or set judge.train_recipe")
+    from gpmctl.config import load_recipe, resolve_recipe
+    from gpmctl.train.reward import train_reward_model
+
+    rm_recipe = load_recipe(resolve_recipe(j.train_recipe), [*j.train_overrides, f"output_dir={path}"])
+    log(f"judge: {path} holds no model; training it with {j.train_recipe} first")
+    train_reward_model(rm_recipe, resume="auto")
+    return path
+
+
+@torch.no_grad()
+def judge_scores(judge, encoder, prompts: list[list[dict]], responses: list[list[str]], batch_size: int, device) -> torch.Tensor:
+    """Raw judge scores [N, K, K] (GPM s(y_i > y_j) or BT r_i - r_j, before tau): one embedding per response."""
+    from gpmctl.score import embed_sequences
+
+    K = len(responses[0])
+    seqs = [encoder.encode(p, [{"role": "assistant", "content": text}]) for p, row in zip(prompts, responses) for text in row]
+    value, gate = embed_sequences(judge, seqs, batch_size, encoder.tokenizer.pad_token_id, device)
+    value = value.double().view(len(prompts), K, *value.shape[1:])
+    if judge.head.kind == "bt":
+        return P.bt_score_matrix(value)
+    gate = None if gate is None else gate.double().view(len(prompts), K, -1)[:, 0]  # the gate reads the prompt only
+    return P.score_matrix(value, gate)
+
+
+def win_rate(judge, encoder, prompts, new: list[list[str]], old: list[list[str]], batch_size: int, device) -> float:
+    """Mean over prompts of P(y_new > y_old) under the judge, every new sample against every old one."""
+    raw = judge_scores(judge, encoder, prompts, [a + b for a, b in zip(new, old)], batch_size, device)
+    m = len(new[0])
+    prob = P.preference_probability(raw[:, :m, m:], judge.head.tau)
+    return float(prob.mean())
+
+
+def cyclic_win_rate(new: list[list[str]], old: list[list[str]], num_items: int) -> float | None:
+    """The same win rate under the cyclic task's true rule (ties 1/2), over responses that are item words."""
+    from gpmctl.data.cyclic import ITEM_WORDS, prefers
+
+    index = {w: i for i, w in enumerate(ITEM_WORDS[:num_items])}
+    wins = []
+    for row_new, row_old in zip(new, old):
+        for a in row_new:
+            for b in row_old:
+                if a in index and b in index:
+                    r = prefers(index[a], index[b], num_items)
+                    wins.append(0.5 if r is None else float(r))
+    return sum(wins) / len(wins) if wins else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# One iteration's optimisation
+
+
+def build_training_set(recipe: GpoRecipe, generations: list[dict], raw: torch.Tensor, tau: float, kind: str) -> tuple[list[dict], list[dict]]:
+    """Targets per response and the sequences to train on -> (pairs.jsonl rows, [(prompt n, sample k, target)])."""
+    o = recipe.objective
+    S = L.score_table(raw, tau, kind, o.score_table)  # [N, K, K] log-odds table
+    opponent = L.opponent_score(S, o.loss)  # [N, K]: s_hat(y > pi_t) (eq. 5.2) or P_hat - 1/2 (SPPO)
+    target = L.regression_target(opponent, o.beta, o.target_clamp)  # (1/beta)(... - log Z), log Z = 0 (eq. 5.3)
+    rows, train = [], []
+    if o.train_on == "pairs":  # the authors' pipeline: best and worst of the K by aggregate score
+        chosen, rejected = L.pair_indices(S)
+        for n, g in enumerate(generations):
+            w, l = int(chosen[n]), int(rejected[n])
+            rows.append({
+                "prompt_index": n, "prompt": g["prompt"], "chosen": g["responses"][w], "rejected": g["responses"][l],
+                "chosen_index": w, "rejected_index": l, "chosen_score": float(opponent[n, w]),
+                "rejected_score": float(opponent[n, l]), "chosen_target": float(target[n, w]), "rejected_target": float(target[n, l]),
+            })  # fmt: skip
+            train += [{"n": n, "k": w, "target": float(target[n, w])}, {"n": n, "k": l, "target": float(target[n, l])}]
+    else:  # every sample: the expectation over y ~ pi_t of eq. 5.3
+        for n, g in enumerate(generations):
+            rows.append({"prompt_index": n, "prompt": g["prompt"], "responses": g["responses"],
+                         "scores": opponent[n].tolist(), "targets": target[n].tolist()})  # fmt: skip
+            train += [{"n": n, "k": k, "target": float(target[n, k])} for k in range(len(g["responses"]))]
+    return rows, train
+
+
+def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations: list[dict], train: list[dict],
+             t: int, accelerator, runlog: RunLog, stop) -> dict:  # fmt: skip
+    """Minimise the squared loss of eq. 5.3 over `train`; the reference pi_{t-1} is the policy as given."""
+    from transformers import get_scheduler
+
+    from gpmctl.train.reward import Preempted
+
+    c, o = recipe.train, recipe.objective
+    device = accelerator.device
+    prompts = [prompt_ids[r["n"]] for r in train]
+    responses = [generations[r["n"]]["response_ids"][r["k"]][: max(c.max_length - len(prompt_ids[r["n"]]), 1)] for r in train]
+    targets = torch.tensor([r["target"] for r in train], dtype=torch.float32)
+
+    # log pi_{t-1}(y|x) once, before any update: the reference needs no second model in memory.
+    policy.eval()
+    ref, lengths = [], []
+    with torch.no_grad():
+        for s in range(0, len(train), c.batch_size):
+            lp, n = sequence_logps(policy, prompts[s : s + c.batch_size], responses[s : s + c.batch_size], device)
+            ref.append(lp.float().cpu())
+            lengths.append(n.cpu())
+    ref_logp, length = torch.cat(ref), torch.cat(lengths)
+
+    micro_per_epoch = math.ceil(len(train) / c.batch_size)
+    total = max(1, math.ceil(c.epochs * micro_per_epoch / c.grad_accum))
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if c.optimizer == "rmsprop":
+        optimizer = torch.optim.RMSprop(params, lr=c.lr, weight_decay=c.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+    scheduler = get_scheduler(c.scheduler if c.scheduler != "constant" else "constant_with_warmup", optimizer,
+                              num_warmup_steps=math.ceil(c.warmup_ratio * total), num_training_steps=total)  # fmt: skip
+    model, optimizer = accelerator.prepare(policy, optimizer)
+    model.train()
+    step, epoch, window = 0, 0, []
+    started = time.perf_counter()
+    while step < total:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(c.seed * 1_000_003 + 1009 * t + epoch)).tolist()
+        for s in range(0, len(order), c.batch_size):
+            idx = order[s : s + c.batch_size]
+            with accelerator.accumulate(model):
+                logp, _ = sequence_logps(model, [prompts[i] for i in idx], [responses[i] for i in idx], device)
+                lens = length[idx].to(device) if o.length_norm else None
+                ratio = L.log_ratio(logp, ref_logp[idx].to(device), lens, o.length_gamma)  # log pi_theta/pi_t (/|y|^gamma: App. E.2)
+                loss = L.squared_loss(ratio, targets[idx].to(device))  # (ratio - (1/beta) s_hat)^2, eq. 5.3
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients and c.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), c.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            window.append(float(loss.detach()))
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            if step % c.logging_steps == 0 or step == total:
+                record = {"event": "train", "iteration": t, "step": step, "loss": sum(window) / len(window),
+                          "lr": scheduler.get_last_lr()[0], "grad_norm": None if grad_norm is None else float(grad_norm),
+                          "ratio_mean": float(ratio.detach().mean())}  # fmt: skip
+                runlog.write(record)
+                window = []
+            if stop.signal:
+                raise Preempted(f"stopped in iteration {t} at step {step} ({stop.signal}); --resume auto re-trains it from its saved generations")
+            if step >= total:
+                break
+        epoch += 1
+    accelerator.free_memory()
+    policy.eval()
+    return {"steps": step, "train_seconds": round(time.perf_counter() - started, 2), "sequences": len(train),
+            "target_abs_mean": float(targets.abs().mean())}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run
+
+
+def _prepare_output(output_dir: Path, resume: str | None, overwrite: bool) -> None:
+    if overwrite and resume not in (None, "none"):
+        raise ConfigError("--overwrite and --resume exclude each other")
+    started = output_dir.is_dir() and any(output_dir.glob("iter-*"))
+    if overwrite and started:
+        for d in output_dir.glob("iter-*"):
+            shutil.rmtree(d)
+        (output_dir / "log.jsonl").unlink(missing_ok=True)
+    elif started and resume in (None, "none"):
+        raise ConfigError(f"{output_dir}: already holds a run; pass --resume auto to continue it or --overwrite to start again")
+    elif resume not in (None, "none", "auto"):
+        raise ConfigError(f"--resume {resume}: train-gpo resumes per iteration; use --resume auto")
+
+
+def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = False) -> GpoResult:
+    from accelerate import Accelerator
+
+    from gpmctl.data.tokenize import SequenceEncoder
+    from gpmctl.models.loading import load_model, load_tokenizer
+    from gpmctl.train.reward import _StopFlag
+
+    quiet_libraries()
+    output_dir = Path(recipe.output_dir)
+    _prepare_output(output_dir, resume, overwrite)
+    judge_path = ensure_judge(recipe)
+
+    c, g, pc = recipe.train, recipe.generation, recipe.policy
+    precision = c.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision], gradient_accumulation_steps=c.grad_accum)
+    device = accelerator.device
+    output_dir.mkdir(parents=True, exist_ok=True)
+    from gpmctl.config import dump_recipe
+
+    (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    (output_dir / "environment.json").write_text(json.dumps(environment_report(accelerator), indent=2))
+    runlog = RunLog(output_dir / "log.jsonl")
+
+    judge = load_model(judge_path, dtype=recipe.judge.dtype, device=device)
+    judge_tok = load_tokenizer(str(judge_path))
+    encoder = SequenceEncoder(judge_tok, recipe.judge.max_length, judge.head.eos, judge.head.gate_prompt, "right")
+    tau, kind = judge.head.tau, judge.head.kind
+    log(f"judge: {judge_path} ({kind}, dim {judge.head.dim}, tau {tau})")
+
+    tokenizer = policy_tokenizer(pc.tokenizer or pc.model, pc.trust_remote_code)
+    train_prompts = read_prompts(recipe.data.train, recipe.data.max_prompts)
+    eval_prompts = read_prompts(recipe.data.eval, recipe.data.max_eval_prompts) if recipe.data.eval else []
+    encode = lambda ps: [encode_prompt(tokenizer, p, recipe.data.max_prompt_length) for p in ps]  # noqa: E731
+    train_ids, eval_ids = encode(train_prompts), encode(eval_prompts)
+    log(f"prompts: {len(train_prompts)} train, {len(eval_prompts)} held-out; K = {g.k}, {recipe.objective.iterations} iterations, loss {recipe.objective.loss}")
+    cyclic_items = pc.warmup.num_items if str(recipe.data.eval or "").startswith("cyclic:") else None
+    eval_seeds = [g.seed * (p + 1) + EVAL_SEED_OFFSET for p in range(recipe.eval.samples)]
+
+    def load(t: int):
+        return load_policy(str(_iteration_dir(output_dir, t) / "policy"), pc.dtype, device, pc.attn_implementation, pc.trust_remote_code)
+
+    def eval_samples(t: int, policy=None) -> list[list[str]]:
+        """Held-out samples of pi_t (generated once, then read from iter-t/eval_generations.jsonl)."""
+        path = _iteration_dir(output_dir, t) / "eval_generations.jsonl"
+        if not path.is_file():
+            samples = generate(policy if policy is not None else load(t), tokenizer, eval_ids, eval_seeds, g, device)
+            _write_jsonl(path, _generation_rows(eval_prompts, samples))
+        return [row["responses"] for row in _read_jsonl(path)]
+
+    # 0. pi_0
+    it0 = _iteration_dir(output_dir, 0)
+    it0.mkdir(exist_ok=True)
+    if not (it0 / "policy" / "config.json").is_file():
+        if pc.model == "tiny":
+            policy = build_tiny_policy(tokenizer, pc.tiny, c.seed, pc.attn_implementation).to(device)
+            if pc.warmup.steps:
+                stats = warmup_cyclic(policy, tokenizer, train_ids, pc.warmup, c.seed, device)
+                runlog.write({"event": "warmup", **stats})
+                log(f"pi_0: tiny policy warmed up on cyclic item words ({pc.warmup.steps} steps, loss {stats['loss']:.4f})")
+        else:
+            policy = load_policy(pc.model, pc.dtype, device, pc.attn_implementation, pc.trust_remote_code)
+        save_policy(policy, tokenizer, it0 / "policy")
+    initial_eval = eval_samples(0) if eval_prompts else None
+
+    results = []
+    with _StopFlag() as stop:
+        for t in range(1, recipe.objective.iterations + 1):
+            d = _iteration_dir(output_dir, t)
+            if (d / "metrics.json").is_file():
+                results.append(json.loads((d / "metrics.json").read_text()))
+                log(f"iteration {t}: done earlier, skipped")
+                continue
+            d.mkdir(exist_ok=True)
+            started = time.perf_counter()
+            policy = load(t - 1)
+            if pc.gradient_checkpointing:
+                policy.gradient_checkpointing_enable()
+
+            # 1. K samples per prompt from pi_{t-1}
+            gen_path = d / "generations.jsonl"
+            if gen_path.is_file():
+                log(f"iteration {t}: reusing {gen_path}")
+            else:
+                seeds = [g.seed * (p + 1) + 1_000_003 * t for p in range(g.k)]
+                _write_jsonl(gen_path, _generation_rows(train_prompts, generate(policy, tokenizer, train_ids, seeds, g, device)))
+            generations = _read_jsonl(gen_path)
+            _stop_between_stages(stop, t, "generation")
+
+            # 2. the K x K table: K judge forwards per prompt
+            score_path = d / "scores.jsonl"
+            if score_path.is_file():
+                raw = torch.tensor([row["raw"] for row in _read_jsonl(score_path)], dtype=torch.float64)
+            else:
+                raw = judge_scores(judge, encoder, train_prompts, [row["responses"] for row in generations], recipe.judge.batch_size, device)
+                logit = raw / tau
+                _write_jsonl(score_path, [
+                    {"prompt_index": n, "kind": kind, "tau": tau, "raw": raw[n].tolist(), "logit": logit[n].tolist(),
+                     "win_rate": torch.sigmoid(logit[n]).mean(-1).tolist()}
+                    for n in range(len(generations))
+                ])  # fmt: skip
+
+            _stop_between_stages(stop, t, "scoring")
+
+            # 3. targets and training sequences (recomputed from the table: switching the loss needs no new samples)
+            pair_rows, train = build_training_set(recipe, generations, raw, tau, kind)
+            _write_jsonl(d / "pairs.jsonl", pair_rows)
+
+            # 4. optimise -> pi_t
+            stats = optimise(policy, recipe, train_ids, generations, train, t, accelerator, runlog, stop)
+            save_policy(policy, tokenizer, d / "policy")
+
+            # 5. held-out win rates
+            metrics = {"iteration": t, "loss": recipe.objective.loss, **stats}
+            if eval_prompts:
+                new = eval_samples(t, policy)
+                previous = eval_samples(t - 1) if t > 1 else initial_eval
+                bs = recipe.judge.batch_size
+                metrics["win_rate_vs_initial"] = win_rate(judge, encoder, eval_prompts, new, initial_eval, bs, device)
+                metrics["win_rate_vs_previous"] = win_rate(judge, encoder, eval_prompts, new, previous, bs, device)
+                if cyclic_items:
+                    metrics["true_win_rate_vs_initial"] = cyclic_win_rate(new, initial_eval, cyclic_items)
+                    metrics["true_win_rate_vs_previous"] = cyclic_win_rate(new, previous, cyclic_items)
+                    metrics["eval_items"] = _histogram(new)
+            metrics["seconds"] = round(time.perf_counter() - started, 2)
+            (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            runlog.write({"event": "iteration", **metrics})
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith(("win_rate", "true_win")) and v is not None)
+            log(f"iteration {t}/{recipe.objective.iterations} ({recipe.objective.loss}): {shown} ({metrics['seconds']:.0f}s)")
+            results.append(metrics)
+            del policy
+
+    final = _iteration_dir(output_dir, recipe.objective.iterations) / "policy"
+    (output_dir / "metrics.json").write_text(json.dumps({"policy": str(final), "iterations": results}, indent=2))
+    runlog.write({"event": "done", "policy": str(final)})
+    runlog.close()
+    return GpoResult(output_dir, final, results)
+
+
+def _stop_between_stages(stop, t: int, stage: str) -> None:
+    """SIGTERM / SIGUSR1 during a stage take effect once its output is saved."""
+    from gpmctl.train.reward import Preempted
+
+    if stop.signal:
+        raise Preempted(f"stopped in iteration {t} after {stage} ({stop.signal}); --resume auto continues from the saved files")
+
+
+def _histogram(samples: list[list[str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in samples:
+        for text in row:
+            counts[text] = counts.get(text, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))

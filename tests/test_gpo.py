@@ -1,0 +1,233 @@
+"""GPO / SPPO: the loss against a float64 reference, the direction of one gradient step, and the tiny
+recipe end to end (files per iteration, win-rate log, loss switch, resume). The judge here is an
+untrained tiny GPM saved in a fixture: the pipeline is under test, not the judge's quality."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpmctl.errors import ConfigError
+from gpmctl.train import gpo_loss as L
+from gpmctl.train.gpo_config import is_gpo_recipe, load_gpo_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_RECIPE = ROOT / "recipes" / "gpo_tiny.yaml"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loss
+
+
+def _reference_targets(S: np.ndarray, loss: str, beta: float) -> np.ndarray:
+    """Eq. 5.2-5.3 (GPO) / SPPO written with loops in float64: target_i = (1/beta) * opponent_i."""
+    N, K, _ = S.shape
+    out = np.zeros((N, K))
+    for n in range(N):
+        for i in range(K):
+            if loss == "gpo":
+                opp = sum(S[n, i, j] for j in range(K)) / K
+            else:
+                opp = sum(1.0 / (1.0 + math.exp(-S[n, i, j])) for j in range(K)) / K - 0.5
+            out[n, i] = opp / beta
+    return out
+
+
+def _random_table(N: int, K: int, seed: int) -> np.ndarray:
+    a = np.random.default_rng(seed).normal(scale=3.0, size=(N, K, K))
+    return a - a.transpose(0, 2, 1)  # skew-symmetric like every judge table
+
+
+@pytest.mark.parametrize("loss", ["gpo", "sppo"])
+@pytest.mark.parametrize("length_norm", [False, True])
+def test_loss_matches_float64_reference(loss, length_norm):
+    rng = np.random.default_rng(1)
+    N, K, beta, gamma = 6, 5, 0.7, 0.8
+    S = _random_table(N, K, seed=2)
+    logp = rng.normal(-20, 5, size=(N, K))
+    ref = logp + rng.normal(0, 1, size=(N, K))
+    length = rng.integers(1, 40, size=(N, K)).astype(np.float64)
+
+    target = L.regression_target(L.opponent_score(torch.tensor(S, dtype=torch.float32), loss), beta)
+    ratio = L.log_ratio(torch.tensor(logp, dtype=torch.float32), torch.tensor(ref, dtype=torch.float32),
+                        torch.tensor(length, dtype=torch.float32) if length_norm else None, gamma)  # fmt: skip
+    got = float(L.squared_loss(ratio.flatten(), target.flatten()))
+
+    want_target = _reference_targets(S, loss, beta)
+    total = 0.0
+    for n in range(N):
+        for i in range(K):
+            r = logp[n, i] - ref[n, i]
+            if length_norm:
+                r /= length[n, i] ** gamma  # LN-GPO, App. E.2
+            total += (r - want_target[n, i]) ** 2
+    np.testing.assert_allclose(target.numpy(), want_target, rtol=1e-5, atol=1e-5)
+    assert got == pytest.approx(total / (N * K), rel=1e-5)
+
+
+def test_pairs_are_argmax_and_argmin_of_the_aggregate_score_and_clamp_bounds_targets():
+    S = torch.tensor(_random_table(4, 5, seed=3))
+    opponent = L.opponent_score(S, "gpo")
+    chosen, rejected = L.pair_indices(S)
+    aggregate = (S - S.transpose(-1, -2)).mean(-1)  # the authors' ranker: mean_j (T_ij - T_ji)
+    assert torch.equal(chosen, aggregate.argmax(-1)) and torch.equal(rejected, aggregate.argmin(-1))
+    assert float(L.regression_target(opponent, 1e-3, clamp=5.0).abs().max()) <= 5.0
+    assert torch.allclose(L.score_table(S, 0.1, "gpm", "authors"), 2 * L.score_table(S, 0.1, "gpm", "logit"))
+
+
+@pytest.mark.parametrize("loss", ["gpo", "sppo"])
+def test_one_gradient_step_moves_probability_toward_the_winning_response(loss):
+    from gpmctl.config import TinyBackbone
+    from gpmctl.models.loading import load_tokenizer
+    from gpmctl.train.gpo_policy import build_tiny_policy, encode_prompt, sequence_logps
+
+    tok = load_tokenizer("tiny")
+    policy = build_tiny_policy(tok, TinyBackbone(hidden_size=32, num_layers=1, intermediate_size=64), seed=0)
+    prompt = encode_prompt(tok, [{"role": "user", "content": "Which option suits a kitchen best?"}], 64)
+    win, lose = (tok(w, add_special_tokens=False)["input_ids"] for w in ("jade", "red"))
+    S = torch.tensor([[[0.0, 3.0], [-3.0, 0.0]]])  # judge: jade beats red
+    target = L.regression_target(L.opponent_score(S, loss), beta=1.0)[0]
+    assert target[0] > 0 > target[1]
+
+    with torch.no_grad():
+        before, _ = sequence_logps(policy, [prompt, prompt], [win, lose], "cpu")
+    optimizer = torch.optim.SGD(policy.parameters(), lr=1e-2)
+    logp, _ = sequence_logps(policy, [prompt, prompt], [win, lose], "cpu")
+    L.squared_loss(L.log_ratio(logp, before), target).backward()  # ratio 0 at pi_theta = pi_t: gradient = -2 target grad logp
+    optimizer.step()
+    with torch.no_grad():
+        after, _ = sequence_logps(policy, [prompt, prompt], [win, lose], "cpu")
+    assert after[0] > before[0] and after[1] < before[1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Recipes
+
+
+def test_shipped_gpo_recipes_load_and_switch_loss_with_one_key():
+    assert is_gpo_recipe(TINY_RECIPE)
+    assert load_gpo_recipe(TINY_RECIPE).objective.loss == "gpo"
+    assert load_gpo_recipe(TINY_RECIPE, ["objective.loss=sppo"]).objective.loss == "sppo"
+    paper = load_gpo_recipe(ROOT / "recipes" / "gpo_llama3_8b.yaml")
+    assert (paper.generation.k, paper.objective.iterations, paper.objective.beta, paper.train.lr, paper.train.optimizer) == (5, 3, 0.001, 5e-7, "rmsprop")
+    assert (paper.generation.temperature, paper.generation.top_p, paper.generation.max_new_tokens) == (0.7, 0.9, 2048)
+    with pytest.raises(ConfigError, match="objective.los"):
+        load_gpo_recipe(TINY_RECIPE, ["objective.los=sppo"])
+    with pytest.raises(ConfigError, match="objective.loss"):
+        load_gpo_recipe(TINY_RECIPE, ["objective.loss=dpo"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# End to end on the tiny recipe
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory) -> Path:
+    """An untrained tiny GPM (dim 8) as a model folder: instant, and enough to exercise the pipeline."""
+    from gpmctl.config import ModelConfig, TinyBackbone
+    from gpmctl.models.loading import build_model, load_tokenizer, save_model
+
+    out = tmp_path_factory.mktemp("judge")
+    tok = load_tokenizer("tiny")
+    cfg = ModelConfig(kind="gpm", dim=8, tau=0.1, tiny=TinyBackbone(hidden_size=32, num_layers=1, intermediate_size=64, initializer_range=0.3))
+    save_model(build_model(cfg, tok, seed=0), out, tok)
+    return out
+
+
+def _small(out: Path, judge: Path, *extra: str) -> list[str]:
+    return [
+        f"output_dir={out}", f"judge.model={judge}", "judge.train_recipe=null", "data.max_prompts=8", "data.max_eval_prompts=4",
+        "policy.tiny.hidden_size=32", "policy.tiny.num_layers=1", "policy.tiny.intermediate_size=64",
+        "policy.warmup.steps=20", "objective.iterations=1", "objective.train_on=pairs", "eval.samples=2", "train.epochs=1", "train.batch_size=8", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def one_iteration(tmp_path_factory, judge_dir) -> Path:
+    from gpmctl.train.gpo import train_gpo
+
+    out = tmp_path_factory.mktemp("gpo") / "run"
+    train_gpo(load_gpo_recipe(TINY_RECIPE, _small(out, judge_dir)))
+    return out
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_tiny_recipe_writes_generations_score_tables_pairs_and_win_rates(one_iteration):
+    it = one_iteration / "iter-1"
+    gens, scores, pairs = _rows(it / "generations.jsonl"), _rows(it / "scores.jsonl"), _rows(it / "pairs.jsonl")
+    assert len(gens) == len(scores) == len(pairs) == 8
+    assert all(len(g["responses"]) == len(g["response_ids"]) == 5 for g in gens)
+    table = np.array([s["logit"] for s in scores])
+    assert table.shape == (8, 5, 5)
+    np.testing.assert_allclose(table, -table.transpose(0, 2, 1), atol=1e-9)  # each response embedded once: s is skew
+    recipe = load_gpo_recipe(TINY_RECIPE)
+    want = table.mean(-1) / recipe.objective.beta  # eq. 5.2-5.3 from the saved table
+    for n, p in enumerate(pairs):
+        assert p["chosen_index"] == int(want[n].argmax()) and p["rejected_index"] == int(want[n].argmin())
+        assert p["chosen_target"] == pytest.approx(want[n, p["chosen_index"]], rel=1e-6, abs=1e-9)
+    assert (it / "policy" / "config.json").is_file() and (one_iteration / "iter-0" / "policy" / "config.json").is_file()
+    metrics = json.loads((it / "metrics.json").read_text())
+    for key in ("win_rate_vs_initial", "win_rate_vs_previous"):
+        assert 0.0 <= metrics[key] <= 1.0
+    events = [r for r in _rows(one_iteration / "log.jsonl") if r["event"] == "iteration"]
+    assert events and events[-1]["win_rate_vs_initial"] == metrics["win_rate_vs_initial"]
+
+
+def test_sppo_retrains_an_iteration_from_saved_generations_by_switching_one_key(one_iteration, judge_dir, tmp_path):
+    import shutil
+
+    from gpmctl.train.gpo import train_gpo
+
+    out = tmp_path / "sppo"
+    shutil.copytree(one_iteration / "iter-0", out / "iter-0")
+    (out / "iter-1").mkdir()
+    for name in ("generations.jsonl", "scores.jsonl"):
+        shutil.copy(one_iteration / "iter-1" / name, out / "iter-1" / name)
+    result = train_gpo(load_gpo_recipe(TINY_RECIPE, _small(out, judge_dir, "objective.loss=sppo")), resume="auto")
+    assert result.iterations[0]["loss"] == "sppo"
+    assert (out / "iter-1" / "generations.jsonl").read_text() == (one_iteration / "iter-1" / "generations.jsonl").read_text()
+    table = np.array([s["logit"] for s in _rows(out / "iter-1" / "scores.jsonl")])
+    beta = load_gpo_recipe(TINY_RECIPE).objective.beta
+    want = (1 / (1 + np.exp(-table))).mean(-1) - 0.5  # SPPO: P_hat(y > pi_t) - 1/2
+    for n, p in enumerate(_rows(out / "iter-1" / "pairs.jsonl")):
+        assert p["chosen_target"] == pytest.approx(want[n, p["chosen_index"]] / beta, rel=1e-6, abs=1e-9)
+
+
+def test_resume_skips_finished_iterations_and_runs_the_next(one_iteration, judge_dir, tmp_path):
+    import shutil
+
+    from gpmctl.train.gpo import train_gpo
+
+    out = tmp_path / "run"
+    shutil.copytree(one_iteration, out)
+    with pytest.raises(ConfigError, match="--resume auto"):
+        train_gpo(load_gpo_recipe(TINY_RECIPE, _small(out, judge_dir)))
+    first = (out / "iter-1" / "policy" / "model.safetensors").stat().st_mtime_ns
+    result = train_gpo(load_gpo_recipe(TINY_RECIPE, _small(out, judge_dir, "objective.iterations=2", "objective.train_on=all")), resume="auto")
+    assert [m["iteration"] for m in result.iterations] == [1, 2]
+    assert (out / "iter-1" / "policy" / "model.safetensors").stat().st_mtime_ns == first
+    assert result.iterations[0] == json.loads((one_iteration / "iter-1" / "metrics.json").read_text())
+    assert result.policy == out / "iter-2" / "policy"
+    assert [len(row["targets"]) for row in _rows(out / "iter-2" / "pairs.jsonl")] == [5] * 8  # train_on: all K samples
+    assert result.iterations[1]["sequences"] == 40
+
+
+def test_cli_prints_the_resolved_gpo_recipe_and_rejects_bad_keys():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GPMCTL_DEBUG": ""}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "gpmctl", "train-gpo", *a], capture_output=True, text=True, cwd=ROOT, env=env)  # noqa: E731
+    ok = run("gpo_tiny", "objective.loss=sppo", "--print-recipe")
+    assert ok.returncode == 0, ok.stderr
+    assert "loss: sppo" in ok.stdout and "kind: gpo" in ok.stdout
+    bad = run("gpo_tiny", "objective.betta=1")
+    assert bad.returncode == 2 and "objective.beta" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
