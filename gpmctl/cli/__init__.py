@@ -13,7 +13,7 @@ import sys
 import typer
 
 from gpmctl import __version__
-from gpmctl.cli import data, demo, eval, export, score, stubs, train_gpo, train_rm
+from gpmctl.cli import data, demo, eval, export, plot, score, stubs, train_gpo, train_rm
 
 app = typer.Typer(
     name="gpmctl",
@@ -28,6 +28,7 @@ app.add_typer(eval.app, name="eval")
 app.command("train-rm", context_settings={"allow_extra_args": False})(train_rm.train_rm)
 app.command("train-gpo")(train_gpo.train_gpo)
 app.command("demo")(demo.demo)
+app.command("plot")(plot.plot)
 app.command("score")(score.score)
 app.command("export")(export.export)
 stubs.register(app)

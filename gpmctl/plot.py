@@ -1,0 +1,129 @@
+"""Pictures of a run (matplotlib, an optional extra: pip install 'gpmctl[plot]').
+
+    training_curves(log.jsonl)            loss, accuracy and learning rate per step; eval accuracy
+    embedding_planes(model, records)      each 2-D block of a GPM's embeddings, one point per response
+    reliability_diagram(examples)         predicted P(chosen > rejected) against observed frequency
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gpmctl.errors import GpmctlError
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GpmctlError("plots need matplotlib: pip install 'gpmctl[plot]'") from None
+    return plt
+
+
+def training_curves(log_path: Path, out: Path) -> Path:
+    plt = _pyplot()
+    events = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    train = [e for e in events if e.get("event") == "train"]
+    evals = [e for e in events if e.get("event") == "eval"]
+    if not train:
+        raise GpmctlError(f"{log_path}: no training events to plot")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    steps = [e["step"] for e in train]
+    axes[0].plot(steps, [e["loss"] for e in train], label="train")
+    if evals:
+        axes[0].plot([e["step"] for e in evals], [e["eval/loss"] for e in evals], "o-", label="eval")
+    axes[0].set(title="loss", xlabel="step")
+    axes[1].plot(steps, [e["accuracy"] for e in train], label="train")
+    if evals:
+        axes[1].plot([e["step"] for e in evals], [e["eval/accuracy"] for e in evals], "o-", label="eval")
+    axes[1].set(title="pair accuracy", xlabel="step", ylim=(0, 1.02))
+    axes[2].plot(steps, [e["lr"] for e in train])
+    axes[2].set(title="learning rate", xlabel="step")
+    for ax in axes[:2]:
+        ax.legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(log_path.parent.name)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def embedding_planes(model, tokenizer, records: list, out: Path, label_key: str | None = None, limit: int = 400) -> Path:
+    """Scatter every 2-D block (v[2l], v[2l+1]) of the responses' embeddings; a cyclic set shows its rotation."""
+    import torch
+
+    from gpmctl.data.tokenize import SequenceEncoder
+    from gpmctl.score import embed_sequences
+
+    plt = _pyplot()
+    if model.head.kind != "gpm":
+        raise GpmctlError("embedding planes need a GPM (a BT model has a scalar reward)")
+    seen, texts, labels, seqs = set(), [], [], []
+    encoder = SequenceEncoder(tokenizer, 512, model.head.eos, model.head.gate_prompt)
+    for r in records:
+        for side, response in (("chosen", r.chosen), ("rejected", r.rejected)):
+            key = json.dumps(r.prompt[-1:] + response)
+            if key in seen:
+                continue
+            seen.add(key)
+            seqs.append(encoder.encode(r.prompt, response))
+            texts.append(response[-1]["content"])
+            meta = r.meta or {}
+            labels.append(str(meta.get(f"{side}_item") or meta.get(label_key or "", "")))
+        if len(seqs) >= limit:
+            break
+    value, _ = embed_sequences(model, seqs, 64, tokenizer.pad_token_id, "cpu")
+    value = value.float()
+    k = value.shape[1] // 2
+    cols = min(k, 4)
+    fig, axes = plt.subplots(1, cols, figsize=(3.6 * cols, 3.6), squeeze=False)
+    names = sorted(set(labels))
+    colors = {n: plt.cm.hsv(i / max(len(names), 1)) for i, n in enumerate(names)}
+    for block, ax in enumerate(axes[0]):
+        xs, ys = value[:, 2 * block], value[:, 2 * block + 1]
+        ax.scatter(xs, ys, s=14, c=[colors[n] for n in labels], alpha=0.8)
+        if len(names) <= 24:
+            for name in names:
+                idx = torch.tensor([lab == name for lab in labels])
+                if name and idx.any():
+                    ax.annotate(name, (float(xs[idx].mean()), float(ys[idx].mean())), fontsize=8)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set(title=f"block {block} (v[{2 * block}], v[{2 * block + 1}])", aspect="equal")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def reliability_diagram(examples: list[dict], out: Path, bins: int = 10) -> Path:
+    """Per-example records with `p` = P(chosen > rejected): calibration of the predicted probabilities.
+
+    Each pair counts both ways round (p for chosen-first, 1 - p for rejected-first), so the diagram does
+    not depend on which side a file calls chosen."""
+    plt = _pyplot()
+    probs = [float(e["p"]) for e in examples] + [1 - float(e["p"]) for e in examples]
+    truth = [1.0] * len(examples) + [0.0] * len(examples)
+    centers, observed, counts = [], [], []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        sel = [t for p, t in zip(probs, truth) if lo <= p < hi or (b == bins - 1 and p == 1.0)]
+        if sel:
+            centers.append((lo + hi) / 2)
+            observed.append(sum(sel) / len(sel))
+            counts.append(len(sel))
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.bar(centers, observed, width=0.9 / bins, alpha=0.7, label="observed")
+    ax.set(xlabel="predicted P(first > second)", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title="reliability")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
