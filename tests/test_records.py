@@ -482,3 +482,22 @@ def test_official_gpm_cyclic_sample():
     assert [(r.chosen_text, r.rejected_text) for r in records] == [("A", "B"), ("B", "C"), ("C", "D"), ("D", "A")]
     assert len({r.prompt_text for r in records}) == 1
     assert all(r.label is None for r in records)
+
+
+def test_csv_rows_with_quoted_newlines_message_cells_and_numbers(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text(
+        "prompt,chosen,rejected,margin\n"
+        'Hi,"Hello, friend!",Go away.,0.5\n'
+        '"Multi\nline?",Yes,No,\n'
+        'Q,"[{""role"": ""assistant"", ""content"": ""A""}]",B,\n'
+        "only,two\n",
+        encoding="utf-8-sig",  # a BOM, as spreadsheet programs write it
+    )
+    items = list(iter_records_with_errors(path))
+    good = [r for r in items if not isinstance(r, DataError)]
+    bad = [e for e in items if isinstance(e, DataError)]
+    assert [r.prompt_text for r in good] == ["Hi", "Multi\nline?", "Q"]
+    assert good[0].margin == 0.5 and good[0].chosen_text == "Hello, friend!" and good[1].margin is None
+    assert good[2].chosen == [{"role": "assistant", "content": "A"}]
+    assert len(bad) == 1 and f"{path}:6" in str(bad[0]) and "rejected" in str(bad[0])

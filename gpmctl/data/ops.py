@@ -17,7 +17,7 @@ import os
 import random
 import sys
 import tempfile
-from array import array
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -284,20 +284,27 @@ def _digest(value: Any) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
 
 
-def percentiles(values: array) -> dict | None:
-    """Nearest-rank p50/p90/p99 and max; None for no values."""
-    if not values:
+def percentiles(values) -> dict | None:
+    """Nearest-rank p50/p90/p99 and max of a sequence of lengths or of a {length: count} histogram
+    (the histogram keeps memory bounded by the number of distinct lengths, not of rows); None if empty."""
+    hist = values if isinstance(values, Counter) else Counter(values)
+    n = sum(hist.values())
+    if not n:
         return None
-    ordered = sorted(values)
-    n = len(ordered)
-    out = {f"p{q}": ordered[max(0, math.ceil(q / 100 * n) - 1)] for q in (50, 90, 99)}
-    out["max"] = ordered[-1]
-    return out
+    ranks = {q: max(0, math.ceil(q / 100 * n) - 1) for q in (50, 90, 99)}
+    out, seen = {}, 0
+    for length in sorted(hist):
+        seen += hist[length]
+        for q, rank in ranks.items():
+            if f"p{q}" not in out and rank < seen:
+                out[f"p{q}"] = length
+    out["max"] = max(hist)
+    return {k: out[k] for k in ("p50", "p90", "p99", "max")}
 
 
-def _token_lengths(tokenizer, texts: list[str], into: array) -> None:
+def _token_lengths(tokenizer, texts: list[str], into: Counter) -> None:
     if texts:
-        into.extend(len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"])
+        into.update(len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def stats(
@@ -310,8 +317,8 @@ def stats(
 ) -> dict:
     """Counts and length percentiles of one file; see `gpmctl data stats --help` for the keys."""
     fields = ("prompt", "chosen", "rejected")
-    chars = {f: array("q") for f in fields}
-    tokens = {f: array("q") for f in fields}
+    chars = {f: Counter() for f in fields}  # length histograms: memory does not grow with the rows
+    tokens = {f: Counter() for f in fields}
     pending: dict[str, list[str]] = {f: [] for f in fields}
     formats = dict.fromkeys(FORMATS, 0)
     seen_pairs: set[bytes] = set()
@@ -329,7 +336,7 @@ def stats(
             prompt = "\n\n".join(m["content"] for m in item.prompt)
             texts = {"prompt": prompt, "chosen": item.chosen_text, "rejected": item.rejected_text}
             for f in fields:
-                chars[f].append(len(texts[f]))
+                chars[f][len(texts[f])] += 1
             for f in ("chosen", "rejected"):
                 empty[f] += not texts[f].strip()
             pair = _digest([item.prompt, item.chosen, item.rejected])

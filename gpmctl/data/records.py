@@ -83,7 +83,7 @@ ULTRAFEEDBACK_MODES = ("binarize", "cyclic")
 ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 ASPECT_ALIASES = {"if": "instruction_following", "instruction-following": "instruction_following"}
 DEFAULT_CYCLE_CRITERIA = ("instruction_following", "honesty", "truthfulness")
-SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
+SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".csv")
 MAX_LINE_BYTES = 16 * 2**20
 
 # Keys the readers interpret; never written or read as `meta`.
@@ -674,6 +674,8 @@ def _file_rows(path: str | Path, max_line_bytes: int) -> tuple[str, Generator[tu
         return name, _jsonl_rows(name, p, suffix, max_line_bytes)
     if suffix == ".json":
         return name, _json_rows(name, p)
+    if suffix == ".csv":
+        return name, _csv_rows(name, p)
     return name, _parquet_rows(name, p)
 
 
@@ -878,6 +880,46 @@ def _json_rows(name: str, p: Path) -> Generator[tuple[int, Any, str], None, None
         return
     for i, row in enumerate(document, start=1):
         yield i, row, f" (row {i})"
+
+
+def _csv_rows(name: str, p: Path) -> Generator[tuple[int, Any, str], None, None]:
+    """(line number, row, "") for each CSV record (header = keys), streamed. Cells holding JSON lists or
+    objects (message lists) are decoded; `margin` and `label` cells become numbers; empty cells are absent."""
+    import csv
+
+    csv.field_size_limit(MAX_LINE_BYTES)
+    try:
+        with open(p, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            line = 1
+            for raw in reader:
+                start, line = line + 1, reader.line_num
+                row: dict[str, Any] = {}
+                for key, cell in raw.items():
+                    if key is None:  # more cells than header names
+                        yield start, DataError(name, f"{len(cell)} more cells than the header has names", line=start), ""
+                        break
+                    if cell is None or cell == "":
+                        continue
+                    if cell[:1] in "[{":
+                        try:
+                            row[key] = json.loads(cell)
+                            continue
+                        except json.JSONDecodeError:
+                            pass
+                    if key in ("margin", "label"):
+                        try:
+                            row[key] = float(cell)
+                            continue
+                        except ValueError:
+                            pass
+                    row[key] = cell
+                else:
+                    yield start, row, ""
+    except UnicodeDecodeError as e:
+        yield 0, DataError(name, f"not valid UTF-8 ({e.reason} at byte {e.start})"), ""
+    except csv.Error as e:
+        yield 0, DataError(name, f"not valid CSV: {e}"), ""
 
 
 def _parquet_rows(name: str, p: Path) -> Generator[tuple[int, Any, str], None, None]:
