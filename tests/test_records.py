@@ -348,9 +348,9 @@ def test_overlong_line_is_skipped_and_the_next_line_still_read(tmp_path):
 def test_missing_file_and_unknown_suffix_raise_before_iterating(tmp_path):
     with pytest.raises(DataError, match="nope.jsonl: no such file"):
         read_records(tmp_path / "nope.jsonl")
-    (tmp_path / "data.csv").write_text("a,b\n")
+    (tmp_path / "data.xlsx").write_text("a,b\n")
     with pytest.raises(DataError, match=r"data\.csv: unknown file type"):
-        iter_records_with_errors(tmp_path / "data.csv")
+        iter_records_with_errors(tmp_path / "data.xlsx")
 
 
 def test_limit_stops_after_that_many_rows(tmp_path):
