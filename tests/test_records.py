@@ -349,7 +349,7 @@ def test_missing_file_and_unknown_suffix_raise_before_iterating(tmp_path):
     with pytest.raises(DataError, match="nope.jsonl: no such file"):
         read_records(tmp_path / "nope.jsonl")
     (tmp_path / "data.xlsx").write_text("a,b\n")
-    with pytest.raises(DataError, match=r"data\.csv: unknown file type"):
+    with pytest.raises(DataError, match=r"data\.xlsx: unknown file type"):
         iter_records_with_errors(tmp_path / "data.xlsx")
 
 
