@@ -59,21 +59,48 @@ def score(
         log(f"resuming {output}: {skip} lines already scored")
     sink = open(partial, "a" if skip else "w", encoding="utf-8") if partial else sys.stdout
     written = skip
+    progress = _Progress()
     try:
         chunk = []
         for item in aligned_rows(inputs, skip=skip, allow_prompt_mismatch=allow_prompt_mismatch):
             chunk.append(item)
             if len(chunk) == chunk_lines:
                 written += _write(sink, score_rows(net, encoder, chunk, batch_size, device, embed), fmt)
+                progress.update(written)
                 chunk = []
         if chunk:
             written += _write(sink, score_rows(net, encoder, chunk, batch_size, device, embed), fmt)
     finally:
+        progress.stop()
         if sink is not sys.stdout:
             sink.close()
     if partial:
         partial.replace(output)
     log(f"scored {written} lines of {len(inputs)} files")
+
+
+class _Progress:
+    """A line counter on stderr while it is a terminal (never mixed into the data on stdout)."""
+
+    def __init__(self):
+        self.bar = None
+        if sys.stderr.isatty():
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            from gpmctl.utils import stderr_console
+
+            self.bar = Progress(SpinnerColumn(), TextColumn("scored {task.completed} lines"), TimeElapsedColumn(),
+                                console=stderr_console(), transient=True)  # fmt: skip
+            self.task = self.bar.add_task("score", total=None)
+            self.bar.start()
+
+    def update(self, lines: int) -> None:
+        if self.bar:
+            self.bar.update(self.task, completed=lines)
+
+    def stop(self) -> None:
+        if self.bar:
+            self.bar.stop()
 
 
 def _write(sink, records: list[dict], fmt: str) -> int:
