@@ -1,7 +1,7 @@
 """Typed recipes: dataclasses that map one to one onto YAML keys and `key.path=value` overrides.
 
 A recipe file is YAML with the sections below; every field has a default, so a recipe names only what
-it changes. Unknown keys and wrong types are errors that name the file and the key (with a close-match
+it changes. `base: NAME` makes a file an overlay on another recipe (see `_with_base`). Unknown keys and wrong types are errors that name the file and the key (with a close-match
 suggestion). The fully resolved recipe is saved with every run (`recipe.yaml` in the output folder).
 """
 
@@ -127,6 +127,21 @@ class TrainConfig:
 
 
 @dataclass
+class LaunchConfig:
+    """How many processes run the recipe and with which distributed engine (see gpmctl/launch.py)."""
+
+    profile: str = "single"
+    """An accelerate config: a shipped profile (single, ddp, zero2, zero3, zero3_offload; `gpmctl recipes ls`)
+    or a path to your own YAML. With more than one process gpmctl re-runs itself under `accelerate launch`."""
+    num_processes: int = 1
+    """Processes in all, over all machines (one per GPU). The global batch is batch_size x grad_accum x this."""
+    num_machines: int = 1
+    """Machines (nodes). More than one needs a launcher per machine: see recipes/slurm/."""
+    main_process_port: int | None = None
+    """Rendezvous port; default: MASTER_PORT if set, else a free port (one machine) or 29500."""
+
+
+@dataclass
 class Recipe:
     """A `gpmctl train-rm` recipe."""
 
@@ -134,6 +149,7 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def validate(self) -> None:
         m, d, t = self.model, self.data, self.train
@@ -148,6 +164,9 @@ class Recipe:
             (t.epochs > 0 or (t.max_steps or 0) > 0, "train.epochs", "must be > 0 (or set train.max_steps)"),
             (t.lr > 0, "train.lr", "must be > 0"),
             (0.0 <= t.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)"),
+            (self.launch.num_processes >= 1, "launch.num_processes", "must be >= 1"),
+            (self.launch.num_machines >= 1 and self.launch.num_processes % self.launch.num_machines == 0,
+             "launch.num_machines", "must be >= 1 and divide launch.num_processes"),
         ]
         for ok, key, problem in checks:
             if not ok:
@@ -309,6 +328,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
             raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(values).__name__}")
+        values = _with_base(values, p)
     try:
         for text in overrides:
             apply_override(values, *parse_override(text))
@@ -317,6 +337,29 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return recipe
+
+
+def _with_base(values: dict, path: Path, depth: int = 0) -> dict:
+    """An overlay recipe: `base: NAME` (a file next to this one, or a shipped recipe) supplies every key
+    the overlay does not set; mappings merge key by key. The saved recipe.yaml is the merged result."""
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if depth > 8:
+        raise ConfigError(f"{path}: base: recipes include each other in a loop")
+    nearby = path.parent / str(base)
+    base_path = nearby if nearby.is_file() else resolve_recipe(str(base))
+    base_values = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+    if not isinstance(base_values, dict):
+        raise ConfigError(f"{base_path}: a recipe must be a mapping of keys")
+
+    def merge(under: dict, over: dict) -> dict:
+        out = dict(under)
+        for key, value in over.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    return merge(_with_base(base_values, base_path, depth + 1), values)
 
 
 def recipe_to_dict(recipe: Any) -> dict:

@@ -13,7 +13,7 @@ import sys
 import typer
 
 from gpmctl import __version__
-from gpmctl.cli import data, demo, eval, export, plot, score, stubs, train_gpo, train_rm
+from gpmctl.cli import data, demo, eval, export, plot, recipes, score, stubs, train_gpo, train_rm
 
 app = typer.Typer(
     name="gpmctl",
@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(eval.app, name="eval")
+app.add_typer(recipes.app, name="recipes")
 app.command("train-rm", context_settings={"allow_extra_args": False})(train_rm.train_rm)
 app.command("train-gpo")(train_gpo.train_gpo)
 app.command("demo")(demo.demo)

@@ -13,35 +13,119 @@ EPILOG = """Examples:
   gpmctl train-rm cyclic_tiny_bt output_dir=runs/bt train.lr=3e-3    (a shipped recipe by name)
 
   gpmctl train-rm my.yaml model.dim=8 model.gate=true --resume auto  (continue after preemption)
+
+  gpmctl train-rm gpm_8b --dry-run                                   (launch command, world size, batch, memory)
+
+  gpmctl train-rm my.yaml launch.profile=zero3 launch.num_processes=8 (re-runs itself under accelerate launch)
 """
 
 
 def train_rm(
-    recipe: str = typer.Argument(..., help="Recipe YAML file, or the name of a shipped recipe (see recipes/)."),
+    recipe: str = typer.Argument(..., help="Recipe YAML file, or the name of a shipped recipe (see `gpmctl recipes ls`)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.path=value pairs overriding the recipe."),
     resume: Optional[str] = typer.Option(None, "--resume", help="`auto` (newest checkpoint in output_dir, if any) or a checkpoint folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start again in an output_dir that already holds a run."),
     stop_after_steps: Optional[int] = typer.Option(None, "--stop-after-steps", help="Checkpoint and stop (exit 75) after N optimizer steps, as on preemption."),
     print_recipe: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe as YAML on stdout and exit."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the launch command, world size, global batch and memory estimate as JSON; train nothing."),
 ) -> None:
     """Train a reward model (BT) or a General Preference Model (GPM) from a YAML recipe.
 
     The resolved recipe, an environment report, log.jsonl and checkpoints go to output_dir; the final
     model is written there as a folder the other commands accept as --model. On SIGTERM or SIGUSR1 the
     run checkpoints and exits with code 75; run the same command with --resume auto to continue.
+    With `launch.num_processes` > 1 (or a DeepSpeed profile) and no launcher around it, the command
+    re-runs itself under `accelerate launch --config_file <profile>`; under an existing accelerate
+    launch, torchrun or Slurm srun it runs in place (rules in gpmctl/launch.py).
     """
+    import os
+
     from gpmctl.config import dump_recipe, load_recipe, resolve_recipe
 
     config = load_recipe(resolve_recipe(recipe), overrides or [])
     if print_recipe:
         print(dump_recipe(config), end="")
         return
-    from gpmctl.train.reward import train_reward_model
+    from gpmctl import launch
 
-    result = train_reward_model(config, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps)
+    argv = ["train-rm", recipe, *(overrides or [])]
+    argv += ["--resume", resume] if resume else []
+    argv += ["--overwrite"] if overwrite else []
+    argv += ["--stop-after-steps", str(stop_after_steps)] if stop_after_steps is not None else []
+    plan = launch.plan_launch(config.launch, argv)
+    if dry_run:
+        import json
+
+        print(json.dumps(dry_run_report(config, plan), indent=2))
+        return
+    if plan.command is not None:
+        from gpmctl.utils import log
+
+        log(f"launch: {plan.reason}: {plan.shell()}")
+        raise typer.Exit(launch.run_plan(plan))
+
+    from gpmctl.errors import GpmctlError
+    from gpmctl.train.reward import Preempted, train_reward_model
+
+    if plan.world_size != config.launch.num_processes and plan.world_size > 1:
+        from gpmctl.utils import log
+
+        log(f"the launcher started {plan.world_size} processes, the recipe says launch.num_processes="
+            f"{config.launch.num_processes}: the global batch is {config.train.batch_size * config.train.grad_accum * plan.world_size} pairs")
+    if plan.command is None and plan.world_size > 1 and launch.profile_engine(config.launch.profile) == "DEEPSPEED" \
+            and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() not in ("1", "true"):  # fmt: skip
+        from gpmctl.utils import log
+
+        log(f"launch.profile={config.launch.profile} is DeepSpeed but this launcher did not set it up: training without "
+            "DeepSpeed (use `accelerate launch --config_file <profile>` or let gpmctl launch itself)")
+    launch.register_worker()
+    try:
+        result = train_reward_model(config, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps)
+    except GpmctlError as e:  # under gpmctl's own re-execution the parent exits with this code, not the launcher's 1
+        recorded = launch.record_exit(e.exit_code)
+        if recorded and isinstance(e, Preempted):
+            from gpmctl.utils import log
+
+            log(str(e))  # a stop after a checkpoint is no failure: the launcher need not print a traceback
+            return
+        if _rank() != 0:  # every rank hits the same error: rank 0 says it once
+            raise typer.Exit(e.exit_code) from None
+        raise
     import json
 
-    print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps, "eval": result.final_metrics}))
+    if result is not None and _rank() == 0:
+        print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps, "eval": result.final_metrics}))
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def dry_run_report(config, plan) -> dict:
+    """What a run would do, from the recipe and the backbone's config (no weights are read)."""
+    from gpmctl import launch
+
+    t, lc = config.train, config.launch
+    world = plan.world_size if plan.command is None and plan.world_size > 1 else lc.num_processes
+    params, source = launch.count_parameters(config.model)
+    mixed = t.precision != "fp32"  # per GPU: `auto` is bf16 there
+    return {
+        "launch": plan.shell(),
+        "reason": plan.reason,
+        "profile": lc.profile,
+        "engine": launch.profile_engine(lc.profile),
+        "world_size": world,
+        "num_machines": lc.num_machines,
+        "global_batch": t.batch_size * t.grad_accum * world,
+        "batch": f"{t.batch_size} pairs x {t.grad_accum} accumulation x {world} processes",
+        "parameters": params,
+        "parameters_from": source,
+        "model_states_gib_per_gpu": None if params is None else round(launch.model_state_gib(params, lc.profile, world, mixed), 2),
+        "memory_note": "parameters + gradients + AdamW state on a GPU (ZeRO accounting, bf16 mixed precision unless "
+        "train.precision=fp32); activations and buffers not included",
+    }
 
 
 train_rm.__doc__ = (train_rm.__doc__ or "") + "\n\n" + EPILOG

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -101,10 +102,11 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
 def pair_loss(model: PreferenceModel, batch: dict, tau: float, use_margin: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward over [chosen; rejected] -> (mean loss, per-pair scores s(chosen > rejected) [B])."""
     out = model(batch["input_ids"], batch["attention_mask"], batch["prompt_end"])
+    kind = getattr(model, "module", model).head.kind  # DDP and DeepSpeed wrap the PreferenceModel as .module
     half = batch["margin"].shape[0]
     split = lambda x: (x[:half], x[half:]) if x is not None else (None, None)  # noqa: E731
     (vc, vr), (gc, _) = split(out.value), split(out.gate)
-    score = P.bt_score(vc, vr) if model.head.kind == "bt" else P.preference_score(vc, vr, gc)
+    score = P.bt_score(vc, vr) if kind == "bt" else P.preference_score(vc, vr, gc)
     label = batch["label"]
     loss = P.preference_loss(score, tau, batch["margin"] if use_margin else None, None if bool((label == 1).all()) else label)
     return loss.mean(), score.detach()
@@ -222,8 +224,16 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
     accelerator = Accelerator(
         mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision],
         gradient_accumulation_steps=t.grad_accum,
+        **_cpu_settings(),
     )
     main = accelerator.is_main_process
+    deepspeed = accelerator.state.deepspeed_plugin
+    zero3 = deepspeed is not None and deepspeed.zero_stage == 3
+    if deepspeed is not None:  # the recipe, not the profile, sets the batch and clipping
+        deepspeed.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+            train_batch_size=t.batch_size * t.grad_accum * accelerator.num_processes, gradient_clipping=t.max_grad_norm,
+        )  # fmt: skip
     set_seed(t.seed)
 
     # 1. The run folder.
@@ -241,8 +251,12 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
     log(f"data: {len(train_pairs)} train pairs, {len(eval_pairs)} eval pairs ({time.perf_counter() - started:.1f}s to tokenise)")
 
     # 3. Model, optimiser, schedule.
-    model = build_model(m, tokenizer, t.seed, accelerator.device)
-    log(f"model: {m.backbone} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters), head {model.head}")
+    if zero3 and m.backbone != "tiny":  # from_pretrained loads each rank's shard only (zero3_init_flag)
+        model = build_model(m, tokenizer, t.seed, accelerator.device)
+    else:  # the tiny model is built whole, so its seeded random init equals a single-process run's
+        model = _built_whole(lambda: build_model(m, tokenizer, t.seed, accelerator.device), deepspeed if zero3 else None)
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ds_numel: ZeRO-3 shards
+    log(f"model: {m.backbone} ({n_params / 1e6:.2f}M parameters), head {model.head}")
     micro_per_epoch = len(epoch_batches(len(train_pairs), t.batch_size, t.seed, 0, accelerator.process_index, accelerator.num_processes))
     steps_per_epoch = micro_per_epoch // t.grad_accum
     if steps_per_epoch == 0:
@@ -255,20 +269,45 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
     tau = m.resolved_tau()
     eval_every = t.eval_steps or steps_per_epoch
 
+    layout = {"world_size": accelerator.num_processes, "engine": "deepspeed" if deepspeed is not None else "torch",
+              "zero_stage": deepspeed.zero_stage if deepspeed is not None else None,
+              "batch_size": t.batch_size, "grad_accum": t.grad_accum}  # fmt: skip
     state = {"step": 0, "epoch": 0, "micro_batch": 0, "best": None}
     if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
+        saved = ckpt.read_trainer_state(resume_from)
+        ckpt.check_resumable(saved, layout, resume_from)
+        if saved.get("engine") == "deepspeed":
+            state = ckpt.load_sharded_checkpoint(resume_from, accelerator, scheduler)
+        else:
+            state = ckpt.load_checkpoint(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
+        # Same global batch, other split over processes: the same pairs make each step; keep the position.
+        state["micro_batch"] = state["micro_batch"] // saved.get("grad_accum", t.grad_accum) * t.grad_accum
+        for key in layout:
+            state.pop(key, None)
         log(f"resumed from {resume_from} at step {state['step']}")
     log(f"training: {total_steps} steps ({steps_per_epoch} per epoch), batch {t.batch_size} x {t.grad_accum} x {accelerator.num_processes} pairs, {precision}")
 
     def save_state(reason: str) -> Path:
         path = ckpt.checkpoint_dir(output_dir, state["step"])
+        if deepspeed is not None:  # every rank writes its ZeRO shard
+            ckpt.save_sharded_checkpoint(path, accelerator, scheduler, {**state, **layout})
+        elif main:
+            ckpt.save_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, {**state, **layout})
         if main:
-            ckpt.save_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, state)
             ckpt.prune_checkpoints(output_dir, max(t.keep_checkpoints, 1))
             runlog.write({"event": "checkpoint", "step": state["step"], "path": str(path), "reason": reason})
         accelerator.wait_for_everyone()
         return path
+
+    def save_full_model(folder: Path) -> None:
+        """The HF-style model folder; under ZeRO-3 the weights are first gathered from all ranks."""
+        unwrapped = accelerator.unwrap_model(model)
+        if zero3:
+            full = accelerator.get_state_dict(model)  # a collective: every rank takes part, rank 0 gets it
+            unwrapped = _with_weights(unwrapped, full) if main else None
+        if main:
+            save_model(unwrapped, folder, tokenizer)
+        accelerator.wait_for_everyone()
 
     def run_eval() -> dict:
         metrics = evaluate(model, eval_pairs, t.batch_size * 2, tau, tokenizer.pad_token_id, accelerator)
@@ -277,11 +316,10 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
         runlog.write({"event": "eval", "step": state["step"], **{f"eval/{k}": v for k, v in metrics.items()}})
         log(f"eval @ step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "pairs"))
         key = (metrics["accuracy"], -metrics["loss"])
-        if t.keep_best and (state["best"] is None or key > tuple(state["best"]["key"])):
+        better = t.keep_best and (state["best"] is None or key > tuple(state["best"]["key"]))
+        if _agreed(accelerator, better):  # rank 0 decides for all: a save that only some ranks enter hangs
             state["best"] = {"key": list(key), "step": state["step"], "metrics": metrics}
-            if main:
-                save_model(accelerator.unwrap_model(model), output_dir / "best", tokenizer)
-            accelerator.wait_for_everyone()
+            save_full_model(output_dir / "best")
         return metrics
 
     # 4. The loop.
@@ -329,26 +367,32 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
                     run_eval()
                 if t.save_steps and step % t.save_steps == 0:
                     save_state("save_steps")
-                if stop.signal or (stop_after_steps is not None and step >= stop_after_steps):
-                    path = save_state(stop.signal or "stop_after_steps")
-                    raise Preempted(f"stopped at step {step} ({stop.signal or '--stop-after-steps'}); checkpoint {path}; continue with --resume auto")
+                asked = stop.signal is not None or (stop_after_steps is not None and step >= stop_after_steps)
+                if _any_rank(accelerator, asked):  # a signal may reach the ranks at different steps
+                    by_count = stop_after_steps is not None and step >= stop_after_steps
+                    reason = stop.signal or ("--stop-after-steps" if by_count else "a signal to another rank")
+                    path = save_state(reason)
+                    raise Preempted(f"stopped at step {step} ({reason}); checkpoint {path}; continue with --resume auto")
             if state["micro_batch"] >= len(batches):
                 state["epoch"] += 1
                 state["micro_batch"] = 0
 
     # 5. Final evaluation and model.
     final = run_eval()
-    unwrapped = accelerator.unwrap_model(model)
     model_metrics = final
-    if main:
-        best = state["best"]
-        if t.keep_best and best is not None and best["step"] != state["step"] and (output_dir / "best" / HEAD_FILE).exists():
-            log(f"final model: the best eval checkpoint (step {best['step']}, accuracy {best['metrics']['accuracy']:.4f})")
+    best = state["best"]
+    if t.keep_best and best is not None and best["step"] != state["step"]:
+        log(f"final model: the best eval checkpoint (step {best['step']}, accuracy {best['metrics']['accuracy']:.4f})")
+        model_metrics = best["metrics"]
+        if main:
             from gpmctl.models.loading import load_model
 
-            unwrapped = load_model(output_dir / "best", dtype="float32")
-            model_metrics = best["metrics"]
-        save_model(unwrapped, output_dir, tokenizer)
+            # Built whole: under ZeRO-3, from_pretrained would otherwise shard it, a collective rank 0 runs alone.
+            best_model = _built_whole(lambda: load_model(output_dir / "best", dtype="float32"), deepspeed if zero3 else None)
+            save_model(best_model, output_dir, tokenizer)
+    else:
+        save_full_model(output_dir)
+    if main:
         summary = {"steps": state["step"], "model_eval": model_metrics, "final_eval": final, "best": best,
                    "recipe": str(output_dir / "recipe.yaml")}  # fmt: skip
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
@@ -356,6 +400,68 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
     accelerator.wait_for_everyone()
     runlog.close()
     return TrainResult(output_dir, state["step"], model_metrics, state["best"])
+
+
+def _cpu_settings() -> dict:
+    """Accelerator arguments on a machine without CUDA: an explicit gloo group for DeepSpeed (accelerate
+    leaves it without a backend there, so each rank thinks it is alone), and cpu=True for DDP (otherwise
+    N processes under torchrun train N independent models)."""
+    if torch.cuda.is_available():
+        return {}
+    from accelerate.utils import InitProcessGroupKwargs
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true"):
+        import logging
+        import warnings
+
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip a 30 s JIT build; gloo does the work
+        logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+        return {"kwargs_handlers": [InitProcessGroupKwargs(backend="gloo")]}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun without ACCELERATE_USE_CPU=1 too
+        return {"cpu": True}
+    return {}
+
+
+def _built_whole(build, deepspeed_plugin):
+    """Run `build` with transformers' ZeRO-3 sharded init switched off (accelerate's own
+    zero3_init_context_manager leaves it on: it re-registers the same stage-3 config). Needed for a
+    model one rank builds alone, and for the seeded tiny model to equal a single-process run's."""
+    if deepspeed_plugin is None:
+        return build()
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        return build()
+    finally:
+        deepspeed_plugin.set_deepspeed_weakref()
+
+
+def _agreed(accelerator, flag: bool) -> bool:
+    """Rank 0's value of `flag` on every rank."""
+    if accelerator.num_processes == 1:
+        return flag
+    from accelerate.utils import broadcast
+
+    return bool(broadcast(torch.tensor([int(flag)], device=accelerator.device), from_process=0).item())
+
+
+def _any_rank(accelerator, flag: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([int(flag)], device=accelerator.device), reduction="sum").item() > 0)
+
+
+def _with_weights(model: PreferenceModel, state_dict: dict) -> PreferenceModel:
+    """A CPU PreferenceModel holding `state_dict` (gathered from ZeRO-3 shards), built on the meta device
+    from the sharded model's own config so no second copy of the initial weights is made."""
+    with torch.device("meta"):
+        skeleton = PreferenceModel(type(model.backbone)(model.backbone.config), model.head)
+    skeleton.load_state_dict({k: v.detach().cpu() for k, v in state_dict.items()}, assign=True)
+    return skeleton
 
 
 class _progress:
