@@ -43,15 +43,6 @@ def test_help_lists_the_six_subcommands_without_importing_torch():
     assert out.strip().endswith("NO-TORCH")
 
 
-def test_planned_commands_say_so_and_exit_2():
-    from gpmctl.cli.stubs import PLANNED
-
-    if not PLANNED:
-        pytest.skip("every subcommand is implemented")
-    result = gpmctl(next(iter(PLANNED)), "a.jsonl", "b.jsonl")
-    assert result.returncode == 2 and "not yet available" in result.stderr
-
-
 def test_unknown_recipe_key_names_file_key_and_suggestion(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("output_dir: x\nmodel:\n  dimm: 4\ndata:\n  train: t.jsonl\n")

@@ -13,7 +13,7 @@ import sys
 import typer
 
 from gpmctl import __version__
-from gpmctl.cli import data, demo, eval, export, plot, recipes, score, stubs, train_gpo, train_rm
+from gpmctl.cli import data, demo, eval, export, plot, recipes, score, train_gpo, train_rm
 
 app = typer.Typer(
     name="gpmctl",
@@ -32,7 +32,6 @@ app.command("demo")(demo.demo)
 app.command("plot")(plot.plot)
 app.command("score")(score.score)
 app.command("export")(export.export)
-stubs.register(app)
 
 
 def _version(value: bool) -> None:

@@ -17,7 +17,7 @@ def plot(
     limit: int = typer.Option(400, help="At most this many responses in the embedding planes."),
 ) -> None:
     """Draw a run: training curves (loss, accuracy, learning rate, eval), the 2-D planes of a GPM's
-    embeddings, and a reliability diagram. Needs matplotlib (pip install 'gpmctl[plot]').
+    embeddings, and a reliability diagram. Needs matplotlib (the plot extra).
 
     Example: gpmctl plot runs/cyclic_tiny_gpm --data cyclic:test
     """
