@@ -231,3 +231,51 @@ def test_cli_prints_the_resolved_gpo_recipe_and_rejects_bad_keys():
     assert "loss: sppo" in ok.stdout and "kind: gpo" in ok.stdout
     bad = run("gpo_tiny", "objective.betta=1")
     assert bad.returncode == 2 and "objective.beta" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_an_iteration_stopped_mid_optimisation_resumes_from_its_step_checkpoint(one_iteration, judge_dir, tmp_path, monkeypatch):
+    """Step-level resume: stop at optimisation step 3 of 12, resume, end with the same policy as without a stop."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from gpmctl.train import reward
+    from gpmctl.train.gpo import train_gpo
+    from gpmctl.train.reward import Preempted
+
+    extra = ("train.epochs=3", "train.batch_size=4", "train.save_steps=5")
+    runs = {}
+    for name in ("whole", "cut"):
+        out = tmp_path / name
+        shutil.copytree(one_iteration / "iter-0", out / "iter-0")
+        (out / "iter-1").mkdir()
+        for f in ("generations.jsonl", "scores.jsonl"):
+            shutil.copy(one_iteration / "iter-1" / f, out / "iter-1" / f)
+        runs[name] = out
+    train_gpo(load_gpo_recipe(TINY_RECIPE, _small(runs["whole"], judge_dir, *extra)), resume="auto")
+
+    class StopAtStep3:  # reads of .signal: after generation, after scoring, then once per optimisation step
+        reads = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        @property
+        def signal(self):
+            StopAtStep3.reads += 1
+            return "SIGTERM" if StopAtStep3.reads >= 5 else None
+
+    monkeypatch.setattr(reward, "_StopFlag", StopAtStep3)
+    with pytest.raises(Preempted, match="continues from this step"):
+        train_gpo(load_gpo_recipe(TINY_RECIPE, _small(runs["cut"], judge_dir, *extra)), resume="auto")
+    state = json.loads((runs["cut"] / "iter-1" / "train_state" / "trainer_state.json").read_text())
+    assert state["step"] == 3
+    monkeypatch.undo()
+    train_gpo(load_gpo_recipe(TINY_RECIPE, _small(runs["cut"], judge_dir, *extra)), resume="auto")
+    assert not (runs["cut"] / "iter-1" / "train_state").exists()
+    a = load_file(runs["whole"] / "iter-1" / "policy" / "model.safetensors")
+    b = load_file(runs["cut"] / "iter-1" / "policy" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -165,9 +166,36 @@ def build_training_set(recipe: GpoRecipe, generations: list[dict], raw: torch.Te
     return rows, train
 
 
+def _save_step(path: Path, model, optimizer, scheduler, state: dict) -> None:
+    """A step checkpoint inside an iteration: weights (tied ones once), optimizer, scheduler, position."""
+    from safetensors.torch import save_model
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps({**state, "scheduler": scheduler.state_dict()}))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def _load_step(path: Path, model, optimizer, scheduler) -> dict:
+    from safetensors.torch import load_model
+
+    load_model(model, str(path / "model.safetensors"))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    state = json.loads((path / "trainer_state.json").read_text())
+    scheduler.load_state_dict(state.pop("scheduler"))
+    return state
+
+
 def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations: list[dict], train: list[dict],
-             t: int, accelerator, runlog: RunLog, stop) -> dict:  # fmt: skip
-    """Minimise the squared loss of eq. 5.3 over `train`; the reference pi_{t-1} is the policy as given."""
+             t: int, accelerator, runlog: RunLog, stop, state_dir: Path | None = None) -> dict:  # fmt: skip
+    """Minimise the squared loss of eq. 5.3 over `train`; the reference pi_{t-1} is the policy as given.
+
+    With `state_dir`, the optimisation is checkpointed there every `train.save_steps` steps and on a stop
+    signal, and continues from such a checkpoint (after computing the reference log-probs from pi_{t-1})."""
     from transformers import get_scheduler
 
     from gpmctl.train.reward import Preempted
@@ -199,11 +227,22 @@ def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations
                               num_warmup_steps=math.ceil(c.warmup_ratio * total), num_training_steps=total)  # fmt: skip
     model, optimizer = accelerator.prepare(policy, optimizer)
     model.train()
-    step, epoch, window = 0, 0, []
+    step, epoch, start_at, window = 0, 0, 0, []
+    if state_dir is not None and (state_dir / "trainer_state.json").is_file():
+        saved = _load_step(state_dir, accelerator.unwrap_model(model), optimizer, scheduler)
+        step, epoch, start_at = saved["step"], saved["epoch"], saved["next_batch"]
+        log(f"iteration {t}: continuing the optimisation from step {step} ({state_dir})")
+
+    def checkpoint(next_batch: int) -> None:
+        if state_dir is not None and accelerator.is_main_process:
+            _save_step(state_dir, accelerator.unwrap_model(model), optimizer, scheduler,
+                       {"step": step, "epoch": epoch, "next_batch": next_batch})  # fmt: skip
+        accelerator.wait_for_everyone()
+
     started = time.perf_counter()
     while step < total:
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(c.seed * 1_000_003 + 1009 * t + epoch)).tolist()
-        for s in range(0, len(order), c.batch_size):
+        for s in range(start_at, len(order), c.batch_size):
             idx = order[s : s + c.batch_size]
             with accelerator.accumulate(model):
                 logp, _ = sequence_logps(model, [prompts[i] for i in idx], [responses[i] for i in idx], device)
@@ -228,10 +267,15 @@ def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations
                 runlog.write(record)
                 window = []
             if stop.signal:
-                raise Preempted(f"stopped in iteration {t} at step {step} ({stop.signal}); --resume auto re-trains it from its saved generations")
+                checkpoint(s + c.batch_size)
+                where = "continues from this step" if state_dir is not None else "re-trains it from its saved generations"
+                raise Preempted(f"stopped in iteration {t} at step {step} ({stop.signal}); --resume auto {where}")
+            if c.save_steps and step % c.save_steps == 0 and step < total:
+                checkpoint(s + c.batch_size)
             if step >= total:
                 break
         epoch += 1
+        start_at = 0
     accelerator.free_memory()
     policy.eval()
     return {"steps": step, "train_seconds": round(time.perf_counter() - started, 2), "sequences": len(train),
@@ -366,8 +410,9 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
             _write_jsonl(d / "pairs.jsonl", pair_rows)
 
             # 4. optimise -> pi_t
-            stats = optimise(policy, recipe, train_ids, generations, train, t, accelerator, runlog, stop)
+            stats = optimise(policy, recipe, train_ids, generations, train, t, accelerator, runlog, stop, d / "train_state")
             save_policy(policy, tokenizer, d / "policy")
+            shutil.rmtree(d / "train_state", ignore_errors=True)
 
             # 5. held-out win rates
             metrics = {"iteration": t, "loss": recipe.objective.loss, **stats}

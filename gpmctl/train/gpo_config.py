@@ -132,6 +132,9 @@ class GpoTrainConfig:
     max_length: int = 1024
     """Prompt + response tokens in training; longer responses are cut (their log-prob too)."""
     logging_steps: int = 10
+    save_steps: int | None = None
+    """Checkpoint the iteration's optimisation every N steps (it is also checkpointed on SIGTERM/SIGUSR1);
+    `--resume auto` then continues from that step instead of re-training the iteration."""
 
 
 @dataclass
