@@ -311,24 +311,29 @@ def apply_override(values: dict, key: str, value: Any, cls: type = Recipe) -> No
             node, tp = child, hints[part]
 
 
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A recipe file's top-level mapping; a missing file or bad YAML is a ConfigError naming file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: no such recipe file")
+    try:
+        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(values).__name__}")
+    return values
+
+
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     """Read a YAML recipe, apply `key.path=value` overrides, check every key and type."""
     values: dict = {}
     source = "overrides"
     if path is not None:
         source = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{path}: no such recipe file")
-        try:
-            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(values).__name__}")
-        values = _with_base(values, p)
+        values = _with_base(read_yaml_mapping(path), Path(path))
     try:
         for text in overrides:
             apply_override(values, *parse_override(text))

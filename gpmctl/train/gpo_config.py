@@ -13,7 +13,7 @@ from typing import Literal
 
 import yaml
 
-from gpmctl.config import TinyBackbone, _build, apply_override, parse_override
+from gpmctl.config import TinyBackbone, _build, apply_override, parse_override, read_yaml_mapping
 from gpmctl.errors import ConfigError
 
 
@@ -204,17 +204,7 @@ def load_gpo_recipe(path: str | Path | None, overrides: list[str] = ()) -> GpoRe
     source = "overrides"
     if path is not None:
         source = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{path}: no such recipe file")
-        try:
-            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(values).__name__}")
+        values = read_yaml_mapping(path)
     try:
         for text in overrides:
             apply_override(values, *parse_override(text), cls=GpoRecipe)
