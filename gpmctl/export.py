@@ -18,7 +18,10 @@ from gpmctl.models.loading import load_model, load_tokenizer, save_model
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def export_model(source: str | Path, out_dir: str | Path, dtype: str | None = None, max_shard_size: str = "5GB") -> Path:
+def export_model(source: str | Path, out_dir: str | Path, dtype: str | None = None, max_shard_size: str = "5GB",
+                 as_sequence_classifier: bool = False) -> Path:
+    """Write `source` to `out_dir` in the gpmctl/released layout, or, for a BT model with
+    `as_sequence_classifier`, as a plain `AutoModelForSequenceClassification` (num_labels=1) folder."""
     source, out_dir = Path(source), Path(out_dir)
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -29,7 +32,41 @@ def export_model(source: str | Path, out_dir: str | Path, dtype: str | None = No
         model = model.to(DTYPES[dtype])
     tokenizer = load_tokenizer(str(source))
     card = model_card(source, model)
+    if as_sequence_classifier:
+        return save_sequence_classifier(model, tokenizer, out_dir, card, max_shard_size)
     return save_model(model, out_dir, tokenizer, extra_files={"README.md": card}, max_shard_size=max_shard_size)
+
+
+def save_sequence_classifier(model, tokenizer, out_dir: Path, card: str, max_shard_size: str) -> Path:
+    """A BT model as `AutoModelForSequenceClassification` with num_labels=1: the backbone's weights plus
+    `score.weight` = value_head.weight, so plain transformers (and RewardBench's pipeline) load it. The
+    classifier reads the last non-pad token, which is where gpmctl reads the reward when the input ends
+    with EOS as gpmctl formats it (the model card says so)."""
+    from transformers import AutoModelForSequenceClassification
+
+    if model.head.kind != "bt":
+        raise ConfigError("--sequence-classifier needs a BT model: a GPM has an embedding, not a scalar reward")
+    config = model.backbone.config
+    config.num_labels = 1
+    config.pad_token_id = tokenizer.pad_token_id
+    classifier = AutoModelForSequenceClassification.from_config(config, dtype=model.value_head.weight.dtype)
+    missing, unexpected = getattr(classifier, classifier.base_model_prefix).load_state_dict(model.backbone.state_dict(), strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"cannot map the backbone onto {type(classifier).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    head = getattr(classifier, "score", None) or getattr(classifier, "classifier", None)
+    if not isinstance(head, torch.nn.Linear) or head.weight.shape != model.value_head.weight.shape:
+        raise ConfigError(f"{type(classifier).__name__} has no single linear scoring layer to hold the reward head")
+    with torch.no_grad():
+        head.weight.copy_(model.value_head.weight)
+        if head.bias is not None:
+            head.bias.zero_()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    classifier.save_pretrained(out_dir, max_shard_size=max_shard_size)
+    tokenizer.save_pretrained(out_dir)
+    note = ("\n## Plain transformers\n\nThis folder is an `AutoModelForSequenceClassification` (num_labels=1); its logit is\n"
+            "the BT reward when the input is formatted as gpmctl does: chat template, and the last token set to EOS.\n")  # fmt: skip
+    (out_dir / "README.md").write_text(card + note)
+    return out_dir
 
 
 def model_card(source: Path, model) -> str:

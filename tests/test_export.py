@@ -120,3 +120,27 @@ def test_export_cli_writes_a_loadable_folder(tmp_path):
     assert result.exit_code == 0, result.output
     assert "model.safetensors" in json.loads(result.stdout.strip().splitlines()[-1])["files"]
     assert load_model(tmp_path / "out").value_head.weight.dtype == torch.float32  # loaded as asked, stored fp16
+
+
+def test_bt_export_as_a_sequence_classifier_gives_gpmctl_rewards_in_plain_transformers(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from gpmctl.models.loading import save_model
+
+    tok = load_tokenizer("tiny")
+    backbone = tiny_backbone(tok, TinyBackbone(hidden_size=32, intermediate_size=64, num_layers=2, initializer_range=0.2))
+    model = PreferenceModel(backbone, HeadConfig(kind="bt", dim=1, tau=1.0, l2=False), init_std=0.5).eval()
+    save_model(model, tmp_path / "bt", tok)
+    export_model(tmp_path / "bt", tmp_path / "seqcls", as_sequence_classifier=True)
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "seqcls").eval()
+    encoder = SequenceEncoder(tok, 128)
+    for answer in ANSWERS:
+        seq = encoder.encode(PROMPT, [{"role": "assistant", "content": answer}])
+        batch = pad_sequences([seq], tok.pad_token_id)
+        with torch.no_grad():
+            want = model(batch["input_ids"], batch["attention_mask"]).value[0]
+            got = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[0, 0]
+        assert abs(want.item()) > 1e-3 and got.item() == pytest.approx(want.item(), abs=1e-5)
+    with pytest.raises(Exception, match="needs a BT model"):
+        official_checkpoint(tmp_path / "gpm")
+        export_model(tmp_path / "gpm", tmp_path / "x", as_sequence_classifier=True)

@@ -13,6 +13,7 @@ def export(
     out_dir: str = typer.Argument(..., help="The folder to write."),
     dtype: Optional[str] = typer.Option(None, help="Cast the weights: fp32, bf16 or fp16 (default: keep)."),
     max_shard_size: str = typer.Option("5GB", help="Largest safetensors shard, e.g. 2GB, 500MB."),
+    sequence_classifier: bool = typer.Option(False, "--sequence-classifier", help="BT only: write an AutoModelForSequenceClassification (num_labels=1) folder."),
 ) -> None:
     """Write a model as a Hugging Face folder: config.json (with the head settings), sharded
     safetensors in the released-checkpoint layout, tokenizer, preference_head.json and a model card
@@ -24,6 +25,6 @@ def export(
     from gpmctl.utils import quiet_libraries
 
     quiet_libraries()
-    path = export_model(source, out_dir, dtype, max_shard_size)
+    path = export_model(source, out_dir, dtype, max_shard_size, sequence_classifier)
     files = sorted(p.name for p in path.iterdir())
     print(json.dumps({"output_dir": str(path), "files": files}))
