@@ -3,8 +3,6 @@ and the cyclic sets' extras (per-cycle accuracy and the best a scalar reward can
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 from gpmctl.errors import DataError
 
@@ -34,25 +32,17 @@ def read_scores(path: str, tau: float | None = None) -> list[dict]:
     alone, then score = logit(p) sign only)."""
     import math
 
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(path, "no such file")
+    from gpmctl.eval.scoring import example_rows
+
     out = []
-    with open(p, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"invalid JSON ({e.msg})", line=number) from None
-            if row.get("p") is None:
-                if row.get("score") is None or tau is None:
-                    raise DataError(path, "needs p (or score with --tau)", line=number)
-                row["p"] = 1.0 / (1.0 + math.exp(-row["score"] / tau))
-            if row.get("score") is None:
-                row["score"] = row["p"] - 0.5  # only its sign is used
-            out.append(row)
+    for number, row in example_rows(path):
+        if row.get("p") is None:
+            if row.get("score") is None or tau is None:
+                raise DataError(path, "needs p (or score with --tau)", line=number)
+            row["p"] = 1.0 / (1.0 + math.exp(-row["score"] / tau))
+        if row.get("score") is None:
+            row["score"] = row["p"] - 0.5  # only its sign is used
+        out.append(row)
     return out
 
 

@@ -114,22 +114,15 @@ def score_examples(scorer, path: Path, rows: list[dict]) -> list[dict]:
 
 def read_scores(path: str) -> list[dict]:
     """Per-example records written by --examples; the matrix is recomputed from `scores` when present."""
-    import json
+    from gpmctl.eval.scoring import example_rows
 
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(path, "no such file")
     out = []
-    with open(p, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if not isinstance(row.get("domain"), str):
-                raise DataError(path, "missing", line=number, field="domain")
-            if row.get("scores") is not None:
-                row["matrix"] = row_matrix(lambda a, b: row["scores"][a][b])
-            elif row.get("matrix") is None:
-                raise DataError(path, "needs scores or matrix", line=number)
-            out.append(row)
+    for number, row in example_rows(path):
+        if not isinstance(row.get("domain"), str):
+            raise DataError(path, "missing", line=number, field="domain")
+        if row.get("scores") is not None:
+            row["matrix"] = row_matrix(lambda a, b: row["scores"][a][b])
+        elif row.get("matrix") is None:
+            raise DataError(path, "needs scores or matrix", line=number)
+        out.append(row)
     return out

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -71,3 +74,23 @@ def user(text) -> list[dict]:
 
 def assistant(text) -> list[dict]:
     return [{"role": "assistant", "content": text}] if isinstance(text, str) else [dict(m) for m in text]
+
+
+def example_rows(path: str) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of a per-example jsonl written by --examples; bad lines are one-line DataErrors."""
+    from gpmctl.errors import DataError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(path, "no such file")
+    with open(p, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(path, f"invalid JSON ({e.msg})", line=number) from None
+            if not isinstance(row, dict):
+                raise DataError(path, "expected a JSON object", line=number)
+            yield number, row
