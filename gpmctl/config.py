@@ -69,6 +69,13 @@ class ModelConfig:
     """Attention kernel passed to transformers (`sdpa`, `eager`, `flash_attention_2`)."""
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    lora_rank: int = 0
+    """LoRA rank for the backbone's linear layers (0: train every weight). Needs the peft extra; the
+    saved model holds the merged weights, so loaders never need peft."""
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"
+    """Which modules get adapters: `all-linear`, or a comma-separated list such as `q_proj,v_proj`."""
     tiny: TinyBackbone = field(default_factory=TinyBackbone)
 
     def resolved_tau(self) -> float:
@@ -157,6 +164,7 @@ class Recipe:
             (m.kind == "bt" or (m.dim >= 2 and m.dim % 2 == 0), "model.dim", f"must be even and >= 2, got {m.dim}"),
             (not (m.kind == "bt" and m.gate), "model.gate", "a gate needs a GPM (model.kind: gpm)"),
             (m.tau is None or m.tau > 0, "model.tau", "must be > 0"),
+            (m.lora_rank >= 0, "model.lora_rank", "must be >= 0 (0 turns LoRA off)"),
             (d.train is not None, "data.train", "is required (a preference file)"),
             (0.0 <= d.eval_fraction < 1.0, "data.eval_fraction", "must be in [0, 1)"),
             (d.max_length >= 8, "data.max_length", "must be >= 8"),

@@ -108,3 +108,45 @@ def test_a_local_backbone_folder_trains_and_reloads(tmp_path, arch):
     model = load_model(result.output_dir)
     assert type(model.backbone).__name__ == ("BertModel" if arch == "bert" else "Qwen2Model")
     assert model.head.pool == pool and result.final_metrics["pairs"] > 0
+
+
+def test_lora_trains_adapters_and_heads_only_and_saves_merged_weights(tmp_path):
+    pytest.importorskip("peft")
+    from safetensors import safe_open
+
+    from gpmctl.data.sources import read_source
+    from gpmctl.data.tokenize import SequenceEncoder, collate_pairs
+    from gpmctl.models.loading import build_model, load_tokenizer
+    from gpmctl.train.reward import pair_loss
+
+    recipe = small_recipe(tmp_path, "model.lora_rank=4", "model.lora_alpha=8", "model.gate=true", "train.lr=1e-2", "train.max_steps=4")
+    tok = load_tokenizer("tiny")
+    fresh = build_model(recipe.model, tok, seed=0)
+    trainable = {n for n, p in fresh.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith(("value_head", "prompt_head")) for n in trainable)
+    result = train_reward_model(recipe)
+    with safe_open(str(result.output_dir / "model.safetensors"), "pt") as f:
+        assert not any("lora" in k or "base_model" in k for k in f.keys())  # merged: loads without peft
+    model = load_model(result.output_dir, dtype="float32")
+    encoder = SequenceEncoder(tok, 128)
+    pairs = [encoder.encode_pair(r) for r in read_source("cyclic:test?num_prompts=24", limit=16)]
+    _, merged = pair_loss(model, collate_pairs(pairs, tok.pad_token_id), model.head.tau, False)
+    assert merged.abs().max() > 0
+    # Merging is exact: a LoRA model with non-zero adapters scores as its saved (merged) folder does.
+    from gpmctl.models.loading import save_model
+
+    with torch.no_grad():
+        for name, p in fresh.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    save_model(fresh, tmp_path / "merged", tok)
+    batch = collate_pairs(pairs, tok.pad_token_id)
+    with torch.no_grad():
+        _, with_adapters = pair_loss(fresh.eval(), batch, 0.1, False)
+        _, from_folder = pair_loss(load_model(tmp_path / "merged", dtype="float32"), batch, 0.1, False)
+    assert (with_adapters - from_folder).abs().max() < 1e-5 and with_adapters.abs().max() > 1e-3
+    again = train_reward_model(small_recipe(tmp_path, "model.lora_rank=4", "model.lora_alpha=8", "model.gate=true",
+                                            "train.lr=1e-2", "train.max_steps=4", name="again"))  # fmt: skip
+    a, b = load_model(again.output_dir, dtype="float32"), model
+    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), n  # deterministic

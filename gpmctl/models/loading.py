@@ -169,6 +169,8 @@ def build_model(model_cfg, tokenizer, seed: int, device: torch.device | str = "c
         backbone = tiny_backbone(tokenizer, model_cfg.tiny, seed, model_cfg.attn_implementation).to(dtype)
     else:
         backbone = load_backbone(model_cfg.backbone, dtype, model_cfg.attn_implementation, model_cfg.trust_remote_code)
+    if model_cfg.lora_rank > 0:
+        backbone = with_lora(backbone, model_cfg)
     with torch.random.fork_rng():
         torch.manual_seed(seed + 1)
         model = PreferenceModel(backbone, head, init_std=model_cfg.init_std)
@@ -177,10 +179,33 @@ def build_model(model_cfg, tokenizer, seed: int, device: torch.device | str = "c
     return model
 
 
+def with_lora(backbone, model_cfg):
+    """Wrap the backbone's linear layers with LoRA adapters (peft); only adapters and heads then train."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ModelError("model.lora_rank needs peft: pip install 'gpmctl[peft]'") from None
+    targets = model_cfg.lora_target_modules
+    config = LoraConfig(r=model_cfg.lora_rank, lora_alpha=model_cfg.lora_alpha, lora_dropout=model_cfg.lora_dropout,
+                        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")])  # fmt: skip
+    return get_peft_model(backbone, config)
+
+
+def plain_backbone(backbone):
+    """The backbone as a plain transformers model: LoRA adapters merged into a copy (training goes on)."""
+    if hasattr(backbone, "merge_and_unload"):
+        import copy
+
+        return copy.deepcopy(backbone).merge_and_unload()
+    return backbone
+
+
 def model_state_dict(model: PreferenceModel) -> dict[str, torch.Tensor]:
-    """Weights under the released-checkpoint names: `<prefix>.<backbone key>`, `value_head.weight`, ..."""
-    prefix = model.backbone.base_model_prefix or "model"
-    state = {f"{prefix}.{k}": v for k, v in model.backbone.state_dict().items()}
+    """Weights under the released-checkpoint names: `<prefix>.<backbone key>`, `value_head.weight`, ...
+    LoRA adapters are merged, so the folder loads without peft."""
+    backbone = plain_backbone(model.backbone)
+    prefix = backbone.base_model_prefix or "model"
+    state = {f"{prefix}.{k}": v for k, v in backbone.state_dict().items()}
     state["value_head.weight"] = model.value_head.weight
     if model.prompt_head is not None:
         state["prompt_head.weight"] = model.prompt_head.weight

@@ -89,7 +89,8 @@ class PreferenceModel(nn.Module):
             if layer is not None:
                 nn.init.normal_(layer.weight, mean=0.0, std=std)
                 layer.to(next(backbone.parameters()).dtype)
-        self._takes_position_ids = "position_ids" in inspect.signature(backbone.forward).parameters
+        base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone  # peft wraps it
+        self._takes_position_ids = "position_ids" in inspect.signature(base.forward).parameters
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_end: torch.Tensor | None = None
