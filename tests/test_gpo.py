@@ -239,7 +239,7 @@ def test_an_iteration_stopped_mid_optimisation_resumes_from_its_step_checkpoint(
 
     from safetensors.torch import load_file
 
-    from gpmctl.train import reward
+    from gpmctl.train import loop
     from gpmctl.train.gpo import train_gpo
     from gpmctl.train.reward import Preempted
 
@@ -268,7 +268,7 @@ def test_an_iteration_stopped_mid_optimisation_resumes_from_its_step_checkpoint(
             StopAtStep3.reads += 1
             return "SIGTERM" if StopAtStep3.reads >= 5 else None
 
-    monkeypatch.setattr(reward, "_StopFlag", StopAtStep3)
+    monkeypatch.setattr(loop, "StopFlag", StopAtStep3)
     with pytest.raises(Preempted, match="continues from this step"):
         train_gpo(load_gpo_recipe(TINY_RECIPE, _small(runs["cut"], judge_dir, *extra)), resume="auto")
     state = json.loads((runs["cut"] / "iter-1" / "train_state" / "trainer_state.json").read_text())

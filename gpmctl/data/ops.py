@@ -247,6 +247,18 @@ def _parquet_row(record: PreferenceRecord) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+class SkipCounter:
+    """The `on_error` of valid_records that counts skipped rows and passes each error on."""
+
+    def __init__(self, on_error: OnError | None):
+        self.count, self.on_error = 0, on_error
+
+    def __call__(self, e: DataError) -> None:
+        self.count += 1
+        if self.on_error is not None:
+            self.on_error(e)
+
+
 def convert(
     src: str,
     dst: str,
@@ -259,19 +271,13 @@ def convert(
 ) -> dict:
     """Any readable file -> canonical jsonl / jsonl.gz / parquet (or "-"). -> {"rows", "skipped"}.
     `options` forces a format or picks the UltraFeedback mode (ReadOptions)."""
-    skipped = 0
-
-    def count_error(e: DataError) -> None:
-        nonlocal skipped
-        skipped += 1
-        if on_error is not None:
-            on_error(e)
+    count_error = SkipCounter(on_error)
 
     with RecordWriter(dst) as out:
         for record in valid_records(src, skip_invalid=skip_invalid, on_error=count_error, rename=rename, progress=progress,
                                     options=options):  # fmt: skip
             out.write(record)
-    return {"input": src, "output": dst, "rows": out.rows, "skipped": skipped}
+    return {"input": src, "output": dst, "rows": out.rows, "skipped": count_error.count}
 
 
 def normalised_prompt(record: PreferenceRecord) -> str:
@@ -412,20 +418,14 @@ def split(
     """src -> out_dir/train.jsonl and out_dir/eval.jsonl, split by prompt. -> counts."""
     if not 0.0 <= eval_fraction <= 1.0:
         raise ConfigError(f"--eval-fraction: expected a number in [0, 1], got {eval_fraction:g}")
-    skipped = 0
-
-    def count_error(e: DataError) -> None:
-        nonlocal skipped
-        skipped += 1
-        if on_error is not None:
-            on_error(e)
+    count_error = SkipCounter(on_error)
 
     out = Path(out_dir)
     with RecordWriter(out / "train.jsonl") as train, RecordWriter(out / "eval.jsonl") as held:
         for record in valid_records(src, skip_invalid=skip_invalid, on_error=count_error, progress=progress):
             (held if held_out(record, eval_fraction, seed) else train).write(record)
     return {"train": str(out / "train.jsonl"), "eval": str(out / "eval.jsonl"),
-            "train_rows": train.rows, "eval_rows": held.rows, "skipped": skipped}  # fmt: skip
+            "train_rows": train.rows, "eval_rows": held.rows, "skipped": count_error.count}  # fmt: skip
 
 
 def parse_mix_source(spec: str) -> tuple[str, float]:
@@ -460,13 +460,7 @@ def mix(
         raise ConfigError("mix: give at least one SOURCE:WEIGHT")
     if total is not None and total < 0:
         raise ConfigError(f"--total: expected a number >= 0, got {total}")
-    sizes, skipped = [], 0
-
-    def count_error(e: DataError) -> None:
-        nonlocal skipped
-        skipped += 1
-        if on_error is not None:
-            on_error(e)
+    sizes, count_error = [], SkipCounter(on_error)
 
     for path, _ in sources:
         sizes.append(sum(1 for _ in valid_records(path, skip_invalid=skip_invalid, on_error=count_error)))
@@ -498,7 +492,7 @@ def mix(
     return {
         "output": dst,
         "rows": out.rows,
-        "skipped": skipped,
+        "skipped": count_error.count,
         "sources": [{"path": p, "weight": w, "rows": size, "taken": t, "repeated": max(0, t - size), "share": round(t / total, 4) if total else 0.0}
                     for (p, w), size, t in zip(sources, sizes, taken)],  # fmt: skip
     }

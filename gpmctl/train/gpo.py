@@ -198,7 +198,7 @@ def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations
     signal, and continues from such a checkpoint (after computing the reference log-probs from pi_{t-1})."""
     from transformers import get_scheduler
 
-    from gpmctl.train.reward import Preempted
+    from gpmctl.train.loop import Preempted, backward_step
 
     c, o = recipe.train, recipe.objective
     device = accelerator.device
@@ -249,12 +249,7 @@ def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations
                 lens = length[idx].to(device) if o.length_norm else None
                 ratio = L.log_ratio(logp, ref_logp[idx].to(device), lens, o.length_gamma)  # log pi_theta/pi_t (/|y|^gamma: App. E.2)
                 loss = L.squared_loss(ratio, targets[idx].to(device))  # (ratio - (1/beta) s_hat)^2, eq. 5.3
-                accelerator.backward(loss)
-                grad_norm = None
-                if accelerator.sync_gradients and c.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), c.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                grad_norm = backward_step(accelerator, model, optimizer, loss, c.max_grad_norm)
             window.append(float(loss.detach()))
             if not accelerator.sync_gradients:
                 continue
@@ -305,7 +300,7 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
 
     from gpmctl.data.tokenize import SequenceEncoder
     from gpmctl.models.loading import load_model, load_tokenizer
-    from gpmctl.train.reward import _StopFlag
+    from gpmctl.train.loop import StopFlag
 
     quiet_libraries()
     output_dir = Path(recipe.output_dir)
@@ -367,7 +362,7 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     initial_eval = eval_samples(0) if eval_prompts else None
 
     results = []
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         for t in range(1, recipe.objective.iterations + 1):
             d = _iteration_dir(output_dir, t)
             if (d / "metrics.json").is_file():
@@ -443,7 +438,7 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
 
 def _stop_between_stages(stop, t: int, stage: str) -> None:
     """SIGTERM / SIGUSR1 during a stage take effect once its output is saved."""
-    from gpmctl.train.reward import Preempted
+    from gpmctl.train.loop import Preempted
 
     if stop.signal:
         raise Preempted(f"stopped in iteration {t} after {stage} ({stop.signal}); --resume auto continues from the saved files")

@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,18 +24,13 @@ import torch
 
 from gpmctl.config import Recipe, dump_recipe
 from gpmctl.data.tokenize import EncodedPair, SequenceEncoder, collate_pairs
-from gpmctl.errors import EXIT_PREEMPTED, ConfigError, GpmctlError
+from gpmctl.errors import ConfigError, GpmctlError
 from gpmctl.models import preference as P
 from gpmctl.models.loading import build_model, load_tokenizer, save_model
 from gpmctl.models.reward_model import HEAD_FILE, PreferenceModel
 from gpmctl.train import checkpoint as ckpt
+from gpmctl.train.loop import Preempted, StopFlag, backward_step  # noqa: F401  (Preempted: re-exported)
 from gpmctl.utils import RunLog, environment_report, log, quiet_libraries
-
-
-class Preempted(GpmctlError):
-    """Stopped on request after saving a checkpoint; `--resume auto` continues."""
-
-    exit_code = EXIT_PREEMPTED
 
 
 @dataclass
@@ -180,27 +174,6 @@ def _resume_point(output_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
-class _StopFlag:
-    """SIGTERM / SIGUSR1 (cluster preemption) ask the loop to checkpoint and exit after the current step."""
-
-    def __init__(self):
-        self.signal: str | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-            if sig is not None:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: bool = False, stop_after_steps: int | None = None) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -326,7 +299,7 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
     model.train()
     progress = _progress(total_steps, state["step"], main)
     window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "tokens": 0, "started": time.perf_counter()}
-    with _StopFlag() as stop, progress:
+    with StopFlag() as stop, progress:
         while state["step"] < total_steps:
             batches = epoch_batches(len(train_pairs), t.batch_size, t.seed, state["epoch"], accelerator.process_index, accelerator.num_processes)
             batches = batches[: steps_per_epoch * t.grad_accum]  # whole optimizer steps only
@@ -335,12 +308,7 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
                 batch = {k: v.to(accelerator.device) for k, v in collate_pairs([train_pairs[i] for i in idx], tokenizer.pad_token_id).items()}
                 with accelerator.accumulate(model):
                     loss, score = pair_loss(model, batch, tau, t.use_margin)
-                    accelerator.backward(loss)
-                    grad_norm = None
-                    if accelerator.sync_gradients and t.max_grad_norm > 0:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    grad_norm = backward_step(accelerator, model, optimizer, loss, t.max_grad_norm)
                 state["micro_batch"] += 1
                 window["loss"] += float(loss.detach()) * len(idx)
                 window["correct"] += float((score > 0).sum())
