@@ -76,6 +76,14 @@ class ModelConfig:
     lora_dropout: float = 0.0
     lora_target_modules: str = "all-linear"
     """Which modules get adapters: `all-linear`, or a comma-separated list such as `q_proj,v_proj`."""
+    freeze_backbone: bool = False
+    """Train the head only. The backbone's hidden states at the read position and at the prompt end are
+    computed once per sequence, cached under ~/.cache/gpmctl/features (shared by every later run on the
+    same backbone and data: other head kinds, dimensions, gate/L2 variants, seeds), and the head trains
+    on them in seconds (gpmctl/train/features.py). The saved model holds the unchanged backbone."""
+    train_last_layers: int = 0
+    """> 0: fine-tune only the last N transformer layers (and the final norm after them) with the head;
+    the embeddings and earlier layers stay frozen. 0: every weight trains (or LoRA, see lora_rank)."""
     tiny: TinyBackbone = field(default_factory=TinyBackbone)
 
     def resolved_tau(self) -> float:
@@ -131,6 +139,13 @@ class TrainConfig:
     keep_checkpoints: int = 2
     keep_best: bool = True
     """The final model is the one with the best eval accuracy (ties: lower eval loss)."""
+    packing: bool | Literal["auto"] = "auto"
+    """Padding-free batches: all sequences of a micro-batch in one row, positions restarting per sequence,
+    attention kept inside each sequence (same embeddings as padding, no pad tokens computed). `auto`: on
+    for causal decoders with sdpa attention (Llama, Qwen2, ...), padding for the others (e.g. BERT)."""
+    group_by_length: bool = False
+    """Batch pairs of similar length (sorted within shuffled mega-batches), so padded batches waste less;
+    still deterministic in (seed, epoch), so resume stays exact."""
 
 
 @dataclass
@@ -149,6 +164,24 @@ class LaunchConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """Benchmarks run on the saved model when training ends (one process, rank 0), so that one command
+    trains and scores a row of the paper's tables. Results go to output_dir/eval/ and metrics.json."""
+
+    rewardbench: str | None = None
+    """RewardBench v1: `allenai/reward-bench` or a local parquet/jsonl copy of the filtered split; null: skip."""
+    rewardbench_split: str = "filtered"
+    rmbench: str | None = None
+    """RM-Bench: a folder of *_filtered.json files (or one file); null: skip."""
+    rmbench_limit: int | None = None
+    """Only the first N rows of each RM-Bench file (a quick check, not a benchmark number)."""
+    batch_size: int = 16
+    """Sequences per forward pass."""
+    max_length: int | None = None
+    """Tokens per (prompt, response); default: data.max_length."""
+
+
+@dataclass
 class Recipe:
     """A `gpmctl train-rm` recipe."""
 
@@ -157,6 +190,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def validate(self) -> None:
         m, d, t = self.model, self.data, self.train
@@ -165,6 +199,11 @@ class Recipe:
             (not (m.kind == "bt" and m.gate), "model.gate", "a gate needs a GPM (model.kind: gpm)"),
             (m.tau is None or m.tau > 0, "model.tau", "must be > 0"),
             (m.lora_rank >= 0, "model.lora_rank", "must be >= 0 (0 turns LoRA off)"),
+            (m.train_last_layers >= 0, "model.train_last_layers", "must be >= 0 (0: every layer trains)"),
+            (not (m.freeze_backbone and (m.lora_rank or m.train_last_layers)), "model.freeze_backbone",
+             "excludes model.lora_rank and model.train_last_layers (a frozen backbone trains no layer)"),
+            (not (m.freeze_backbone and self.launch.num_processes > 1), "model.freeze_backbone",
+             "trains the head in one process (launch.num_processes: 1)"),
             (d.train is not None, "data.train", "is required (a preference file)"),
             (0.0 <= d.eval_fraction < 1.0, "data.eval_fraction", "must be in [0, 1)"),
             (d.max_length >= 8, "data.max_length", "must be >= 8"),

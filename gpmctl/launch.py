@@ -192,6 +192,11 @@ def run_plan(plan: LaunchPlan) -> int:
     return code
 
 
+def launched_by_gpmctl() -> bool:
+    """True in a worker that `run_plan` started (its parent reports the run's result)."""
+    return bool(os.environ.get(_CHILD_DIR))
+
+
 def register_worker() -> None:
     """In a worker started by `run_plan`: leave our pid so the parent can forward signals to us."""
     folder = os.environ.get(_CHILD_DIR)

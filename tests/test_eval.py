@@ -369,3 +369,28 @@ def test_rewardbench2_end_to_end_on_a_synthetic_file(tiny_model, tmp_path):
     assert out["score"] == pytest.approx(sum(out["subsets"].values()) / 6)
     again = json.loads(invoke("rewardbench2", "--scores", str(ex)).stdout)
     assert again["subsets"] == out["subsets"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# train-rm's `evaluate:` section
+
+
+def test_train_rm_runs_the_recipe_benchmarks_on_the_saved_model(tmp_path):
+    """One command trains and scores: the results equal a separate `gpmctl eval rewardbench` of the saved model."""
+    rows = _synthetic_rewardbench(tmp_path / "full.jsonl")[::40]  # a partial file: every subset, a few rows each
+    data = tmp_path / "rb.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train-rm", "recipes/cyclic_tiny_gpm.yaml", f"output_dir={out}", "data.eval=null",
+                                      "data.train=cyclic:train?num_prompts=20", "train.max_steps=3", "model.tiny.num_layers=1",
+                                      f"evaluate.rewardbench={data}", "evaluate.max_length=64"])  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    summary = json.loads(result.stdout)
+    saved = json.loads((out / "eval" / "rewardbench.json").read_text())
+    assert saved["num_pairs"] == len(rows) and saved["complete"] is False and saved["gpmctl"]["max_length"] == 64
+    assert summary["steps"] == 3 and summary["benchmarks"]["rewardbench"]["score"] == saved["score"]
+    assert json.loads((out / "metrics.json").read_text())["benchmarks"] == summary["benchmarks"]
+    assert len((out / "eval" / "rewardbench_examples.jsonl").read_text().splitlines()) == len(rows)
+    separate = json.loads(invoke("rewardbench", "-m", str(out), "--data", str(data), "--max-length", "64").stdout)
+    keys = [k for k in (*rb.EXAMPLE_COUNTS, "sections", "score") if k in saved]
+    assert len(keys) > 10 and {k: separate[k] for k in keys} == {k: saved[k] for k in keys}

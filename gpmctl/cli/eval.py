@@ -51,11 +51,9 @@ def _emit(result: dict, output: Optional[str], sort_keys: bool = False) -> None:
 
 
 def _write_examples(path: Optional[str], examples: list[dict]) -> None:
-    from gpmctl.utils import atomic_write_text, log
+    from gpmctl.eval.benchmarks import write_examples
 
-    if path:
-        atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in examples))
-        log(f"wrote {len(examples)} per-example scores to {path}")
+    write_examples(path, examples)
 
 
 def _pct(x) -> str:
@@ -63,16 +61,9 @@ def _pct(x) -> str:
 
 
 def _settings(scorer, model: str, max_length: int) -> dict:
-    """The settings that move scores, saved with the results (called once scoring is done)."""
-    from gpmctl.utils import log
+    from gpmctl.eval.benchmarks import scorer_settings
 
-    if scorer.encoder.truncated:
-        log(f"warning: {scorer.encoder.truncated} sequences were longer than --max-length {max_length} and cut at the end")
-    head = scorer.model.head
-    return {"model_path": model, "kind": head.kind, "dim": head.dim, "gate": head.gate, "tau": head.tau, "eos": head.eos,
-            "max_length": max_length, "truncation": "right", "padding": "left", "batch_size": scorer.batch_size,
-            "dtype": str(next(scorer.model.parameters()).dtype).replace("torch.", ""), "device": str(scorer.device),
-            "truncated_sequences": scorer.encoder.truncated}  # fmt: skip
+    return scorer_settings(scorer, model, max_length)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -108,33 +99,24 @@ def rewardbench(
     from gpmctl.utils import log
 
     _need_one(model, scores)
-    settings = None
     if scores:
         results, metrics = rb.read_scores(scores)
         agg = rb.aggregate_metrics(metrics, legacy_xstest) if metrics is not None else rb.aggregate(results, legacy_xstest)
+        for w in agg["warnings"]:
+            log(f"warning: {w}")
         name, model_type = (metrics or {}).get("model", scores), (metrics or {}).get("model_type", "scores file")
-        chat_template = (metrics or {}).get("chat_template", "n/a")
+        result = rb.results_json(agg, name, model_type, (metrics or {}).get("chat_template", "n/a"))
     else:
-        from collections import Counter
-
+        from gpmctl.eval import benchmarks
         from gpmctl.eval.scoring import load_scorer
 
-        rows = rb.load_rows(data, split)
-        warnings, _ = rb.check_counts(Counter(r["subset"] for r in rows))
-        for w in warnings:
-            log(f"warning: {w}")
+        rows = benchmarks.rewardbench_rows(data, split)
         scorer = load_scorer(model, batch_size, max_length, dtype, device)
-        log(f"rewardbench: {len(rows)} pairs, {2 * len(rows)} sequences to embed")
-        per_example = rb.score_examples(scorer, rows)
+        result, per_example = benchmarks.rewardbench(scorer, model, rows, data, legacy_xstest)
         _write_examples(examples, per_example)
         agg = rb.aggregate(((e["subset"], e["correct"]) for e in per_example), legacy_xstest)
-        settings = _settings(scorer, model, max_length) | {"data": data, "legacy_xstest_weights": legacy_xstest}
-        name, model_type = model, ("Seq. Classifier" if scorer.kind == "bt" else "Custom Classifier")
-        chat_template = "tokenizer" if scorer.encoder.tokenizer.chat_template else "raw"
-    for w in agg["warnings"] if scores else []:
-        log(f"warning: {w}")
     _rewardbench_table(agg)
-    _emit(rb.results_json(agg, name, model_type, chat_template, settings), output, sort_keys=True)
+    _emit(result, output, sort_keys=True)
 
 
 def _rewardbench_table(agg: dict) -> None:
@@ -313,28 +295,22 @@ def rmbench(
     from gpmctl.utils import log
 
     _need_one(model, scores)
-    extra = None
     if scores:
-        per_example = rm.read_scores(scores)
+        result = rm.aggregate(rm.read_scores(scores))
+        if result["missing_domains"]:
+            log(f"warning: domain(s) {', '.join(result['missing_domains'])} not in the data; overall is the mean of the others")
     else:
         if not data:
             raise ConfigError("--data is required with --model")
+        from gpmctl.eval import benchmarks
         from gpmctl.eval.scoring import load_scorer
 
-        files = rm.data_files(data)
-        tables = [(f, rm.read_rows(f)[:limit]) for f in files]
+        tables = benchmarks.rmbench_tables(data, limit)
         scorer = load_scorer(model, batch_size, max_length, dtype, device)
-        per_example = []
-        for f, rows in tables:
-            log(f"rmbench {f.name}: {len(rows)} rows, {6 * len(rows)} sequences to embed")
-            per_example += rm.score_examples(scorer, f, rows)
+        result, per_example = benchmarks.rmbench(scorer, model, tables)
         _write_examples(examples, per_example)
-        extra = _settings(scorer, model, max_length) | {"data": [str(f) for f in files]}
-    result = rm.aggregate(per_example)
-    if result["missing_domains"]:
-        log(f"warning: domain(s) {', '.join(result['missing_domains'])} not in the data; overall is the mean of the others")
     _rmbench_table(result)
-    _emit({**result, **({"gpmctl": extra} if extra else {})}, output)
+    _emit(result, output)
 
 
 def _rmbench_table(result: dict) -> None:

@@ -62,7 +62,10 @@ def train_rm(
         from gpmctl.utils import log
 
         log(f"launch: {plan.reason}: {plan.shell()}")
-        raise typer.Exit(launch.run_plan(plan))
+        code = launch.run_plan(plan)
+        if code == 0:  # the launched ranks trained and saved the model; this process evaluates and reports
+            _report(config, _benchmarks(config))
+        raise typer.Exit(code)
 
     from gpmctl.errors import GpmctlError
     from gpmctl.train.reward import Preempted, train_reward_model
@@ -91,10 +94,25 @@ def train_rm(
         if _rank() != 0:  # every rank hits the same error: rank 0 says it once
             raise typer.Exit(e.exit_code) from None
         raise
-    import json
+    if result is not None and _rank() == 0 and not launch.launched_by_gpmctl():  # else the parent reports
+        _report(config, _benchmarks(config))
 
-    if result is not None and _rank() == 0:
-        print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps, "eval": result.final_metrics}))
+
+def _benchmarks(config) -> dict:
+    """The recipe's `evaluate:` benchmarks on the saved model (nothing when the section names none)."""
+    from gpmctl.eval.benchmarks import after_training
+
+    return after_training(config, config.output_dir)
+
+
+def _report(config, benchmarks: dict) -> None:
+    """One JSON line on stdout: where the model is, its steps, its eval metrics and benchmark headlines."""
+    import json
+    from pathlib import Path
+
+    metrics = json.loads((Path(config.output_dir) / "metrics.json").read_text())
+    summary = {"output_dir": config.output_dir, "steps": metrics["steps"], "eval": metrics["model_eval"]}
+    print(json.dumps(summary | ({"benchmarks": benchmarks} if benchmarks else {})), flush=True)
 
 
 def _rank() -> int:
@@ -125,6 +143,8 @@ def dry_run_report(config, plan) -> dict:
         "model_states_gib_per_gpu": None if params is None else round(launch.model_state_gib(params, lc.profile, world, mixed), 2),
         "memory_note": "parameters + gradients + AdamW state on a GPU (ZeRO accounting, bf16 mixed precision unless "
         "train.precision=fp32); activations and buffers not included",
+        "then_evaluate": {name: source for name, source in (("rewardbench", config.evaluate.rewardbench),
+                                                           ("rmbench", config.evaluate.rmbench)) if source},
     }
 
 

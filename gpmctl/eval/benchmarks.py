@@ -1,0 +1,104 @@
+"""Benchmarks on a model folder as library calls, shared by `gpmctl eval ...` and the `evaluate:` section
+of a train-rm recipe (run on the saved model when training ends, so one command gives one table row).
+
+The data is read (and checked) before the model is loaded, so a bad file fails in a second. Each
+benchmark function scores with a loaded `Scorer` and returns (results JSON, per-example records); the
+results JSON is exactly what `gpmctl eval <benchmark> -o FILE` writes."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from gpmctl.eval import rewardbench as rb
+from gpmctl.eval import rmbench as rm
+from gpmctl.eval.scoring import Scorer
+from gpmctl.utils import atomic_write_text, log
+
+
+def scorer_settings(scorer: Scorer, model: str, max_length: int) -> dict:
+    """The settings that move scores, saved with the results (called once scoring is done)."""
+    if scorer.encoder.truncated:
+        log(f"warning: {scorer.encoder.truncated} sequences were longer than max_length {max_length} and cut at the end")
+    head = scorer.model.head
+    return {"model_path": model, "kind": head.kind, "dim": head.dim, "gate": head.gate, "tau": head.tau, "eos": head.eos,
+            "max_length": max_length, "truncation": "right", "padding": "left", "batch_size": scorer.batch_size,
+            "dtype": str(next(scorer.model.parameters()).dtype).replace("torch.", ""), "device": str(scorer.device),
+            "truncated_sequences": scorer.encoder.truncated}  # fmt: skip
+
+
+def rewardbench_rows(data: str, split: str) -> list[dict]:
+    rows = rb.load_rows(data, split)
+    warnings, _ = rb.check_counts(Counter(r["subset"] for r in rows))
+    for w in warnings:
+        log(f"warning: {w}")
+    return rows
+
+
+def rewardbench(scorer: Scorer, model: str, rows: list[dict], data: str, legacy_xstest: bool = False) -> tuple[dict, list[dict]]:
+    """RewardBench v1 with the official scoring (gpmctl.eval.rewardbench) on `rewardbench_rows(data, ...)`."""
+    log(f"rewardbench: {len(rows)} pairs, {2 * len(rows)} sequences to embed")
+    per_example = rb.score_examples(scorer, rows)
+    agg = rb.aggregate(((e["subset"], e["correct"]) for e in per_example), legacy_xstest)
+    settings = scorer_settings(scorer, model, scorer.encoder.max_length) | {"data": data, "legacy_xstest_weights": legacy_xstest}
+    model_type = "Seq. Classifier" if scorer.kind == "bt" else "Custom Classifier"
+    chat_template = "tokenizer" if scorer.encoder.tokenizer.chat_template else "raw"
+    return rb.results_json(agg, model, model_type, chat_template, settings), per_example
+
+
+def rmbench_tables(data: list[str], limit: int | None = None) -> list[tuple[Path, list[dict]]]:
+    """(file, rows) of each RM-Bench file; `limit`: only the first N rows of each."""
+    return [(f, rm.read_rows(f)[:limit]) for f in rm.data_files(data)]
+
+
+def rmbench(scorer: Scorer, model: str, tables: list[tuple[Path, list[dict]]]) -> tuple[dict, list[dict]]:
+    """RM-Bench hard / normal / easy per domain (gpmctl.eval.rmbench) on `rmbench_tables(...)`."""
+    per_example = []
+    for f, rows in tables:
+        log(f"rmbench {f.name}: {len(rows)} rows, {6 * len(rows)} sequences to embed")
+        per_example += rm.score_examples(scorer, f, rows)
+    result = rm.aggregate(per_example)
+    if result["missing_domains"]:
+        log(f"warning: domain(s) {', '.join(result['missing_domains'])} not in the data; overall is the mean of the others")
+    settings = scorer_settings(scorer, model, scorer.encoder.max_length) | {"data": [str(f) for f, _ in tables],
+                                                                          "rows": {f.name: len(rows) for f, rows in tables}}
+    return {**result, "gpmctl": settings}, per_example
+
+
+def write_examples(path: str | Path | None, examples: list[dict]) -> None:
+    if path:
+        atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in examples))
+        log(f"wrote {len(examples)} per-example scores to {path}")
+
+
+def after_training(recipe, model_dir: str | Path) -> dict:
+    """Run the recipe's `evaluate:` benchmarks on the saved model; write eval/<name>.json (+ per-example
+    jsonl) in the run folder and add {"benchmarks": {name: headline}} to its metrics.json."""
+    from gpmctl.eval.scoring import load_scorer
+
+    e = recipe.evaluate
+    wanted = {name: source for name, source in (("rewardbench", e.rewardbench), ("rmbench", e.rmbench)) if source}
+    if not wanted:
+        return {}
+    model_dir = Path(model_dir)
+    data = {"rewardbench": rewardbench_rows(e.rewardbench, e.rewardbench_split) if e.rewardbench else None,
+            "rmbench": rmbench_tables([e.rmbench], e.rmbench_limit) if e.rmbench else None}  # fmt: skip
+    scorer = load_scorer(str(model_dir), e.batch_size, e.max_length or recipe.data.max_length, "auto", "auto")
+    headlines = {}
+    for name, source in wanted.items():
+        if name == "rewardbench":
+            result, examples = rewardbench(scorer, str(model_dir), data[name], source)
+            headlines[name] = {"score": result["score"], "sections": result["sections"], "complete": result["complete"]}
+        else:
+            result, examples = rmbench(scorer, str(model_dir), data[name])
+            headlines[name] = {k: result[k] for k in ("overall", "hard", "normal", "easy") if k in result}
+        atomic_write_text(model_dir / "eval" / f"{name}.json", json.dumps(result, indent=4) + "\n")
+        write_examples(model_dir / "eval" / f"{name}_examples.jsonl", examples)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in headlines[name].items() if isinstance(v, float))
+        log(f"{name}: {shown} (eval/{name}.json)")
+    metrics_path = model_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics["benchmarks"] = headlines
+    atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
+    return headlines
