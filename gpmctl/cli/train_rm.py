@@ -83,7 +83,12 @@ def train_rm(
             "DeepSpeed (use `accelerate launch --config_file <profile>` or let gpmctl launch itself)")
     launch.register_worker()
     try:
-        result = train_reward_model(config, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps)
+        if config.model.freeze_backbone:  # the head alone, on cached backbone features (gpmctl/train/features.py)
+            from gpmctl.train.features import train_head_on_features
+
+            result = train_head_on_features(config, overwrite=overwrite, resume=resume)
+        else:
+            result = train_reward_model(config, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps)
     except GpmctlError as e:  # under gpmctl's own re-execution the parent exits with this code, not the launcher's 1
         recorded = launch.record_exit(e.exit_code)
         if recorded and isinstance(e, Preempted):

@@ -171,6 +171,8 @@ def build_model(model_cfg, tokenizer, seed: int, device: torch.device | str = "c
         backbone = load_backbone(model_cfg.backbone, dtype, model_cfg.attn_implementation, model_cfg.trust_remote_code)
     if model_cfg.lora_rank > 0:
         backbone = with_lora(backbone, model_cfg)
+    if model_cfg.freeze_backbone or model_cfg.train_last_layers:
+        freeze_backbone(backbone, model_cfg.train_last_layers)
     with torch.random.fork_rng():
         torch.manual_seed(seed + 1)
         model = PreferenceModel(backbone, head, init_std=model_cfg.init_std)
@@ -189,6 +191,36 @@ def with_lora(backbone, model_cfg):
     config = LoraConfig(r=model_cfg.lora_rank, lora_alpha=model_cfg.lora_alpha, lora_dropout=model_cfg.lora_dropout,
                         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")])  # fmt: skip
     return get_peft_model(backbone, config)
+
+
+FINAL_NORMS = ("norm", "final_layer_norm", "final_layernorm", "ln_f")
+"""Names of the norm a decoder applies after its last layer (Llama/Qwen2, OPT, Phi, GPT-2)."""
+
+
+def freeze_backbone(backbone, train_last_layers: int = 0) -> None:
+    """No gradients for the backbone, except its last `train_last_layers` transformer layers and the final
+    norm after them (encoders such as BERT normalise inside each layer and have none)."""
+    backbone.requires_grad_(False)
+    if train_last_layers <= 0:
+        return
+    layers = transformer_layers(backbone)
+    if train_last_layers > len(layers):
+        raise ModelError(f"model.train_last_layers={train_last_layers}: the backbone has {len(layers)} layers")
+    for layer in layers[-train_last_layers:]:
+        layer.requires_grad_(True)
+    for name in FINAL_NORMS:
+        if isinstance(getattr(backbone, name, None), torch.nn.Module):
+            getattr(backbone, name).requires_grad_(True)
+
+
+def transformer_layers(backbone) -> torch.nn.ModuleList:
+    """The stack of transformer blocks: the ModuleList with config.num_hidden_layers entries
+    (`layers` in Llama and Qwen2, `encoder.layer` in BERT, `h` in GPT-2)."""
+    count = getattr(backbone.config, "num_hidden_layers", None)
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise ModelError(f"cannot find the {count} transformer layers of the {type(backbone).__name__}")
 
 
 def plain_backbone(backbone):
