@@ -1,0 +1,133 @@
+"""The BT vs GPM grid of docs/results.md: every head on one frozen backbone, several seeds, scored on the
+held-out HH-RLHF pairs and on RM-Bench, from cached backbone features.
+
+    python docs/results_grid.py run recipes/minilm_hh_gpm.yaml --seeds 42 43 44 -o docs/results/minilm.jsonl
+    python docs/results_grid.py table docs/results/minilm.jsonl docs/results/smollm2.jsonl
+
+`run` trains, for each seed, BT and the GPM at dims 2/4/6/8 with and without gate and L2 (17 heads),
+each one `train_head_on_features` (the `gpmctl train-rm` frozen-backbone path: log.jsonl and
+metrics.json per run under runs/results/, no model folder), then scores RM-Bench from the backbone
+features of its responses (computed once per backbone and cached like the training features; same
+rows, encoding and 3x3 scoring as `gpmctl eval rmbench --limit N`). The seed moves the held-out split
+(by prompt), the head's initialisation and the batch order. One JSON line per run. `table` prints
+the markdown table of mean +- standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gpmctl.config import load_recipe
+from gpmctl.data.tokenize import SequenceEncoder
+from gpmctl.eval import rmbench as rm
+from gpmctl.eval.benchmarks import rmbench_tables
+from gpmctl.eval.scoring import assistant, user
+from gpmctl.models import preference as P
+from gpmctl.models.loading import load_tokenizer
+from gpmctl.train.features import HeadOnFeatures, cached_features, train_head_on_features
+
+HEADS = [("bt", ["model.kind=bt"])] + [
+    (f"gpm{dim}{'-gate' if gate else ''}{'-l2' if l2 else ''}",
+     ["model.kind=gpm", f"model.dim={dim}", f"model.gate={str(gate).lower()}", f"model.l2={str(l2).lower()}"])
+    for dim in (2, 4, 6, 8) for gate in (False, True) for l2 in (False, True)
+]  # fmt: skip
+
+
+def rmbench_sequences(recipe, tokenizer, head):
+    """RM-Bench rows (first `evaluate.rmbench_limit` of each file) as 6 encoded sequences per row, chosen first."""
+    e = recipe.evaluate
+    encoder = SequenceEncoder(tokenizer, e.max_length or recipe.data.max_length, head.eos, head.gate_prompt, "right")
+    tables = rmbench_tables([e.rmbench], e.rmbench_limit)
+    seqs = [encoder.encode(user(r["prompt"]), assistant(t)) for _, rows in tables for r in rows for t in r["chosen"] + r["rejected"]]
+    return tables, seqs
+
+
+@torch.no_grad()
+def rmbench_from_features(model, tables, features) -> dict:
+    """RM-Bench hard / normal / easy per domain from the 6 responses' features of every row."""
+    out = HeadOnFeatures(model)(features.read, None, features.prompt)
+    n = len(features.read) // 6
+    value = out.value.double().view(n, 6, *out.value.shape[1:])
+    gate = out.gate.double().view(n, 6, -1)[:, 0] if out.gate is not None else None  # the gate reads the prompt only
+    S = (P.bt_score_matrix(value) if model.head.kind == "bt" else P.score_matrix(value, gate))[:, :3, 3:]
+    examples, row = [], 0
+    for path, rows in tables:
+        for _ in rows:
+            scores = S[row].tolist()
+            examples.append({"domain": rm.domain_of(path), "matrix": rm.row_matrix(lambda a, b: scores[a][b])})
+            row += 1
+    result = rm.aggregate(examples)
+    return {"overall": result["overall"], "hard": result["hard"], "normal": result["normal"], "easy": result["easy"],
+            "domains": {d: s["average"] for d, s in result["domains"].items()}, "rows": len(examples)}  # fmt: skip
+
+
+def run_grid(recipe_path: str, seeds: list[int], out: Path, overrides: list[str]) -> None:
+    name = Path(recipe_path).stem.replace("_gpm", "").replace("_bt", "")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a", encoding="utf-8") as f:
+        for seed in seeds:
+            for label, head in HEADS:
+                recipe = load_recipe(recipe_path, [*overrides, *head, f"train.seed={seed}", f"output_dir=runs/results/{name}/{label}-s{seed}"])
+                run = train_head_on_features(recipe, overwrite=True, save=False)
+                started = time.perf_counter()
+                tokenizer = load_tokenizer(recipe.model.tokenizer or recipe.model.backbone)
+                tables, seqs = rmbench_sequences(recipe, tokenizer, run.model.head)
+                features = cached_features(run.model, seqs, tokenizer.pad_token_id)
+                bench = rmbench_from_features(run.model, tables, features)
+                timing = run.timing | {"rmbench_features_s": round(features.seconds, 2), "rmbench_cached": features.cached,
+                                       "rmbench_total_s": round(time.perf_counter() - started, 2)}  # fmt: skip
+                record = {"backbone": recipe.model.backbone, "head": label, "seed": seed, "heldout": run.final_metrics,
+                          "rmbench": bench, "timing": timing}  # fmt: skip
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                print(f"{name} {label} seed {seed}: held-out {run.final_metrics['accuracy']:.4f}, RM-Bench {bench['overall']:.4f}",
+                      file=sys.stderr)  # fmt: skip
+
+
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
+
+
+def print_table(paths: list[str]) -> None:
+    records = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+    columns = ["held-out acc", "RM-Bench", "hard", "normal", "easy", "chat", "code", "safety", "head train s"]
+    print("| backbone | head | seeds | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 3) + "|")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["backbone"], r["head"]), []).append(r)
+    for (backbone, head), rs in groups.items():
+        cells = [_mean_sd([r["heldout"]["accuracy"] for r in rs])]
+        cells += [_mean_sd([r["rmbench"][k] for r in rs]) for k in ("overall", "hard", "normal", "easy")]
+        cells += [_mean_sd([r["rmbench"]["domains"][d] for r in rs]) for d in ("chat", "code", "safety")]
+        cells.append(f"{statistics.mean(r['timing']['head_training_s'] for r in rs):.1f}")
+        print(f"| {backbone.removeprefix('package:')} | {head} | {len(rs)} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train and score every head for every seed")
+    run.add_argument("recipe")
+    run.add_argument("overrides", nargs="*", help="key.path=value applied to every run")
+    run.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    run.add_argument("-o", "--out", type=Path, required=True, help="jsonl file (appended)")
+    table = sub.add_parser("table", help="the markdown table of one or more grid files")
+    table.add_argument("files", nargs="+")
+    args = parser.parse_args()
+    if args.command == "run":
+        run_grid(args.recipe, args.seeds, args.out, args.overrides)
+    else:
+        print_table(args.files)
+
+
+if __name__ == "__main__":
+    main()
