@@ -33,7 +33,7 @@ from gpmctl.models import preference as P
 from gpmctl.models.loading import load_tokenizer
 from gpmctl.train.features import HeadOnFeatures, cached_features, train_head_on_features
 
-HEADS = [("bt", ["model.kind=bt"])] + [
+HEADS = [("bt", ["model.kind=bt", "model.gate=false"])] + [
     (f"gpm{dim}{'-gate' if gate else ''}{'-l2' if l2 else ''}",
      ["model.kind=gpm", f"model.dim={dim}", f"model.gate={str(gate).lower()}", f"model.l2={str(l2).lower()}"])
     for dim in (2, 4, 6, 8) for gate in (False, True) for l2 in (False, True)

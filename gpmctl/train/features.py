@@ -20,6 +20,7 @@ head). Trained with the same seed, it reaches the head the full model reaches wi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -162,6 +163,18 @@ def feature_batch(chosen: Features, rejected: Features, margin: torch.Tensor, la
             "prompt_end": torch.cat([chosen.prompt, rejected.prompt]), "margin": margin, "label": label}  # fmt: skip
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one thread inside the block: a head step is a few small matmuls, and more threads only
+    add synchronisation (several times slower on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The run
 
@@ -241,35 +254,37 @@ def train_head_on_features(recipe: Recipe, overwrite: bool = False, resume: str 
 
     step, best, final = 0, None, {}
     window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "started": time.perf_counter()}
-    for epoch in range(math.ceil(total_steps / steps_per_epoch)):
-        for micro, index in enumerate(batches_of(epoch)[: steps_per_epoch * t.grad_accum]):
-            with accelerator.accumulate(head):
-                loss, score = pair_loss(head, pairs_batch(index), tau, t.use_margin)
-                grad_norm = backward_step(accelerator, head, optimizer, loss, t.max_grad_norm)
-            window["loss"] += float(loss.detach()) * len(index)
-            window["correct"] += float((score > 0).sum())
-            window["pairs"] += len(index)
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            if step % t.logging_steps == 0 or step == total_steps:
-                seconds = time.perf_counter() - window["started"]
-                runlog.write({"event": "train", "step": step, "epoch": round(epoch + (micro + 1) / len(batches_of(epoch)), 4),
-                              "loss": window["loss"] / window["pairs"], "accuracy": window["correct"] / window["pairs"],
-                              "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                              "pairs_per_s": window["pairs"] / seconds})  # fmt: skip
-                window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "started": time.perf_counter()}
-            if step % eval_every == 0 or step == total_steps:
-                final = run_eval(step)
-                key = (final["accuracy"], -final["loss"]) if final else None
-                if final and t.keep_best and (best is None or key > tuple(best["key"])):
-                    heads = {k: v.detach().clone() for k, v in model.state_dict().items() if k.endswith("_head.weight")}
-                    best = {"key": list(key), "step": step, "metrics": final, "weights": heads}
+    with one_thread():
+        for epoch in range(math.ceil(total_steps / steps_per_epoch)):
+            batches = batches_of(epoch)[: steps_per_epoch * t.grad_accum]
+            for micro, index in enumerate(batches):
+                with accelerator.accumulate(head):
+                    loss, score = pair_loss(head, pairs_batch(index), tau, t.use_margin)
+                    grad_norm = backward_step(accelerator, head, optimizer, loss, t.max_grad_norm)
+                window["loss"] += float(loss.detach()) * len(index)
+                window["correct"] += float((score > 0).sum())
+                window["pairs"] += len(index)
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                step += 1
+                if step % t.logging_steps == 0 or step == total_steps:
+                    seconds = time.perf_counter() - window["started"]
+                    runlog.write({"event": "train", "step": step, "epoch": round(epoch + (micro + 1) / len(batches), 4),
+                                  "loss": window["loss"] / window["pairs"], "accuracy": window["correct"] / window["pairs"],
+                                  "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                                  "pairs_per_s": window["pairs"] / seconds})  # fmt: skip
+                    window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "started": time.perf_counter()}
+                if step % eval_every == 0 or step == total_steps:
+                    final = run_eval(step)
+                    key = (final["accuracy"], -final["loss"]) if final else None
+                    if final and t.keep_best and (best is None or key > tuple(best["key"])):
+                        heads = {k: v.detach().clone() for k, v in model.state_dict().items() if k.endswith("_head.weight")}
+                        best = {"key": list(key), "step": step, "metrics": final, "weights": heads}
+                if step == total_steps:
+                    break
             if step == total_steps:
                 break
-        if step == total_steps:
-            break
     trained = time.perf_counter()
 
     model_metrics = final
