@@ -3,6 +3,7 @@ held-out HH-RLHF pairs and on RM-Bench, from cached backbone features.
 
     python docs/results_grid.py run recipes/minilm_hh_gpm.yaml --seeds 42 43 44 -o docs/results/minilm.jsonl
     python docs/results_grid.py table docs/results/minilm.jsonl docs/results/smollm2.jsonl
+    python docs/results_grid.py plot docs/results/*.jsonl -o docs/results_grid.png
 
 `run` trains, for each seed, BT and the GPM at dims 2/4/6/8 with and without gate and L2 (17 heads),
 each one `train_head_on_features` (the `gpmctl train-rm` frozen-backbone path: log.jsonl and
@@ -10,7 +11,7 @@ metrics.json per run under runs/results/, no model folder), then scores RM-Bench
 features of its responses (computed once per backbone and cached like the training features; same
 rows, encoding and 3x3 scoring as `gpmctl eval rmbench --limit N`). The seed moves the held-out split
 (by prompt), the head's initialisation and the batch order. One JSON line per run. `table` prints
-the markdown table of mean +- standard deviation over seeds.
+the markdown table of mean +- standard deviation over seeds; `plot` draws it as bars.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from gpmctl.eval.scoring import assistant, user
 from gpmctl.models import preference as P
 from gpmctl.models.loading import load_tokenizer
 from gpmctl.train.features import HeadOnFeatures, cached_features, train_head_on_features
+from gpmctl.train.reward import load_pairs
 
 HEADS = [("bt", ["model.kind=bt", "model.gate=false"])] + [
     (f"gpm{dim}{'-gate' if gate else ''}{'-l2' if l2 else ''}",
@@ -68,17 +70,27 @@ def rmbench_from_features(model, tables, features) -> dict:
             "domains": {d: s["average"] for d, s in result["domains"].items()}, "rows": len(examples)}  # fmt: skip
 
 
-def run_grid(recipe_path: str, seeds: list[int], out: Path, overrides: list[str]) -> None:
+def run_grid(recipe_path: str, seeds: list[int], out: Path, overrides: list[str], heads: list[str] | None = None) -> None:
+    """Every head (or those named in `heads`) for every seed; (head, seed) runs already in `out` are
+    skipped, so an interrupted grid continues where it stopped."""
     name = Path(recipe_path).stem.replace("_gpm", "").replace("_bt", "")
     out.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["head"], r["seed"]) for r in map(json.loads, out.read_text().splitlines())} if out.is_file() else set()
+    base = load_recipe(recipe_path, overrides)
+    tokenizer = load_tokenizer(base.model.tokenizer or base.model.backbone)
+    m = base.model  # token rules shared by every head: one tokenisation per seed (the split depends on it)
+    encoder = SequenceEncoder(tokenizer, base.data.max_length, m.eos, m.gate_prompt, base.data.truncation)
+    tables, seqs = rmbench_sequences(base, tokenizer, m)
     with open(out, "a", encoding="utf-8") as f:
         for seed in seeds:
+            pairs = None
             for label, head in HEADS:
+                if (label, seed) in done or (heads and label not in heads):
+                    continue
                 recipe = load_recipe(recipe_path, [*overrides, *head, f"train.seed={seed}", f"output_dir=runs/results/{name}/{label}-s{seed}"])
-                run = train_head_on_features(recipe, overwrite=True, save=False)
+                pairs = pairs or load_pairs(recipe, encoder)
+                run = train_head_on_features(recipe, overwrite=True, save=False, pairs=pairs)
                 started = time.perf_counter()
-                tokenizer = load_tokenizer(recipe.model.tokenizer or recipe.model.backbone)
-                tables, seqs = rmbench_sequences(recipe, tokenizer, run.model.head)
                 features = cached_features(run.model, seqs, tokenizer.pad_token_id)
                 bench = rmbench_from_features(run.model, tables, features)
                 timing = run.timing | {"rmbench_features_s": round(features.seconds, 2), "rmbench_cached": features.cached,
@@ -112,6 +124,36 @@ def print_table(paths: list[str]) -> None:
         print(f"| {backbone.removeprefix('package:')} | {head} | {len(rs)} | " + " | ".join(cells) + " |")
 
 
+def plot_grid(paths: list[str], out: Path) -> None:
+    """Bars of held-out accuracy and RM-Bench overall per head (mean over seeds, error bar: standard
+    deviation), one row of panels per backbone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+    backbones = list(dict.fromkeys(r["backbone"] for r in records))
+    heads = [label for label, _ in HEADS if any(r["head"] == label for r in records)]
+    fig, axes = plt.subplots(len(backbones), 2, figsize=(14, 3.4 * len(backbones)), squeeze=False)
+    for row, backbone in enumerate(backbones):
+        for col, (metric, title) in enumerate([(lambda r: r["heldout"]["accuracy"], "held-out HH-RLHF pair accuracy"),
+                                               (lambda r: r["rmbench"]["overall"], "RM-Bench overall (subsample)")]):  # fmt: skip
+            values = [[metric(r) for r in records if r["backbone"] == backbone and r["head"] == h] for h in heads]
+            means = [statistics.mean(v) for v in values]
+            sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+            ax = axes[row][col]
+            ax.bar(range(len(heads)), means, yerr=sds, capsize=2, color=["tab:orange" if h == "bt" else "tab:blue" for h in heads])
+            ax.axhline(means[heads.index("bt")], color="tab:orange", lw=0.8, ls="--")
+            ax.axhline(0.5, color="grey", lw=0.5)
+            ax.set_xticks(range(len(heads)), heads, rotation=60, ha="right", fontsize=8)
+            ax.set(title=f"{backbone.removeprefix('package:')}: {title}", ylim=(0.3, 0.8))
+            ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,13 +162,19 @@ def main() -> None:
     run.add_argument("overrides", nargs="*", help="key.path=value applied to every run")
     run.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     run.add_argument("-o", "--out", type=Path, required=True, help="jsonl file (appended)")
+    run.add_argument("--heads", nargs="+", help=f"only these heads (default all: {', '.join(label for label, _ in HEADS)})")
     table = sub.add_parser("table", help="the markdown table of one or more grid files")
     table.add_argument("files", nargs="+")
+    plot = sub.add_parser("plot", help="bar charts of one or more grid files (PNG)")
+    plot.add_argument("files", nargs="+")
+    plot.add_argument("-o", "--out", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "run":
-        run_grid(args.recipe, args.seeds, args.out, args.overrides)
-    else:
+        run_grid(args.recipe, args.seeds, args.out, args.overrides, args.heads)
+    elif args.command == "table":
         print_table(args.files)
+    else:
+        plot_grid(args.files, args.out)
 
 
 if __name__ == "__main__":

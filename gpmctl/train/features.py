@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from gpmctl.config import Recipe, dump_recipe
-from gpmctl.data.tokenize import EncodedSequence, SequenceEncoder, pad_sequences
+from gpmctl.data.tokenize import EncodedPair, EncodedSequence, SequenceEncoder, pad_sequences
 from gpmctl.errors import ConfigError
 from gpmctl.models.loading import build_model, load_tokenizer, save_model
 from gpmctl.models.reward_model import HEAD_FILE, PreferenceModel, PreferenceOutput, read_positions
@@ -179,9 +179,12 @@ def one_thread():
 # The run
 
 
-def train_head_on_features(recipe: Recipe, overwrite: bool = False, resume: str | None = None, save: bool = True) -> HeadRun:
+def train_head_on_features(recipe: Recipe, overwrite: bool = False, resume: str | None = None, save: bool = True,
+                           pairs: tuple[list[EncodedPair], list[EncodedPair]] | None = None) -> HeadRun:  # fmt: skip
     """Train the head of `recipe` (model.freeze_backbone: true) on cached backbone features; see the module
-    docstring. `save=False` leaves the model folder out (the results grid keeps only logs and metrics)."""
+    docstring. `save=False` leaves the model folder out; `pairs`: the (train, eval) pairs as `load_pairs`
+    encodes them for this recipe, when the caller has them already (the results grid: one tokenisation
+    for every head of a seed)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
@@ -208,7 +211,7 @@ def train_head_on_features(recipe: Recipe, overwrite: bool = False, resume: str 
     # Data and the frozen model.
     tokenizer = load_tokenizer(m.tokenizer or m.backbone, m.trust_remote_code)
     encoder = SequenceEncoder(tokenizer, d.max_length, m.eos, m.gate_prompt, d.truncation)
-    train_pairs, eval_pairs = load_pairs(recipe, encoder)
+    train_pairs, eval_pairs = pairs or load_pairs(recipe, encoder)
     model = build_model(m, tokenizer, t.seed)
     log(f"data: {len(train_pairs)} train pairs, {len(eval_pairs)} eval pairs; model: {m.backbone} (frozen), head {model.head}")
     prepared = time.perf_counter()
