@@ -116,7 +116,9 @@ def print_table(paths: list[str]) -> None:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["backbone"], r["head"]), []).append(r)
-    for (backbone, head), rs in groups.items():
+    order = [label for label, _ in HEADS]
+    backbones = list(dict.fromkeys(backbone for backbone, _ in groups))
+    for (backbone, head), rs in sorted(groups.items(), key=lambda g: (backbones.index(g[0][0]), order.index(g[0][1]))):
         cells = [_mean_sd([r["heldout"]["accuracy"] for r in rs])]
         cells += [_mean_sd([r["rmbench"][k] for r in rs]) for k in ("overall", "hard", "normal", "easy")]
         cells += [_mean_sd([r["rmbench"]["domains"][d] for r in rs]) for d in ("chat", "code", "safety")]
