@@ -192,6 +192,45 @@ def run_plan(plan: LaunchPlan) -> int:
     return code
 
 
+def warn_in_place(launch, plan: LaunchPlan, per_process_batch: int) -> None:
+    """Running in place under someone else's launcher: say where it differs from the recipe."""
+    from gpmctl.utils import log
+
+    if plan.world_size != launch.num_processes and plan.world_size > 1:
+        log(f"the launcher started {plan.world_size} processes, the recipe says launch.num_processes="
+            f"{launch.num_processes}: the global batch is {per_process_batch * plan.world_size}")
+    if plan.world_size > 1 and profile_engine(launch.profile) == "DEEPSPEED" \
+            and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() not in ("1", "true"):  # fmt: skip
+        log(f"launch.profile={launch.profile} is DeepSpeed but this launcher did not set it up: training without "
+            "DeepSpeed (use `accelerate launch --config_file <profile>` or let gpmctl launch itself)")
+
+
+def run_worker(train):
+    """Run `train()` as this process's share of a run. Under `run_plan` the pid is left for signal
+    forwarding and a gpmctl error's exit code for the parent; a stop after a checkpoint (Preempted) then
+    returns None, so the launcher prints no traceback. Other ranks than 0 exit quietly on an error that
+    rank 0 reports."""
+    from gpmctl.errors import GpmctlError
+    from gpmctl.train.loop import Preempted
+    from gpmctl.utils import log
+
+    register_worker()
+    try:
+        return train()
+    except GpmctlError as e:
+        if record_exit(e.exit_code) and isinstance(e, Preempted):
+            log(str(e))
+            return None
+        if rank() != 0:  # every rank hits the same error: rank 0 says it once
+            raise SystemExit(e.exit_code) from None
+        raise
+
+
+def rank() -> int:
+    """This process's rank under a launcher (0 without one)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def launched_by_gpmctl() -> bool:
     """True in a worker that `run_plan` started (its parent reports the run's result)."""
     return bool(os.environ.get(_CHILD_DIR))

@@ -15,6 +15,8 @@ EPILOG = """Examples:
   gpmctl train-gpo gpo_tiny objective.train_on=all objective.length_norm=true
 
   gpmctl train-gpo my.yaml --resume auto                               (continue at the unfinished iteration)
+
+  gpmctl train-gpo gpo_llama3_8b judge.model=runs/gpm_8b               (8 GPUs, ZeRO-3: re-runs itself under accelerate launch)
 """
 
 
@@ -40,12 +42,37 @@ def train_gpo(
     if print_recipe:
         print(dump_recipe(config), end="")
         return
+    from gpmctl import launch
+
+    argv = ["train-gpo", recipe, *(overrides or [])]
+    argv += ["--resume", resume] if resume else []
+    argv += ["--overwrite"] if overwrite else []
+    plan = launch.plan_launch(config.launch, argv)
+    if plan.command is not None:
+        from gpmctl.utils import log
+
+        log(f"launch: {plan.reason}: {plan.shell()}")
+        code = launch.run_plan(plan)
+        if code == 0:  # the launched processes ran every iteration; this process reports
+            _report(config)
+        raise typer.Exit(code)
+
     from gpmctl.train.gpo import train_gpo as run
 
-    result = run(config, resume=resume, overwrite=overwrite)
-    import json
+    t = config.train
+    launch.warn_in_place(config.launch, plan, t.batch_size * t.grad_accum)
+    result = launch.run_worker(lambda: run(config, resume=resume, overwrite=overwrite))
+    if result is not None and launch.rank() == 0 and not launch.launched_by_gpmctl():  # else the parent reports
+        _report(config)
 
-    print(json.dumps({"output_dir": str(result.output_dir), "policy": str(result.policy), "iterations": result.iterations}))
+
+def _report(config) -> None:
+    """One JSON line on stdout: the run folder, the final policy and every iteration's metrics."""
+    import json
+    from pathlib import Path
+
+    summary = json.loads((Path(config.output_dir) / "metrics.json").read_text())
+    print(json.dumps({"output_dir": config.output_dir, "policy": summary["policy"], "iterations": summary["iterations"]}), flush=True)
 
 
 train_gpo.__doc__ = (train_gpo.__doc__ or "") + "\n\n" + EPILOG

@@ -38,8 +38,6 @@ def train_rm(
     re-runs itself under `accelerate launch --config_file <profile>`; under an existing accelerate
     launch, torchrun or Slurm srun it runs in place (rules in gpmctl/launch.py).
     """
-    import os
-
     from gpmctl.config import dump_recipe, load_recipe, resolve_recipe
 
     config = load_recipe(resolve_recipe(recipe), overrides or [])
@@ -67,39 +65,17 @@ def train_rm(
             _report(config, _benchmarks(config))
         raise typer.Exit(code)
 
-    from gpmctl.errors import GpmctlError
-    from gpmctl.train.reward import Preempted, train_reward_model
+    from gpmctl.train.reward import train_reward_model
 
-    if plan.world_size != config.launch.num_processes and plan.world_size > 1:
-        from gpmctl.utils import log
+    t = config.train
+    launch.warn_in_place(config.launch, plan, t.batch_size * t.grad_accum)
+    if config.model.freeze_backbone:  # the head alone, on cached backbone features (gpmctl/train/features.py)
+        from gpmctl.train.features import train_head_on_features
 
-        log(f"the launcher started {plan.world_size} processes, the recipe says launch.num_processes="
-            f"{config.launch.num_processes}: the global batch is {config.train.batch_size * config.train.grad_accum * plan.world_size} pairs")
-    if plan.command is None and plan.world_size > 1 and launch.profile_engine(config.launch.profile) == "DEEPSPEED" \
-            and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() not in ("1", "true"):  # fmt: skip
-        from gpmctl.utils import log
-
-        log(f"launch.profile={config.launch.profile} is DeepSpeed but this launcher did not set it up: training without "
-            "DeepSpeed (use `accelerate launch --config_file <profile>` or let gpmctl launch itself)")
-    launch.register_worker()
-    try:
-        if config.model.freeze_backbone:  # the head alone, on cached backbone features (gpmctl/train/features.py)
-            from gpmctl.train.features import train_head_on_features
-
-            result = train_head_on_features(config, overwrite=overwrite, resume=resume)
-        else:
-            result = train_reward_model(config, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps)
-    except GpmctlError as e:  # under gpmctl's own re-execution the parent exits with this code, not the launcher's 1
-        recorded = launch.record_exit(e.exit_code)
-        if recorded and isinstance(e, Preempted):
-            from gpmctl.utils import log
-
-            log(str(e))  # a stop after a checkpoint is no failure: the launcher need not print a traceback
-            return
-        if _rank() != 0:  # every rank hits the same error: rank 0 says it once
-            raise typer.Exit(e.exit_code) from None
-        raise
-    if result is not None and _rank() == 0 and not launch.launched_by_gpmctl():  # else the parent reports
+        result = launch.run_worker(lambda: train_head_on_features(config, overwrite=overwrite, resume=resume))
+    else:
+        result = launch.run_worker(lambda: train_reward_model(config, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps))
+    if result is not None and launch.rank() == 0 and not launch.launched_by_gpmctl():  # else the parent reports
         _report(config, _benchmarks(config))
 
 
@@ -118,12 +94,6 @@ def _report(config, benchmarks: dict) -> None:
     metrics = json.loads((Path(config.output_dir) / "metrics.json").read_text())
     summary = {"output_dir": config.output_dir, "steps": metrics["steps"], "eval": metrics["model_eval"]}
     print(json.dumps(summary | ({"benchmarks": benchmarks} if benchmarks else {})), flush=True)
-
-
-def _rank() -> int:
-    import os
-
-    return int(os.environ.get("RANK", "0"))
 
 
 def dry_run_report(config, plan) -> dict:

@@ -37,6 +37,7 @@ from gpmctl.train.gpo_policy import (
     Sample, build_tiny_policy, encode_prompt, generate, load_policy, policy_tokenizer, read_prompts, save_policy,
     sequence_logps, warmup_cyclic,
 )  # fmt: skip
+from gpmctl.train.loop import shard_map
 from gpmctl.utils import RunLog, environment_report, log, quiet_libraries
 
 EVAL_SEED_OFFSET = 7_777_777  # eval samples use their own seeds, the same for every policy
@@ -100,26 +101,36 @@ def ensure_judge(recipe: GpoRecipe) -> Path:
 
 
 @torch.no_grad()
-def judge_scores(judge, encoder, prompts: list[list[dict]], responses: list[list[str]], batch_size: int, device) -> torch.Tensor:
-    """Raw judge scores [N, K, K] (GPM s(y_i > y_j) or BT r_i - r_j, before tau): one embedding per response."""
+def judge_scores(judge, encoder, prompts: list[list[dict]], responses: list[list[str]], batch_size: int, accelerator) -> torch.Tensor:
+    """Raw judge scores [N, K, K] (GPM s(y_i > y_j) or BT r_i - r_j, before tau): one embedding per response.
+    The prompts are dealt over the processes in blocks; every process gets the whole table."""
     from gpmctl.score import embed_sequences
 
     K = len(responses[0])
-    seqs = [encoder.encode(p, [{"role": "assistant", "content": text}]) for p, row in zip(prompts, responses) for text in row]
-    value, gate = embed_sequences(judge, seqs, batch_size, encoder.tokenizer.pad_token_id, device)
-    value = value.double().view(len(prompts), K, *value.shape[1:])
-    if judge.head.kind == "bt":
-        return P.bt_score_matrix(value)
-    gate = None if gate is None else gate.double().view(len(prompts), K, -1)[:, 0]  # the gate reads the prompt only
-    return P.score_matrix(value, gate)
+
+    def block(rows: list, _: int) -> list[torch.Tensor]:
+        seqs = [encoder.encode(p, [{"role": "assistant", "content": text}]) for p, row in rows for text in row]
+        value, gate = embed_sequences(judge, seqs, batch_size, encoder.tokenizer.pad_token_id, accelerator.device)
+        value = value.double().cpu().view(len(rows), K, *value.shape[1:])
+        if judge.head.kind == "bt":
+            return list(P.bt_score_matrix(value))
+        gate = None if gate is None else gate.double().cpu().view(len(rows), K, -1)[:, 0]  # the gate reads the prompt only
+        return list(P.score_matrix(value, gate))
+
+    return torch.stack(shard_map(accelerator, list(zip(prompts, responses)), block, max(1, batch_size // K)))
 
 
-def win_rate(judge, encoder, prompts, new: list[list[str]], old: list[list[str]], batch_size: int, device) -> float:
+def win_rate(judge, encoder, prompts, new: list[list[str]], old: list[list[str]], batch_size: int, accelerator) -> float:
     """Mean over prompts of P(y_new > y_old) under the judge, every new sample against every old one."""
-    raw = judge_scores(judge, encoder, prompts, [a + b for a, b in zip(new, old)], batch_size, device)
+    raw = judge_scores(judge, encoder, prompts, [a + b for a, b in zip(new, old)], batch_size, accelerator)
     m = len(new[0])
     prob = P.preference_probability(raw[:, :m, m:], judge.head.tau)
     return float(prob.mean())
+
+
+def sample(policy, tokenizer, prompt_ids: list[list[int]], seeds: list[int], gen, accelerator) -> list[list[Sample]]:
+    """len(seeds) samples per prompt; batches of prompts dealt over the processes (same texts as one process)."""
+    return shard_map(accelerator, prompt_ids, lambda chunk, b: generate(policy, tokenizer, chunk, seeds, gen, accelerator.device, b), gen.batch_size)
 
 
 def cyclic_win_rate(new: list[list[str]], old: list[list[str]], num_items: int) -> float | None:
@@ -191,32 +202,44 @@ def _load_step(path: Path, model, optimizer, scheduler) -> dict:
 
 
 def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations: list[dict], train: list[dict],
-             t: int, accelerator, runlog: RunLog, stop, state_dir: Path | None = None) -> dict:  # fmt: skip
+             t: int, accelerator, runlog: RunLog, stop, state_dir: Path | None = None) -> tuple[dict, dict | None]:  # fmt: skip
     """Minimise the squared loss of eq. 5.3 over `train`; the reference pi_{t-1} is the policy as given.
 
-    With `state_dir`, the optimisation is checkpointed there every `train.save_steps` steps and on a stop
-    signal, and continues from such a checkpoint (after computing the reference log-probs from pi_{t-1})."""
+    Each optimizer step takes train.batch_size x grad_accum x processes sequences (every process its own
+    share, as train-rm). With `state_dir`, the optimisation is checkpointed there every `train.save_steps`
+    steps and on a stop signal, and continues from such a checkpoint (after computing the reference
+    log-probs from pi_{t-1}). Returns (stats, the trained weights gathered from ZeRO-3 shards or None)."""
     from transformers import get_scheduler
 
-    from gpmctl.train.loop import Preempted, backward_step
+    from gpmctl.train import checkpoint as ckpt
+    from gpmctl.train.loop import Preempted, any_rank, backward_step, zero3_plugin
+    from gpmctl.train.reward import epoch_batches
 
     c, o = recipe.train, recipe.objective
-    device = accelerator.device
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     prompts = [prompt_ids[r["n"]] for r in train]
     responses = [generations[r["n"]]["response_ids"][r["k"]][: max(c.max_length - len(prompt_ids[r["n"]]), 1)] for r in train]
     targets = torch.tensor([r["target"] for r in train], dtype=torch.float32)
 
-    # log pi_{t-1}(y|x) once, before any update: the reference needs no second model in memory.
+    # log pi_{t-1}(y|x) once, before any update (the reference needs no second model in memory); the
+    # sequences are dealt over the processes and every process gets all of them.
     policy.eval()
-    ref, lengths = [], []
-    with torch.no_grad():
-        for s in range(0, len(train), c.batch_size):
-            lp, n = sequence_logps(policy, prompts[s : s + c.batch_size], responses[s : s + c.batch_size], device)
-            ref.append(lp.float().cpu())
-            lengths.append(n.cpu())
-    ref_logp, length = torch.cat(ref), torch.cat(lengths)
 
-    micro_per_epoch = math.ceil(len(train) / c.batch_size)
+    @torch.no_grad()
+    def reference(rows: list[int], _: int) -> list[tuple[float, int]]:
+        lp, n = sequence_logps(policy, [prompts[i] for i in rows], [responses[i] for i in rows], device)
+        return list(zip(lp.float().cpu().tolist(), n.cpu().tolist()))
+
+    ref = shard_map(accelerator, list(range(len(train))), reference, c.batch_size)
+    ref_logp = torch.tensor([lp for lp, _ in ref], dtype=torch.float32)
+    length = torch.tensor([n for _, n in ref])
+
+    def batches(epoch: int) -> list[list[int]]:  # this process's micro-batches: a permutation per (seed, t, epoch)
+        return epoch_batches(len(train), c.batch_size, c.seed, 1009 * t + epoch, rank, world)
+
+    micro_per_epoch = len(batches(0))
+    if micro_per_epoch < c.grad_accum:
+        raise ConfigError(f"train.batch_size x train.grad_accum x processes exceeds the {len(train)} training sequences of iteration {t}")
     total = max(1, math.ceil(c.epochs * micro_per_epoch / c.grad_accum))
     params = [p for p in policy.parameters() if p.requires_grad]
     if c.optimizer == "rmsprop":
@@ -227,68 +250,84 @@ def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations
                               num_warmup_steps=math.ceil(c.warmup_ratio * total), num_training_steps=total)  # fmt: skip
     model, optimizer = accelerator.prepare(policy, optimizer)
     model.train()
-    step, epoch, start_at, window = 0, 0, 0, []
+    sharded = accelerator.state.deepspeed_plugin is not None  # DeepSpeed: each rank saves its optimizer shard
+    layout = {"world_size": world, "engine": "deepspeed" if sharded else "torch"}
+    state = {"step": 0, "epoch": 0, "micro_batch": 0}
     if state_dir is not None and (state_dir / "trainer_state.json").is_file():
-        saved = _load_step(state_dir, accelerator.unwrap_model(model), optimizer, scheduler)
-        step, epoch, start_at = saved["step"], saved["epoch"], saved["next_batch"]
-        log(f"iteration {t}: continuing the optimisation from step {step} ({state_dir})")
+        saved = ckpt.read_trainer_state(state_dir)
+        if {k: saved.get(k) for k in layout} != layout:
+            log(f"iteration {t}: {state_dir} was written by {saved.get('world_size')} processes ({saved.get('engine')}); "
+                f"this run has {world} ({layout['engine']}): training the iteration again from its saved generations")
+        else:
+            saved = ckpt.load_sharded_checkpoint(state_dir, accelerator, scheduler) if sharded else \
+                _load_step(state_dir, accelerator.unwrap_model(model), optimizer, scheduler)  # fmt: skip
+            state = {k: saved[k] for k in state}
+            log(f"iteration {t}: continuing the optimisation from step {state['step']} ({state_dir})")
 
-    def checkpoint(next_batch: int) -> None:
-        if state_dir is not None and accelerator.is_main_process:
-            _save_step(state_dir, accelerator.unwrap_model(model), optimizer, scheduler,
-                       {"step": step, "epoch": epoch, "next_batch": next_batch})  # fmt: skip
+    def checkpoint() -> None:
+        if state_dir is None:
+            return
+        if sharded:
+            ckpt.save_sharded_checkpoint(state_dir, accelerator, scheduler, {**state, **layout})
+        elif accelerator.is_main_process:
+            _save_step(state_dir, accelerator.unwrap_model(model), optimizer, scheduler, {**state, **layout})
         accelerator.wait_for_everyone()
 
-    started = time.perf_counter()
-    while step < total:
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(c.seed * 1_000_003 + 1009 * t + epoch)).tolist()
-        for s in range(start_at, len(order), c.batch_size):
-            idx = order[s : s + c.batch_size]
+    started, window = time.perf_counter(), []
+    while state["step"] < total:
+        mine = batches(state["epoch"])[: micro_per_epoch // c.grad_accum * c.grad_accum]  # whole optimizer steps only
+        while state["micro_batch"] < len(mine) and state["step"] < total:
+            idx = mine[state["micro_batch"]]
             with accelerator.accumulate(model):
                 logp, _ = sequence_logps(model, [prompts[i] for i in idx], [responses[i] for i in idx], device)
                 lens = length[idx].to(device) if o.length_norm else None
                 ratio = L.log_ratio(logp, ref_logp[idx].to(device), lens, o.length_gamma)  # log pi_theta/pi_t (/|y|^gamma: App. E.2)
                 loss = L.squared_loss(ratio, targets[idx].to(device))  # (ratio - (1/beta) s_hat)^2, eq. 5.3
                 grad_norm = backward_step(accelerator, model, optimizer, loss, c.max_grad_norm)
+            state["micro_batch"] += 1
             window.append(float(loss.detach()))
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
-            step += 1
+            state["step"] += 1
+            step = state["step"]
             if step % c.logging_steps == 0 or step == total:
                 record = {"event": "train", "iteration": t, "step": step, "loss": sum(window) / len(window),
                           "lr": scheduler.get_last_lr()[0], "grad_norm": None if grad_norm is None else float(grad_norm),
                           "ratio_mean": float(ratio.detach().mean())}  # fmt: skip
                 runlog.write(record)
                 window = []
-            if stop.signal:
-                checkpoint(s + c.batch_size)
+            if any_rank(accelerator, stop.signal is not None):  # a signal may reach the ranks at different steps
+                checkpoint()
                 where = "continues from this step" if state_dir is not None else "re-trains it from its saved generations"
-                raise Preempted(f"stopped in iteration {t} at step {step} ({stop.signal}); --resume auto {where}")
+                raise Preempted(f"stopped in iteration {t} at step {step} ({stop.signal or 'a signal to another rank'}); --resume auto {where}")
             if c.save_steps and step % c.save_steps == 0 and step < total:
-                checkpoint(s + c.batch_size)
-            if step >= total:
-                break
-        epoch += 1
-        start_at = 0
+                checkpoint()
+        if state["micro_batch"] >= len(mine):
+            state["epoch"] += 1
+            state["micro_batch"] = 0
+    gathered = accelerator.get_state_dict(model) if zero3_plugin(accelerator) else None  # a collective: every rank
     accelerator.free_memory()
     policy.eval()
-    return {"steps": step, "train_seconds": round(time.perf_counter() - started, 2), "sequences": len(train),
-            "target_abs_mean": float(targets.abs().mean())}  # fmt: skip
+    stats = {"steps": state["step"], "train_seconds": round(time.perf_counter() - started, 2), "sequences": len(train),
+             "target_abs_mean": float(targets.abs().mean()), "processes": world}  # fmt: skip
+    return stats, gathered
 
 
 # ----------------------------------------------------------------------------------------------------
 # The run
 
 
-def _prepare_output(output_dir: Path, resume: str | None, overwrite: bool) -> None:
+def _prepare_output(output_dir: Path, resume: str | None, overwrite: bool, main: bool = True) -> None:
+    """Check --resume / --overwrite against the folder (every process); process 0 clears it for --overwrite."""
     if overwrite and resume not in (None, "none"):
         raise ConfigError("--overwrite and --resume exclude each other")
     started = output_dir.is_dir() and any(output_dir.glob("iter-*"))
-    if overwrite and started:
-        for d in output_dir.glob("iter-*"):
-            shutil.rmtree(d)
-        (output_dir / "log.jsonl").unlink(missing_ok=True)
+    if overwrite:
+        if started and main:
+            for d in output_dir.glob("iter-*"):
+                shutil.rmtree(d)
+            (output_dir / "log.jsonl").unlink(missing_ok=True)
     elif started and resume in (None, "none"):
         raise ConfigError(f"{output_dir}: already holds a run; pass --resume auto to continue it or --overwrite to start again")
     elif resume not in (None, "none", "auto"):
@@ -296,35 +335,42 @@ def _prepare_output(output_dir: Path, resume: str | None, overwrite: bool) -> No
 
 
 def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = False) -> GpoResult:
-    from accelerate import Accelerator
-
+    """The whole run (module docstring). Under several processes (launch.num_processes, or any launcher)
+    sampling, judging and the reference log-probs are dealt over the processes, the optimisation is data
+    parallel (DDP or DeepSpeed ZeRO), and process 0 alone writes files."""
     from gpmctl.data.tokenize import SequenceEncoder
     from gpmctl.models.loading import load_model, load_tokenizer
-    from gpmctl.train.loop import StopFlag
+    from gpmctl.train.loop import StopFlag, built_whole, make_accelerator, zero3_plugin
 
     quiet_libraries()
     output_dir = Path(recipe.output_dir)
-    _prepare_output(output_dir, resume, overwrite)
+    c, g, pc = recipe.train, recipe.generation, recipe.policy
+    accelerator, precision = make_accelerator(c.precision, c.grad_accum, c.batch_size, c.max_grad_norm)
+    main, device, zero3 = accelerator.is_main_process, accelerator.device, zero3_plugin(accelerator)
+    _prepare_output(output_dir, resume, overwrite, main)
+    accelerator.wait_for_everyone()
     judge_path = ensure_judge(recipe)
 
-    c, g, pc = recipe.train, recipe.generation, recipe.policy
-    precision = c.precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision], gradient_accumulation_steps=c.grad_accum)
-    device = accelerator.device
-    output_dir.mkdir(parents=True, exist_ok=True)
-    from gpmctl.config import dump_recipe
+    def write(path: Path, rows: list[dict]) -> None:  # process 0 writes; the others wait until it is there
+        if main:
+            _write_jsonl(path, rows)
+        accelerator.wait_for_everyone()
 
-    (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-    (output_dir / "environment.json").write_text(json.dumps(environment_report(accelerator), indent=2))
-    runlog = RunLog(output_dir / "log.jsonl")
+    if main:
+        from gpmctl.config import dump_recipe
 
-    judge = load_model(judge_path, dtype=recipe.judge.dtype, device=device)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+        (output_dir / "environment.json").write_text(json.dumps(environment_report(accelerator), indent=2))
+    accelerator.wait_for_everyone()
+    runlog = RunLog(output_dir / "log.jsonl", enabled=main)
+
+    # Every process holds the judge and the sampler whole (under ZeRO-3 only the optimised copy is sharded).
+    judge = built_whole(lambda: load_model(judge_path, dtype=recipe.judge.dtype, device=device), zero3)
     judge_tok = load_tokenizer(str(judge_path))
     encoder = SequenceEncoder(judge_tok, recipe.judge.max_length, judge.head.eos, judge.head.gate_prompt, "right")
     tau, kind = judge.head.tau, judge.head.kind
-    log(f"judge: {judge_path} ({kind}, dim {judge.head.dim}, tau {tau})")
+    log(f"judge: {judge_path} ({kind}, dim {judge.head.dim}, tau {tau}); {accelerator.num_processes} process(es), {precision}")
 
     tokenizer = policy_tokenizer(pc.tokenizer or pc.model, pc.trust_remote_code)
     train_prompts = read_prompts(recipe.data.train, recipe.data.max_prompts)
@@ -336,29 +382,31 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     eval_seeds = [g.seed * (p + 1) + EVAL_SEED_OFFSET for p in range(recipe.eval.samples)]
 
     def load(t: int):
-        return load_policy(str(_iteration_dir(output_dir, t) / "policy"), pc.dtype, device, pc.attn_implementation, pc.trust_remote_code)
+        path = str(_iteration_dir(output_dir, t) / "policy")
+        return built_whole(lambda: load_policy(path, pc.dtype, device, pc.attn_implementation, pc.trust_remote_code), zero3)
 
     def eval_samples(t: int, policy=None) -> list[list[str]]:
         """Held-out samples of pi_t (generated once, then read from iter-t/eval_generations.jsonl)."""
         path = _iteration_dir(output_dir, t) / "eval_generations.jsonl"
         if not path.is_file():
-            samples = generate(policy if policy is not None else load(t), tokenizer, eval_ids, eval_seeds, g, device)
-            _write_jsonl(path, _generation_rows(eval_prompts, samples))
+            samples = sample(policy if policy is not None else load(t), tokenizer, eval_ids, eval_seeds, g, accelerator)
+            write(path, _generation_rows(eval_prompts, samples))
         return [row["responses"] for row in _read_jsonl(path)]
 
     # 0. pi_0
     it0 = _iteration_dir(output_dir, 0)
-    it0.mkdir(exist_ok=True)
-    if not (it0 / "policy" / "config.json").is_file():
+    if main and not (it0 / "policy" / "config.json").is_file():
+        it0.mkdir(exist_ok=True)
         if pc.model == "tiny":
-            policy = build_tiny_policy(tokenizer, pc.tiny, c.seed, pc.attn_implementation).to(device)
+            policy = built_whole(lambda: build_tiny_policy(tokenizer, pc.tiny, c.seed, pc.attn_implementation), zero3).to(device)
             if pc.warmup.steps:
                 stats = warmup_cyclic(policy, tokenizer, train_ids, pc.warmup, c.seed, device)
                 runlog.write({"event": "warmup", **stats})
                 log(f"pi_0: tiny policy warmed up on cyclic item words ({pc.warmup.steps} steps, loss {stats['loss']:.4f})")
         else:
-            policy = load_policy(pc.model, pc.dtype, device, pc.attn_implementation, pc.trust_remote_code)
+            policy = built_whole(lambda: load_policy(pc.model, pc.dtype, device, pc.attn_implementation, pc.trust_remote_code), zero3)
         save_policy(policy, tokenizer, it0 / "policy")
+    accelerator.wait_for_everyone()
     initial_eval = eval_samples(0) if eval_prompts else None
 
     results = []
@@ -369,7 +417,8 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
                 results.append(json.loads((d / "metrics.json").read_text()))
                 log(f"iteration {t}: done earlier, skipped")
                 continue
-            d.mkdir(exist_ok=True)
+            if main:
+                d.mkdir(exist_ok=True)
             started = time.perf_counter()
             policy = load(t - 1)
             if pc.gradient_checkpointing:
@@ -381,33 +430,36 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
                 log(f"iteration {t}: reusing {gen_path}")
             else:
                 seeds = [g.seed * (p + 1) + 1_000_003 * t for p in range(g.k)]
-                _write_jsonl(gen_path, _generation_rows(train_prompts, generate(policy, tokenizer, train_ids, seeds, g, device)))
+                write(gen_path, _generation_rows(train_prompts, sample(policy, tokenizer, train_ids, seeds, g, accelerator)))
             generations = _read_jsonl(gen_path)
-            _stop_between_stages(stop, t, "generation")
+            _stop_between_stages(stop, t, "generation", accelerator)
 
             # 2. the K x K table: K judge forwards per prompt
             score_path = d / "scores.jsonl"
             if score_path.is_file():
                 raw = torch.tensor([row["raw"] for row in _read_jsonl(score_path)], dtype=torch.float64)
             else:
-                raw = judge_scores(judge, encoder, train_prompts, [row["responses"] for row in generations], recipe.judge.batch_size, device)
+                raw = judge_scores(judge, encoder, train_prompts, [row["responses"] for row in generations], recipe.judge.batch_size, accelerator)
                 logit = raw / tau
-                _write_jsonl(score_path, [
+                write(score_path, [
                     {"prompt_index": n, "kind": kind, "tau": tau, "raw": raw[n].tolist(), "logit": logit[n].tolist(),
                      "win_rate": torch.sigmoid(logit[n]).mean(-1).tolist()}
                     for n in range(len(generations))
                 ])  # fmt: skip
-
-            _stop_between_stages(stop, t, "scoring")
+            _stop_between_stages(stop, t, "scoring", accelerator)
 
             # 3. targets and training sequences (recomputed from the table: switching the loss needs no new samples)
             pair_rows, train = build_training_set(recipe, generations, raw, tau, kind)
-            _write_jsonl(d / "pairs.jsonl", pair_rows)
+            write(d / "pairs.jsonl", pair_rows)
 
             # 4. optimise -> pi_t
-            stats = optimise(policy, recipe, train_ids, generations, train, t, accelerator, runlog, stop, d / "train_state")
-            save_policy(policy, tokenizer, d / "policy")
-            shutil.rmtree(d / "train_state", ignore_errors=True)
+            stats, gathered = optimise(policy, recipe, train_ids, generations, train, t, accelerator, runlog, stop, d / "train_state")
+            if main:
+                save_policy(policy, tokenizer, d / "policy", state_dict=gathered)
+                shutil.rmtree(d / "train_state", ignore_errors=True)
+            accelerator.wait_for_everyone()
+            if zero3:  # the optimised copy is sharded: sample from the saved one
+                policy = load(t)
 
             # 5. held-out win rates
             metrics = {"iteration": t, "loss": recipe.objective.loss, **stats}
@@ -415,14 +467,16 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
                 new = eval_samples(t, policy)
                 previous = eval_samples(t - 1) if t > 1 else initial_eval
                 bs = recipe.judge.batch_size
-                metrics["win_rate_vs_initial"] = win_rate(judge, encoder, eval_prompts, new, initial_eval, bs, device)
-                metrics["win_rate_vs_previous"] = win_rate(judge, encoder, eval_prompts, new, previous, bs, device)
+                metrics["win_rate_vs_initial"] = win_rate(judge, encoder, eval_prompts, new, initial_eval, bs, accelerator)
+                metrics["win_rate_vs_previous"] = win_rate(judge, encoder, eval_prompts, new, previous, bs, accelerator)
                 if cyclic_items:
                     metrics["true_win_rate_vs_initial"] = cyclic_win_rate(new, initial_eval, cyclic_items)
                     metrics["true_win_rate_vs_previous"] = cyclic_win_rate(new, previous, cyclic_items)
                     metrics["eval_items"] = _histogram(new)
             metrics["seconds"] = round(time.perf_counter() - started, 2)
-            (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            if main:
+                (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            accelerator.wait_for_everyone()
             runlog.write({"event": "iteration", **metrics})
             shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith(("win_rate", "true_win")) and v is not None)
             log(f"iteration {t}/{recipe.objective.iterations} ({recipe.objective.loss}): {shown} ({metrics['seconds']:.0f}s)")
@@ -430,18 +484,20 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
             del policy
 
     final = _iteration_dir(output_dir, recipe.objective.iterations) / "policy"
-    (output_dir / "metrics.json").write_text(json.dumps({"policy": str(final), "iterations": results}, indent=2))
+    if main:
+        (output_dir / "metrics.json").write_text(json.dumps({"policy": str(final), "iterations": results}, indent=2))
     runlog.write({"event": "done", "policy": str(final)})
     runlog.close()
+    accelerator.wait_for_everyone()
     return GpoResult(output_dir, final, results)
 
 
-def _stop_between_stages(stop, t: int, stage: str) -> None:
-    """SIGTERM / SIGUSR1 during a stage take effect once its output is saved."""
-    from gpmctl.train.loop import Preempted
+def _stop_between_stages(stop, t: int, stage: str, accelerator) -> None:
+    """SIGTERM / SIGUSR1 during a stage take effect once its output is saved (on every process alike)."""
+    from gpmctl.train.loop import Preempted, any_rank
 
-    if stop.signal:
-        raise Preempted(f"stopped in iteration {t} after {stage} ({stop.signal}); --resume auto continues from the saved files")
+    if any_rank(accelerator, stop.signal is not None):
+        raise Preempted(f"stopped in iteration {t} after {stage} ({stop.signal or 'a signal to another rank'}); --resume auto continues from the saved files")
 
 
 def _histogram(samples: list[list[str]]) -> dict[str, int]:

@@ -13,7 +13,7 @@ from typing import Literal
 
 import yaml
 
-from gpmctl.config import TinyBackbone, _build, apply_override, parse_override, read_yaml_mapping
+from gpmctl.config import LaunchConfig, TinyBackbone, _build, apply_override, parse_override, read_yaml_mapping
 from gpmctl.errors import ConfigError
 
 
@@ -159,6 +159,8 @@ class GpoRecipe:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: GpoTrainConfig = field(default_factory=GpoTrainConfig)
     eval: GpoEvalConfig = field(default_factory=GpoEvalConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    """As train-rm: with more than one process gpmctl re-runs itself under `accelerate launch`."""
 
     def validate(self) -> None:
         w, g, o, t = self.policy.warmup, self.generation, self.objective, self.train
@@ -180,6 +182,9 @@ class GpoRecipe:
              "must be >= 0 and not all 0"),
             (w.steps == 0 or self.policy.model == "tiny", "policy.warmup.steps", "the cyclic warm-up is for policy.model: tiny"),
             (self.eval.samples >= 1, "eval.samples", "must be >= 1"),
+            (self.launch.num_processes >= 1, "launch.num_processes", "must be >= 1"),
+            (self.launch.num_machines >= 1 and self.launch.num_processes % self.launch.num_machines == 0,
+             "launch.num_machines", "must be >= 1 and divide launch.num_processes"),
         ]  # fmt: skip
         for ok, key, problem in checks:
             if not ok:

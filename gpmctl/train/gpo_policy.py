@@ -55,13 +55,14 @@ def load_policy(path: str, dtype: str = "auto", device="cpu", attn_implementatio
     return model.to(device)
 
 
-def save_policy(model, tokenizer, out_dir: Path) -> Path:
-    """A standard Hugging Face causal-LM folder, written beside and renamed in when complete."""
+def save_policy(model, tokenizer, out_dir: Path, state_dict: dict | None = None) -> Path:
+    """A standard Hugging Face causal-LM folder, written beside and renamed in when complete.
+    `state_dict`: the weights to write instead of the model's own (gathered from ZeRO-3 shards)."""
     import shutil
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
@@ -137,17 +138,18 @@ def encode_prompt(tokenizer, messages: list[dict], max_length: int) -> list[int]
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompt_ids: list[list[int]], seeds: list[int], gen, device) -> list[list[Sample]]:
-    """len(seeds) samples per prompt -> [prompt][sample]. Sample p of every prompt is drawn after
-    seeding with seeds[p] (prompts batched by `gen.batch_size`, left padded): reruns give the same texts."""
+def generate(model, tokenizer, prompt_ids: list[list[int]], seeds: list[int], gen, device, first_batch: int = 0) -> list[list[Sample]]:
+    """len(seeds) samples per prompt -> [prompt][sample]. Prompts go in batches of `gen.batch_size`, left
+    padded; sample p of batch b (counted from `first_batch`) is drawn after seeding with (seeds[p], b), so
+    reruns give the same texts and so does a run whose batches are dealt over several processes."""
     was_training = model.training
     model.eval()
     stops = stop_token_ids(tokenizer, model)
     pad = tokenizer.pad_token_id
     out: list[list[Sample]] = [[] for _ in prompt_ids]
     for seed in seeds:
-        torch.manual_seed(seed)
-        for start in range(0, len(prompt_ids), gen.batch_size):
+        for b, start in enumerate(range(0, len(prompt_ids), gen.batch_size), start=first_batch):
+            torch.manual_seed(seed + 7_919 * b)
             chunk = prompt_ids[start : start + gen.batch_size]
             width = max(map(len, chunk))
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
@@ -158,6 +160,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], seeds: list[int], ge
             new = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=gen.temperature,
                 top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, eos_token_id=stops, pad_token_id=pad,
+                synced_gpus=False,  # every process holds the sampler whole (transformers assumes shards under ZeRO-3)
             )[:, width:].tolist()  # fmt: skip
             for row, seq in enumerate(new):
                 end = next((i for i, tok in enumerate(seq) if tok in stops), None)

@@ -16,7 +16,6 @@ import hashlib
 import json
 import functools
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from gpmctl.models import preference as P
 from gpmctl.models.loading import build_model, load_tokenizer, save_model
 from gpmctl.models.reward_model import HEAD_FILE, PreferenceModel
 from gpmctl.train import checkpoint as ckpt
-from gpmctl.train.loop import Preempted, StopFlag, backward_step  # noqa: F401  (Preempted: re-exported)
+from gpmctl.train.loop import Preempted, StopFlag, agreed, any_rank, backward_step, built_whole, make_accelerator, zero3_plugin  # noqa: F401  (Preempted: re-exported)
 from gpmctl.utils import RunLog, environment_report, log, quiet_libraries
 
 
@@ -202,7 +201,6 @@ def _resume_point(output_dir: Path, resume: str | None) -> Path | None:
 
 
 def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: bool = False, stop_after_steps: int | None = None) -> TrainResult:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
@@ -218,22 +216,10 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
         (output_dir / HEAD_FILE).unlink(missing_ok=True)
     resume_from = _resume_point(output_dir, resume)
 
-    precision = t.precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    accelerator = Accelerator(
-        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision],
-        gradient_accumulation_steps=t.grad_accum,
-        **_cpu_settings(),
-    )
+    accelerator, precision = make_accelerator(t.precision, t.grad_accum, t.batch_size, t.max_grad_norm)
     main = accelerator.is_main_process
     deepspeed = accelerator.state.deepspeed_plugin
-    zero3 = deepspeed is not None and deepspeed.zero_stage == 3
-    if deepspeed is not None:  # the recipe, not the profile, sets the batch and clipping
-        deepspeed.deepspeed_config.update(
-            train_micro_batch_size_per_gpu=t.batch_size, gradient_accumulation_steps=t.grad_accum,
-            train_batch_size=t.batch_size * t.grad_accum * accelerator.num_processes, gradient_clipping=t.max_grad_norm,
-        )  # fmt: skip
+    zero3 = zero3_plugin(accelerator) is not None
     set_seed(t.seed)
 
     # 1. The run folder.
@@ -254,7 +240,7 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
     if zero3 and m.backbone != "tiny":  # from_pretrained loads each rank's shard only (zero3_init_flag)
         model = build_model(m, tokenizer, t.seed, accelerator.device)
     else:  # the tiny model is built whole, so its seeded random init equals a single-process run's
-        model = _built_whole(lambda: build_model(m, tokenizer, t.seed, accelerator.device), deepspeed if zero3 else None)
+        model = built_whole(lambda: build_model(m, tokenizer, t.seed, accelerator.device), deepspeed if zero3 else None)
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ds_numel: ZeRO-3 shards
     log(f"model: {m.backbone} ({n_params / 1e6:.2f}M parameters), head {model.head}")
     packing = t.packing is not False and model.enable_packing()  # before prepare(): it wraps the model
@@ -324,7 +310,7 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
         log(f"eval @ step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "pairs"))
         key = (metrics["accuracy"], -metrics["loss"])
         better = t.keep_best and (state["best"] is None or key > tuple(state["best"]["key"]))
-        if _agreed(accelerator, better):  # rank 0 decides for all: a save that only some ranks enter hangs
+        if agreed(accelerator, better):  # rank 0 decides for all: a save that only some ranks enter hangs
             state["best"] = {"key": list(key), "step": state["step"], "metrics": metrics}
             save_full_model(output_dir / "best")
         return metrics
@@ -370,7 +356,7 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
                 if t.save_steps and step % t.save_steps == 0:
                     save_state("save_steps")
                 asked = stop.signal is not None or (stop_after_steps is not None and step >= stop_after_steps)
-                if _any_rank(accelerator, asked):  # a signal may reach the ranks at different steps
+                if any_rank(accelerator, asked):  # a signal may reach the ranks at different steps
                     by_count = stop_after_steps is not None and step >= stop_after_steps
                     reason = stop.signal or ("--stop-after-steps" if by_count else "a signal to another rank")
                     path = save_state(reason)
@@ -390,7 +376,7 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
             from gpmctl.models.loading import load_model
 
             # Built whole: under ZeRO-3, from_pretrained would otherwise shard it, a collective rank 0 runs alone.
-            best_model = _built_whole(lambda: load_model(output_dir / "best", dtype="float32"), deepspeed if zero3 else None)
+            best_model = built_whole(lambda: load_model(output_dir / "best", dtype="float32"), deepspeed if zero3 else None)
             save_model(best_model, output_dir, tokenizer)
     else:
         save_full_model(output_dir)
@@ -402,59 +388,6 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
     accelerator.wait_for_everyone()
     runlog.close()
     return TrainResult(output_dir, state["step"], model_metrics, state["best"])
-
-
-def _cpu_settings() -> dict:
-    """Accelerator arguments on a machine without CUDA: an explicit gloo group for DeepSpeed (accelerate
-    leaves it without a backend there, so each rank thinks it is alone), and cpu=True for DDP (otherwise
-    N processes under torchrun train N independent models)."""
-    if torch.cuda.is_available():
-        return {}
-    from accelerate.utils import InitProcessGroupKwargs
-
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true"):
-        import logging
-        import warnings
-
-        import deepspeed.ops
-
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip a 30 s JIT build; gloo does the work
-        logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-        return {"kwargs_handlers": [InitProcessGroupKwargs(backend="gloo")]}
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun without ACCELERATE_USE_CPU=1 too
-        return {"cpu": True}
-    return {}
-
-
-def _built_whole(build, deepspeed_plugin):
-    """Run `build` with transformers' ZeRO-3 sharded init switched off (accelerate's own
-    zero3_init_context_manager leaves it on: it re-registers the same stage-3 config). Needed for a
-    model one rank builds alone, and for the seeded tiny model to equal a single-process run's."""
-    if deepspeed_plugin is None:
-        return build()
-    from transformers.integrations import unset_hf_deepspeed_config
-
-    unset_hf_deepspeed_config()
-    try:
-        return build()
-    finally:
-        deepspeed_plugin.set_deepspeed_weakref()
-
-
-def _agreed(accelerator, flag: bool) -> bool:
-    """Rank 0's value of `flag` on every rank."""
-    if accelerator.num_processes == 1:
-        return flag
-    from accelerate.utils import broadcast
-
-    return bool(broadcast(torch.tensor([int(flag)], device=accelerator.device), from_process=0).item())
-
-
-def _any_rank(accelerator, flag: bool) -> bool:
-    if accelerator.num_processes == 1:
-        return flag
-    return bool(accelerator.reduce(torch.tensor([int(flag)], device=accelerator.device), reduction="sum").item() > 0)
 
 
 def _with_weights(model: PreferenceModel, state_dict: dict) -> PreferenceModel:
