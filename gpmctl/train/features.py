@@ -38,7 +38,7 @@ from gpmctl.errors import ConfigError
 from gpmctl.models.loading import build_model, load_tokenizer, save_model
 from gpmctl.models.reward_model import HEAD_FILE, PreferenceModel, PreferenceOutput, read_positions
 from gpmctl.train.loop import backward_step
-from gpmctl.train.reward import TrainResult, _decay_groups, epoch_batches, load_pairs, pair_loss, pair_metrics
+from gpmctl.train.reward import TrainResult, epoch_batches, load_pairs, optimisation, pair_loss, pair_metrics
 from gpmctl.utils import RunLog, environment_report, log, quiet_libraries
 
 EXTRACT_BATCH = 16
@@ -187,7 +187,6 @@ def train_head_on_features(recipe: Recipe, overwrite: bool = False, resume: str 
     for every head of a seed)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from transformers import get_scheduler
 
     m, d, t = recipe.model, recipe.data, recipe.train
     if not m.freeze_backbone:
@@ -230,13 +229,7 @@ def train_head_on_features(recipe: Recipe, overwrite: bool = False, resume: str 
     head = HeadOnFeatures(model)
     # The plain shuffled batches (length grouping saves padding, and features have none).
     batches_of = lambda epoch: epoch_batches(n_train, t.batch_size, t.seed, epoch)  # noqa: E731
-    steps_per_epoch = len(batches_of(0)) // t.grad_accum
-    if steps_per_epoch == 0:
-        raise ConfigError(f"train.batch_size x train.grad_accum exceeds the {n_train} training pairs")
-    total_steps = t.max_steps or math.ceil(t.epochs * steps_per_epoch)
-    optimizer = torch.optim.AdamW(_decay_groups(model, t.weight_decay), lr=t.lr, betas=t.adam_betas)
-    scheduler = get_scheduler(t.scheduler if t.scheduler != "constant" else "constant_with_warmup", optimizer,
-                              num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)  # fmt: skip
+    steps_per_epoch, total_steps, optimizer, scheduler = optimisation(model, t, len(batches_of(0)), n_train)
     head, optimizer = accelerator.prepare(head, optimizer)
     tau = m.resolved_tau()
     eval_every = t.eval_steps or steps_per_epoch

@@ -184,6 +184,21 @@ def _decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def optimisation(model: torch.nn.Module, t, micro_per_epoch: int, n_train: int) -> tuple[int, int, torch.optim.Optimizer, object]:
+    """AdamW (no decay on biases and norms) and the warmup + decay schedule of a train-rm run
+    -> (optimizer steps per epoch, total steps, optimizer, scheduler)."""
+    from transformers import get_scheduler
+
+    steps_per_epoch = micro_per_epoch // t.grad_accum
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size x train.grad_accum x processes exceeds the {n_train} training pairs")
+    total_steps = t.max_steps or math.ceil(t.epochs * steps_per_epoch)
+    optimizer = torch.optim.AdamW(_decay_groups(model, t.weight_decay), lr=t.lr, betas=t.adam_betas)
+    scheduler = get_scheduler(t.scheduler if t.scheduler != "constant" else "constant_with_warmup", optimizer,
+                              num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)  # fmt: skip
+    return steps_per_epoch, total_steps, optimizer, scheduler
+
+
 def _resume_point(output_dir: Path, resume: str | None) -> Path | None:
     if resume in (None, "none"):
         if ckpt.list_checkpoints(output_dir) or (output_dir / HEAD_FILE).exists():
@@ -202,7 +217,6 @@ def _resume_point(output_dir: Path, resume: str | None) -> Path | None:
 
 def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: bool = False, stop_after_steps: int | None = None) -> TrainResult:
     from accelerate.utils import set_seed
-    from transformers import get_scheduler
 
     m, d, t = recipe.model, recipe.data, recipe.train
     quiet_libraries()
@@ -250,13 +264,7 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
     collate = functools.partial(collate_pairs, pad_id=tokenizer.pad_token_id, packed=packing)
     lengths = [len(p.chosen.ids) + len(p.rejected.ids) for p in train_pairs] if t.group_by_length else None
     micro_per_epoch = len(epoch_batches(len(train_pairs), t.batch_size, t.seed, 0, accelerator.process_index, accelerator.num_processes))
-    steps_per_epoch = micro_per_epoch // t.grad_accum
-    if steps_per_epoch == 0:
-        raise ConfigError(f"train.batch_size x train.grad_accum x processes exceeds the {len(train_pairs)} training pairs")
-    total_steps = t.max_steps or math.ceil(t.epochs * steps_per_epoch)
-    optimizer = torch.optim.AdamW(_decay_groups(model, t.weight_decay), lr=t.lr, betas=t.adam_betas)
-    scheduler = get_scheduler(t.scheduler if t.scheduler != "constant" else "constant_with_warmup", optimizer,
-                              num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)  # fmt: skip
+    steps_per_epoch, total_steps, optimizer, scheduler = optimisation(model, t, micro_per_epoch, len(train_pairs))
     model, optimizer = accelerator.prepare(model, optimizer)
     tau = m.resolved_tau()
     eval_every = t.eval_steps or steps_per_epoch
