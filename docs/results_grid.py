@@ -30,6 +30,7 @@ from gpmctl.data.tokenize import SequenceEncoder
 from gpmctl.eval import rmbench as rm
 from gpmctl.eval.benchmarks import rmbench_tables
 from gpmctl.eval.scoring import assistant, user
+from gpmctl.errors import ModelError
 from gpmctl.models import preference as P
 from gpmctl.models.loading import load_tokenizer
 from gpmctl.train.features import HeadOnFeatures, cached_features, train_head_on_features
@@ -57,13 +58,13 @@ def rmbench_from_features(model, tables, features) -> dict:
     out = HeadOnFeatures(model)(features.read, None, features.prompt)
     n = len(features.read) // 6
     value = out.value.double().view(n, 6, *out.value.shape[1:])
-    gate = out.gate.double().view(n, 6, -1)[:, 0] if out.gate is not None else None  # the gate reads the prompt only
+    gate = P.prompt_gate(out.gate.double().view(n, 6, -1)) if out.gate is not None else None
     S = (P.bt_score_matrix(value) if model.head.kind == "bt" else P.score_matrix(value, gate))[:, :3, 3:]
     examples, row = [], 0
     for path, rows in tables:
-        for _ in rows:
+        for number, r in enumerate(rows, start=1):
             scores = S[row].tolist()
-            examples.append({"domain": rm.domain_of(path), "matrix": rm.row_matrix(lambda a, b: scores[a][b])})
+            examples.append({"domain": rm.row_domain(path, number, r), "matrix": rm.row_matrix(lambda a, b: scores[a][b])})
             row += 1
     result = rm.aggregate(examples)
     return {"overall": result["overall"], "hard": result["hard"], "normal": result["normal"], "easy": result["easy"],
@@ -89,7 +90,11 @@ def run_grid(recipe_path: str, seeds: list[int], out: Path, overrides: list[str]
                     continue
                 recipe = load_recipe(recipe_path, [*overrides, *head, f"train.seed={seed}", f"output_dir=runs/results/{name}/{label}-s{seed}"])
                 pairs = pairs or load_pairs(recipe, encoder)
-                run = train_head_on_features(recipe, overwrite=True, save=False, pairs=pairs)
+                try:
+                    run = train_head_on_features(recipe, overwrite=True, save=False, pairs=pairs)
+                except ModelError as e:  # e.g. a gate on an encoder backbone
+                    print(f"{name} {label} seed {seed}: skipped: {e}", file=sys.stderr)
+                    continue
                 started = time.perf_counter()
                 features = cached_features(run.model, seqs, tokenizer.pad_token_id)
                 bench = rmbench_from_features(run.model, tables, features)

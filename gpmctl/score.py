@@ -116,8 +116,8 @@ def score_rows(model, encoder: SequenceEncoder, chunk: list[tuple[int, list[Resp
     seqs = [encoder.encode(r.prompt, r.response, f"line {n}") for n, rows in chunk for r in rows]
     value, gate = embed_sequences(model, seqs, batch_size, encoder.tokenizer.pad_token_id, device)
     value = value.view(len(chunk), K, *value.shape[1:])
-    if gate is not None:  # the gate depends on the prompt only: take the first response's
-        gate = gate.view(len(chunk), K, -1)[:, 0]
+    if gate is not None:  # one gate per prompt
+        gate = P.prompt_gate(gate.view(len(chunk), K, -1))
     head, tau = model.head, model.head.tau
     out = []
     for i, (number, rows) in enumerate(chunk):

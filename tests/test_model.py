@@ -98,7 +98,9 @@ def test_head_initialisation_follows_the_reference():
 def test_pair_scores_use_the_preference_score():
     model = make_model("gpm", dim=4)
     a, b = embed(model, random_sequences(4, 1)), embed(model, random_sequences(4, 2))
-    torch.testing.assert_close(model.pair_scores(a, b), P.preference_score(a.value, b.value, a.gate))
+    # one gate per prompt: the mean of the two passes' gates (equal when both read the same prompt tokens)
+    torch.testing.assert_close(model.pair_scores(a, b), P.preference_score(a.value, b.value, (a.gate + b.gate) / 2))
+    torch.testing.assert_close(model.pair_scores(b, a), -model.pair_scores(a, b))
 
 
 @pytest.mark.parametrize("kind,gate", [("gpm", True), ("gpm", False), ("bt", False)])

@@ -51,27 +51,47 @@ class SequenceEncoder:
         # No template (e.g. encoders, the official custom format): contents joined by spaces, then EOS.
         return " ".join(m["content"] for m in messages) + " " + (tok.eos_token or "")
 
+    def render_prompt(self, messages: list[dict]) -> str:
+        """The text of the messages before a response, whose token count says where they end: templated
+        like `render`; without a template the contents alone, no trailing space or EOS (the reference
+        tokenises the bare instruction), so its tokens are the conversation's first tokens."""
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        return " ".join(m["content"] for m in messages)
+
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
     def encode(self, prompt: list[dict], response: list[dict], where: str = "") -> EncodedSequence:
+        """One sequence, truncated to max_length, and `prompt_end`, where the gate reads the prompt.
+
+        The reference's rule: response_len = len(tokens(conversation)) - len(tokens(gate prompt)),
+        prompt_end = L - response_len - 1 (L the kept length), the gate prompt being the first turn
+        (`gate_prompt: first_turn`) or the whole prompt. Right truncation keeps the prompt's first
+        tokens, the same for every response, so every response of a prompt reads one gate. Left
+        truncation drops prompt tokens from the start but never cuts into the final response while
+        the prompt's last token can stay: when the response alone does not fit, the sequence starts at
+        that token and the response is cut at its end instead. Where it cuts the gate's own position
+        (a multi-turn prompt losing its first turn), the gate reads the first kept token.
+        """
         ids = self._ids(self.render(prompt + response))
         gate_messages = prompt[:1] if self.gate_prompt == "first_turn" else prompt
-        prompt_len = len(self._ids(self.render(gate_messages)))
+        gate_len = min(len(self._ids(self.render_prompt(gate_messages))), len(ids))
+        prompt_len = gate_len if len(gate_messages) == len(prompt) else min(len(self._ids(self.render_prompt(prompt))), len(ids))
         limit = self.max_length - (1 if self.eos == "append" else 0)
+        start = 0  # first kept token
         if len(ids) > limit:
             if self.truncation == "error":
                 raise DataError(where or "data", f"{len(ids)} tokens, more than data.max_length={self.max_length}", field="length")
             self.truncated += 1
-            cut = len(ids) - limit
-            ids = ids[:limit] if self.truncation == "right" else ids[cut:]
             if self.truncation == "left":
-                prompt_len -= cut
+                start = min(len(ids) - limit, max(prompt_len - 1, 0))
+            ids = ids[start : start + limit]
         if self.eos == "overwrite":
             ids[-1] = self.tokenizer.eos_token_id
         elif self.eos == "append" and ids[-1] != self.tokenizer.eos_token_id:
             ids.append(self.tokenizer.eos_token_id)
-        prompt_end = min(max(prompt_len - 1, 0), len(ids) - 1)
+        prompt_end = min(max(gate_len - 1 - start, 0), len(ids) - 1)
         return EncodedSequence(np.asarray(ids, dtype=np.int32), prompt_end)
 
     def encode_pair(self, record, where: str = "", use_margin: bool = True, use_label: bool = True) -> EncodedPair:

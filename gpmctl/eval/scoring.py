@@ -32,7 +32,7 @@ class Scorer:
 
     def embed(self, prompts: list[list[dict]], responses: list[list[list[dict]]], where: str = "") -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         """prompts [n] (message lists), responses [n][K] (message lists) -> value [n, K, 2k] (BT: [n, K]),
-        gate [n, k] or None. The gate is read from the first response's pass (RewardBench: the chosen one)."""
+        gate [n, k] or None: one per prompt (`preference.prompt_gate` of the K responses' passes)."""
         from gpmctl.score import embed_sequences
 
         n, K = len(prompts), len(responses[0])
@@ -41,7 +41,7 @@ class Scorer:
         value, gate = embed_sequences(self.model, seqs, self.batch_size, self.encoder.tokenizer.pad_token_id, self.device)
         value = value.double().view(n, K, *value.shape[1:])
         if gate is not None:
-            gate = gate.double().view(n, K, -1)[:, 0]
+            gate = P.prompt_gate(gate.double().view(n, K, -1))
         return value, gate
 
     def score_matrix(self, value: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:

@@ -48,6 +48,17 @@ def score_matrix(v: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Ten
     return half - half.transpose(-1, -2)
 
 
+def prompt_gate(gates: torch.Tensor) -> torch.Tensor:
+    """One gate per prompt from the gates read in each of its K responses' passes: [..., K, k] -> [..., k].
+
+    lambda(x) depends on the prompt only. A causal backbone reads the same prompt tokens in every pass,
+    so the K gates are equal (up to float rounding) and their mean is each of them: the reference's
+    numbers. Where they differ (left truncation cut the prompt differently), the mean is still one
+    gate for all K, so s(a > b) = -s(b > a) holds by construction.
+    """
+    return gates.mean(dim=-2)
+
+
 def bt_score(reward_a: torch.Tensor, reward_b: torch.Tensor) -> torch.Tensor:
     """Bradley-Terry score r_a - r_b, [batch] x [batch] -> [batch]."""
     return reward_a - reward_b

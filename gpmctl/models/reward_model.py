@@ -99,6 +99,11 @@ class PreferenceModel(nn.Module):
                 nn.init.normal_(layer.weight, mean=0.0, std=std)
                 layer.to(next(backbone.parameters()).dtype)
         base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone  # peft wraps it
+        if head.gate and not any(getattr(module, "is_causal", False) for module in base.modules()):
+            # The gate reads the hidden state at the prompt's last token; a bidirectional encoder mixes the
+            # response into it, so the two responses of one prompt would get different gates.
+            raise ModelError(f"a gate needs a causal decoder backbone; {type(base).__name__} is a bidirectional encoder "
+                             "(set model.gate: false)")  # fmt: skip
         self._takes_position_ids = "position_ids" in inspect.signature(base.forward).parameters
 
     def enable_packing(self) -> bool:
@@ -169,10 +174,11 @@ class PreferenceModel(nn.Module):
         return PreferenceOutput(value, gate)
 
     def pair_scores(self, a: PreferenceOutput, b: PreferenceOutput) -> torch.Tensor:
-        """s(a > b) for aligned rows [batch]. The gate of `a` (same prompt as `b`) is used, as in the reference."""
+        """s(a > b) for aligned rows [batch] (a and b answer the same prompts), with one gate per prompt."""
         if self.head.kind == "bt":
             return P.bt_score(a.value, b.value)
-        return P.preference_score(a.value, b.value, a.gate)
+        gate = None if a.gate is None else P.prompt_gate(torch.stack([a.gate, b.gate], dim=-2))
+        return P.preference_score(a.value, b.value, gate)
 
     def gradient_checkpointing_enable(self) -> None:
         self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

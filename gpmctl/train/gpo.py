@@ -114,7 +114,7 @@ def judge_scores(judge, encoder, prompts: list[list[dict]], responses: list[list
         value = value.double().cpu().view(len(rows), K, *value.shape[1:])
         if judge.head.kind == "bt":
             return list(P.bt_score_matrix(value))
-        gate = None if gate is None else gate.double().cpu().view(len(rows), K, -1)[:, 0]  # the gate reads the prompt only
+        gate = None if gate is None else P.prompt_gate(gate.double().cpu().view(len(rows), K, -1))
         return list(P.score_matrix(value, gate))
 
     return torch.stack(shard_map(accelerator, list(zip(prompts, responses)), block, max(1, batch_size // K)))

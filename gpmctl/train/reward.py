@@ -124,8 +124,9 @@ def pair_loss(model: PreferenceModel, batch: dict, tau: float, use_margin: bool)
     kind = getattr(model, "module", model).head.kind  # DDP and DeepSpeed wrap the PreferenceModel as .module
     half = batch["margin"].shape[0]
     split = lambda x: (x[:half], x[half:]) if x is not None else (None, None)  # noqa: E731
-    (vc, vr), (gc, _) = split(out.value), split(out.gate)
-    score = P.bt_score(vc, vr) if kind == "bt" else P.preference_score(vc, vr, gc)
+    (vc, vr), (gc, gr) = split(out.value), split(out.gate)
+    gate = None if gc is None else P.prompt_gate(torch.stack([gc, gr], dim=-2))
+    score = P.bt_score(vc, vr) if kind == "bt" else P.preference_score(vc, vr, gate)
     label = batch["label"]
     loss = P.preference_loss(score, tau, batch["margin"] if use_margin else None, None if bool((label == 1).all()) else label)
     return loss.mean(), score.detach()
