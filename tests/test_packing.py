@@ -3,6 +3,8 @@ across sequences, deterministic batches."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 from gpmctl.config import ModelConfig, TinyBackbone
 from gpmctl.data.tokenize import EncodedPair, EncodedSequence, collate_pairs, real_tokens
 from gpmctl.models.loading import build_model, load_tokenizer
+from gpmctl.models.reward_model import HeadConfig, PreferenceModel
 from gpmctl.train.reward import epoch_batches, pair_loss
 
 # float32: packed and padded runs sum the same products in another order (other matmul shapes), so they
@@ -96,11 +99,95 @@ def test_no_attention_crosses_sequences_in_a_packed_row():
 def test_encoders_are_not_packed(tmp_path):
     from transformers import AutoModel, BertConfig
 
-    from gpmctl.models.reward_model import HeadConfig, PreferenceModel
-
     bert = AutoModel.from_config(BertConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                             num_attention_heads=2), attn_implementation="sdpa")  # fmt: skip
     assert not PreferenceModel(bert, HeadConfig(pool="first")).enable_packing()
+
+
+# Tiny random backbones shaped like the families packing meets: sliding windows on every layer, from a layer
+# on, alternating with full layers, or known only to the mask builder (Qwen2-MoE passes no window to its
+# attention); Gemma's query_pre_attn_scalar scaling; GQA everywhere. Windows of 4 on sequences up to 31 long.
+SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=8, initializer_range=0.2, attn_implementation="sdpa")  # fmt: skip
+ALTERNATING = ["sliding_attention", "full_attention"]
+FAMILIES = {
+    "llama": ("LlamaConfig", dict(attention_dropout=0.5)),  # dropout is off in eval, packed or not
+    "mistral_window_4": ("MistralConfig", dict(sliding_window=4)),
+    "qwen2": ("Qwen2Config", dict(sliding_window=4)),  # use_sliding_window is off: full attention
+    "qwen2_window_4_from_layer_1": ("Qwen2Config", dict(use_sliding_window=True, sliding_window=4, max_window_layers=1)),
+    "qwen2_moe_window_4": ("Qwen2MoeConfig", dict(use_sliding_window=True, sliding_window=4, max_window_layers=1,
+                                                  num_experts=2, num_experts_per_tok=1, moe_intermediate_size=16,
+                                                  shared_expert_intermediate_size=16,
+                                                  experts_implementation="eager")),  # grouped_mm has no float64
+    # Gemma-3 configs carry attn_logit_softcapping, but transformers' Gemma-3 attention never applies it (eager too)
+    "gemma3_alternating_window_4": ("Gemma3TextConfig", dict(sliding_window=4, layer_types=ALTERNATING,
+                                                             query_pre_attn_scalar=16, attn_logit_softcapping=50.0)),
+    # soft-capping has no sdpa form: transformers runs Gemma-2 eager only, and packing is refused
+    "gemma2_softcapping_window_4": ("Gemma2Config", dict(sliding_window=4, layer_types=ALTERNATING,
+                                                         query_pre_attn_scalar=16, attn_logit_softcapping=50.0,
+                                                         attn_implementation="eager")),
+}  # fmt: skip
+SEQUENCE_LENGTHS = [7, 31, 19, 5, 12, 9]
+
+
+def family_model(family: str) -> PreferenceModel:
+    import transformers
+
+    config_class, extra = FAMILIES[family]
+    config = getattr(transformers, config_class)(**{**SMALL, **extra})
+    torch.manual_seed(0)
+    backbone = transformers.AutoModel.from_config(config)
+    head = HeadConfig(kind="gpm", dim=8, gate=True)
+    return PreferenceModel(backbone, head, init_std=0.3).eval()
+
+
+def one_at_a_time_float64(model: PreferenceModel, seqs: list[torch.Tensor], prompt_ends: list[int]):
+    """Each sequence alone (no padding, no packing) through a float64 copy with transformers' eager attention."""
+    reference = copy.deepcopy(model).double()
+    reference.backbone.set_attn_implementation("eager")
+    with torch.no_grad():
+        outs = [reference(s[None], torch.ones(1, len(s), dtype=torch.long), torch.tensor([p])) for s, p in zip(seqs, prompt_ends)]
+    return torch.cat([o.value for o in outs]), torch.cat([o.gate for o in outs])
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_packed_sequences_keep_each_layers_sliding_window_scaling_and_eval_dropout(family, capsys):
+    model = family_model(family)
+    rng = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(3, 64, (n,), generator=rng) for n in SEQUENCE_LENGTHS]
+    prompt_ends = [n // 2 for n in SEQUENCE_LENGTHS]  # past the window, so the gate sees it too
+    ref_value, ref_gate = one_at_a_time_float64(model, seqs, prompt_ends)
+    width = max(SEQUENCE_LENGTHS)
+    pads = [width - len(s) for s in seqs]
+    padded_ids = torch.stack([torch.cat([torch.zeros(pad, dtype=torch.long), s]) for pad, s in zip(pads, seqs)])
+    mask = torch.stack([torch.arange(width) >= pad for pad in pads]).long()  # left padding
+    with torch.no_grad():
+        padded = model(padded_ids, mask, torch.tensor([pad + p for pad, p in zip(pads, prompt_ends)]))
+    torch.testing.assert_close(padded.value, ref_value, atol=ATOL, rtol=0)
+    torch.testing.assert_close(padded.gate, ref_gate, atol=ATOL, rtol=0)
+    assert ref_value.std() > 1e-3  # the comparison is not between constants
+    if "gemma2" in family:
+        assert not model.enable_packing()
+        assert "packing off: Gemma2Model runs 'eager' attention" in capsys.readouterr().err
+        return
+    assert model.enable_packing()
+    bounds = [0, *np.cumsum(SEQUENCE_LENGTHS).tolist()]
+    with torch.no_grad():
+        packed = model(torch.cat(seqs)[None], prompt_end=torch.tensor(bounds[:-1]) + torch.tensor(prompt_ends),
+                       cu_seqlens=torch.tensor(bounds, dtype=torch.int32))  # fmt: skip
+    torch.testing.assert_close(packed.value, ref_value, atol=ATOL, rtol=0)
+    torch.testing.assert_close(packed.gate, ref_gate, atol=ATOL, rtol=0)
+
+
+def test_a_batch_without_attention_mask_keeps_the_sliding_window_once_packing_is_enabled():
+    """Such a batch (no padding, no cu_seqlens) gets exactly transformers' sdpa mask, window included."""
+    model = family_model("mistral_window_4")
+    ids = torch.randint(3, 64, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model.backbone(input_ids=ids).last_hidden_state
+        assert model.enable_packing()
+        after = model.backbone(input_ids=ids).last_hidden_state
+    assert torch.equal(before, after)
 
 
 def test_length_grouped_batches_are_deterministic_cover_the_data_and_cut_padding():
