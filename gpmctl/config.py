@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -64,7 +65,9 @@ class ModelConfig:
     init_std: float | None = None
     """Std of the head initialisation; default 1 / (hidden_size + 1) as in the reference."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights dtype when loading; `auto` = float32 on CPU, bfloat16 on a bf16-capable GPU."""
+    """Weights dtype when loading; `auto` = float32 on CPU, bfloat16 on a bf16-capable GPU. Training keeps the
+    weights it updates in float32 (bf16 compute comes from train.precision's autocast), except under DeepSpeed
+    mixed precision, whose optimizer holds fp32 master copies itself."""
     attn_implementation: str | None = "sdpa"
     """Attention kernel passed to transformers (`sdpa`, `eager`, `flash_attention_2`)."""
     trust_remote_code: bool = False
@@ -106,6 +109,8 @@ class DataConfig:
     """Over-long sequences: cut the end (reference), cut the start, or stop with an error."""
     max_samples: int | None = None
     """Use at most this many training pairs (the first ones), e.g. for a quick check."""
+    allow_empty_responses: bool = False
+    """Accept empty or whitespace-only answers (HH-RLHF prefers a few empty replies); otherwise each is an error."""
 
 
 @dataclass
@@ -125,7 +130,8 @@ class TrainConfig:
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     max_grad_norm: float = 1.0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """`auto`: bf16 mixed precision on a bf16-capable GPU, fp32 on CPU (bf16 is slower there)."""
+    """`auto`: bf16 mixed precision on a bf16-capable GPU, fp32 on CPU (bf16 is slower there). Mixed precision
+    runs the forward in autocast over float32 weights and optimizer state; fp16 needs a CUDA GPU."""
     seed: int = 42
     use_margin: bool = False
     """Subtract each pair's `margin` from the score in the loss."""
@@ -193,31 +199,77 @@ class Recipe:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def validate(self) -> None:
-        m, d, t = self.model, self.data, self.train
-        checks = [
+        m, d, t, e = self.model, self.data, self.train, self.evaluate
+        check([
             (m.kind == "bt" or (m.dim >= 2 and m.dim % 2 == 0), "model.dim", f"must be even and >= 2, got {m.dim}"),
             (not (m.kind == "bt" and m.gate), "model.gate", "a gate needs a GPM (model.kind: gpm)"),
             (m.tau is None or m.tau > 0, "model.tau", "must be > 0"),
+            (m.init_std is None or m.init_std > 0, "model.init_std", "must be > 0 (or null: 1 / (hidden_size + 1))"),
             (m.lora_rank >= 0, "model.lora_rank", "must be >= 0 (0 turns LoRA off)"),
             (m.train_last_layers >= 0, "model.train_last_layers", "must be >= 0 (0: every layer trains)"),
             (not (m.freeze_backbone and (m.lora_rank or m.train_last_layers)), "model.freeze_backbone",
              "excludes model.lora_rank and model.train_last_layers (a frozen backbone trains no layer)"),
             (not (m.freeze_backbone and self.launch.num_processes > 1), "model.freeze_backbone",
              "trains the head in one process (launch.num_processes: 1)"),
+            *tiny_checks(m.tiny, "model.tiny"),
             (d.train is not None, "data.train", "is required (a preference file)"),
             (0.0 <= d.eval_fraction < 1.0, "data.eval_fraction", "must be in [0, 1)"),
-            (d.max_length >= 8, "data.max_length", "must be >= 8"),
-            (t.batch_size >= 1 and t.grad_accum >= 1, "train.batch_size", "batch_size and grad_accum must be >= 1"),
-            (t.epochs > 0 or (t.max_steps or 0) > 0, "train.epochs", "must be > 0 (or set train.max_steps)"),
-            (t.lr > 0, "train.lr", "must be > 0"),
-            (0.0 <= t.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)"),
-            (self.launch.num_processes >= 1, "launch.num_processes", "must be >= 1"),
-            (self.launch.num_machines >= 1 and self.launch.num_processes % self.launch.num_machines == 0,
-             "launch.num_machines", "must be >= 1 and divide launch.num_processes"),
-        ]
-        for ok, key, problem in checks:
-            if not ok:
-                raise ConfigError(f"{key}: {problem}")
+            (d.max_length >= 8, "data.max_length", f"must be >= 8, got {d.max_length}"),
+            (d.max_samples is None or d.max_samples >= 1, "data.max_samples", "must be >= 1 (or null: every pair)"),
+            *optimisation_checks(t),
+            (t.max_steps is None or t.max_steps >= 1, "train.max_steps", f"must be >= 1 (or null: epochs), got {t.max_steps}"),
+            (t.max_steps is not None or t.epochs > 0, "train.epochs", f"must be > 0 (or set train.max_steps), got {t.epochs}"),
+            (t.eval_steps is None or t.eval_steps >= 1, "train.eval_steps", "must be >= 1 (or null: once per epoch)"),
+            (t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1"),
+            (all(0.0 <= b < 1.0 for b in t.adam_betas), "train.adam_betas", "must be in [0, 1)"),
+            (e.batch_size >= 1, "evaluate.batch_size", f"must be >= 1, got {e.batch_size}"),
+            (e.max_length is None or e.max_length >= 8, "evaluate.max_length", "must be >= 8 (or null: data.max_length)"),
+            (e.rmbench_limit is None or e.rmbench_limit >= 1, "evaluate.rmbench_limit", "must be >= 1 (or null: every row)"),
+            *launch_checks(self.launch),
+        ])  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------
+# Value checks shared by the train-rm and train-gpo recipes (gpmctl/train/gpo_config.py).
+
+
+def check(checks: list[tuple[bool, str, str]]) -> None:
+    """Raise `key: problem` (a ConfigError; the loader adds the file) for the first failed (ok, key, problem)."""
+    for ok, key, problem in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {problem}")
+
+
+def optimisation_checks(t: Any) -> list[tuple[bool, str, str]]:
+    """The fields both recipes' `train` sections have, under the same names and meaning."""
+    return [
+        (t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}"),
+        (t.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {t.grad_accum}"),
+        (t.lr > 0, "train.lr", f"must be > 0, got {t.lr}"),
+        (t.weight_decay >= 0, "train.weight_decay", "must be >= 0"),
+        (0.0 <= t.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)"),
+        (t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0: no clipping)"),
+        (t.logging_steps >= 1, "train.logging_steps", f"must be >= 1, got {t.logging_steps}"),
+        (t.save_steps is None or t.save_steps >= 1, "train.save_steps", f"must be >= 1 (or null: on a stop signal), got {t.save_steps}"),
+    ]  # fmt: skip
+
+
+def tiny_checks(shape: TinyBackbone, key: str) -> list[tuple[bool, str, str]]:
+    sizes = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "max_position_embeddings")
+    return [
+        *((getattr(shape, name) >= 1, f"{key}.{name}", f"must be >= 1, got {getattr(shape, name)}") for name in sizes),
+        (shape.hidden_size % max(shape.num_heads, 1) == 0, f"{key}.hidden_size", "must be a multiple of num_heads"),
+        (shape.num_heads % max(shape.num_kv_heads, 1) == 0, f"{key}.num_heads", "must be a multiple of num_kv_heads"),
+        (shape.initializer_range > 0, f"{key}.initializer_range", "must be > 0"),
+    ]
+
+
+def launch_checks(launch: LaunchConfig) -> list[tuple[bool, str, str]]:
+    return [
+        (launch.num_processes >= 1, "launch.num_processes", "must be >= 1"),
+        (launch.num_machines >= 1 and launch.num_processes % launch.num_machines == 0,
+         "launch.num_machines", "must be >= 1 and divide launch.num_processes"),
+    ]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -274,14 +326,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return int(value)
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 2e-6 as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 2e-6 as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # no recipe number means anything as inf or nan (lr=.inf trains NaN weights)
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -363,8 +420,14 @@ def read_yaml_mapping(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: no such recipe file")
+    data = p.read_bytes()
     try:
-        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); save the recipe as UTF-8") from None
+    try:
+        values = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -388,22 +451,26 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
         recipe.validate()
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+    recipe.source = source  # not a field (never saved): errors found later, at run time, name the file too
     return recipe
 
 
-def _with_base(values: dict, path: Path, depth: int = 0) -> dict:
+def _with_base(values: dict, path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """An overlay recipe: `base: NAME` (a file next to this one, or a shipped recipe) supplies every key
     the overlay does not set; mappings merge key by key. The saved recipe.yaml is the merged result."""
     base = values.pop("base", None)
     if base is None:
         return values
-    if depth > 8:
-        raise ConfigError(f"{path}: base: recipes include each other in a loop")
-    nearby = path.parent / str(base)
-    base_path = nearby if nearby.is_file() else resolve_recipe(str(base))
-    base_values = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
-    if not isinstance(base_values, dict):
-        raise ConfigError(f"{base_path}: a recipe must be a mapping of keys")
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a recipe file or shipped recipe name, got {base!r}")
+    nearby = path.parent / base
+    try:
+        base_path = nearby if nearby.is_file() else resolve_recipe(base)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: base: {e}") from None
+    chain = (*seen, path.resolve())
+    if base_path.resolve() in chain:
+        raise ConfigError(f"{path}: base: {base} includes this recipe again ({' -> '.join(p.name for p in (*chain, base_path))})")
 
     def merge(under: dict, over: dict) -> dict:
         out = dict(under)
@@ -411,7 +478,11 @@ def _with_base(values: dict, path: Path, depth: int = 0) -> dict:
             out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
         return out
 
-    return merge(_with_base(base_values, base_path, depth + 1), values)
+    try:
+        base_values = read_yaml_mapping(base_path)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: base: {e}") from None
+    return merge(_with_base(base_values, base_path, chain), values)
 
 
 def recipe_to_dict(recipe: Any) -> dict:

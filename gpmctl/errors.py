@@ -33,3 +33,9 @@ class DataError(GpmctlError):
 
 class ModelError(GpmctlError):
     """A model folder or id that cannot be loaded as asked."""
+
+
+class DiskFullError(GpmctlError):
+    """No space left on the device while writing an output (the previous file, if any, is untouched)."""
+
+    exit_code = EXIT_FAILURE

@@ -7,34 +7,93 @@ preference_head.json, the tokenizer, and a model card with the recipe and metric
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
-from gpmctl.errors import ConfigError
-from gpmctl.models.loading import load_model, load_tokenizer, save_model
+from gpmctl.errors import ConfigError, ModelError
+from gpmctl.models.loading import load_model, load_tokenizer, normal_permissions, save_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SHARD_SIZE = re.compile(r"\d+(\.\d+)?(TB|GB|MB|KB)", re.IGNORECASE)
+RUN_FILES = ("recipe.yaml", "log.jsonl", "checkpoints")
+"""What a train-rm run folder holds besides the model: training files an export must not replace unasked."""
 
 
 def export_model(source: str | Path, out_dir: str | Path, dtype: str | None = None, max_shard_size: str = "5GB",
-                 as_sequence_classifier: bool = False) -> Path:
+                 as_sequence_classifier: bool = False, force: bool = False) -> Path:
     """Write `source` to `out_dir` in the gpmctl/released layout, or, for a BT model with
-    `as_sequence_classifier`, as a plain `AutoModelForSequenceClassification` (num_labels=1) folder."""
+    `as_sequence_classifier`, as a plain `AutoModelForSequenceClassification` (num_labels=1) folder.
+
+    A folder that already holds files is replaced only with `force`, and whole: the export is written
+    beside it and swapped in, so no file of an older export survives and an interrupted one changes nothing."""
     source, out_dir = Path(source), Path(out_dir)
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    if out_dir.resolve() == source.resolve():
-        raise ConfigError(f"{out_dir}: the export folder must differ from the source")
+    if not SHARD_SIZE.fullmatch(max_shard_size):
+        raise ConfigError(f"--max-shard-size: expected a size such as 5GB or 500MB, got {max_shard_size!r}")
+    check_export_target(source, out_dir, force)
     model = load_model(source, dtype="float32")
     if dtype is not None:
         model = model.to(DTYPES[dtype])
     tokenizer = load_tokenizer(str(source))
     card = model_card(source, model)
-    if as_sequence_classifier:
-        return save_sequence_classifier(model, tokenizer, out_dir, card, max_shard_size)
-    return save_model(model, out_dir, tokenizer, extra_files={"README.md": card}, max_shard_size=max_shard_size)
+    with replacing_folder(out_dir) as tmp:
+        if as_sequence_classifier:
+            save_sequence_classifier(model, tokenizer, tmp, card, max_shard_size)
+        else:
+            save_model(model, tmp, tokenizer, extra_files={"README.md": card}, max_shard_size=max_shard_size)
+    return out_dir
+
+
+def check_export_target(source: Path, out_dir: Path, force: bool) -> None:
+    """Refuse, before any weight is read, an export that cannot be written or would destroy something."""
+    ancestor = next(p for p in out_dir.absolute().parents if p.exists())  # missing folders below it are created
+    if not ancestor.is_dir():
+        raise ConfigError(f"{out_dir}: {ancestor} is a file, not a folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: is a file, not a folder")
+    target, model = out_dir.resolve(), source.resolve()
+    if target == model or target in model.parents:
+        relation = "is" if target == model else "holds"
+        raise ConfigError(f"{out_dir}: {relation} the source model folder {source}; export to another folder")
+    held = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if held and not force:
+        run = [name for name in RUN_FILES if name in held]
+        what = (f"is a train-rm run folder ({', '.join(run)}): an export would overwrite its training files" if run
+                else f"already holds {len(held)} files ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''})")  # fmt: skip
+        raise ConfigError(f"{out_dir}: {what}; pass --force to replace the whole folder")
+
+
+@contextlib.contextmanager
+def replacing_folder(out_dir: Path):
+    """A new temporary folder beside `out_dir` that takes its place when the block succeeds (the old folder
+    is then removed); if the block fails or is interrupted, `out_dir` stays as it was."""
+    out_dir = out_dir.resolve()  # through a symlink: the folder it points to is the one replaced
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".exporting"))
+    try:
+        yield tmp
+        normal_permissions(tmp)
+        if not out_dir.exists():
+            os.replace(tmp, out_dir)
+            return
+        old = tmp.with_name(tmp.name + ".old")
+        os.replace(out_dir, old)
+        try:
+            os.replace(tmp, out_dir)
+        except BaseException:
+            os.replace(old, out_dir)
+            raise
+        shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_sequence_classifier(model, tokenizer, out_dir: Path, card: str, max_shard_size: str) -> Path:
@@ -108,7 +167,12 @@ def model_card(source: Path, model) -> str:
     ]
     metrics, recipe = source / "metrics.json", source / "recipe.yaml"
     if metrics.is_file():
-        data = json.loads(metrics.read_text())
+        try:
+            data = json.loads(metrics.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelError(f"{metrics}: not JSON ({e})") from e
+        if not isinstance(data, dict):
+            raise ModelError(f"{metrics}: expected a JSON object")
         final = data.get("model_eval") or data.get("final_eval") or {}
         lines += ["", "## Evaluation (held-out pairs of the training run)", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in final.items()]

@@ -1,8 +1,10 @@
 """Pictures of a run (matplotlib, an optional extra: pip install 'gpmctl[plot]').
 
-    training_curves(log.jsonl)            loss, accuracy and learning rate per step; eval accuracy
+    training_curves(read_log(log.jsonl))  loss, accuracy and learning rate per step; eval accuracy
     embedding_planes(model, records)      each 2-D block of a GPM's embeddings, one point per response
-    reliability_diagram(examples)         predicted P(chosen > rejected) against observed frequency
+    reliability_diagram(read_probabilities(examples.jsonl))
+                                          predicted P(chosen > rejected) against observed frequency
+The readers check every value they plot (file:line: field), so a bad file stops before a picture is drawn.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gpmctl.errors import GpmctlError
+from gpmctl.errors import DataError, GpmctlError
+
+# The numbers each event of a train-rm log.jsonl contributes to the curves.
+CURVE_KEYS = {"train": ("step", "loss", "accuracy", "lr"), "eval": ("step", "eval/loss", "eval/accuracy")}
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
 
@@ -24,30 +29,53 @@ def _pyplot():
     return plt
 
 
-def training_curves(log_path: Path, out: Path) -> Path:
-    plt = _pyplot()
-    events = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    train = [e for e in events if e.get("event") == "train"]
-    evals = [e for e in events if e.get("event") == "eval"]
-    if not train:
-        raise GpmctlError(f"{log_path}: no training events to plot")
+def read_log(log_path: Path) -> dict[str, list[dict]]:
+    """{"train": events, "eval": events} of a train-rm log.jsonl. Each plotted value is a number or absent
+    (NaN too: a diverged run is worth seeing); `step` is required."""
+    from gpmctl.data.records import iter_file_rows
+
+    events = {kind: [] for kind in CURVE_KEYS}
+    for number, event in iter_file_rows(log_path):
+        kind = event.get("event") if isinstance(event, dict) else None
+        for key in CURVE_KEYS.get(kind, ()):
+            value = event.get(key)
+            if not (value is None and key != "step") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise DataError(str(log_path), "missing" if value is None else f"expected a number, got {value!r}", line=number, field=key)
+        if kind in events:
+            events[kind].append(event)
+    if not events["train"]:
+        raise DataError(str(log_path), "no training events to plot")
+    return events
+
+
+def read_probabilities(path: str) -> list[float]:
+    """P(chosen > rejected) of each row of a per-example file (`p`, checked in [0, 1])."""
+    from gpmctl.eval.scoring import ExampleFields, example_rows
+
+    return [ExampleFields(path, number, row).probability("p") for number, row in example_rows(path)]
+
+
+def training_curves(events: dict[str, list[dict]], out: Path, title: str) -> Path:
+    """The curves of `read_log(...)` events."""
+    plt = pyplot()
+    train, evals = events["train"], events["eval"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     steps = [e["step"] for e in train]
-    axes[0].plot(steps, [e["loss"] for e in train], label="train")
+    axes[0].plot(steps, [e.get("loss") for e in train], label="train")
     if evals:
-        axes[0].plot([e["step"] for e in evals], [e["eval/loss"] for e in evals], "o-", label="eval")
+        axes[0].plot([e["step"] for e in evals], [e.get("eval/loss") for e in evals], "o-", label="eval")
     axes[0].set(title="loss", xlabel="step")
-    axes[1].plot(steps, [e["accuracy"] for e in train], label="train")
+    axes[1].plot(steps, [e.get("accuracy") for e in train], label="train")
     if evals:
-        axes[1].plot([e["step"] for e in evals], [e["eval/accuracy"] for e in evals], "o-", label="eval")
+        axes[1].plot([e["step"] for e in evals], [e.get("eval/accuracy") for e in evals], "o-", label="eval")
     axes[1].set(title="pair accuracy", xlabel="step", ylim=(0, 1.02))
-    axes[2].plot(steps, [e["lr"] for e in train])
+    axes[2].plot(steps, [e.get("lr") for e in train])
     axes[2].set(title="learning rate", xlabel="step")
     for ax in axes[:2]:
         ax.legend()
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(log_path.parent.name)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -55,15 +83,13 @@ def training_curves(log_path: Path, out: Path) -> Path:
 
 
 def embedding_planes(model, tokenizer, records: list, out: Path, label_key: str | None = None, limit: int = 400) -> Path:
-    """Scatter every 2-D block (v[2l], v[2l+1]) of the responses' embeddings; a cyclic set shows its rotation."""
+    """Scatter every 2-D block (v[2l], v[2l+1]) of a GPM's response embeddings; a cyclic set shows its rotation."""
     import torch
 
     from gpmctl.data.tokenize import SequenceEncoder
     from gpmctl.score import embed_sequences
 
-    plt = _pyplot()
-    if model.head.kind != "gpm":
-        raise GpmctlError("embedding planes need a GPM (a BT model has a scalar reward)")
+    plt = pyplot()
     seen, texts, labels, seqs = set(), [], [], []
     encoder = SequenceEncoder(tokenizer, 512, model.head.eos, model.head.gate_prompt)
     for r in records:
@@ -102,14 +128,14 @@ def embedding_planes(model, tokenizer, records: list, out: Path, label_key: str 
     return out
 
 
-def reliability_diagram(examples: list[dict], out: Path, bins: int = 10) -> Path:
-    """Per-example records with `p` = P(chosen > rejected): calibration of the predicted probabilities.
+def reliability_diagram(p: list[float], out: Path, bins: int = 10) -> Path:
+    """p = P(chosen > rejected) per pair (`read_probabilities`): calibration of the predicted probabilities.
 
     Each pair counts both ways round (p for chosen-first, 1 - p for rejected-first), so the diagram does
     not depend on which side a file calls chosen."""
-    plt = _pyplot()
-    probs = [float(e["p"]) for e in examples] + [1 - float(e["p"]) for e in examples]
-    truth = [1.0] * len(examples) + [0.0] * len(examples)
+    plt = pyplot()
+    probs = list(p) + [1 - q for q in p]
+    truth = [1.0] * len(p) + [0.0] * len(p)
     centers, observed, counts = [], [], []
     for b in range(bins):
         lo, hi = b / bins, (b + 1) / bins

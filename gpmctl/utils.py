@@ -1,13 +1,16 @@
-"""Small shared helpers: stderr logging, the jsonl run log, the environment report, atomic writes."""
+"""Small shared helpers: stderr logging, the jsonl run log, the environment report, safe output files."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -104,15 +107,83 @@ def environment_report(accelerator=None) -> dict:
     return report
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def json_text(value, **kwargs) -> str:
+    """json.dumps for every results file: NaN and infinities raise, since `NaN` / `Infinity` are not JSON."""
+    return json.dumps(value, allow_nan=False, **kwargs)
+
+
+def file_mode() -> int:
+    """The mode a plain new file gets under the current umask (mkstemp's 0600 is only for the temporary)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def is_disk_full(e: OSError) -> bool:
+    # pyarrow's OSError carries the message but not always the errno
+    return e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e)
+
+
+def prepare_output(path: str | Path) -> Path:
+    """Create the folder that will hold the output file `path` (with its parents) and return it. A folder
+    where the file should be, a parent that is a file, or a folder that cannot be created is one line."""
+    from gpmctl.errors import GpmctlError
+
+    if Path(path).is_dir():
+        raise GpmctlError(f"{path}: is a folder; name the output file")
+    folder = Path(path).parent
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), folder)
+        raise GpmctlError(f"{path}: cannot create the folder {folder}: {blocker} is a file, not a folder") from None
+    except OSError as e:
+        raise GpmctlError(f"{path}: cannot create the folder {folder}: {e.strerror or e}") from None
+    return folder
+
+
+def refuse_inputs_as_output(output: str | Path, inputs) -> None:
+    """Stop before writing `output` when it is one of `inputs` (the same file by any path or link):
+    the command would replace the data it is still reading."""
+    from gpmctl.errors import GpmctlError
+
+    if str(output) == "-" or not Path(output).exists():
+        return
+    for source in inputs:
+        if str(source) != "-" and Path(source).exists() and os.path.samefile(source, output):
+            raise GpmctlError(f"{output}: is also the input {source}; write the output elsewhere")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling of `path` for the caller to write. When the block ends normally it replaces
+    `path`, with the mode a new file gets under the umask; when it fails or is interrupted (Ctrl-C, SIGTERM
+    under `gpmctl.cli.main`) it is removed: `path` is always the old file or the complete new one. A full
+    disk is one line (DiskFullError, exit 1); a folder that cannot hold the file is one line (exit 2)."""
+    from gpmctl.errors import DiskFullError, GpmctlError
+
+    path = Path(path)
+    try:
+        fd, name = tempfile.mkstemp(dir=prepare_output(path), prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise GpmctlError(f"{path}: cannot write here: {e.strerror or e}") from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFullError(f"no space left writing {path}") from None
         raise
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after the rename
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` (UTF-8) through atomic_path: readers never see half a file."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(text.encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())

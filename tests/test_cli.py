@@ -125,5 +125,5 @@ def test_data_cyclic_writes_files_and_reports_the_bt_ceiling(tmp_path):
     result = gpmctl("data", "cyclic", str(tmp_path), "--seed", "3", "--num-prompts", "20")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert Path(summary["train"]).is_file() and Path(summary["test"]).is_file()
-    assert summary["bt_ceiling_test"] == pytest.approx(2 / 3, abs=1e-4)
+    assert Path(summary["train"]).is_file() and Path(summary["reworded"]).is_file()
+    assert summary["bt_ceiling_reworded"] == pytest.approx(2 / 3, abs=1e-4)

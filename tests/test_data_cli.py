@@ -41,7 +41,7 @@ def pair(prompt: str, chosen: str = "yes", rejected: str = "no", **extra) -> dic
 
 
 def canonical(path: Path) -> list[dict]:
-    return [r.to_json() for r in read_records(path)]
+    return [r.to_json() for r in read_records(path, allow_empty_responses=True)]
 
 
 def test_validate_reports_every_problem_in_one_pass_with_file_and_line(tmp_path):
@@ -82,8 +82,8 @@ def test_convert_jsonl_to_parquet_and_back_keeps_canonical_rows(tmp_path):
         {"instruction": "pick", "chosen": {"response": "A"}, "reject": "B", "label": 3},
     ]  # fmt: skip
     src = write_rows(tmp_path / "in.jsonl", rows)
-    assert cli("convert", str(src), str(tmp_path / "mid.parquet")).exit_code == 0
-    assert cli("convert", str(tmp_path / "mid.parquet"), str(tmp_path / "out.jsonl.gz")).exit_code == 0
+    assert cli("convert", str(src), str(tmp_path / "mid.parquet"), "--allow-empty-responses").exit_code == 0
+    assert cli("convert", str(tmp_path / "mid.parquet"), str(tmp_path / "out.jsonl.gz"), "--allow-empty-responses").exit_code == 0
     assert canonical(tmp_path / "out.jsonl.gz") == canonical(src)
     assert canonical(src)[0]["id"] == "7" and canonical(src)[0]["score"] == 3
 
@@ -116,11 +116,11 @@ def test_convert_skip_invalid_counts_and_reports_the_skipped_rows(tmp_path):
 
 @pytest.mark.skipif(not HH_FILE.exists(), reason="HH-RLHF sample not present")
 def test_convert_of_hh_rlhf_keeps_all_2312_rows(tmp_path):
-    result = cli("convert", str(HH_FILE), str(tmp_path / "hh.parquet"))
+    result = cli("convert", str(HH_FILE), str(tmp_path / "hh.parquet"), "--allow-empty-responses")  # 4 preferred empty replies
     assert result.exit_code == 0 and "2,312 rows" in result.stderr
-    records = list(read_records(tmp_path / "hh.parquet"))
+    records = list(read_records(tmp_path / "hh.parquet", allow_empty_responses=True))
     assert len(records) == 2312
-    assert [r.to_json() for r in records] == [r.to_json() for r in read_records(HH_FILE)]
+    assert [r.to_json() for r in records] == [r.to_json() for r in read_records(HH_FILE, allow_empty_responses=True)]
 
 
 def test_split_is_by_prompt_deterministic_and_matches_train_rm_rule(tmp_path):

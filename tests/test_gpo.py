@@ -192,7 +192,7 @@ def test_sppo_retrains_an_iteration_from_saved_generations_by_switching_one_key(
     out = tmp_path / "sppo"
     shutil.copytree(one_iteration / "iter-0", out / "iter-0")
     (out / "iter-1").mkdir()
-    for name in ("generations.jsonl", "scores.jsonl"):
+    for name in ("generations.jsonl", "scores.jsonl", "generations.settings.json", "scores.settings.json"):  # with how they were made
         shutil.copy(one_iteration / "iter-1" / name, out / "iter-1" / name)
     result = train_gpo(load_gpo_recipe(TINY_RECIPE, _small(out, judge_dir, "objective.loss=sppo")), resume="auto")
     assert result.iterations[0]["loss"] == "sppo"
@@ -249,7 +249,7 @@ def test_an_iteration_stopped_mid_optimisation_resumes_from_its_step_checkpoint(
         out = tmp_path / name
         shutil.copytree(one_iteration / "iter-0", out / "iter-0")
         (out / "iter-1").mkdir()
-        for f in ("generations.jsonl", "scores.jsonl"):
+        for f in ("generations.jsonl", "scores.jsonl", "generations.settings.json", "scores.settings.json"):
             shutil.copy(one_iteration / "iter-1" / f, out / "iter-1" / f)
         runs[name] = out
     train_gpo(load_gpo_recipe(TINY_RECIPE, _small(runs["whole"], judge_dir, *extra)), resume="auto")

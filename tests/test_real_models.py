@@ -71,7 +71,7 @@ def test_minilm_recipe_trains_a_frozen_head_on_hh_scores_rmbench_and_plots(tmp_p
     assert first["model_eval"] == second["model_eval"] and first["model_eval"]["pairs"] > 0
     assert set(first["benchmarks"]["rmbench"]) >= {"overall", "hard", "normal", "easy"}
     model = load_model(tmp_path / "a")
-    assert model.head.kind == "gpm" and model.head.dim == 8 and model.head.gate
+    assert model.head.kind == "gpm" and model.head.dim == 8 and not model.head.gate  # no gate on an encoder
 
     plotted = CliRunner().invoke(app, ["plot", str(tmp_path / "a")])
     assert plotted.exit_code == 0, plotted.output

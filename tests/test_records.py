@@ -155,11 +155,11 @@ def test_message_list_prompt_with_string_answers():
     assert record.prompt_text == "c" and record.rejected_text == "y"
 
 
-def test_empty_answers_are_accepted_unless_strict(tmp_path):
+def test_empty_answers_are_errors_unless_allowed(tmp_path):
     path = write_lines(tmp_path / "empty.jsonl", [{"prompt": "q", "chosen": "", "rejected": "no"}])
-    assert list(read_records(path))[0].chosen == [assistant("")]
+    assert list(read_records(path, allow_empty_responses=True))[0].chosen == [assistant("")]
     with pytest.raises(DataError, match=r"empty\.jsonl:1: chosen: empty text"):
-        list(read_records(path, allow_empty_responses=False))
+        list(read_records(path))
 
 
 # --- malformed rows -------------------------------------------------------------------------------
@@ -445,7 +445,7 @@ def test_write_jsonl_dash_is_stdout(capsys):
 
 @pytest.mark.skipif(not HH_FILE.exists(), reason=f"{HH_FILE} is absent (shared data is not on this machine)")
 def test_hh_rlhf_harmless_test_split_parses():
-    records = list(read_records(HH_FILE))
+    records = list(read_records(HH_FILE, allow_empty_responses=True))
     assert len(records) == 2312
     first = records[0]
     assert [m["role"] for m in first.prompt] == ["user", "assistant", "user", "assistant", "user"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -69,6 +70,29 @@ def test_epoch_batches_are_deterministic_and_cover_the_data():
     assert not {i for batch in ranks[0] for i in batch} & {i for batch in ranks[1] for i in batch}
 
 
+def test_eval_accuracy_takes_the_side_a_soft_label_prefers():
+    from gpmctl.train.reward import pair_metrics
+
+    scores = [2.0, -1.0, 0.5, -3.0, 0.0, 0.7, -0.4]
+    labels = [1.0, 0.2, 0.5, 0.9, 0.0, 0.3, 0.1]
+    kinds = ["a", "a", "a", "b", "b", "b", "b"]
+    tau = 0.5
+    metrics = pair_metrics(torch.tensor(scores, dtype=torch.float64), tau, [{"kind": k} for k in kinds], labels)
+
+    def accuracy(rows):  # the slow way: a label above 1/2 asks s > 0, below asks s < 0, exactly 1/2 asks nothing
+        decided = [(s, y) for s, y in rows if y != 0.5]
+        return sum((s > 0) if y > 0.5 else (s < 0) for s, y in decided) / len(decided)
+
+    def log_sigmoid(x):
+        return -math.log1p(math.exp(-x))
+
+    assert metrics["accuracy"] == accuracy(zip(scores, labels)) == 3 / 6
+    assert metrics["accuracy/b"] == accuracy([(s, y) for s, y, k in zip(scores, labels, kinds) if k == "b"]) == 1 / 4
+    assert metrics["accuracy_pairs"] == 6 and metrics["pairs"] == 7
+    loss = sum(-(y * log_sigmoid(s / tau) + (1 - y) * log_sigmoid(-s / tau)) for s, y in zip(scores, labels)) / len(scores)
+    assert metrics["loss"] == pytest.approx(loss, abs=1e-12)  # the training loss, soft labels included
+
+
 def test_split_by_prompt_never_puts_a_prompt_on_both_sides():
     from gpmctl.data.sources import read_source
 
@@ -103,7 +127,8 @@ def test_a_local_backbone_folder_trains_and_reloads(tmp_path, arch):
     tok.save_pretrained(folder)
     pool = "first" if arch == "bert" else "last"
     recipe = load_recipe("recipes/cyclic_tiny_gpm.yaml", [f"output_dir={tmp_path / 'run'}", f"model.backbone={folder}", f"model.pool={pool}",
-                                                          "model.gate=true", *SMALL_DATA, "train.max_steps=3", "train.batch_size=4"])  # fmt: skip
+                                                          f"model.gate={str(arch != 'bert').lower()}",  # no gate on an encoder
+                                                          *SMALL_DATA, "train.max_steps=3", "train.batch_size=4"])  # fmt: skip
     result = train_reward_model(recipe)
     model = load_model(result.output_dir)
     assert type(model.backbone).__name__ == ("BertModel" if arch == "bert" else "Qwen2Model")

@@ -8,9 +8,12 @@ Heavy libraries (torch, transformers) are imported inside commands so `gpmctl --
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 import typer
+import typer.main
 
 from gpmctl import __version__
 from gpmctl.cli import data, demo, eval, export, plot, recipes, score, train_gpo, train_rm
@@ -45,24 +48,70 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """General Preference Models (GPM) and Bradley-Terry reward models: data, training, scoring, evaluation."""
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised where the process is so that `finally` blocks remove temporary files (not an Exception:
+    nothing catches it by accident)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _is_click(e: BaseException, name: str) -> bool:
+    # by class name: typer vendors its own copy of click (typer._click) since 0.2x, plain click before
+    return any(c.__name__ == name for c in type(e).__mro__)
+
+
+def _usage_line(e: Exception) -> str:
+    """A click usage error as one line: the message, then where to read the usage."""
+    message = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    return f"{message} (see '{ctx.command_path} -h')" if ctx is not None else message
+
+
 def main() -> None:
-    """Console entry point: user errors become one line on stderr; GPMCTL_DEBUG=1 shows tracebacks."""
-    from gpmctl.errors import EXIT_FAILURE, GpmctlError
+    """Console entry point: usage and user errors become one line on stderr (exit 2); GPMCTL_DEBUG=1 shows
+    tracebacks; SIGTERM and Ctrl-C unwind the command (temporary files are removed) and exit 143 / 130."""
+    from gpmctl.errors import EXIT_FAILURE, EXIT_USAGE, GpmctlError
 
     debug = os.environ.get("GPMCTL_DEBUG", "") not in ("", "0")
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
-        app()
+        code = typer.main.get_command(app).main(args=sys.argv[1:], prog_name="gpmctl", standalone_mode=False)
     except GpmctlError as e:
         if debug:
             raise
         print(f"gpmctl: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except _Terminated:
+        print("gpmctl: terminated (SIGTERM)", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
-        print("gpmctl: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as e:  # a bug, or a library failure we did not anticipate
-        if debug:
-            raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"gpmctl: internal error: {type(e).__name__}: {first} (set GPMCTL_DEBUG=1 for the traceback)", file=sys.stderr)
+        code = 130
+    except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the final flush at exit cannot fail again
         sys.exit(EXIT_FAILURE)
+    except Exception as e:
+        if _is_click(e, "NoArgsIsHelpError"):  # its help text is already printed
+            sys.exit(EXIT_USAGE)
+        if _is_click(e, "UsageError"):  # unknown option, missing argument, a value of the wrong type
+            print(f"gpmctl: error: {_usage_line(e)}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        if _is_click(e, "ClickException"):
+            print(f"gpmctl: error: {' '.join(e.format_message().split())}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        if _is_click(e, "Abort"):
+            code = 130 if isinstance(e.__cause__, KeyboardInterrupt) else EXIT_FAILURE
+        else:  # a bug, or a library failure we did not anticipate
+            if debug:
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            print(f"gpmctl: internal error: {type(e).__name__}: {first} (set GPMCTL_DEBUG=1 for the traceback)", file=sys.stderr)
+            sys.exit(EXIT_FAILURE)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    if code == 130:  # typer turns Ctrl-C into exit code 130
+        print("gpmctl: interrupted", file=sys.stderr)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -14,7 +14,7 @@ app = typer.Typer(help="Read, validate, convert and synthesise preference datase
 
 @app.command("cyclic")
 def cyclic(
-    out_dir: str = typer.Argument(..., help="Folder for train.jsonl and test.jsonl."),
+    out_dir: str = typer.Argument(..., help="Folder for train.jsonl and the test sets (reworded.jsonl, ...)."),
     seed: int = typer.Option(0, help="Random seed: the same seed writes byte-identical files."),
     num_prompts: int = typer.Option(200, help="Prompts, one cycle each."),
     num_items: int = typer.Option(12, help="Items on the preference circle (a cycle length must divide it)."),
@@ -22,16 +22,20 @@ def cyclic(
     train_renderings: int = typer.Option(4, help="Training pairs per comparison (fresh wording each)."),
     test_renderings: int = typer.Option(2, help="Held-out pairs per comparison, worded unlike any training text."),
     transitive_fraction: float = typer.Option(0.3, help="Share of prompts that also get a transitive triple (train only)."),
+    blend_prompts: int = typer.Option(0, help="Extra prompts with cycles of two-word blends; > 0 writes new_items.jsonl."),
+    tournament_prompts: int = typer.Option(0, help="Extra prompts with a 7-item tournament; > 0 writes new_edges.jsonl."),
 ) -> None:
     """Write intransitive (cyclic) preference data: the paper's Table 1 experiment.
 
     Each prompt holds a cycle such as A > B > C > A. No scalar reward can get more than 2/3 of a
-    3-cycle right; a GPM can get all of it. Prints the paths and the best accuracy a BT model could
-    reach on the test pairs, as JSON on stdout.
+    3-cycle right; a GPM can get all of it. Test sets: reworded.jsonl (the training comparisons asked
+    with new prompt wordings), new_items.jsonl (cycles of items no training row names) and
+    new_edges.jsonl (tournament comparisons held out of training). Prints the paths and the best
+    accuracy a BT model could reach on each test set, as JSON on stdout.
 
-    Example: gpmctl data cyclic data/cyclic --seed 0
+    Example: gpmctl data cyclic data/cyclic --seed 0 --blend-prompts 100 --tournament-prompts 10
     """
-    from gpmctl.data.cyclic import CyclicConfig, best_scalar_accuracy, generate_cyclic, write_cyclic
+    from gpmctl.data.cyclic import CyclicConfig, best_scalar_accuracy, cyclic_splits, write_cyclic
     from gpmctl.errors import ConfigError
 
     try:
@@ -39,11 +43,13 @@ def cyclic(
     except ValueError:
         raise ConfigError(f"--cycle-lengths: expected comma-separated integers, got {cycle_lengths!r}") from None
     cfg = CyclicConfig(num_prompts=num_prompts, num_items=num_items, cycle_lengths=lengths, train_renderings=train_renderings,
-                       test_renderings=test_renderings, transitive_fraction=transitive_fraction, seed=seed)  # fmt: skip
+                       test_renderings=test_renderings, transitive_fraction=transitive_fraction, seed=seed,
+                       blend_prompts=blend_prompts, tournament_prompts=tournament_prompts)  # fmt: skip
     paths = write_cyclic(out_dir, cfg)
-    _, test_rows = generate_cyclic(cfg)
     summary = {name: str(p) for name, p in paths.items()}
-    summary["bt_ceiling_test"] = round(best_scalar_accuracy(test_rows, num_items), 4)
+    for split, rows in cyclic_splits(cfg).items():
+        if split != "train" and rows:
+            summary[f"bt_ceiling_{split}"] = round(best_scalar_accuracy(rows), 4)
     print(json.dumps(summary))
 
 
@@ -88,15 +94,18 @@ SKIP_HELP = "Skip bad rows (each is reported on stderr and counted) instead of s
 FORMAT_HELP = "Read every row with this reader (explicit, messages, hh-rlhf, gpm-custom, ultrafeedback) instead of detecting it per row."
 ULTRAFEEDBACK_HELP = "UltraFeedback rows: binarize (best vs worst completion) or cyclic (the paper's cyclic triples)."
 CRITERIA_HELP = "With --ultrafeedback cyclic: the aspect of each link, e.g. 'honesty>truthfulness>helpfulness'."
+EMPTY_HELP = "Accept empty or whitespace-only answers (e.g. HH-RLHF's few preferred empty replies); otherwise each is a bad row."
 
 
-def _read_options(fmt: Optional[str], ultrafeedback: str, criteria: Optional[str]):
+def _read_options(fmt: Optional[str] = None, ultrafeedback: str = "binarize", criteria: Optional[str] = None,
+                  allow_empty: bool = False):  # fmt: skip
     """The flags -> ReadOptions; a bad value is a one-line ConfigError (exit 2)."""
     from gpmctl.data.records import DEFAULT_CYCLE_CRITERIA, ReadOptions
     from gpmctl.errors import ConfigError
 
     try:
-        return ReadOptions(format=fmt, ultrafeedback_mode=ultrafeedback, criteria=criteria or DEFAULT_CYCLE_CRITERIA)
+        return ReadOptions(format=fmt, ultrafeedback_mode=ultrafeedback, criteria=criteria or DEFAULT_CYCLE_CRITERIA,
+                           allow_empty_responses=allow_empty)  # fmt: skip
     except ValueError as e:
         raise ConfigError(f"--format/--ultrafeedback/--criteria: {e}") from None
 
@@ -107,13 +116,15 @@ def validate(
     fmt: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
     ultrafeedback: str = typer.Option("binarize", help=ULTRAFEEDBACK_HELP),
     criteria: Optional[str] = typer.Option(None, help=CRITERIA_HELP),
+    allow_empty_responses: bool = typer.Option(False, help=EMPTY_HELP),
 ) -> None:
     """Check every row of every file in one pass; print each problem as `file:line: field: problem`.
 
     Problems go to stderr, one per line, then a summary line. The row format is detected per row
     (explicit, messages, hh-rlhf, gpm-custom, ultrafeedback) unless --format names one. Exit 0
-    when every row is valid, 2 otherwise. The summary counts records (an UltraFeedback row may
-    give several, or none).
+    when every row is valid, 2 otherwise. Empty or whitespace-only texts are problems (answers too,
+    unless --allow-empty-responses), and so is a file with no rows. The summary counts records (an
+    UltraFeedback row may give several, or none).
 
     Example: gpmctl data validate data/train.jsonl data/test.jsonl.gz
 
@@ -121,7 +132,7 @@ def validate(
     """
     from gpmctl.data.ops import validate as validate_rows
 
-    options = _read_options(fmt, ultrafeedback, criteria)
+    options = _read_options(fmt, ultrafeedback, criteria, allow_empty_responses)
     rows = problems = 0
     with _progress("validating") as progress:
         for _, number, problem in validate_rows(files, progress, options=options):
@@ -145,6 +156,7 @@ def convert(
     fmt: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
     ultrafeedback: str = typer.Option("binarize", help=ULTRAFEEDBACK_HELP),
     criteria: Optional[str] = typer.Option(None, help=CRITERIA_HELP),
+    allow_empty_responses: bool = typer.Option(False, help=EMPTY_HELP),
 ) -> None:
     """Convert a preference file to canonical rows: explicit {prompt, chosen, rejected, ...}.
 
@@ -160,7 +172,7 @@ def convert(
     """
     from gpmctl.data.ops import convert as convert_file
 
-    options = _read_options(fmt, ultrafeedback, criteria)
+    options = _read_options(fmt, ultrafeedback, criteria, allow_empty_responses)
     rename = {k: v for k, v in ((prompt_key, "prompt"), (chosen_key, "chosen"), (rejected_key, "rejected")) if k}
     skipped = _SkipReporter()
     with _progress("converting") as progress:
@@ -175,11 +187,12 @@ def stats(
     path: str = typer.Argument(..., help="Data file (any readable format; - for stdin)."),
     tokenizer: Optional[str] = typer.Option(None, help="Also count tokens with this tokenizer (hub id, folder, or tiny)."),
     against: Optional[str] = typer.Option(None, help="Count prompts of PATH that also occur in this file (contamination)."),
-    limit: Optional[int] = typer.Option(None, help="Read at most this many rows."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Read at most this many rows."),
 ) -> None:
     """Print statistics of a preference file as JSON on stdout.
 
-    Keys: rows, valid, invalid; formats (valid rows per detected format); distinct_prompts;
+    Keys: rows, valid, invalid (a row whose only fault is an empty answer counts as valid here and in
+    empty_responses); formats (valid rows per detected format); distinct_prompts;
     duplicate_pairs (rows whose prompt, chosen and rejected repeat an earlier row exactly);
     swapped_pairs (rows that repeat an earlier pair with chosen and rejected exchanged: a tie);
     empty_responses (whitespace-only chosen / rejected); chars: p50/p90/p99/max length of the prompt
@@ -209,6 +222,7 @@ def split(
     eval_fraction: float = typer.Option(0.1, help="Expected share of prompts held out for eval, in [0, 1]."),
     seed: int = typer.Option(0, help="Seed of the prompt hash: the same seed gives the same split."),
     skip_invalid: bool = typer.Option(False, help=SKIP_HELP),
+    allow_empty_responses: bool = typer.Option(False, help=EMPTY_HELP),
 ) -> None:
     """Split a file into train and eval BY PROMPT: all pairs of a prompt land on the same side.
 
@@ -222,8 +236,8 @@ def split(
 
     skipped = _SkipReporter()
     with _progress("splitting") as progress:
-        result = split_file(src, out_dir, eval_fraction=eval_fraction, seed=seed, skip_invalid=skip_invalid,
-                            on_error=skipped, progress=progress)  # fmt: skip
+        result = split_file(src, out_dir, eval_fraction=eval_fraction, seed=seed, skip_invalid=skip_invalid, on_error=skipped,
+                            progress=progress, options=_read_options(allow_empty=allow_empty_responses))  # fmt: skip
     skipped.summary()
     print(json.dumps(result))
 
@@ -233,8 +247,9 @@ def mix(
     dst: str = typer.Argument(..., help="Output: .jsonl, .jsonl.gz, .parquet, or - for jsonl on stdout."),
     sources: List[str] = typer.Argument(..., help="Sources as PATH:WEIGHT (weight 1 when left out)."),
     seed: int = typer.Option(0, help="Seed of the draws: the same seed writes the same file."),
-    total: Optional[int] = typer.Option(None, help="Rows to write; default: the sum of the sources' valid rows."),
+    total: Optional[int] = typer.Option(None, min=1, help="Rows to write; default: the sum of the sources' valid rows."),
     skip_invalid: bool = typer.Option(False, help=SKIP_HELP),
+    allow_empty_responses: bool = typer.Option(False, help=EMPTY_HELP),
 ) -> None:
     """Write a weighted mixture of sources (like OpenRLHF's dataset_probs).
 
@@ -251,7 +266,8 @@ def mix(
 
     skipped = _SkipReporter()
     with _progress("mixing") as progress:
-        result = mix_files(dst, [parse_mix_source(s) for s in sources], seed=seed, total=total,
-                           skip_invalid=skip_invalid, on_error=skipped, progress=progress)  # fmt: skip
+        result = mix_files(dst, [parse_mix_source(s) for s in sources], seed=seed, total=total, skip_invalid=skip_invalid,
+                           on_error=skipped, progress=progress,
+                           options=_read_options(allow_empty=allow_empty_responses))  # fmt: skip
     skipped.summary()
     print(json.dumps(result), file=sys.stderr if dst == "-" else sys.stdout)

@@ -6,7 +6,6 @@ Data on stdout (the results JSON, unless --output), tables and progress on stder
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import List, Optional
 
@@ -31,17 +30,75 @@ def _model_options():
 _O = _model_options()
 
 
-def _need_one(model: Optional[str], scores: Optional[str]) -> None:
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _check_args(model, scores, output, examples, inputs, batch_size, max_length, dtype, device, limit=None) -> None:
+    """Every argument, before any data is read or anything written: a bad one is one ConfigError line."""
     from gpmctl.errors import ConfigError
 
     if bool(model) == bool(scores):
         raise ConfigError("pass either --model (score the data) or --scores (aggregate saved per-example scores)")
+    if model:
+        for flag, value, least in (("--batch-size", batch_size, 1), ("--max-length", max_length, 8), ("--limit", limit, 1)):
+            if value is not None and value < least:
+                raise ConfigError(f"{flag}: must be >= {least}, got {value}")
+        if dtype not in DTYPES:
+            raise ConfigError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        _check_device(device)
+    _check_outputs(output, examples if model else None, [model, scores, *inputs])
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    from gpmctl.errors import ConfigError
+
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device: expected auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    present = {"cpu": 1, "cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}[parsed.type]
+    if (parsed.index or 0) >= present:
+        raise ConfigError(f"--device {device}: no such device here ({present} {parsed.type} device(s))")
+
+
+def _check_outputs(output: Optional[str], examples: Optional[str], inputs: list) -> None:
+    """--output and --examples must be files that can be written and are none of the inputs (the files
+    named, and the files directly inside the folders named: a model's weights, an RM-Bench folder)."""
+    from pathlib import Path
+
+    from gpmctl.errors import ConfigError
+
+    taken = {}
+    for item in filter(None, inputs):
+        p = Path(item)
+        taken.update((f.resolve(), f) for f in ([p] if p.is_file() else p.iterdir() if p.is_dir() else []) if f.is_file())
+    if examples and not examples.endswith(".jsonl"):
+        raise ConfigError(f"--examples {examples}: per-example scores are JSON lines; name the file *.jsonl")
+    if output and examples and Path(output).resolve() == Path(examples).resolve():
+        raise ConfigError(f"--examples {examples}: is the --output file too")
+    for flag, value in (("--output", output), ("--examples", examples)):
+        if not value or value == "-":
+            continue
+        target = Path(value)
+        if target.resolve() in taken:
+            raise ConfigError(f"{flag} {value}: is the input {taken[target.resolve()]}; write elsewhere")
+        if target.is_dir():
+            raise ConfigError(f"{flag} {value}: is a directory")
+        parent = next(p for p in target.absolute().parents if p.exists())
+        if not parent.is_dir():
+            raise ConfigError(f"{flag} {value}: {parent} is a file, not a directory")
 
 
 def _emit(result: dict, output: Optional[str], sort_keys: bool = False) -> None:
-    from gpmctl.utils import atomic_write_text, log
+    from gpmctl.utils import atomic_write_text, json_text, log
 
-    text = json.dumps(result, indent=4, sort_keys=sort_keys) + "\n"
+    text = json_text(result, indent=4, sort_keys=sort_keys) + "\n"
     if output and output != "-":
         atomic_write_text(output, text)
         log(f"wrote {output}")
@@ -98,7 +155,7 @@ def rewardbench(
     from gpmctl.eval import rewardbench as rb
     from gpmctl.utils import log
 
-    _need_one(model, scores)
+    _check_args(model, scores, output, examples, [data], batch_size, max_length, dtype, device)
     if scores:
         results, metrics = rb.read_scores(scores)
         agg = rb.aggregate_metrics(metrics, legacy_xstest) if metrics is not None else rb.aggregate(results, legacy_xstest)
@@ -167,7 +224,7 @@ def pairs(
     from gpmctl.eval import pairs as ev
     from gpmctl.eval.metrics import pair_report
 
-    _need_one(model, scores)
+    _check_args(model, scores, output, examples, [data], batch_size, max_length, dtype, device, limit)
     per_example, extra = _pair_examples(data, model, scores, limit, batch_size, max_length, dtype, device)
     if not scores:
         _write_examples(examples, per_example)
@@ -177,7 +234,7 @@ def pairs(
 
 
 def _pair_examples(data, model, scores, limit, batch_size, max_length, dtype, device):
-    from gpmctl.errors import ConfigError
+    from gpmctl.errors import ConfigError, DataError
     from gpmctl.eval import pairs as ev
     from gpmctl.utils import log
 
@@ -189,6 +246,8 @@ def _pair_examples(data, model, scores, limit, batch_size, max_length, dtype, de
     from gpmctl.eval.scoring import load_scorer
 
     records = list(read_source(data, limit=limit))
+    if not records:
+        raise DataError(data, "holds no preference pairs")
     scorer = load_scorer(model, batch_size, max_length, dtype, device)
     log(f"{len(records)} pairs, {2 * len(records)} sequences to embed")
     return ev.score_records(scorer, records), _settings(scorer, model, max_length) | {"data": data}
@@ -247,7 +306,7 @@ def cyclic(
     from gpmctl.eval import pairs as ev
     from gpmctl.eval.metrics import pair_report
 
-    _need_one(model, scores)
+    _check_args(model, scores, output, examples, [data], batch_size, max_length, dtype, device)
     per_example, extra = _pair_examples(None if scores else data, model, scores, None, batch_size, max_length, dtype, device)
     if not scores:
         _write_examples(examples, per_example)
@@ -271,7 +330,7 @@ def cyclic(
 
 @app.command("rmbench")
 def rmbench(
-    data: Optional[List[str]] = typer.Option(None, help="RM-Bench folder or *_filtered.json files (repeatable)."),
+    data: Optional[List[str]] = typer.Option(None, help="RM-Bench folder, *_filtered.json files or total_dataset.json (repeatable)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results JSON here instead of stdout."),
     examples: Optional[str] = typer.Option(None, help="Write per-row 3x3 scores and matrices (jsonl)."),
@@ -285,8 +344,10 @@ def rmbench(
     """RM-Bench: per row a 3x3 matrix chosen style x rejected style; hard / normal / easy per domain.
 
     hard = upper triangle (chosen plainer than rejected), normal = diagonal, easy = lower triangle of
-    the domain's mean matrix; domain = mean of the three; the two safety files are one domain;
-    overall = mean of the domains present (the math file is not in ../shared/data).
+    the domain's mean matrix; domain = mean of the three; each row's domain is its `domain` field
+    (else its file's name), safety-refuse and safety-response being one domain; a folder with
+    total_dataset.json is read as that file alone; overall = mean of the domains present (the math
+    file is not in ../shared/data).
 
     Example: gpmctl eval rmbench -m runs/gpm --data ../shared/data/rm-bench
     """
@@ -294,7 +355,7 @@ def rmbench(
     from gpmctl.eval import rmbench as rm
     from gpmctl.utils import log
 
-    _need_one(model, scores)
+    _check_args(model, scores, output, examples, data or [], batch_size, max_length, dtype, device, limit)
     if scores:
         result = rm.aggregate(rm.read_scores(scores))
         if result["missing_domains"]:
@@ -349,24 +410,22 @@ def rewardbench2(
 
     A GPM has no pointwise reward: a prompt counts as right when no other completion beats the first
     chosen one, s(chosen > other) >= 0, with credit shared among those tied with it (for BT exactly the
-    official rule). The Ties subset ranks completions by their mean score against the others.
+    official rule). The Ties subset ranks completions by their summed score against the others over K
+    (for BT exactly r_i - mean(r), so the composite is the official one).
 
     Example: gpmctl eval rewardbench2 -m runs/gpm --data reward-bench-2-test.parquet -o rb2.json
     """
-    from gpmctl.eval import rewardbench as rb
     from gpmctl.eval import rewardbench2 as rb2
     from gpmctl.utils import log
 
-    _need_one(model, scores)
+    _check_args(model, scores, output, examples, [data], batch_size, max_length, dtype, device)
     extra = None
     if scores:
-        from pathlib import Path
-
-        per_example = [dict(r) for r in rb.read_table(Path(scores))]
+        per_example = rb2.read_scores(scores)
     else:
         from gpmctl.eval.scoring import load_scorer
 
-        rows = rb.load_rows(data, split)
+        rows = rb2.load_rows(data, split)
         scorer = load_scorer(model, batch_size, max_length, dtype, device)
         log(f"rewardbench2: {len(rows)} prompts, {sum(len(r['chosen']) + len(r['rejected']) for r in rows)} sequences to embed")
         per_example = rb2.score_examples(scorer, rows)

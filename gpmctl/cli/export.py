@@ -14,10 +14,12 @@ def export(
     dtype: Optional[str] = typer.Option(None, help="Cast the weights: fp32, bf16 or fp16 (default: keep)."),
     max_shard_size: str = typer.Option("5GB", help="Largest safetensors shard, e.g. 2GB, 500MB."),
     sequence_classifier: bool = typer.Option(False, "--sequence-classifier", help="BT only: write an AutoModelForSequenceClassification (num_labels=1) folder."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT_DIR when it already holds files (an older export, a run folder): the export is written beside it, then swapped in whole."),
 ) -> None:
     """Write a model as a Hugging Face folder: config.json (with the head settings), sharded
     safetensors in the released-checkpoint layout, tokenizer, preference_head.json and a model card
-    with the run's recipe and metrics.
+    with the run's recipe and metrics. OUT_DIR must be new or empty, or is replaced as a whole with
+    --force (never the source folder or a folder holding it).
 
     Example: gpmctl export runs/cyclic_tiny_gpm exported/cyclic-gpm --dtype bf16
     """
@@ -25,6 +27,6 @@ def export(
     from gpmctl.utils import quiet_libraries
 
     quiet_libraries()
-    path = export_model(source, out_dir, dtype, max_shard_size, sequence_classifier)
+    path = export_model(source, out_dir, dtype, max_shard_size, sequence_classifier, force)
     files = sorted(p.name for p in path.iterdir())
     print(json.dumps({"output_dir": str(path), "files": files}))

@@ -22,16 +22,31 @@ def plot(
     Example: gpmctl plot runs/cyclic_tiny_gpm --data cyclic:test
     """
     from gpmctl import plot as P
-    from gpmctl.errors import GpmctlError
+    from gpmctl.errors import ConfigError, DataError
+    from gpmctl.models.reward_model import HEAD_FILE
 
+    # Every input is read and checked before the first picture is drawn.
     run = Path(run_dir)
+    log, has_model = run / "log.jsonl", (run / HEAD_FILE).is_file()
+    if not run.is_dir():
+        raise DataError(run_dir, "no such run folder")
+    if (run / "iter-0").is_dir():
+        raise DataError(run_dir, "is a train-gpo run folder; gpmctl plot draws train-rm runs")
+    if not (log.is_file() or has_model):
+        raise DataError(run_dir, f"not a train-rm run folder (no log.jsonl, no {HEAD_FILE})")
+    if not (log.is_file() or data or examples):
+        raise DataError(run_dir, "no log.jsonl to plot (and neither --data nor --examples given)")
+    if data and not has_model:
+        raise DataError(run_dir, f"holds no model ({HEAD_FILE}) to embed --data with")
+    if limit < 1:
+        raise ConfigError(f"--limit: must be >= 1, got {limit}")
     out = Path(out_dir) if out_dir else run / "plots"
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    if (run / "log.jsonl").is_file():
-        written.append(P.training_curves(run / "log.jsonl", out / "training.png"))
-    elif data is None and examples is None:
-        raise GpmctlError(f"{run}: no log.jsonl to plot (and neither --data nor --examples given)")
+    parent = next(p for p in [out, *out.absolute().parents] if p.exists())
+    if not parent.is_dir():
+        raise ConfigError(f"--out-dir {out}: {parent} is a file, not a directory")
+    P.pyplot()
+    events = P.read_log(log) if log.is_file() else None
+    probabilities = P.read_probabilities(examples) if examples else None
     if data:
         from gpmctl.data.sources import read_source
         from gpmctl.models.loading import load_model, load_tokenizer
@@ -39,9 +54,19 @@ def plot(
 
         quiet_libraries()
         model = load_model(run, dtype="float32")
+        if model.head.kind != "gpm":
+            raise DataError(run_dir, "--data: embedding planes need a GPM (this model is BT: a scalar reward)")
         records = list(read_source(data, limit=limit))
-        written.append(P.embedding_planes(model, load_tokenizer(str(run)), records, out / "embeddings.png", limit=limit))
-    if examples:
-        rows = [json.loads(line) for line in Path(examples).read_text().splitlines() if line.strip()]
-        written.append(P.reliability_diagram(rows, out / "reliability.png"))
+        if not records:
+            raise DataError(data, "holds no preference pairs")
+        tokenizer = load_tokenizer(str(run))
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if events is not None:
+        written.append(P.training_curves(events, out / "training.png", run.resolve().name))
+    if data:
+        written.append(P.embedding_planes(model, tokenizer, records, out / "embeddings.png", limit=limit))
+    if probabilities is not None:
+        written.append(P.reliability_diagram(probabilities, out / "reliability.png"))
     print(json.dumps({"plots": [str(p) for p in written]}))

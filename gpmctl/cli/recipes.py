@@ -71,8 +71,15 @@ def cp(
         raise GpmctlError(f"{name}: no shipped recipe or profile of that name" + (f" (did you mean {close[0]}?)" if close else ""))
     source = Path(found[stem]["path"])
     target = dest / source.name if dest.is_dir() else dest
+    if target.is_dir():
+        raise GpmctlError(f"{target}: is a directory")
+    if target.exists() and target.resolve() == source.resolve():
+        raise GpmctlError(f"{target}: is the shipped {name} itself; copy it elsewhere")
     if target.exists() and not force:
         raise GpmctlError(f"{target}: already exists (pass --force to replace it)")
+    parent = next(p for p in target.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise GpmctlError(f"{target}: {parent} is a file, not a directory")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
     print(str(target))

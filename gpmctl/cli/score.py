@@ -17,9 +17,9 @@ def score(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted -o run after its last complete chunk (same --chunk-lines)."),
     embed: bool = typer.Option(False, "--embed", help="Write the embeddings (and gate) instead of probabilities."),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl or tsv."),
-    batch_size: int = typer.Option(32, help="Sequences per forward pass."),
-    max_length: int = typer.Option(2048, help="Tokens per (prompt, response); longer ones are cut at the end."),
-    chunk_lines: int = typer.Option(256, help="Input lines read, scored and written at a time (memory stays flat)."),
+    batch_size: int = typer.Option(32, min=1, help="Sequences per forward pass."),
+    max_length: int = typer.Option(2048, min=2, help="Tokens per (prompt, response); longer ones are cut at the end."),
+    chunk_lines: int = typer.Option(256, min=1, help="Input lines read, scored and written at a time (memory stays flat)."),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
     allow_prompt_mismatch: bool = typer.Option(False, help="Accept different prompts on the same line."),
@@ -28,16 +28,16 @@ def score(
 
     Two files: one JSON object per line, {"line", "id"?, "p": P(a > b), "logit": s / tau} (BT adds the
     rewards). K >= 3 files: {"line", "id"?, "matrix": K x K probabilities, "win_rate": mean P(i > j)}.
+    With -o the lines go to OUT.partial (settings in OUT.partial.json), renamed to OUT when complete;
+    --resume refuses a partial file started with other inputs, model or settings.
 
     Example: gpmctl score a.jsonl b.jsonl --model runs/cyclic_tiny_gpm > p.jsonl
     """
-    import torch
-
     from gpmctl.data.tokenize import SequenceEncoder
-    from gpmctl.errors import ConfigError
-    from gpmctl.models.loading import load_model, load_tokenizer
-    from gpmctl.score import aligned_rows, score_rows
-    from gpmctl.utils import log, quiet_libraries
+    from gpmctl.errors import ConfigError, DiskFullError
+    from gpmctl.models.loading import load_model, load_tokenizer, resolve_dtype
+    from gpmctl.score import aligned_rows, score_rows, text_cutter
+    from gpmctl.utils import atomic_write_text, is_disk_full, log, prepare_output, quiet_libraries, refuse_inputs_as_output
 
     if len(inputs) < 2:
         raise ConfigError("score needs at least two input files")
@@ -45,24 +45,39 @@ def score(
         raise ConfigError("stdin (-) can be only one of the inputs")
     if fmt not in ("jsonl", "tsv") or (embed and fmt != "jsonl"):
         raise ConfigError(f"--format: expected jsonl or tsv (embeddings: jsonl only), got {fmt!r}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     if resume and not output:
         raise ConfigError("--resume needs --output")
+    device = _device(device)
+    partial = settings_path = None
+    if output:
+        refuse_inputs_as_output(output, inputs)
+        prepare_output(output)
+        partial, settings_path = Path(f"{output}.partial"), Path(f"{output}.partial.json")
+        settings = {"inputs": [i if i == "-" else str(Path(i).resolve()) for i in inputs], "model": _resolved(model),
+                    "format": fmt, "embed": embed, "chunk_lines": chunk_lines, "max_length": max_length,
+                    "dtype": str(resolve_dtype(dtype, device)).removeprefix("torch.")}  # fmt: skip
+        if resume and partial.exists():
+            _check_resume_settings(partial, settings_path, settings)
     quiet_libraries()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     net = load_model(model, dtype=dtype, device=device)
     tokenizer = load_tokenizer(model)
     encoder = SequenceEncoder(tokenizer, max_length, net.head.eos, net.head.gate_prompt, "right")
 
-    partial = Path(f"{output}.partial") if output else None
     skip = _complete_chunks(partial, chunk_lines) if resume and partial.exists() else 0
     if skip:
         log(f"resuming {output}: {skip} lines already scored")
+    if partial:  # beside the partial file for as long as it exists: what a --resume must match
+        atomic_write_text(settings_path, json.dumps(settings, indent=1) + "\n")
     sink = open(partial, "a" if skip else "w", encoding="utf-8") if partial else sys.stdout
     written = skip
     progress = _Progress()
+    shorten = text_cutter(tokenizer, max_length)
+    rows = aligned_rows(inputs, skip=skip, allow_prompt_mismatch=allow_prompt_mismatch, shorten=shorten)
     try:
         chunk = []
-        for item in aligned_rows(inputs, skip=skip, allow_prompt_mismatch=allow_prompt_mismatch):
+        for item in rows:
             chunk.append(item)
             if len(chunk) == chunk_lines:
                 written += _write(sink, score_rows(net, encoder, chunk, batch_size, device, embed), fmt)
@@ -70,13 +85,71 @@ def score(
                 chunk = []
         if chunk:
             written += _write(sink, score_rows(net, encoder, chunk, batch_size, device, embed), fmt)
+    except OSError as e:
+        if sink is sys.stdout or not is_disk_full(e):
+            raise
+        raise DiskFullError(f"no space left writing {partial} ({written} lines kept: --resume continues there)") from None
     finally:
         progress.stop()
         if sink is not sys.stdout:
             sink.close()
     if partial:
         partial.replace(output)
+        settings_path.unlink(missing_ok=True)
     log(f"scored {written} lines of {len(inputs)} files")
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+RESUME_FLAGS = {"inputs": "the inputs", "model": "--model", "format": "--format", "embed": "--embed",
+                "chunk_lines": "--chunk-lines", "max_length": "--max-length", "dtype": "--dtype"}  # fmt: skip
+
+
+def _device(name: str) -> str:
+    """--device -> a device torch can use here; anything else is a ConfigError (exit 2)."""
+    import torch
+
+    from gpmctl.errors import ConfigError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device: {name}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}")
+    return name
+
+
+def _resolved(model: str) -> str:
+    return str(Path(model).resolve()) if Path(model).exists() else model
+
+
+def _check_resume_settings(partial: Path, settings_path: Path, settings: dict) -> None:
+    """Refuse to append to a partial output started with other settings: it would mix two kinds of lines."""
+    from gpmctl.errors import ConfigError
+    from gpmctl.utils import log
+
+    if not settings_path.exists():  # written by hand, or by a gpmctl that did not record them
+        log(f"{partial}: no {settings_path.name} beside it; resuming without checking its settings")
+        return
+    try:
+        before = json.loads(settings_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{settings_path}: unreadable ({e}); delete it and {partial} to start over") from None
+    for key, flag in RESUME_FLAGS.items():
+        old, new = before.get(key), settings[key]
+        if old != new:
+            was = f"with {flag} {_shown(old)}, not {_shown(new)}"
+            if isinstance(new, bool):
+                was = f"{'with' if old else 'without'} {flag}"
+            raise ConfigError(f"{partial}: was started {was}; resume with the same settings, or leave out --resume to start over")
+
+
+def _shown(value) -> str:
+    return ", ".join(value) if isinstance(value, list) else str(value)
 
 
 class _Progress:

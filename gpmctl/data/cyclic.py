@@ -11,9 +11,22 @@ Construction:
     bold."), for pretrained backbones that can read a sentence. The prompt is context and never
     changes the winner.
   - Train rows compare every cycle link `train_renderings` times, plus (for a `transitive_fraction` of
-    prompts) a transitive triple of neighbouring items. Test rows compare the same cycles again, asked
-    with a prompt wording (template x topic) that no training prompt uses, one in four of them being
-    held out; in the sentence style the response texts never occur in the train file either.
+    prompts) a transitive triple of neighbouring items.
+
+Test splits, each asked with prompt wordings (template x topic) that no training prompt uses:
+  - `reworded` (alias `test`): the training cycles again, one in four wordings held out; every
+    comparison is a training comparison, so a lookup table of training labels answers all of it.
+    In the sentence style the response texts never occur in the train file either.
+  - `new_items` (needs `blend_prompts`): 3-cycles of items no training row names. A blend "red blue"
+    of items i and j = i + d (0 < d < n/2) sits halfway between them on the circle, so its place
+    (and every winner) can be read off its two words. The `blend_prompts` extra training prompts
+    each carry a 3-cycle of single words and blends with d >= 2; the test cycles are made of the
+    adjacent blends (d = 1) only, which sit at the same angles as the trained blends with odd d.
+  - `new_edges` (needs `tournament_prompts`): held-out comparisons of a regular tournament on 7 more
+    item words (each beats the next 3 around its own circle). Each of the `tournament_prompts` extra
+    training prompts carries its 15 TRAINED edges; the test asks the 6 HELD_OUT_EDGES. Every
+    placement of the 7 items on one circle (a one-block GPM) that gets the trained edges right gets
+    the held-out ones right too, while the held-out edges are no training comparison.
 
 Why Bradley-Terry is capped: a scalar reward orders the items on a line, and a line can agree with at
 most 2 of the 3 links of a 3-cycle, so on 3-cycle test rows no scalar reward exceeds 2/3 accuracy.
@@ -25,9 +38,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -35,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from gpmctl.errors import ConfigError
+from gpmctl.utils import atomic_write_text
 
 # Single lowercase words, none of which occurs in the other word lists, so a response names one item.
 ITEM_WORDS: tuple[str, ...] = (
@@ -72,7 +85,15 @@ _WORDINGS = [(t, topic) for t in range(len(PROMPT_TEMPLATES)) for topic in range
 TRAIN_PROMPTS = tuple(PROMPT_TEMPLATES[t].format(topic=TOPICS[c]) for t, c in _WORDINGS if (t + c) % 4)
 HELDOUT_PROMPTS = tuple(PROMPT_TEMPLATES[t].format(topic=TOPICS[c]) for t, c in _WORDINGS if (t + c) % 4 == 0)
 _MAX_RESAMPLES = 10_000  # a fresh test rendering is found in a few tries; this only stops a runaway loop
-_MAX_EXACT_ITEMS = 24  # the subset DP of best_scalar_accuracy holds 2**n floats
+MAX_EXACT_ITEMS = 24  # the subset DP of best_scalar_accuracy holds 2**n floats
+TEST_SPLITS = ("reworded", "new_items", "new_edges")
+SPLIT_ALIASES = {"test": "reworded"}  # the name of `reworded` before the harder splits existed
+_SPLIT_OPTION = {"new_items": "blend_prompts", "new_edges": "tournament_prompts"}  # the option that makes a split
+
+# The new_edges tournament: items ITEM_WORDS[num_items : num_items + 7], item k beats k+1, k+2, k+3 (mod 7).
+TOURNAMENT_SIZE = 7
+# Its (winner, loser) edges that no training row holds: the 4-cycle 0 > 2 > 4 > 6 > 0, and 1 > 3, 4 > 5.
+HELD_OUT_EDGES: tuple[tuple[int, int], ...] = ((0, 2), (2, 4), (4, 6), (6, 0), (1, 3), (4, 5))
 
 
 @dataclass
@@ -95,6 +116,10 @@ class CyclicConfig:
     """Seed of the one random.Random that draws everything."""
     style: str = "word"
     """Response wording: `word` (the item's word alone) or `sentence` (the item inside a random sentence)."""
+    blend_prompts: int = 0
+    """Extra training prompts, each a 3-cycle of words and two-word blends; >= 1 also writes the new_items split."""
+    tournament_prompts: int = 0
+    """Extra training prompts, each the 7-item tournament's trained edges; >= 1 also writes the new_edges split."""
 
 
 def item_angle(item_index: int, num_items: int) -> float:
@@ -134,6 +159,15 @@ def _check(cfg: CyclicConfig) -> None:
             raise ConfigError(f"cyclic: cycle lengths must be >= 3, got {length}")
         if cfg.num_items % length:
             raise ConfigError(f"cyclic: cycle length {length} does not divide num_items={cfg.num_items}")
+    for name in ("blend_prompts", "tournament_prompts"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"cyclic: {name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.blend_prompts and (cfg.num_items % 3 or cfg.num_items < 9):
+        # 3-cycles on the 2n half-steps need 3 | 2n; n >= 9 gives trained blends (d = 3) at the new items' angles
+        raise ConfigError(f"cyclic: blend_prompts need num_items divisible by 3 and >= 9, got {cfg.num_items}")
+    if cfg.tournament_prompts and cfg.num_items + TOURNAMENT_SIZE > len(ITEM_WORDS):
+        raise ConfigError(f"cyclic: tournament_prompts need num_items <= {len(ITEM_WORDS) - TOURNAMENT_SIZE} "
+                          f"({TOURNAMENT_SIZE} item words of their own), got {cfg.num_items}")  # fmt: skip
 
 
 def cycle_items(offset: int, length: int, num_items: int) -> list[int]:
@@ -152,6 +186,26 @@ def comparisons(items: list[int], num_items: int) -> list[tuple[int, int]]:
     return pairs
 
 
+def blend_items(num_items: int) -> tuple[dict[int, list[str]], dict[int, str]]:
+    """The items of the blend cycles by place on a circle of 2 * num_items half-steps: (trained, new).
+
+    Word i sits at half-step 2i; the blend "w_i w_j" of words i and j = i + d (0 < d < n/2) halfway
+    between them, at 2i + d. Trained: the words and the blends with d >= 2 (a list per place); new:
+    the adjacent blends (d = 1), one per odd place.
+    """
+    n, words = num_items, ITEM_WORDS
+    trained: dict[int, list[str]] = {2 * i: [words[i]] for i in range(n)}
+    new: dict[int, str] = {}
+    for d in range(1, (n + 1) // 2):
+        for i in range(n):
+            name, place = f"{words[i]} {words[(i + d) % n]}", (2 * i + d) % (2 * n)
+            if d == 1:
+                new[place] = name
+            else:
+                trained.setdefault(place, []).append(name)
+    return trained, new
+
+
 def render(rng: random.Random, item: str, style: str = "sentence") -> str:
     """One response text naming `item`: "jade" (word style) or e.g. "Go with jade because it is calm and bold."."""
     if style == "word":
@@ -160,37 +214,57 @@ def render(rng: random.Random, item: str, style: str = "sentence") -> str:
     return f"{rng.choice(OPENERS)} {item} {rng.choice(CONNECTORS)} {adj1} and {adj2}."
 
 
-def generate_cyclic(cfg: CyclicConfig) -> tuple[list[dict], list[dict]]:
-    """Build (train_rows, test_rows); see the module docstring for the construction and row format."""
+def cyclic_splits(cfg: CyclicConfig) -> dict[str, list[dict]]:
+    """Build {"train", "reworded", "new_items", "new_edges": rows}; see the module docstring for the
+    construction and row format. A split whose option is 0 is an empty list."""
     _check(cfg)
     rng = random.Random(cfg.seed)
     n, words = cfg.num_items, ITEM_WORDS
-    next_id = [0] * cfg.num_prompts  # ids run on from train into test, so they are unique across files
+    next_id = [0] * (cfg.num_prompts + cfg.blend_prompts + cfg.tournament_prompts)  # ids run on from train into test
 
-    def row(p: int, prompt: str, kind: str, winner: int, loser: int, chosen: str, rejected: str) -> dict:
+    def row(p: int, prompt: str, kind: str, winner: str, loser: str, chosen: str, rejected: str) -> dict:
         next_id[p] += 1
         return {
             "id": f"cyc-{p}-{next_id[p] - 1}", "prompt": prompt, "chosen": chosen, "rejected": rejected,
-            "kind": kind, "cycle": p, "chosen_item": words[winner], "rejected_item": words[loser],
+            "kind": kind, "cycle": p, "chosen_item": winner, "rejected_item": loser,
         }  # fmt: skip
 
     train: list[dict] = []
-    cycles: list[tuple[str, list[tuple[int, int]]]] = []  # (test prompt, comparisons) per prompt
+
+    def add_train(p: int, prompt: str, kind: str, pairs: list[tuple[str, str]]) -> None:
+        for winner, loser in pairs:
+            for _ in range(cfg.train_renderings):
+                chosen, rejected = render(rng, winner, cfg.style), render(rng, loser, cfg.style)
+                train.append(row(p, prompt, kind, winner, loser, chosen, rejected))
+
+    def named(pairs: list[tuple[int, int]], name) -> list[tuple[str, str]]:
+        return [(name[w], name[l]) for w, l in pairs]
+
+    tests: list[tuple[str, int, str, str, list[tuple[str, str]]]] = []  # (split, prompt index, prompt, kind, pairs)
     for p in range(cfg.num_prompts):
         prompt, heldout_prompt = rng.choice(TRAIN_PROMPTS), rng.choice(HELDOUT_PROMPTS)
         length = rng.choice(cfg.cycle_lengths)
-        pairs = comparisons(cycle_items(rng.randrange(n), length, n), n)
-        cycles.append((heldout_prompt, pairs))
-        for winner, loser in pairs:
-            for _ in range(cfg.train_renderings):
-                chosen, rejected = render(rng, words[winner], cfg.style), render(rng, words[loser], cfg.style)
-                train.append(row(p, prompt, "cycle", winner, loser, chosen, rejected))
+        pairs = named(comparisons(cycle_items(rng.randrange(n), length, n), n), words)
+        tests.append(("reworded", p, heldout_prompt, "cycle", pairs))
+        add_train(p, prompt, "cycle", pairs)
         if rng.random() < cfg.transitive_fraction:
             start = rng.randrange(n)
-            for winner, loser in comparisons([start, (start + 1) % n, (start + 2) % n], n):
-                for _ in range(cfg.train_renderings):
-                    chosen, rejected = render(rng, words[winner], cfg.style), render(rng, words[loser], cfg.style)
-                    train.append(row(p, prompt, "transitive", winner, loser, chosen, rejected))
+            add_train(p, prompt, "transitive", named(comparisons([start, (start + 1) % n, (start + 2) % n], n), words))
+
+    trained_blends, new_blends = blend_items(n)
+    for p in range(cfg.num_prompts, cfg.num_prompts + cfg.blend_prompts):
+        prompt, heldout_prompt = rng.choice(TRAIN_PROMPTS), rng.choice(HELDOUT_PROMPTS)
+        places = cycle_items(rng.randrange(2 * n), 3, 2 * n)
+        add_train(p, prompt, "blend", named(comparisons(places, 2 * n), {q: rng.choice(trained_blends[q]) for q in places}))
+        new_places = cycle_items(2 * rng.randrange(n) + 1, 3, 2 * n)  # odd places: adjacent blends only
+        tests.append(("new_items", p, heldout_prompt, "blend", named(comparisons(new_places, 2 * n), new_blends)))
+
+    tournament = words[n : n + TOURNAMENT_SIZE]
+    edges = comparisons(list(range(TOURNAMENT_SIZE)), TOURNAMENT_SIZE)
+    for p in range(cfg.num_prompts + cfg.blend_prompts, len(next_id)):
+        prompt, heldout_prompt = rng.choice(TRAIN_PROMPTS), rng.choice(HELDOUT_PROMPTS)
+        add_train(p, prompt, "tournament", named([e for e in edges if e not in HELD_OUT_EDGES], tournament))
+        tests.append(("new_edges", p, heldout_prompt, "tournament", named(list(HELD_OUT_EDGES), tournament)))
 
     train_texts = {text for r in train for text in (r["chosen"], r["rejected"])}
 
@@ -203,48 +277,58 @@ def generate_cyclic(cfg: CyclicConfig) -> tuple[list[dict], list[dict]]:
                 return text
         raise ConfigError(f"cyclic: no unseen rendering of {item!r} left for the test set; lower train_renderings")
 
-    test: list[dict] = []
-    for p, (prompt, pairs) in enumerate(cycles):
+    splits: dict[str, list[dict]] = {"train": train, **{name: [] for name in TEST_SPLITS}}
+    for split, p, prompt, kind, pairs in tests:
         for winner, loser in pairs:
             for _ in range(cfg.test_renderings):
-                chosen, rejected = fresh(words[winner]), fresh(words[loser])
-                test.append(row(p, prompt, "cycle", winner, loser, chosen, rejected))
-    return train, test
+                chosen, rejected = fresh(winner), fresh(loser)
+                splits[split].append(row(p, prompt, kind, winner, loser, chosen, rejected))
+    return splits
+
+
+def generate_cyclic(cfg: CyclicConfig) -> tuple[list[dict], list[dict]]:
+    """(train rows, reworded test rows): the two most callers want (cyclic_splits has every split)."""
+    splits = cyclic_splits(cfg)
+    return splits["train"], splits["reworded"]
+
+
+def cyclic_split(cfg: CyclicConfig, split: str) -> list[dict]:
+    """The rows of one split (train, a TEST_SPLITS name or an alias); ConfigError for an unknown or empty one."""
+    split = SPLIT_ALIASES.get(split, split)
+    if split not in ("train", *TEST_SPLITS):
+        raise ConfigError(f"cyclic: no split {split!r} (known: train, {', '.join(TEST_SPLITS)}; test is reworded)")
+    rows = cyclic_splits(cfg)[split]
+    if not rows:
+        raise ConfigError(f"cyclic: the {split} split needs {_SPLIT_OPTION[split]} >= 1 (as the training data has it)")
+    return rows
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    """Write rows as JSON lines to a temp file beside `path`, then rename it, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write rows as JSON lines through gpmctl.utils.atomic_write_text: readers never see half a file."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def write_cyclic(out_dir: str | Path, cfg: CyclicConfig) -> dict[str, Path]:
-    """Generate the data set and write out_dir/train.jsonl and out_dir/test.jsonl; returns both paths."""
-    train, test = generate_cyclic(cfg)
+    """Write out_dir/SPLIT.jsonl for train and every non-empty test split; returns {split: path}."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"train": out / "train.jsonl", "test": out / "test.jsonl"}
-    _write_jsonl_atomic(paths["train"], train)
-    _write_jsonl_atomic(paths["test"], test)
+    paths = {}
+    for split, rows in cyclic_splits(cfg).items():
+        if rows:
+            paths[split] = out / f"{split}.jsonl"
+            _write_jsonl_atomic(paths[split], rows)
     return paths
 
 
-def best_scalar_accuracy(rows: list[dict], num_items: int) -> float:
+def best_scalar_accuracy(rows: list[dict]) -> float:
     """The best accuracy any scalar score of the items (a Bradley-Terry reward) reaches on `rows`.
 
-    A scalar score is a linear order of the items; a row counts as right when its chosen item ranks
-    strictly above its rejected item (ties never help, so strict orders are enough). The score sees
-    the item only, not the prompt or the surface words. This is the "BT ceiling" to report next to
-    trained accuracies; on 3-cycle rows it is at most 2/3.
+    Items are the rows' `chosen_item` / `rejected_item` names. A scalar score is a linear order of the
+    items; a row counts as right when its chosen item ranks strictly above its rejected item (ties
+    never help, so strict orders are enough). The score sees the item only, not the prompt or the
+    surface words. This is the "BT ceiling" to report next to trained accuracies; on 3-cycle rows it
+    is at most 2/3.
 
-    On rows where every cycle's comparisons are equally weighted (every test set of generate_cyclic),
+    On rows where every cycle's comparisons are equally weighted (the reworded and new_items splits),
     the circle cut at some point is an optimal order. That is not true for arbitrary rows (weights
     from transitive triples, or a hand-picked subset of comparisons can make a non-cut order better),
     so this is solved exactly: the items split into connected components of the comparison graph,
@@ -252,14 +336,25 @@ def best_scalar_accuracy(rows: list[dict], num_items: int) -> float:
     """
     if not rows:
         raise ValueError("best_scalar_accuracy: no rows")
-    index = {word: i for i, word in enumerate(ITEM_WORDS[:num_items])}
-    wins = np.zeros((num_items, num_items))  # wins[u, v] = rows whose chosen item is u and rejected item is v
+    index: dict[str, int] = {}
     for r in rows:
-        try:
-            wins[index[r["chosen_item"]], index[r["rejected_item"]]] += 1
-        except KeyError as e:
-            raise ValueError(f"best_scalar_accuracy: item {e.args[0]!r} is not one of the first {num_items} items")
+        for key in ("chosen_item", "rejected_item"):
+            index.setdefault(r[key], len(index))
+    wins = np.zeros((len(index), len(index)))  # wins[u, v] = rows whose chosen item is u and rejected item is v
+    for r in rows:
+        wins[index[r["chosen_item"]], index[r["rejected_item"]]] += 1
     return sum(_best_order_agreement(wins[np.ix_(c, c)]) for c in _components(wins)) / len(rows)
+
+
+def lookup_accuracy(train: list[dict], rows: list[dict]) -> float:
+    """Accuracy on `rows` of a lookup table of training labels: the item that won a pair of items more
+    often in `train` wins it again; a pair never compared in training (or tied) is a coin flip, worth 1/2."""
+    wins = Counter((r["chosen_item"], r["rejected_item"]) for r in train)
+    total = 0.0
+    for r in rows:
+        right, wrong = wins[(r["chosen_item"], r["rejected_item"])], wins[(r["rejected_item"], r["chosen_item"])]
+        total += 1.0 if right > wrong else 0.0 if right < wrong else 0.5
+    return total / len(rows)
 
 
 def _components(wins: np.ndarray) -> list[list[int]]:
@@ -294,7 +389,7 @@ def _best_order_agreement(wins: np.ndarray, chunk: int = 1 << 18) -> float:
     n = len(wins)
     if n == 1:
         return 0.0
-    if n > _MAX_EXACT_ITEMS:
+    if n > MAX_EXACT_ITEMS:
         raise ValueError(f"best_scalar_accuracy: {n} linked items is too many for the exact search")
     sets = np.arange(1 << n, dtype=np.int64)
     sizes = np.zeros(1 << n, dtype=np.int8)

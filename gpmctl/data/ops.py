@@ -3,7 +3,8 @@
 Every operation streams its input row by row (memory flat in file size), except where the answer
 needs a row's neighbours: `stats` keeps one length per row and one 8-byte hash per distinct pair.
 Outputs are written to a temporary sibling and renamed into place, so a target is either absent,
-the old file, or the complete new one.
+the old file, or the complete new one; an output that is one of the inputs is refused before anything
+is read.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 
 from gpmctl.data.records import FORMATS, PreferenceRecord, ReadOptions, iter_rows_with_errors
 from gpmctl.errors import ConfigError, DataError
+from gpmctl.utils import atomic_path, refuse_inputs_as_output
 
 Progress = Callable[[int], None]  # called with the rows done so far, every PROGRESS_EVERY rows
 OnError = Callable[[DataError], None]
@@ -127,9 +128,11 @@ class RecordWriter:
                 w.write(record)
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, inputs: tuple = ()):
         self.path, self.rows = str(path), 0
         self.suffix = ".jsonl" if self.path == "-" else _output_suffix(path)
+        refuse_inputs_as_output(self.path, inputs)
+        self._output = None  # the atomic_path context of the temporary file
         self._tmp: str | None = None
         self._file = self._raw = self._parquet = None
         self._batch: list[dict] = []
@@ -139,13 +142,11 @@ class RecordWriter:
         if self.path == "-":
             self._file = sys.stdout
             return self
-        target = Path(self.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        self._output = atomic_path(self.path)
+        self._tmp = str(self._output.__enter__())
         if self.suffix == ".parquet":  # pyarrow writes the temporary file by name
-            os.close(fd)
             return self
-        self._raw = os.fdopen(fd, "wb")
+        self._raw = open(self._tmp, "wb")
         if self.suffix == ".jsonl.gz":
             self._file = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0)
         elif self.suffix == ".jsonl":
@@ -191,37 +192,37 @@ class RecordWriter:
         self._parquet.write_table(table)
         self._batch = []
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type, exc, tb) -> bool:
         if self.path == "-":
             sys.stdout.flush()
-            return
+            return False
         try:
-            if exc_type is None:
-                if self.suffix == ".parquet":
-                    self._flush_parquet()
-                    if self._parquet is None:  # no rows: still a valid, empty file
-                        import pyarrow.parquet as pq
+            self._close(complete=exc_type is None)
+        except BaseException as e:  # finishing failed (the disk filled up?): treated like a failure while writing
+            self._output.__exit__(type(e), e, e.__traceback__)
+            raise
+        return self._output.__exit__(exc_type, exc, tb)  # replaces the target, or removes the temporary file
 
-                        self._batch = []
-                        self._parquet = pq.ParquetWriter(self._tmp, _empty_parquet_schema())
-                    self._parquet.close()
-                else:
-                    if self._file is not self._raw:
-                        self._file.close()
-                    self._raw.flush()
-                    os.fsync(self._raw.fileno())
-            if self._raw is not None:
-                self._raw.close()
-            elif self._parquet is not None and exc_type is not None:
+    def _close(self, complete: bool) -> None:
+        """Flush and close the temporary file; `complete=False` (a failure) only closes it."""
+        if complete:
+            if self.suffix == ".parquet":
+                self._flush_parquet()
+                if self._parquet is None:  # no rows: still a valid, empty file
+                    import pyarrow.parquet as pq
+
+                    self._batch = []
+                    self._parquet = pq.ParquetWriter(self._tmp, _empty_parquet_schema())
                 self._parquet.close()
-            if exc_type is None:
-                mask = os.umask(0)
-                os.umask(mask)
-                os.chmod(self._tmp, 0o666 & ~mask)
-                os.replace(self._tmp, self.path)
-        finally:
-            if self._tmp and os.path.exists(self._tmp):
-                os.unlink(self._tmp)
+            else:
+                if self._file is not self._raw:
+                    self._file.close()
+                self._raw.flush()
+                os.fsync(self._raw.fileno())
+        if self._raw is not None:
+            self._raw.close()
+        elif self._parquet is not None and not complete:
+            self._parquet.close()
 
 
 _PARQUET_FIXED = ("prompt", "chosen", "rejected", "margin", "label", "id", "subset")
@@ -273,7 +274,7 @@ def convert(
     `options` forces a format or picks the UltraFeedback mode (ReadOptions)."""
     count_error = SkipCounter(on_error)
 
-    with RecordWriter(dst) as out:
+    with RecordWriter(dst, inputs=(src,)) as out:
         for record in valid_records(src, skip_invalid=skip_invalid, on_error=count_error, rename=rename, progress=progress,
                                     options=options):  # fmt: skip
             out.write(record)
@@ -331,7 +332,7 @@ def stats(
     prompt_keys: dict[bytes, int] = {}  # normalised prompt hash -> rows
     rows = invalid = duplicates = swapped = 0
     empty = {"chosen": 0, "rejected": 0}
-    for fmt, item in iter_rows_with_errors(path):
+    for fmt, item in iter_rows_with_errors(path, allow_empty_responses=True):  # counted in empty_responses instead
         rows += 1
         if progress is not None and rows % PROGRESS_EVERY == 0:
             progress(rows)
@@ -381,7 +382,7 @@ def stats(
     if against is not None:
         other: set[bytes] = set()
         other_rows = other_invalid = 0
-        for _, item in iter_rows_with_errors(against):
+        for _, item in iter_rows_with_errors(against, allow_empty_responses=True):
             other_rows += 1
             if isinstance(item, DataError):
                 other_invalid += 1
@@ -414,6 +415,7 @@ def split(
     skip_invalid: bool = False,
     on_error: OnError | None = None,
     progress: Progress | None = None,
+    options: ReadOptions | None = None,
 ) -> dict:
     """src -> out_dir/train.jsonl and out_dir/eval.jsonl, split by prompt. -> counts."""
     if not 0.0 <= eval_fraction <= 1.0:
@@ -421,8 +423,8 @@ def split(
     count_error = SkipCounter(on_error)
 
     out = Path(out_dir)
-    with RecordWriter(out / "train.jsonl") as train, RecordWriter(out / "eval.jsonl") as held:
-        for record in valid_records(src, skip_invalid=skip_invalid, on_error=count_error, progress=progress):
+    with RecordWriter(out / "train.jsonl", inputs=(src,)) as train, RecordWriter(out / "eval.jsonl", inputs=(src,)) as held:
+        for record in valid_records(src, skip_invalid=skip_invalid, on_error=count_error, progress=progress, options=options):
             (held if held_out(record, eval_fraction, seed) else train).write(record)
     return {"train": str(out / "train.jsonl"), "eval": str(out / "eval.jsonl"),
             "train_rows": train.rows, "eval_rows": held.rows, "skipped": count_error.count}  # fmt: skip
@@ -451,6 +453,7 @@ def mix(
     skip_invalid: bool = False,
     on_error: OnError | None = None,
     progress: Progress | None = None,
+    options: ReadOptions | None = None,
 ) -> dict:
     """Weighted mixture: each output row comes from source i with probability w_i / sum(w); each
     source is read in file order and starts again from its first row when it runs out (so a small,
@@ -460,10 +463,11 @@ def mix(
         raise ConfigError("mix: give at least one SOURCE:WEIGHT")
     if total is not None and total < 0:
         raise ConfigError(f"--total: expected a number >= 0, got {total}")
+    writer = RecordWriter(dst, inputs=tuple(path for path, _ in sources))  # refuses an input as output before the reading
     sizes, count_error = [], SkipCounter(on_error)
 
     for path, _ in sources:
-        sizes.append(sum(1 for _ in valid_records(path, skip_invalid=skip_invalid, on_error=count_error)))
+        sizes.append(sum(1 for _ in valid_records(path, skip_invalid=skip_invalid, on_error=count_error, options=options)))
         if sizes[-1] == 0:
             raise DataError(path, "no valid rows to mix")
     if total is None:
@@ -471,7 +475,7 @@ def mix(
 
     def cycle(i: int) -> Iterator[PreferenceRecord]:
         while True:
-            yield from valid_records(sources[i][0], skip_invalid=True)  # errors were reported by the count pass
+            yield from valid_records(sources[i][0], skip_invalid=True, options=options)  # errors were reported by the count pass
 
     streams = [cycle(i) for i in range(len(sources))]
     cumulative, acc = [], 0.0
@@ -480,7 +484,7 @@ def mix(
         cumulative.append(acc)
     rng = random.Random(seed)
     taken = [0] * len(sources)
-    with RecordWriter(dst) as out:
+    with writer as out:
         for n in range(total):
             i = min(bisect.bisect_right(cumulative, rng.random() * acc), len(sources) - 1)
             out.write(next(streams[i]))

@@ -18,7 +18,11 @@ detected per row from its keys (`detect_format`):
                 "\\n\\nAssistant:" it contains, parsed into turns (Human -> user, Assistant -> assistant).
   gpm-custom    {"instruction", "chosen", "reject", "label"} of the official GPM code's cyclic data;
                 "chosen"/"reject" are strings or {"response": str}. Its "label" is an index, not a
-                probability: it is ignored.
+                probability: it is ignored. The instruction becomes one user message, rendered like
+                every other record: through the model's chat template when its tokenizer has one.
+                The authors' code renders this format as `instruction + ' ' + response + ' ' + eos`
+                whatever the tokenizer; that is gpmctl's text too for a tokenizer without a chat
+                template, and with a template the texts (and so the numbers) differ from theirs.
   ultrafeedback {"prompt" | "instruction": str, "completions": [{"response": str, "overall_score"?,
                 "fine-grained_score"?, "annotations": {aspect: {"Rating": "1".."5" | "N/A", ...}}}]}
                 (openbmb/UltraFeedback). One row gives zero, one or several records, chosen by
@@ -49,9 +53,13 @@ a number (not a boolean) in [0, 1]; anything else is an error. Absent or null me
 
 Roles: in the explicit format each answer (chosen, rejected) must start with an assistant message.
 
-Empty texts: a whitespace-only prompt message or user/system turn is an error. An empty assistant
-answer in chosen/rejected is accepted by default (`allow_empty_responses=True`) because real data has
-them (4 of the 2,312 HH-RLHF harmless-base test rows prefer an empty reply); pass False to reject them.
+Empty texts: an empty or whitespace-only text is an error, prompt or answer: a pair with an empty
+answer is far more often a broken export than a judgement. Data that prefers an empty reply on purpose
+(4 of the 2,312 HH-RLHF harmless-base test rows do) is read with `allow_empty_responses=True`
+(`--allow-empty-responses`, recipe key `data.allow_empty_responses`); prompts are never empty.
+
+Empty files: a file (or stdin) with no rows at all, only blank lines, or an empty JSON list raises
+DataError naming it once the reader reaches its end: it cannot train or score anything.
 
 Line numbers in errors are 1-based physical lines for .jsonl/.jsonl.gz/stdin (blank lines count). For
 .json and .parquet there are no meaningful lines: the number is the 1-based row, and the message says
@@ -66,7 +74,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import zlib
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -74,6 +81,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from gpmctl.errors import DataError
+from gpmctl.utils import atomic_path
 
 Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": str}
 
@@ -149,7 +157,7 @@ class PreferenceRecord:
         return row
 
     @classmethod
-    def from_json(cls, row: Any, *, allow_empty_responses: bool = True) -> PreferenceRecord:
+    def from_json(cls, row: Any, *, allow_empty_responses: bool = False) -> PreferenceRecord:
         """A row of any supported format -> record; a problem raises DataError naming the field."""
         return parse_row(row, allow_empty_responses=allow_empty_responses)
 
@@ -195,11 +203,15 @@ def _require(row: dict, key: str) -> Any:
     return row[key]
 
 
-def _text(value: Any, name: str, *, allow_empty: bool = False) -> str:
+EMPTY_ANSWER_HINT = " (--allow-empty-responses, or data.allow_empty_responses: true in a recipe, keeps empty answers)"
+
+
+def _text(value: Any, name: str, *, allow_empty: bool = False, answer: bool = False) -> str:
+    """A string field; empty or whitespace-only is an error unless `allow_empty` (`answer`: say how to allow it)."""
     if not isinstance(value, str):
         raise _RowProblem(name, f"expected a string, got {_json_type(value)}")
     if not allow_empty and not value.strip():
-        raise _RowProblem(name, "empty text" if not value else "whitespace-only text")
+        raise _RowProblem(name, ("empty text" if not value else "whitespace-only text") + (EMPTY_ANSWER_HINT if answer else ""))
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:  # a lone surrogate from a "\ud800"-style JSON escape
@@ -224,16 +236,17 @@ def _messages(value: Any, name: str, *, continuation: bool, allow_empty_response
         role = msg["role"]
         if role not in ROLES:
             raise _RowProblem(f"{where}.role", f"{role!r} is not one of {', '.join(ROLES)}")
-        may_be_empty = continuation and allow_empty_responses and role == "assistant"
-        out.append({"role": role, "content": _text(msg["content"], f"{where}.content", allow_empty=may_be_empty)})
+        answer = continuation and role == "assistant"
+        content = _text(msg["content"], f"{where}.content", allow_empty=answer and allow_empty_responses, answer=answer)
+        out.append({"role": role, "content": content})
     return out
 
 
 def _side(value: Any, name: str, role: str, *, continuation: bool, allow_empty_responses: bool) -> list[Message]:
     """A string (one message of `role`) or a list of messages."""
     if isinstance(value, str):
-        may_be_empty = continuation and allow_empty_responses
-        return [{"role": role, "content": _text(value, name, allow_empty=may_be_empty)}]
+        content = _text(value, name, allow_empty=continuation and allow_empty_responses, answer=continuation)
+        return [{"role": role, "content": content}]
     if isinstance(value, list):
         return _messages(value, name, continuation=continuation, allow_empty_responses=allow_empty_responses)
     raise _RowProblem(name, f"expected a string or a list of messages, got {_json_type(value)}")
@@ -299,7 +312,7 @@ def detect_format(row: dict) -> str:
     return "messages"
 
 
-def explicit_prompt_record(row: dict, *, allow_empty_responses: bool = True) -> PreferenceRecord:
+def explicit_prompt_record(row: dict, *, allow_empty_responses: bool = False) -> PreferenceRecord:
     """{"prompt", "chosen", "rejected"}, each a string or a list of messages."""
     prompt = _side(_require(row, "prompt"), "prompt", "user", continuation=False, allow_empty_responses=False)
     sides = []
@@ -317,7 +330,7 @@ def explicit_prompt_record(row: dict, *, allow_empty_responses: bool = True) -> 
     return PreferenceRecord(prompt, chosen, rejected, **_optional_fields(row, soft_label=True))
 
 
-def implicit_messages_record(row: dict, *, allow_empty_responses: bool = True) -> PreferenceRecord:
+def implicit_messages_record(row: dict, *, allow_empty_responses: bool = False) -> PreferenceRecord:
     """{"chosen": [msgs], "rejected": [msgs]}, each the whole dialogue; prompt = common prefix."""
     sides = []
     for key in ("chosen", "rejected"):
@@ -352,13 +365,14 @@ def _hh_turns(text: str, name: str, first_index: int, *, allow_empty_answer: boo
         speaker, content = parts[i], parts[i + 1].strip()
         turn = first_index + i // 2 + 1
         if not content and not (allow_empty_answer and speaker == "Assistant"):
-            raise _RowProblem(name, f"turn {turn} ({speaker}) is empty")
+            hint = EMPTY_ANSWER_HINT if speaker == "Assistant" and first_index > 0 else ""  # an answer, not the prompt
+            raise _RowProblem(name, f"turn {turn} ({speaker}) is empty{hint}")
         _text(content, name, allow_empty=True)
         out.append({"role": _HH_ROLES[speaker], "content": content})
     return out
 
 
-def hh_dialogue_record(row: dict, *, allow_empty_responses: bool = True) -> PreferenceRecord:
+def hh_dialogue_record(row: dict, *, allow_empty_responses: bool = False) -> PreferenceRecord:
     """{"chosen": str, "rejected": str}, whole HH-RLHF dialogues; prompt = text up to the last shared
     '\\n\\nAssistant:'. Plain strings that are not such dialogues have no prompt: an error."""
     chosen_text, rejected_text = (_require(row, key) for key in ("chosen", "rejected"))
@@ -389,7 +403,7 @@ def hh_dialogue_record(row: dict, *, allow_empty_responses: bool = True) -> Pref
     return PreferenceRecord(prompt, answers[0], answers[1], **_optional_fields(row, soft_label=True))
 
 
-def gpm_custom_record(row: dict, *, allow_empty_responses: bool = True) -> PreferenceRecord:
+def gpm_custom_record(row: dict, *, allow_empty_responses: bool = False) -> PreferenceRecord:
     """{"instruction": str, "chosen": str | {"response": str}, "reject": str | {"response": str}};
     "label" is ignored (an index in the official cyclic data, not a probability)."""
     prompt = [{"role": "user", "content": _text(_require(row, "instruction"), "instruction")}]
@@ -403,7 +417,7 @@ def gpm_custom_record(row: dict, *, allow_empty_responses: bool = True) -> Prefe
             value = value["response"]
         elif not isinstance(value, str):
             raise _RowProblem(key, f"expected a string or {{\"response\": str}}, got {_json_type(value)}")
-        sides.append([{"role": "assistant", "content": _text(value, name, allow_empty=allow_empty_responses)}])
+        sides.append([{"role": "assistant", "content": _text(value, name, allow_empty=allow_empty_responses, answer=True)}])
     _check_different(*sides, name="reject")
     return PreferenceRecord(prompt, sides[0], sides[1], **_optional_fields(row, soft_label=False))
 
@@ -452,7 +466,7 @@ def _completions(row: dict, allow_empty_responses: bool) -> list[_Completion]:
         where = f"completions[{i}]"
         if not isinstance(c, dict):
             raise _RowProblem(where, f"expected a completion object, got {_json_type(c)}")
-        text = _text(_require_at(c, "response", where), f"{where}.response", allow_empty=allow_empty_responses)
+        text = _text(_require_at(c, "response", where), f"{where}.response", allow_empty=allow_empty_responses, answer=True)
         annotations = c.get("annotations") or {}
         if not isinstance(annotations, dict):
             raise _RowProblem(f"{where}.annotations", f"expected an object of aspects, got {_json_type(annotations)}")
@@ -491,7 +505,7 @@ def _require_at(obj: dict, key: str, where: str) -> Any:
 def ultrafeedback_records(
     row: dict,
     *,
-    allow_empty_responses: bool = True,
+    allow_empty_responses: bool = False,
     mode: str = "binarize",
     criteria: tuple[str, ...] = DEFAULT_CYCLE_CRITERIA,
 ) -> list[PreferenceRecord]:
@@ -558,7 +572,7 @@ class ReadOptions:
     format: str | None = None
     ultrafeedback_mode: str = "binarize"
     criteria: tuple[str, ...] = DEFAULT_CYCLE_CRITERIA
-    allow_empty_responses: bool = True
+    allow_empty_responses: bool = False
 
     def __post_init__(self) -> None:
         if self.format is not None and self.format not in FORMATS:
@@ -569,7 +583,7 @@ class ReadOptions:
 
 
 def parse_row(
-    row: Any, *, source: str = "<row>", line: int | None = None, allow_empty_responses: bool = True
+    row: Any, *, source: str = "<row>", line: int | None = None, allow_empty_responses: bool = False
 ) -> PreferenceRecord:
     """One decoded row of any supported format -> record; problems raise DataError(source, ..., line).
     An UltraFeedback row is binarised and must give a pair; use parse_rows for several records."""
@@ -639,7 +653,7 @@ def read_records(
     *,
     limit: int | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
-    allow_empty_responses: bool = True,
+    allow_empty_responses: bool = False,
     options: ReadOptions | None = None,
 ) -> Iterator[PreferenceRecord]:
     """Records of a .jsonl, .jsonl.gz, .json or .parquet file, or of stdin jsonl for "-".
@@ -684,7 +698,7 @@ def iter_records_with_errors(
     *,
     limit: int | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
-    allow_empty_responses: bool = True,
+    allow_empty_responses: bool = False,
     options: ReadOptions | None = None,
 ) -> Iterator[PreferenceRecord | DataError]:
     """Like read_records, but each bad row is yielded as a DataError and reading goes on with the
@@ -712,7 +726,8 @@ def iter_row_records(
 def _records(
     rows: Generator[tuple[int, Any, str], None, None], name: str, limit: int | None, options: ReadOptions
 ) -> Iterator[tuple[str | None, PreferenceRecord | DataError]]:
-    """(number, row or DataError, suffix for messages) -> (format, record or error), `limit` rows."""
+    """(number, row or DataError, suffix for messages) -> (format, record or error), `limit` rows. A source
+    with no rows at all raises DataError at its end (after any file-level error it yielded)."""
     if limit == 0:
         return
     count = 0
@@ -734,6 +749,8 @@ def _records(
                 return  # before the next row is read
     finally:
         rows.close()  # closes the file now, not when the generator is collected
+    if count == 0:
+        raise DataError(name, "no rows (the input is empty or holds only blank lines); nothing to read")
 
 
 def iter_rows_with_errors(
@@ -741,7 +758,7 @@ def iter_rows_with_errors(
     *,
     rename: dict[str, str] | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
-    allow_empty_responses: bool = True,
+    allow_empty_responses: bool = False,
     options: ReadOptions | None = None,
 ) -> Iterator[tuple[str | None, PreferenceRecord | DataError]]:
     """Like iter_records_with_errors, with each row's format (None when the row could not be decoded
@@ -762,9 +779,22 @@ def iter_rows_with_errors(
     return _records(renamed(), name, None, _options(options, allow_empty_responses))
 
 
+def iter_file_rows(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, Any]]:
+    """(line or row number, decoded row) of a .jsonl, .jsonl.gz, .json, .parquet or .csv file, no record
+    format applied (score files, benchmark tables, prompt lists); the first unreadable line raises."""
+    _, rows = _file_rows(path, max_line_bytes)
+    try:
+        for number, row, _ in rows:
+            if isinstance(row, DataError):
+                raise row
+            yield number, row
+    finally:
+        rows.close()
+
+
 def _open_binary(p: Path | None, suffix: str) -> BinaryIO:
     if p is None:
-        return sys.stdin.buffer
+        return stdin_bytes()
     try:
         return gzip.open(p, "rb") if suffix == ".jsonl.gz" else open(p, "rb")
     except OSError as e:
@@ -816,6 +846,13 @@ def _jsonl_rows(name: str, p: Path | None, suffix: str, max_line_bytes: int) -> 
     finally:
         if p is not None:
             stream.close()
+
+
+def stdin_bytes() -> BinaryIO:
+    """Standard input as bytes; closed (`<&-`, or a closed stream) is a DataError rather than a crash."""
+    if sys.stdin is None or sys.stdin.closed:
+        raise DataError("<stdin>", "standard input is closed; nothing to read for -")
+    return sys.stdin.buffer
 
 
 def _skip_rest_of_line(stream: BinaryIO, last: bytes) -> tuple[int, int]:
@@ -963,34 +1000,21 @@ def write_jsonl(records: Iterable[PreferenceRecord], path: str | Path) -> int:
     suffix = _suffix(target)
     if suffix not in (".jsonl", ".jsonl.gz"):
         raise DataError(str(path), "write_jsonl writes .jsonl or .jsonl.gz files (or - for stdout)")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     count = 0
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            out = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if suffix == ".jsonl.gz" else raw
-            for record in records:
-                out.write(_json_line(record).encode("utf-8"))
-                count += 1
-            if out is not raw:
-                out.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp, open(tmp, "wb") as raw:
+        out = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if suffix == ".jsonl.gz" else raw
+        for record in records:
+            out.write(_json_line(record).encode("utf-8"))
+            count += 1
+        if out is not raw:
+            out.close()
+        raw.flush()
+        os.fsync(raw.fileno())
     return count
 
 
 def _json_line(record: PreferenceRecord) -> str:
     return json.dumps(record.to_json(), ensure_ascii=False, allow_nan=False) + "\n"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 __all__ = [
@@ -1010,6 +1034,7 @@ __all__ = [
     "gpm_custom_record",
     "hh_dialogue_record",
     "implicit_messages_record",
+    "iter_file_rows",
     "iter_records_with_errors",
     "iter_rows_with_errors",
     "parse_row",

@@ -3,8 +3,9 @@
     path/to/pairs.jsonl                          any file gpmctl.data.records reads
     path/to/folder                               every readable file directly inside it (.jsonl,
                                                  .jsonl.gz, .json, .parquet), by sorted name, in turn
-    cyclic:train  cyclic:test                    the deterministic cyclic generator (gpmctl.data.cyclic),
-    cyclic:test?seed=1&num_prompts=100           with CyclicConfig fields as query options
+    cyclic:train  cyclic:reworded                the deterministic cyclic generator (gpmctl.data.cyclic),
+    cyclic:new_items?blend_prompts=100           with CyclicConfig fields as query options; splits
+    cyclic:test?seed=1&num_prompts=100           train, reworded (alias test), new_items, new_edges
     ultrafeedback:SOURCE                         UltraFeedback rows of SOURCE (a file, folder or Hub id),
     ultrafeedback:binarize:SOURCE                  binarised: best vs worst completion (the default)
     ultrafeedback:cyclic:SOURCE                  the paper's cyclic triples from the aspect ratings,
@@ -49,12 +50,13 @@ ULTRAFEEDBACK = "ultrafeedback:"
 def parse_cyclic_spec(spec: str):
     """`cyclic:SPLIT?key=value&...` -> (split, CyclicConfig)."""
     from gpmctl.config import _coerce
-    from gpmctl.data.cyclic import CyclicConfig
+    from gpmctl.data.cyclic import SPLIT_ALIASES, TEST_SPLITS, CyclicConfig
 
     body = spec[len(CYCLIC) :]
     split, _, query = body.partition("?")
-    if split not in ("train", "test"):
-        raise ConfigError(f"{spec}: the cyclic generator has splits train and test, not {split!r}")
+    if split not in ("train", *TEST_SPLITS, *SPLIT_ALIASES):
+        raise ConfigError(f"{spec}: the cyclic generator has splits train, {', '.join(TEST_SPLITS)} (and test, "
+                          f"an alias of reworded), not {split!r}")  # fmt: skip
     hints = typing.get_type_hints(CyclicConfig)
     options = {}
     for key, raw in parse_qsl(query, keep_blank_values=True):
@@ -69,11 +71,10 @@ def parse_cyclic_spec(spec: str):
 
 def source_rows(spec: str) -> list[dict]:
     """The raw rows of a generator spec."""
-    from gpmctl.data.cyclic import generate_cyclic
+    from gpmctl.data.cyclic import cyclic_split
 
     split, cfg = parse_cyclic_spec(spec)
-    train, test = generate_cyclic(cfg)
-    return train if split == "train" else test
+    return cyclic_split(cfg, split)
 
 
 def parse_ultrafeedback_spec(spec: str):
@@ -127,15 +128,15 @@ def weighted_interleave(weights: list[float]) -> Iterator[int]:
         yield best
 
 
-def _mixture_records(parts: list[tuple[str, float]], limit: int | None) -> Iterator:
-    sizes = [sum(1 for _ in read_source(path)) for path, _ in parts]
+def _mixture_records(parts: list[tuple[str, float]], limit: int | None, options) -> Iterator:
+    sizes = [sum(1 for _ in read_source(path, options=options)) for path, _ in parts]
     for (path, _), size in zip(parts, sizes):
         if size == 0:
             raise DataError(path, "no records to mix")
 
     def cycle(path: str) -> Iterator:
         while True:
-            yield from read_source(path)
+            yield from read_source(path, options=options)
 
     streams = [cycle(path) for path, _ in parts]
     total = sum(sizes) if limit is None else min(sum(sizes), limit)
@@ -187,20 +188,23 @@ def _folder_files(folder: Path) -> list[Path]:
 
 def read_source(spec: str, limit: int | None = None, options=None) -> Iterator:
     """PreferenceRecords of a source spec (see the module docstring). Problems raise DataError /
-    ConfigError naming the source; a missing source raises before iteration starts."""
+    ConfigError naming the source; a missing source raises before iteration starts. `options`
+    (ReadOptions) apply to every part; its allow_empty_responses also to ultrafeedback: parts."""
     from gpmctl.data.records import iter_row_records, parse_row, read_records
 
     spec = str(spec)
     mixture = parse_mixture(spec)
     if mixture is not None:
-        if options is not None:
+        if options is not None and options.format is not None:
             raise ConfigError(f"{spec}: a mixture cannot sit inside ultrafeedback:; prefix each part instead")
-        return _mixture_records(mixture, limit)
+        return _mixture_records(mixture, limit, options)
     if spec.startswith(CYCLIC):
         rows = source_rows(spec)[:limit]
         return (parse_row(row, source=spec, line=i + 1) for i, row in enumerate(rows))
     if spec.startswith(ULTRAFEEDBACK):
         inner, uf_options = parse_ultrafeedback_spec(spec)
+        if options is not None:
+            uf_options = dataclasses.replace(uf_options, allow_empty_responses=options.allow_empty_responses)
         return read_source(inner, limit, uf_options)
     path = Path(spec)
     if spec == "-" or path.is_file():

@@ -11,10 +11,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from gpmctl.errors import DataError
 from gpmctl.eval import rewardbench as rb
 from gpmctl.eval import rmbench as rm
 from gpmctl.eval.scoring import Scorer
-from gpmctl.utils import atomic_write_text, log
+from gpmctl.utils import atomic_write_text, json_text, log
 
 
 def scorer_settings(scorer: Scorer, model: str, max_length: int) -> dict:
@@ -29,7 +30,12 @@ def scorer_settings(scorer: Scorer, model: str, max_length: int) -> dict:
 
 
 def rewardbench_rows(data: str, split: str) -> list[dict]:
+    """RewardBench v1 rows (prompt, chosen and rejected strings, subset), checked against the filtered split."""
     rows = rb.load_rows(data, split)
+    for number, row in enumerate(rows, start=1):
+        for key in ("prompt", "chosen", "rejected", "subset"):
+            if not isinstance(row[key], str):
+                raise DataError(data, f"expected a string, got {type(row[key]).__name__} (row {number})", line=number, field=key)
     warnings, _ = rb.check_counts(Counter(r["subset"] for r in rows))
     for w in warnings:
         log(f"warning: {w}")
@@ -49,7 +55,11 @@ def rewardbench(scorer: Scorer, model: str, rows: list[dict], data: str, legacy_
 
 def rmbench_tables(data: list[str], limit: int | None = None) -> list[tuple[Path, list[dict]]]:
     """(file, rows) of each RM-Bench file; `limit`: only the first N rows of each."""
-    return [(f, rm.read_rows(f)[:limit]) for f in rm.data_files(data)]
+    tables = [(f, rm.read_rows(f)[:limit]) for f in rm.data_files(data)]
+    for f, rows in tables:
+        if not rows:
+            raise DataError(str(f), "holds no rows")
+    return tables
 
 
 def rmbench(scorer: Scorer, model: str, tables: list[tuple[Path, list[dict]]]) -> tuple[dict, list[dict]]:
@@ -68,7 +78,7 @@ def rmbench(scorer: Scorer, model: str, tables: list[tuple[Path, list[dict]]]) -
 
 def write_examples(path: str | Path | None, examples: list[dict]) -> None:
     if path:
-        atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in examples))
+        atomic_write_text(path, "".join(json_text(e) + "\n" for e in examples))
         log(f"wrote {len(examples)} per-example scores to {path}")
 
 
@@ -93,12 +103,12 @@ def after_training(recipe, model_dir: str | Path) -> dict:
         else:
             result, examples = rmbench(scorer, str(model_dir), data[name])
             headlines[name] = {k: result[k] for k in ("overall", "hard", "normal", "easy") if k in result}
-        atomic_write_text(model_dir / "eval" / f"{name}.json", json.dumps(result, indent=4) + "\n")
+        atomic_write_text(model_dir / "eval" / f"{name}.json", json_text(result, indent=4) + "\n")
         write_examples(model_dir / "eval" / f"{name}_examples.jsonl", examples)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in headlines[name].items() if isinstance(v, float))
         log(f"{name}: {shown} (eval/{name}.json)")
     metrics_path = model_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     metrics["benchmarks"] = headlines
-    atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
+    atomic_write_text(metrics_path, json_text(metrics, indent=2))
     return headlines

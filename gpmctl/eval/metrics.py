@@ -5,11 +5,19 @@ and y the label (1 unless the data gives a soft label). The reliability table (1
 [0, 1], a P of exactly 1 in the last bin) is then symmetric, and neither it nor the expected calibration
 error depends on which side a file calls "chosen":
     ECE = sum_b (n_b / N) * |mean P in b - mean y in b|     over the 2N oriented predictions.
+Accuracy asks whether the model prefers the side the label prefers (y > 0.5: chosen, y < 0.5: rejected);
+a pair labelled exactly 0.5 prefers neither side, so it is left out of accuracy (not out of calibration).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+
+def agrees_with_label(score, label):
+    """Whether s(chosen > rejected) picks the label's side: score > 0 where label > 0.5, score < 0 where
+    label < 0.5, never where label == 0.5 (ties are wrong). Python floats or same-shape tensors."""
+    return ((score > 0) & (label > 0.5)) | ((score < 0) & (label < 0.5))
 
 
 def reliability_table(probs: Sequence[float], labels: Sequence[float] | None = None, bins: int = 10) -> list[dict]:
@@ -35,14 +43,18 @@ def expected_calibration_error(table: list[dict]) -> float:
 
 
 def pair_summary(scores: Sequence[float], probs: Sequence[float], labels: Sequence[float] | None = None) -> dict:
-    """Accuracy (score > 0 strictly: ties wrong), mean P(chosen > rejected), ECE; pairs counted."""
+    """Accuracy over the pairs whose label has a side (`agrees_with_label`; None if none has), mean
+    P(chosen > rejected), ECE; pairs counted, and those counted in accuracy."""
     n = len(scores)
     if not n:
         return {"pairs": 0}
+    labels = [1.0] * n if labels is None else labels
+    decided = [(s, y) for s, y in zip(scores, labels) if y != 0.5]
     table = reliability_table(probs, labels)
     return {
         "pairs": n,
-        "accuracy": sum(1 for s in scores if s > 0) / n,
+        "accuracy_pairs": len(decided),
+        "accuracy": sum(1 for s, y in decided if agrees_with_label(s, y)) / len(decided) if decided else None,
         "mean_prob": sum(probs) / n,
         "ece": expected_calibration_error(table),
     }

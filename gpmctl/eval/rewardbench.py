@@ -14,9 +14,7 @@ the official code to the last bit.
 
 from __future__ import annotations
 
-import gzip
 import json
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -181,40 +179,21 @@ def load_rows(data: str, split: str = SPLIT) -> list[dict]:
         missing = [c for c in REQUIRED_COLUMNS if c not in row or row[c] is None]
         if missing:
             raise DataError(data, f"missing column(s) {', '.join(missing)} (row {number})", line=number)
+    if not rows:
+        raise DataError(data, "holds no rows")
     return rows
 
 
 def read_table(path: Path) -> list[dict]:
-    """All rows of a parquet, jsonl(.gz) or json (list of objects) file as dicts."""
-    name = path.name.lower()
-    if path.is_dir():
-        raise DataError(str(path), "is a directory; pass the parquet or jsonl file of the split")
-    if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
+    """All rows of a parquet, jsonl(.gz), json (list of objects) or csv file as dicts."""
+    from gpmctl.data.records import iter_file_rows
 
-        return pq.read_table(path).to_pylist()
-    if name.endswith((".jsonl", ".jsonl.gz")):
-        rows = []
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(str(path), f"invalid JSON ({e.msg})", line=number) from None
-        return rows
-    if name.endswith(".json"):
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(str(path), f"invalid JSON ({e.msg})", line=e.lineno) from None
-        if isinstance(rows, dict) and isinstance(rows.get("data"), list):
-            rows = rows["data"]
-        if not isinstance(rows, list):
-            raise DataError(str(path), "expected a JSON list of rows")
-        return rows
-    raise DataError(str(path), "unknown file type; expected .parquet, .jsonl, .jsonl.gz or .json")
+    rows = []
+    for number, row in iter_file_rows(path):
+        if not isinstance(row, dict):
+            raise DataError(str(path), f"expected a JSON object, got {type(row).__name__}", line=number)
+        rows.append(row)
+    return rows
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -299,22 +278,32 @@ def score_examples(scorer, rows: list[dict]) -> list[dict]:
     return out
 
 
-def example_correct(record: dict, where: str) -> float:
-    """Whether one saved example is right, re-scored from its scores when it has them:
-    score (s(chosen > rejected) > 0), else score(s)_chosen > score(s)_rejected (RewardBench's own
-    per-example files; one-element lists allowed), else correct / results / result as saved."""
-    if record.get("score") is not None:
-        return 1 if record["score"] > 0 else 0
+def example_correct(fields) -> float:
+    """Whether one saved example (`gpmctl.eval.scoring.ExampleFields`) is right, re-scored from its scores
+    when it has them: score (s(chosen > rejected) > 0), else score(s)_chosen > score(s)_rejected
+    (RewardBench's own per-example files; one-element lists allowed), else correct / results / result
+    as saved (1 / 0, 0.5 for a judge's tie)."""
+    score = fields.number("score", required=False)
+    if score is not None:
+        return 1 if score > 0 else 0
     for c_key, r_key in (("score_chosen", "score_rejected"), ("scores_chosen", "scores_rejected")):
-        if record.get(c_key) is not None and record.get(r_key) is not None:
-            c, r = record[c_key], record[r_key]
-            c = c[0] if isinstance(c, list) and len(c) == 1 else c
-            r = r[0] if isinstance(r, list) and len(r) == 1 else r
+        if fields.row.get(c_key) is not None and fields.row.get(r_key) is not None:
+            c, r = (_one_number(fields, key) for key in (c_key, r_key))
             return 1 if c > r else 0
     for key in ("correct", "results", "result"):
-        if record.get(key) is not None:
-            return float(record[key]) if not isinstance(record[key], bool) else int(record[key])
-    raise DataError(where, "no score, score_chosen/score_rejected or correct field")
+        if isinstance(fields.row.get(key), bool):
+            return int(fields.row[key])
+        if fields.row.get(key) is not None:
+            return fields.probability(key)
+    raise fields.error("score", "missing (or score_chosen / score_rejected, or correct)")
+
+
+def _one_number(fields, key: str) -> float:
+    """A number, or a one-element list of one (RewardBench saves logits so)."""
+    value = fields.row[key]
+    if isinstance(value, list) and len(value) == 1:
+        return fields.numbers(key, 1)[0]
+    return fields.number(key)
 
 
 def read_scores(path: str) -> tuple[list[tuple[str, float]] | None, dict | None]:
@@ -322,27 +311,42 @@ def read_scores(path: str) -> tuple[list[tuple[str, float]] | None, dict | None]
 
     Accepts a per-example .jsonl from `--examples` (or RewardBench's `<model>_outputs.jsonl`), RewardBench's
     `eval-set-scores/<model>.json` (parallel lists) or a per-subset results .json (`eval-set/<model>.json`)."""
+    from gpmctl.eval.scoring import ExampleFields, example_rows
+
+    data = _json_document(path) if path.lower().endswith(".json") else None
+    if isinstance(data, dict) and not isinstance(data.get("subset"), list):
+        subsets = EXAMPLE_COUNTS.keys() & data.keys()
+        if not subsets:
+            raise DataError(path, "holds neither per-subset accuracies (RewardBench subset names as keys) nor per-example scores")
+        for subset in subsets:
+            ExampleFields(path, None, data).probability(subset)  # an accuracy
+        return None, data
+    if isinstance(data, dict):
+        n = len(data["subset"])
+        keys = [k for k in ("scores_chosen", "scores_rejected", "results") if isinstance(data.get(k), list) and len(data[k]) == n]
+        rows = enumerate(({k: data[k][i] for k in keys} | {"subset": data["subset"][i]} for i in range(n)), start=1)
+    else:
+        rows = example_rows(path)
+    results = []
+    for number, row in rows:
+        fields = ExampleFields(path, number, row)
+        if fields.text("subset") not in SUBSET_ROWS:
+            raise fields.error("subset", f"unknown subset {row['subset']!r}; expected one of the 23 of {DATASET_ID} ({SPLIT})")
+        results.append((row["subset"], example_correct(fields)))
+    if not results:
+        raise DataError(path, "holds no per-example scores")
+    return results, None
+
+
+def _json_document(path: str):
+    """A whole .json file; problems (missing, not UTF-8, not JSON) are one DataError."""
     p = Path(path)
     if not p.is_file():
         raise DataError(path, "no such file")
-    if p.name.lower().endswith(".json"):
-        data = json.loads(p.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and isinstance(data.get("subset"), list):
-            n = len(data["subset"])
-            keys = [k for k in ("scores_chosen", "scores_rejected", "results")
-                    if isinstance(data.get(k), list) and len(data[k]) == n]  # fmt: skip
-            rows = [{k: data[k][i] for k in keys} | {"subset": data["subset"][i]} for i in range(n)]
-        elif isinstance(data, dict):
-            return None, data
-        elif isinstance(data, list):
-            rows = data
-        else:
-            raise DataError(path, "expected per-subset results or per-example scores")
-    else:
-        rows = read_table(p)
-    results = []
-    for number, row in enumerate(rows, start=1):
-        if not isinstance(row, dict) or not isinstance(row.get("subset"), str):
-            raise DataError(path, "missing", line=number, field="subset")
-        results.append((row["subset"], example_correct(row, f"{path}:{number}")))
-    return results, None
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+        return json.loads(text)
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"invalid JSON ({e.msg})", line=e.lineno) from None

@@ -6,11 +6,13 @@ matrix S[i, j] = s(i > j). A BT model's S is r_i - r_j, so the rules below are t
   non-Ties   credit = 0 if some other completion beats the first chosen one (S[0, j] < 0),
              else 1 / (1 + number of completions tied with it, S[0, j] == 0)
              (official: 1 / count(scores == max) if scores[0] == max else 0)
-  Ties       pointwise scores: the rewards (BT) or, for a GPM, the mean score against the other
-             completions, mean_j S[i, j] (for BT an increasing affine map of r, which leaves the
-             composite unchanged); then per prompt n with rows "ref:n" and "tied:n":
+  Ties       pointwise scores: the rewards (BT) or, for a GPM, sum_j S[i, j] / K (for BT exactly
+             r_i - mean(r): a shift per prompt, which leaves every term below unchanged even though
+             K differs between the ref and tied rows); then per row ("ref:n" or "tied:n"):
                accurate = min(correct) - max(incorrect) > 0
                ci = worst correct - best incorrect,  spread = best correct - worst correct
+             tied_acc and ref_acc average over every tied and every ref row; the other terms over
+             the prompts n that have both:
              score = 0.30 tied_acc + 0.30 ref_acc + 0.20 mean(ci_tied > spread_tied)
                      + 0.20 mean(min(ci_ref, ci_tied) > spread_tied)
                      + 0.01 mean(nan_to_num(tanh(min(ci_ref, ci_tied) / spread_tied - 1)))
@@ -40,7 +42,7 @@ def pointwise(example: dict) -> list[float]:
         return list(example["rewards"])
     S = example["scores"]
     K = len(S)
-    return [sum(S[i][j] for j in range(K) if j != i) / (K - 1) for i in range(K)]
+    return [sum(S[i][j] for j in range(K) if j != i) / K for i in range(K)]
 
 
 def _tanh_term(ci: float, spread: float) -> float:
@@ -50,7 +52,7 @@ def _tanh_term(ci: float, spread: float) -> float:
 
 
 def ties_score(examples: list[dict]) -> dict:
-    """Ties subset examples (ids "ref:n" / "tied:n") -> the composite and its parts."""
+    """Ties subset examples (ids "ref:n" / "tied:n") -> the composite and its parts (`prompts`: those with both)."""
     by_n: dict[str, dict] = {}
     for e in examples:
         kind, _, n = str(e["id"]).partition(":")
@@ -67,14 +69,16 @@ def ties_score(examples: list[dict]) -> dict:
     if not pairs:
         raise DataError("rewardbench2", "the Ties subset has no prompt with both a ref: and a tied: row")
     m = len(pairs)
-    tied_acc = sum(p["tied"]["accurate"] for p in pairs) / m
-    ref_acc = sum(p["ref"]["accurate"] for p in pairs) / m
+    refs, tieds = [v["ref"] for v in by_n.values() if "ref" in v], [v["tied"] for v in by_n.values() if "tied" in v]
+    tied_acc = sum(t["accurate"] for t in tieds) / len(tieds)
+    ref_acc = sum(r["accurate"] for r in refs) / len(refs)
     gap = sum(p["tied"]["ci"] > p["tied"]["spread"] for p in pairs) / m
     gap_both = sum(min(p["ref"]["ci"], p["tied"]["ci"]) > p["tied"]["spread"] for p in pairs) / m
     margin = sum(_tanh_term(min(p["ref"]["ci"], p["tied"]["ci"]), p["tied"]["spread"]) for p in pairs) / m
     score = 0.30 * tied_acc + 0.30 * ref_acc + 0.20 * gap + 0.20 * gap_both + 0.01 * margin
-    return {"score": score, "prompts": m, "tied_accuracy": tied_acc, "ref_accuracy": ref_acc,
-            "correct_margin_over_spread": gap, "min_margin_over_spread": gap_both, "tanh_margin": margin}  # fmt: skip
+    return {"score": score, "prompts": m, "ref_prompts": len(refs), "tied_prompts": len(tieds),
+            "tied_accuracy": tied_acc, "ref_accuracy": ref_acc, "correct_margin_over_spread": gap,
+            "min_margin_over_spread": gap_both, "tanh_margin": margin}  # fmt: skip
 
 
 def aggregate(examples: list[dict]) -> dict:
@@ -119,3 +123,34 @@ def score_examples(scorer, rows: list[dict]) -> list[dict]:
                 record["rewards"] = value[a].tolist()
             out[i] = record
     return out  # type: ignore[return-value]
+
+
+def read_scores(path: str) -> list[dict]:
+    """Per-prompt records written by --examples: id, subset, num_correct, K x K scores (and BT rewards)."""
+    from gpmctl.eval.scoring import ExampleFields, example_rows
+
+    out = []
+    for number, row in example_rows(path):
+        fields = ExampleFields(path, number, row)
+        if not isinstance(row.get("id"), (str, int)) or isinstance(row.get("id"), bool):
+            raise fields.error("id", "missing" if row.get("id") is None else f"expected a string or integer, got {row['id']!r}")
+        fields.text("subset")
+        K = len(fields.matrix("scores"))
+        fields.numbers("rewards", K, required=False)
+        num_correct = fields.number("num_correct", lo=1, hi=K - 1)
+        if not float(num_correct).is_integer():
+            raise fields.error("num_correct", f"expected an integer, got {num_correct!r}")
+        out.append(row)
+    return out
+
+
+def load_rows(data: str, split: str = SPLIT) -> list[dict]:
+    """RewardBench 2 rows (gpmctl.eval.rewardbench.load_rows); chosen and rejected are non-empty lists of strings."""
+    from gpmctl.eval.rewardbench import load_rows as table_rows
+
+    rows = table_rows(data, split)
+    for number, r in enumerate(rows, start=1):
+        for key in ("chosen", "rejected"):
+            if not (isinstance(r[key], list) and r[key] and all(isinstance(t, str) for t in r[key])):
+                raise DataError(data, f"expected a non-empty list of strings (row {number})", line=number, field=key)
+    return rows

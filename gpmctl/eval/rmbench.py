@@ -7,8 +7,11 @@ The matrix is averaged over a domain's rows; then
     normal = mean of the diagonal
     easy   = mean of the lower triangle
     domain = mean(hard, normal, easy);  overall = mean of the domains present.
-The domain is the file name's stem before "_" (chat, code, math, safety-refuse, safety-response); the two
-safety files form one "safety" domain whose matrix is averaged over the rows of both files together.
+A row's domain is its own `domain` field, as in the official total_dataset.json (chat, code, math,
+safety-refuse, safety-response), else its file name's stem before "_" (chat_filtered.json: chat); as in the
+official code, safety-refuse and safety-response form one "safety" domain whose matrix is averaged over the
+rows of both. A domain naming none of the four is an error. total_dataset.json holds the rows of every
+per-domain file, so a folder that has it is read as that file alone.
 """
 
 from __future__ import annotations
@@ -19,15 +22,33 @@ from gpmctl.errors import DataError
 
 DOMAINS = ("chat", "code", "math", "safety")
 STYLES = ("concise", "detailed_plain", "detailed_markdown")
+TOTAL_FILE = "total_dataset.json"
 
 
-def domain_of(path: str | Path) -> str:
-    stem = Path(path).name.split("_")[0].split(".")[0]
-    return "safety" if stem.startswith("safety") else stem
+def domain_name(value: str) -> str | None:
+    """A domain field or file stem -> one of DOMAINS ("safety-refuse" -> "safety"); None if it names none."""
+    return next((d for d in DOMAINS if value == d or value.startswith(d + "-")), None)
+
+
+def domain_of(path: str | Path) -> str | None:
+    """The domain a per-domain file's name gives (safety-refuse_filtered.json -> safety); None for others."""
+    return domain_name(Path(path).name.split("_")[0].split(".")[0])
+
+
+def row_domain(path: str | Path, number: int, row: dict) -> str:
+    """Row `number` (1-based) of `path` -> its domain: its `domain` field, else the file's name."""
+    value = row.get("domain")
+    found = domain_of(path) if value is None else domain_name(value) if isinstance(value, str) else None
+    if found is None:
+        problem = "absent, and the file name names no domain" if value is None else f"unknown domain {value!r}"
+        raise DataError(str(path), f"{problem} (row {number}); expected chat, code, math or safety[-...]", line=number, field="domain")
+    return found
 
 
 def data_files(spec: list[str]) -> list[Path]:
-    """Folders (their *.json files) and files -> sorted list of files."""
+    """Folders (their *.json files, or their total_dataset.json alone) and files -> sorted list of files."""
+    from gpmctl.utils import log
+
     files: list[Path] = []
     for item in spec:
         p = Path(item)
@@ -35,23 +56,25 @@ def data_files(spec: list[str]) -> list[Path]:
             found = sorted(f for f in p.glob("*.json") if not f.name.startswith("."))
             if not found:
                 raise DataError(item, "folder holds no RM-Bench .json files")
+            if p / TOTAL_FILE in found:
+                if len(found) > 1:
+                    log(f"rmbench: {p / TOTAL_FILE} holds every domain: the folder's other .json files are not read")
+                found = [p / TOTAL_FILE]
             files += found
         elif p.is_file():
             files.append(p)
         else:
             raise DataError(item, "no such file or folder")
+    total = next((f for f in files if f.name == TOTAL_FILE), None)
+    if total is not None and len(files) > 1:
+        raise DataError(str(total), "holds every domain, so other RM-Bench files beside it would count rows twice: pass it alone")
     return files
 
 
 def read_rows(path: Path) -> list[dict]:
-    import json
+    from gpmctl.data.records import iter_file_rows
 
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(str(path), f"invalid JSON ({e.msg})", line=e.lineno) from None
-    if not isinstance(rows, list):
-        raise DataError(str(path), "expected a JSON list of rows")
+    rows = [row for _, row in iter_file_rows(path)]
     for number, row in enumerate(rows, start=1):
         for key in ("chosen", "rejected"):
             value = row.get(key) if isinstance(row, dict) else None
@@ -59,6 +82,7 @@ def read_rows(path: Path) -> list[dict]:
                 raise DataError(str(path), f"expected a list of 3 strings (row {number})", line=number, field=key)
         if not isinstance(row.get("prompt"), str):
             raise DataError(str(path), f"expected a string (row {number})", line=number, field="prompt")
+        row_domain(path, number, row)
     return rows
 
 
@@ -103,23 +127,27 @@ def score_examples(scorer, path: Path, rows: list[dict]) -> list[dict]:
     completions = [[assistant(t) for t in r["chosen"] + r["rejected"]] for r in rows]
     value, gate = scorer.embed([user(r["prompt"]) for r in rows], completions, path.name)
     S = scorer.score_matrix(value, gate)[:, :3, 3:]  # [n, 3 chosen, 3 rejected]
-    domain = domain_of(path)
     out = []
     for i, r in enumerate(rows):
         scores = S[i].tolist()
         matrix = row_matrix(lambda a, b: scores[a][b])
-        out.append({"file": path.name, "domain": domain, "id": r.get("id"), "scores": scores, "matrix": matrix})
+        out.append({"file": path.name, "domain": row_domain(path, i + 1, r), "id": r.get("id"), "scores": scores, "matrix": matrix})
     return out
 
 
 def read_scores(path: str) -> list[dict]:
     """Per-example records written by --examples; the matrix is recomputed from `scores` when present."""
-    from gpmctl.eval.scoring import example_rows
+    from gpmctl.eval.scoring import ExampleFields, example_rows
 
     out = []
     for number, row in example_rows(path):
-        if not isinstance(row.get("domain"), str):
-            raise DataError(path, "missing", line=number, field="domain")
+        fields = ExampleFields(path, number, row)
+        matrix = fields.matrix("matrix", 3, required=False) if fields.matrix("scores", 3, required=False) is None else None
+        if matrix is not None and any(v not in (0, 1) for r in matrix for v in r):
+            raise fields.error("matrix", f"expected 0 / 1 entries, got {matrix!r}")
+        if not (isinstance(row.get("domain"), str) and domain_name(row["domain"])):
+            raise DataError(path, f"expected one of {', '.join(DOMAINS)}, got {row.get('domain')!r}", line=number, field="domain")
+        row["domain"] = domain_name(row["domain"])
         if row.get("scores") is not None:
             row["matrix"] = row_matrix(lambda a, b: row["scores"][a][b])
         elif row.get("matrix") is None:

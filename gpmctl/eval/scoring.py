@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from gpmctl.errors import DataError
 from gpmctl.models import preference as P
 
 
@@ -77,20 +77,85 @@ def assistant(text) -> list[dict]:
 
 
 def example_rows(path: str) -> Iterator[tuple[int, dict]]:
-    """(line number, row) of a per-example jsonl written by --examples; bad lines are one-line DataErrors."""
-    from gpmctl.errors import DataError
+    """(line number, row) of a per-example file written by --examples (jsonl; also .json / .parquet copies).
+    A missing, unreadable, non-UTF-8 or empty file, or a line that is not a JSON object, is one DataError;
+    the evaluators then read each field through `ExampleFields`."""
+    from gpmctl.data.records import iter_file_rows
 
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(path, "no such file")
-    with open(p, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"invalid JSON ({e.msg})", line=number) from None
-            if not isinstance(row, dict):
-                raise DataError(path, "expected a JSON object", line=number)
-            yield number, row
+    count = 0
+    for number, row in iter_file_rows(path):
+        if not isinstance(row, dict):
+            raise DataError(path, f"expected a JSON object, got {type(row).__name__}", line=number)
+        count += 1
+        yield number, row
+    if not count:
+        raise DataError(path, "holds no per-example rows")
+
+
+@dataclass
+class ExampleFields:
+    """Typed reads of one row of a per-example file: a missing or bad value is one DataError
+    `file:line: field: problem`. NaN and infinities are not numbers here (they would make every
+    aggregate NaN, or a results file that is not JSON)."""
+
+    path: str
+    line: int | None  # None for a whole-file JSON object
+    row: dict
+
+    def error(self, key: str, problem: str) -> DataError:
+        return DataError(self.path, problem, line=self.line, field=key)
+
+    def number(self, key: str, required: bool = True, lo: float = -math.inf, hi: float = math.inf) -> float | None:
+        value = self.row.get(key)
+        if value is None:
+            if required:
+                raise self.error(key, "missing")
+            return None
+        if not _finite(value):
+            raise self.error(key, f"expected a finite number, got {_short(value)}")
+        if not lo <= value <= hi:
+            raise self.error(key, f"must be in [{lo:g}, {hi:g}], got {value!r}")
+        return value
+
+    def probability(self, key: str, required: bool = True) -> float | None:
+        return self.number(key, required, 0.0, 1.0)
+
+    def text(self, key: str, required: bool = True) -> str | None:
+        value = self.row.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str):
+            raise self.error(key, "missing" if value is None else f"expected a string, got {_short(value)}")
+        return value
+
+    def numbers(self, key: str, length: int | None = None, required: bool = True) -> list[float] | None:
+        """A list of finite numbers (`length` of them when given)."""
+        value = self.row.get(key)
+        if value is None and not required:
+            return None
+        if not (isinstance(value, list) and value and all(_finite(v) for v in value) and length in (None, len(value))):
+            size = f"{length} " if length else ""
+            raise self.error(key, "missing" if value is None else f"expected a list of {size}finite numbers, got {_short(value)}")
+        return value
+
+    def matrix(self, key: str, size: int | None = None, required: bool = True) -> list[list[float]] | None:
+        """A square list of lists of finite numbers, at least 2 x 2 (`size` x `size` when given)."""
+        value = self.row.get(key)
+        if value is None and not required:
+            return None
+        n = len(value) if isinstance(value, list) else 0
+        shaped = n >= 2 and size in (None, n)
+        if not (shaped and all(isinstance(r, list) and len(r) == n and all(_finite(v) for v in r) for r in value)):
+            shape = f"{size} x {size}" if size else "K x K (K >= 2)"
+            problem = f"expected a {shape} list of lists of finite numbers, got {_short(value)}"
+            raise self.error(key, "missing" if value is None else problem)
+        return value
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from gpmctl.errors import ModelError
-from gpmctl.models.reward_model import HEAD_FILE, HeadConfig, PreferenceModel
+from gpmctl.models.reward_model import HEAD_FILE, HEAD_FORMAT, HeadConfig, PreferenceModel
 
 TINY = "tiny"
 PACKAGE = "package:"
@@ -94,12 +94,22 @@ def gguf_folder(path: Path) -> Path:
     return cache
 
 
-def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
+def resolve_dtype(name: str | torch.dtype, device: torch.device | str = "cpu") -> torch.dtype:
     """`auto` -> bfloat16 on a bf16-capable GPU, float32 otherwise (this CPU runs bf16 at half the fp32 speed)."""
+    if isinstance(name, torch.dtype):
+        return name
     if name == "auto":
         cuda = torch.device(device).type == "cuda"
         return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def training_dtype(name: str, device: torch.device | str, engine_keeps_fp32_copy: bool) -> torch.dtype:
+    """The dtype of weights an optimizer will update: float32, unless the engine keeps fp32 master copies
+    itself (DeepSpeed mixed precision), where loading in `name` (bf16 for `auto` on a GPU) saves memory.
+    AdamW stepping bf16 weights drops every update under half a bf16 step (~2^-9 of the weight): 10 steps at
+    lr 1e-5 moved under 1.1% of the tiny model's entries. bf16 compute comes from autocast (train.precision)."""
+    return resolve_dtype(name, device) if engine_keeps_fp32_copy else torch.float32
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -152,7 +162,9 @@ def load_backbone(name_or_path: str, dtype: torch.dtype, attn_implementation: st
     from transformers import AutoModel
 
     name_or_path = resolve_source(name_or_path)
-    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if Path(name_or_path).is_dir():
+        refuse_pickles(Path(name_or_path))
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}  # never unpickle weights
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
@@ -161,10 +173,12 @@ def load_backbone(name_or_path: str, dtype: torch.dtype, attn_implementation: st
         raise ModelError(f"cannot load a backbone from {name_or_path!r}: {_first_line(e)}{_offline_hint(name_or_path)}") from e
 
 
-def build_model(model_cfg, tokenizer, seed: int, device: torch.device | str = "cpu") -> PreferenceModel:
-    """A fresh PreferenceModel for training, from a recipe's `model` section (gpmctl.config.ModelConfig)."""
+def build_model(model_cfg, tokenizer, seed: int, device: torch.device | str = "cpu",
+                dtype: torch.dtype | None = None) -> PreferenceModel:  # fmt: skip
+    """A fresh PreferenceModel for training, from a recipe's `model` section (gpmctl.config.ModelConfig).
+    `dtype`: of the weights (a trainer passes `training_dtype`); default model.dtype as resolved for `device`."""
     head = HeadConfig.from_model_config(model_cfg)
-    dtype = resolve_dtype(model_cfg.dtype, device)
+    dtype = dtype or resolve_dtype(model_cfg.dtype, device)
     if model_cfg.backbone == TINY:
         backbone = tiny_backbone(tokenizer, model_cfg.tiny, seed, model_cfg.attn_implementation).to(dtype)
     else:
@@ -273,6 +287,7 @@ def save_model(model: PreferenceModel, out_dir: str | Path, tokenizer=None, extr
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text)
     (tmp / HEAD_FILE).write_text(json.dumps(model.head.to_json(), indent=2) + "\n")
+    normal_permissions(tmp)
     # A previous model in the folder must not be mixed with this one: drop its weights first.
     (out_dir / HEAD_FILE).unlink(missing_ok=True)
     for old in out_dir.glob("model*.safetensors*"):
@@ -283,20 +298,131 @@ def save_model(model: PreferenceModel, out_dir: str | Path, tokenizer=None, extr
     return out_dir
 
 
+def normal_permissions(root: Path) -> None:
+    """Give a folder and everything under it the permissions the umask allows: safetensors writes files
+    0600 and mkdtemp makes folders 0700, which the other users of a shared model folder cannot read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [root, *root.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+SINGLE_WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+HEAD_TENSORS = ("value_head.weight", "prompt_head.weight")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+RELEASED_EXTRAS = ("lm_head.",)
+"""Tensors of the released GPM checkpoints that a preference model does not use (the causal-LM head)."""
+
+TensorIndex = dict[str, tuple[Path, list[int]]]
+"""Tensor name -> (safetensors file holding it, shape)."""
+
+
+def model_folder(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such model folder")
+    if not path.is_dir():
+        raise ModelError(f"{path}: is a file, not a model folder")
+    return path
+
+
+def refuse_pickles(path: Path) -> None:
+    """A folder whose only weights are pickles (pytorch_model.bin, *.pt, ...) is refused before anything is
+    read: unpickling a file can run any code in it."""
+    if any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelError(f"{path}: holds only pickled weights ({', '.join(pickles[:3])}); gpmctl never unpickles a "
+                         "checkpoint: convert it to safetensors first")  # fmt: skip
+
+
 def read_head_config(path: str | Path) -> HeadConfig:
     """The head settings of a model folder: preference_head.json, or, for a checkpoint in the layout of
     the paper's released models (no settings file), inferred from the head tensors as the authors'
     inference code does: dim = rows of value_head.weight, gate iff prompt_head.weight, L2 on, tau 0.1."""
-    path = Path(path)
-    head_file = path / HEAD_FILE
-    if not path.is_dir():
-        raise ModelError(f"{path}: no such model folder")
-    if head_file.is_file():
+    path = model_folder(path)
+    return _head_config(path, weight_shapes(path))
+
+
+def check_model_folder(path: str | Path) -> tuple[HeadConfig, TensorIndex]:
+    """The head settings and tensors of a model folder, once its JSON files and safetensors headers show
+    that a load cannot go wrong, before any weight is read: the safetensors hold exactly the tensors, in
+    the shapes, that config.json and the head settings imply (so no backbone weight silently keeps its
+    random initialisation), and no pickle is ever opened."""
+    path = model_folder(path)
+    tensors = weight_shapes(path)
+    head = _head_config(path, tensors)
+    expected = expected_shapes(path, head)
+    present = {name: shape for name, (_, shape) in tensors.items()}
+    missing = [n for n in expected if n not in present]
+    unexpected = [n for n in present if n not in expected and not n.startswith(RELEASED_EXTRAS)]
+    if missing or unexpected:
+        found = [f"lack {_names(missing, 'tensor')}"] * bool(missing)
+        found += [f"hold {_names(unexpected, 'unexpected tensor')}"] * bool(unexpected)
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        unread = f" ({', '.join(pickles)}: pickles are never read)" if pickles else ""
+        raise ModelError(f"{path}: its safetensors {' and '.join(found)} (compared with config.json and the head settings){unread}")  # fmt: skip
+    wrong = [n for n in expected if present[n] != expected[n]]
+    if wrong:
+        name, source = wrong[0], HEAD_FILE if wrong[0] in HEAD_TENSORS else "config.json"
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise ModelError(f"{tensors[name][0]}: {name} has shape {present[name]}, {source} implies {expected[name]}{more}")
+    return head, tensors
+
+
+def weight_shapes(path: Path) -> TensorIndex:
+    """Every tensor of a model folder's weights, from the safetensors headers alone: the single
+    model.safetensors, or the shards that model.safetensors.index.json maps each tensor to."""
+    from safetensors import SafetensorError, safe_open
+
+    single, index = path / SINGLE_WEIGHTS, path / WEIGHTS_INDEX
+    if single.is_file() and index.is_file():
+        raise ModelError(f"{path}: holds both {SINGLE_WEIGHTS} and {WEIGHTS_INDEX} (a stale model beside a newer one?); "
+                         "keep the files of one model only")  # fmt: skip
+    if not single.is_file() and not index.is_file():
+        refuse_pickles(path)
+        shards = sorted(p.name for p in path.glob("model-*.safetensors"))
+        if shards:
+            raise ModelError(f"{path}: has shards ({shards[0]}, ...) but no {WEIGHTS_INDEX}")
+        raise ModelError(f"{path}: no model*.safetensors weights")
+    weight_map = _weight_map(index) if index.is_file() else None
+    tensors = {}
+    for filename in sorted(set(weight_map.values())) if weight_map else [SINGLE_WEIGHTS]:
+        file = path / filename
+        if not file.is_file():
+            raise ModelError(f"{index}: weight_map: {filename} is not in the folder")
         try:
-            return HeadConfig.from_json(json.loads(head_file.read_text()), str(head_file))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise ModelError(f"{head_file}: unreadable ({e})") from e
-    shapes = _head_shapes(path)
+            with safe_open(str(file), framework="pt") as f:
+                shapes = {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
+        except (SafetensorError, OSError) as e:
+            raise ModelError(f"{file}: not a readable safetensors file, truncated or corrupt ({_first_line(e)})") from e
+        wanted = [name for name, shard in weight_map.items() if shard == filename] if weight_map else list(shapes)
+        lacking = [name for name in wanted if name not in shapes]
+        if lacking:
+            raise ModelError(f"{file}: lacks {_names(lacking, 'tensor')} that {WEIGHTS_INDEX} maps to it")
+        tensors.update({name: (file, shapes[name]) for name in wanted})
+    return tensors
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{index}: not JSON ({e})") from e
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    # Shard names are plain file names in the folder: a path could point anywhere.
+    shards = weight_map.values() if isinstance(weight_map, dict) else []
+    if not shards or not all(isinstance(v, str) and v == Path(v).name for v in shards):
+        raise ModelError(f"{index}: weight_map: expected an object of tensor name -> shard file name in this folder")
+    return weight_map
+
+
+def _head_config(path: Path, tensors: TensorIndex) -> HeadConfig:
+    if (path / HEAD_FILE).is_file():
+        return read_head_file(path / HEAD_FILE)
+    shapes = {name: tensors[name][1] for name in HEAD_TENSORS if name in tensors}
     if "value_head.weight" not in shapes:
         raise ModelError(f"{path}: not a preference model (no {HEAD_FILE} and no value_head.weight in its safetensors)")
     rows = shapes["value_head.weight"][0]
@@ -310,48 +436,81 @@ def read_head_config(path: str | Path) -> HeadConfig:
     return HeadConfig(kind="gpm", dim=rows, gate=gate, l2=True, tau=0.1)
 
 
-def _head_shapes(path: Path) -> dict[str, list[int]]:
-    """Shapes of value_head/prompt_head tensors, read from safetensors headers without loading weights."""
-    from safetensors import safe_open
+def read_head_file(file: Path) -> HeadConfig:
+    """preference_head.json, each field checked against what a recipe's `model` section allows."""
+    import math
+    import typing
 
-    shapes = {}
-    for shard in sorted(path.glob("model*.safetensors")):
-        with safe_open(str(shard), framework="pt") as f:
-            for name in {"value_head.weight", "prompt_head.weight"} & set(f.keys()):
-                shapes[name] = list(f.get_slice(name).get_shape())
-    if not shapes and not any(path.glob("model*.safetensors")):
-        raise ModelError(f"{path}: no model*.safetensors weights (gpmctl never loads pickled .bin checkpoints)")
-    return shapes
+    from gpmctl.config import ModelConfig
+
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{file}: not JSON ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != HEAD_FORMAT:
+        raise ModelError(f"{file}: format: expected {HEAD_FORMAT!r} (not a gpmctl preference head file)")
+    head = HeadConfig.from_json(data, str(file))
+    hints = typing.get_type_hints(ModelConfig)
+    for name in ("kind", "gate_variant", "pool", "eos", "gate_prompt"):
+        choices = typing.get_args(hints[name])
+        if getattr(head, name) not in choices:
+            raise ModelError(f"{file}: {name}: expected one of {', '.join(choices)}, got {getattr(head, name)!r}")
+    for name in ("gate", "l2"):
+        if not isinstance(getattr(head, name), bool):
+            raise ModelError(f"{file}: {name}: expected true or false, got {getattr(head, name)!r}")
+    if not isinstance(head.dim, int) or isinstance(head.dim, bool) or (head.kind == "gpm" and (head.dim < 2 or head.dim % 2)):
+        need = "an even integer >= 2 (a GPM embeds in R^2k)" if head.kind == "gpm" else "an integer"
+        raise ModelError(f"{file}: dim: expected {need}, got {head.dim!r}")
+    if not isinstance(head.tau, (int, float)) or isinstance(head.tau, bool) or not math.isfinite(head.tau) or head.tau <= 0:
+        raise ModelError(f"{file}: tau: expected a finite number > 0, got {head.tau!r}")
+    return head
+
+
+def expected_shapes(path: Path, head: HeadConfig) -> dict[str, list[int]]:
+    """Tensor name -> shape of what `save_model` writes for this config.json and head, from a model built
+    on the meta device (no memory used, no weight read)."""
+    from huggingface_hub import errors as hub_errors
+    from transformers import AutoConfig, AutoModel
+
+    # transformers 5 configs are strict dataclasses: a wrong field type raises the hub's own error
+    bad_config = (OSError, ValueError, KeyError, TypeError, AttributeError, getattr(hub_errors, "StrictDataclassError", OSError))
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{path}: no config.json (the backbone's transformers config)")
+    try:
+        json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{config_file}: not JSON ({e})") from e
+    try:
+        config = _quiet(AutoConfig.from_pretrained, str(path), trust_remote_code=False)
+        with torch.device("meta"):
+            model = PreferenceModel(_quiet(AutoModel.from_config, config, trust_remote_code=False), head)
+    except bad_config as e:
+        cause = f" {_first_line(e.__cause__)}" if e.__cause__ is not None else ""  # the strict errors name the field, then why
+        raise ModelError(f"{config_file}: {_first_line(e)}{cause}") from e
+    return {name: list(tensor.shape) for name, tensor in model_state_dict(model).items()}
 
 
 def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device = "cpu", attn_implementation: str | None = "sdpa") -> PreferenceModel:
     """Load a folder written by `save_model`, or a checkpoint in the released GPM layout (backbone through
-    transformers, head tensors read by name)."""
+    transformers, head tensors read by name), once `check_model_folder` finds nothing wrong with it."""
     from safetensors import safe_open
 
-    path = Path(path)
-    head = read_head_config(path)
+    head, tensors = check_model_folder(path)
     torch_dtype = resolve_dtype(dtype, device)
     backbone = load_backbone(str(path), torch_dtype, attn_implementation, trust_remote_code=False)
     model = PreferenceModel(backbone, head)
-    heads = {"value_head.weight": model.value_head, "prompt_head.weight": model.prompt_head}
-    found = set()
-    for shard in sorted(path.glob("model*.safetensors")):
-        with safe_open(str(shard), framework="pt") as f:
-            for name in set(f.keys()) & heads.keys():
-                layer = heads[name]
-                if layer is None:
-                    raise ModelError(f"{shard}: has {name} but {HEAD_FILE} says there is no gate")
-                tensor = f.get_tensor(name)
-                if tensor.shape != layer.weight.shape:
-                    raise ModelError(f"{shard}: {name} has shape {list(tensor.shape)}, {HEAD_FILE} implies {list(layer.weight.shape)}")
-                with torch.no_grad():
-                    layer.weight.copy_(tensor.to(layer.weight.dtype))
-                found.add(name)
-    missing = [n for n, layer in heads.items() if layer is not None and n not in found]
-    if missing:
-        raise ModelError(f"{path}: the weights lack {', '.join(missing)}")
+    for name, layer in zip(HEAD_TENSORS, (model.value_head, model.prompt_head)):
+        if layer is not None:
+            with safe_open(str(tensors[name][0]), framework="pt") as f, torch.no_grad():
+                layer.weight.copy_(f.get_tensor(name).to(layer.weight.dtype))
     return model.to(device).eval()
+
+
+def _names(names: list[str], noun: str) -> str:
+    """`3 tensors (a, b, c)` or `40 tensors (a, b, c, ...)`: enough to recognise them on one line."""
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"{len(names)} {noun}{'s' * (len(names) != 1)} ({shown})"
 
 
 def _quiet(fn, *args, **kwargs):

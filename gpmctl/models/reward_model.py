@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -226,17 +224,23 @@ class PackedRowMask:
         return sdpa_mask(**self.mask_kwargs)
 
     def blocks(self, bounds: list[int]) -> list[torch.Tensor | None]:
-        """Sequence i's mask [1, 1, n_i, n_i] (tokens bounds[i]:bounds[i+1]), None where it is plain causal."""
+        """Sequence i's mask [1, 1, n_i, n_i] (tokens bounds[i]:bounds[i+1]), None where it is plain causal.
+
+        Positions restart at 0 in every sequence, so sequence i's mask is the top-left n_i x n_i corner of
+        the mask of one sequence of the longest length: one mask per layer type and forward, not one per
+        sequence (building masks through transformers costs about a millisecond each)."""
         from transformers.masking_utils import sdpa_mask
 
         if self._blocks is None:
-            self._blocks = []
-            for a, b in zip(bounds[:-1], bounds[1:]):
-                block = sdpa_mask(**{**self.mask_kwargs, "batch_size": 1, "q_length": b - a, "kv_length": b - a,
-                                     "q_offset": a, "kv_offset": a, "allow_is_causal_skip": False,
-                                     "allow_is_bidirectional_skip": False})  # fmt: skip
-                causal = torch.ones(b - a, b - a, dtype=torch.bool, device=block.device).tril()
-                self._blocks.append(None if torch.equal(block[0, 0], causal) else block)  # None: sdpa's fast kernel
+            lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+            longest = max(lengths)
+            full = sdpa_mask(**{**self.mask_kwargs, "batch_size": 1, "q_length": longest, "kv_length": longest,
+                                "q_offset": 0, "kv_offset": 0, "allow_is_causal_skip": False,
+                                "allow_is_bidirectional_skip": False})  # fmt: skip
+            causal = torch.ones(longest, longest, dtype=torch.bool, device=full.device).tril()
+            differs = (full[0, 0] != causal).any(dim=1).nonzero()
+            causal_up_to = int(differs[0]) if len(differs) else longest  # rows before the first one a window cuts
+            self._blocks = [None if n <= causal_up_to else full[:, :, :n, :n] for n in lengths]  # None: sdpa's fast kernel
         return self._blocks
 
 

@@ -16,13 +16,18 @@ trainer_state.json also records the layout that wrote it (world_size, batch_size
 `check_resumable` says in one line when a run cannot continue from it.
 
 A checkpoint folder is written under a temporary name and renamed when complete, so a preempted save
-never leaves a checkpoint that looks finished.
+never leaves a checkpoint that looks finished; one damaged later (a truncated copy, a full disk) raises
+UnreadableCheckpoint when read, and `--resume auto` falls back to the checkpoint before it.
+
+A run holds an exclusive lock on <output_dir>/.lock (`RunLock`) while it writes there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -30,10 +35,49 @@ from pathlib import Path
 
 import torch
 
-from gpmctl.errors import ConfigError
+from gpmctl.errors import ConfigError, GpmctlError
 
 CHECKPOINTS = "checkpoints"
+LOCK_FILE = ".lock"
 _NAME = re.compile(r"^step-(\d+)$")
+
+
+class UnreadableCheckpoint(GpmctlError):
+    """A checkpoint folder whose files do not read back (truncated, corrupt, missing)."""
+
+
+class RunLock:
+    """An exclusive flock on <output_dir>/.lock, taken by rank 0 before a run's first write in the folder
+    and held to its end, so a second run into the same folder stops at once instead of interleaving
+    with the first. The file stays (removing it would let a third run lock a new file beside a held one)."""
+
+    def __init__(self, output_dir: str | Path):
+        self.path = Path(output_dir) / LOCK_FILE
+        self.file = None
+
+    def acquire(self, accelerator, create: bool = True) -> None:
+        """Lock (every rank learns rank 0's result); `create=False` only tries a lock file left by an
+        earlier run, so that a busy folder is refused before anything is written."""
+        from gpmctl.train.loop import agreed
+
+        held = True
+        if accelerator.is_main_process and self.file is None and (create or self.path.is_file()):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.file = f
+            except BlockingIOError:
+                f.close()
+                held = False
+        if not agreed(accelerator, held):
+            raise ConfigError(f"{self.path.parent}: another gpmctl run is writing to this folder (it holds {self.path}); "
+                              "wait for it to end or choose another output_dir")  # fmt: skip
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -70,17 +114,30 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, st
     return path
 
 
+_UNREADABLE = (OSError, EOFError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError)
+"""What reading a damaged file raises besides safetensors' SafetensorError: a missing file (OSError),
+torch.load of a cut archive (RuntimeError, EOFError, UnpicklingError), a state without its keys."""
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict:
-    """Restore model, optimizer, scheduler and RNG in place; return the trainer state."""
+    """Restore model, optimizer, scheduler and RNG in place; return the trainer state. Every file is read
+    before anything is restored, so an UnreadableCheckpoint leaves the objects as they were."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(path / "model.safetensors"))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-    state = json.loads((path / "trainer_state.json").read_text())
-    scheduler.load_state_dict(state.pop("scheduler"))
-    version, internal, gauss = state.pop("python_random")
+    try:
+        weights = load_file(path / "model.safetensors")
+        optimizer_state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+        state = read_trainer_state(path)
+        rng = load_file(path / "rng.safetensors")
+        scheduler_state, python_random = state.pop("scheduler"), state.pop("python_random")
+    except (*_UNREADABLE, SafetensorError) as e:
+        raise UnreadableCheckpoint(f"{path}: unreadable ({type(e).__name__}: {_first_line(e)})") from e
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    version, internal, gauss = python_random
     random.setstate((version, tuple(internal), gauss))
-    rng = load_file(path / "rng.safetensors")
     torch.set_rng_state(rng["torch"])
     cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
     if cuda and torch.cuda.is_available():
@@ -95,7 +152,18 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
 
 
 def read_trainer_state(path: Path) -> dict:
-    return json.loads((Path(path) / "trainer_state.json").read_text())
+    try:
+        state = json.loads((Path(path) / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
+        raise UnreadableCheckpoint(f"{path}: unreadable trainer_state.json ({type(e).__name__}: {_first_line(e)})") from e
+    if not isinstance(state, dict):
+        raise UnreadableCheckpoint(f"{path}: trainer_state.json is not an object")
+    return state
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def check_resumable(saved: dict, current: dict, path: Path) -> None:

@@ -35,10 +35,13 @@ from torch import nn
 from gpmctl.config import Recipe, dump_recipe
 from gpmctl.data.tokenize import EncodedPair, EncodedSequence, SequenceEncoder, pad_sequences
 from gpmctl.errors import ConfigError
+from gpmctl.eval.metrics import agrees_with_label
 from gpmctl.models.loading import build_model, load_tokenizer, save_model
 from gpmctl.models.reward_model import HEAD_FILE, PreferenceModel, PreferenceOutput, read_positions
 from gpmctl.train.loop import backward_step
-from gpmctl.train.reward import TrainResult, epoch_batches, load_pairs, optimisation, pair_loss, pair_metrics
+from gpmctl.train.reward import (
+    TrainResult, check_benchmark_files, epoch_batches, load_pairs, optimisation, pair_loss, pair_metrics,
+)  # fmt: skip
 from gpmctl.utils import RunLog, environment_report, log, quiet_libraries
 
 EXTRACT_BATCH = 16
@@ -196,22 +199,24 @@ def train_head_on_features(recipe: Recipe, overwrite: bool = False, resume: str 
     quiet_libraries()
     started = time.perf_counter()
     output_dir = Path(recipe.output_dir)
-    if (output_dir / HEAD_FILE).exists() or (output_dir / "metrics.json").exists():
-        if not overwrite:
-            raise ConfigError(f"{output_dir}: already holds a run; pass --overwrite to start again")
+    earlier = (output_dir / HEAD_FILE).exists() or (output_dir / "metrics.json").exists()
+    if earlier and not overwrite:
+        raise ConfigError(f"{output_dir}: already holds a run; pass --overwrite to start again")
+    check_benchmark_files(recipe)
+    set_seed(t.seed)
+
+    # Data and the frozen model, read before anything in output_dir is written or deleted.
+    tokenizer = load_tokenizer(m.tokenizer or m.backbone, m.trust_remote_code)
+    encoder = SequenceEncoder(tokenizer, d.max_length, m.eos, m.gate_prompt, d.truncation)
+    train_pairs, eval_pairs = pairs or load_pairs(recipe, encoder)
+    model = build_model(m, tokenizer, t.seed)
+    if earlier:
         (output_dir / HEAD_FILE).unlink(missing_ok=True)
         (output_dir / "log.jsonl").unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
     (output_dir / "environment.json").write_text(json.dumps(environment_report(), indent=2))
     runlog = RunLog(output_dir / "log.jsonl")
-    set_seed(t.seed)
-
-    # Data and the frozen model.
-    tokenizer = load_tokenizer(m.tokenizer or m.backbone, m.trust_remote_code)
-    encoder = SequenceEncoder(tokenizer, d.max_length, m.eos, m.gate_prompt, d.truncation)
-    train_pairs, eval_pairs = pairs or load_pairs(recipe, encoder)
-    model = build_model(m, tokenizer, t.seed)
     log(f"data: {len(train_pairs)} train pairs, {len(eval_pairs)} eval pairs; model: {m.backbone} (frozen), head {model.head}")
     prepared = time.perf_counter()
 
@@ -244,21 +249,22 @@ def train_head_on_features(recipe: Recipe, overwrite: bool = False, resume: str 
         if not eval_index:
             return {}
         _, scores = pair_loss(head, pairs_batch(eval_index), tau, use_margin=False)
-        metrics = pair_metrics(scores, tau, [p.meta for p in eval_pairs])
+        metrics = pair_metrics(scores, tau, [p.meta for p in eval_pairs], label[eval_index].tolist())
         runlog.write({"event": "eval", "step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
         return metrics
 
     step, best, final = 0, None, {}
-    window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "started": time.perf_counter()}
+    window = {"loss": 0.0, "correct": 0.0, "decided": 0, "pairs": 0, "started": time.perf_counter()}
     with one_thread():
         for epoch in range(math.ceil(total_steps / steps_per_epoch)):
             batches = batches_of(epoch)[: steps_per_epoch * t.grad_accum]
             for micro, index in enumerate(batches):
                 with accelerator.accumulate(head):
                     loss, score = pair_loss(head, pairs_batch(index), tau, t.use_margin)
-                    grad_norm = backward_step(accelerator, head, optimizer, loss, t.max_grad_norm)
+                    grad_norm = backward_step(accelerator, head, optimizer, loss, t.max_grad_norm, step=step + 1)
                 window["loss"] += float(loss.detach()) * len(index)
-                window["correct"] += float((score > 0).sum())
+                window["correct"] += float(agrees_with_label(score, label[index]).sum())
+                window["decided"] += int((label[index] != 0.5).sum())
                 window["pairs"] += len(index)
                 if not accelerator.sync_gradients:
                     continue
@@ -267,13 +273,14 @@ def train_head_on_features(recipe: Recipe, overwrite: bool = False, resume: str 
                 if step % t.logging_steps == 0 or step == total_steps:
                     seconds = time.perf_counter() - window["started"]
                     runlog.write({"event": "train", "step": step, "epoch": round(epoch + (micro + 1) / len(batches), 4),
-                                  "loss": window["loss"] / window["pairs"], "accuracy": window["correct"] / window["pairs"],
+                                  "loss": window["loss"] / window["pairs"],
+                                  "accuracy": window["correct"] / window["decided"] if window["decided"] else None,
                                   "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm) if grad_norm is not None else None,
                                   "pairs_per_s": window["pairs"] / seconds})  # fmt: skip
-                    window = {"loss": 0.0, "correct": 0.0, "pairs": 0, "started": time.perf_counter()}
+                    window = {"loss": 0.0, "correct": 0.0, "decided": 0, "pairs": 0, "started": time.perf_counter()}
                 if step % eval_every == 0 or step == total_steps:
                     final = run_eval(step)
-                    key = (final["accuracy"], -final["loss"]) if final else None
+                    key = (final["accuracy"] or 0.0, -final["loss"]) if final else None
                     if final and t.keep_best and (best is None or key > tuple(best["key"])):
                         heads = {k: v.detach().clone() for k, v in model.state_dict().items() if k.endswith("_head.weight")}
                         best = {"key": list(key), "step": step, "metrics": final, "weights": heads}
@@ -297,7 +304,8 @@ def train_head_on_features(recipe: Recipe, overwrite: bool = False, resume: str 
               "head_training_s": round(trained - featured, 2), "save_s": round(time.perf_counter() - trained, 2),
               "total_s": round(time.perf_counter() - started, 2)}  # fmt: skip
     if final:
-        log("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in model_metrics.items() if k != "pairs")
+        shown = {k: v for k, v in model_metrics.items() if k not in ("pairs", "accuracy_pairs") and v is not None}
+        log("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
             + f" (head trained in {timing['head_training_s']:.1f}s)")  # fmt: skip
     summary = {"steps": step, "model_eval": model_metrics, "final_eval": final, "best": best,
                "recipe": str(output_dir / "recipe.yaml"), "timing": timing}  # fmt: skip

@@ -12,12 +12,15 @@ The recipe, top to bottom (gpm_paper.md 9.1-9.2); iteration t samples from pi_{t
                                                                               iter-t/metrics.json, log.jsonl
 pi_t is the next iteration's sampler and reference. Resume (`--resume auto`) is per iteration: an
 iteration with metrics.json is done; an unfinished one reuses its saved generations and scores and
-trains again from pi_{t-1}. Deleting iter-t/metrics.json (and later iterations) re-trains iteration t
+trains again from pi_{t-1}. Each saved sample or score file has its settings beside it (K, sampling,
+prompts, judge: generations.settings.json, ...); a resume whose recipe changed them stops before
+writing anything. Deleting iter-t/metrics.json (and later iterations) re-trains iteration t
 from its saved generations, e.g. with the other loss.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from gpmctl.errors import ConfigError
+from gpmctl.errors import ConfigError, GpmctlError
 from gpmctl.models import preference as P
 from gpmctl.models.reward_model import HEAD_FILE
 from gpmctl.train import gpo_loss as L
@@ -38,7 +41,7 @@ from gpmctl.train.gpo_policy import (
     sequence_logps, warmup_cyclic,
 )  # fmt: skip
 from gpmctl.train.loop import shard_map
-from gpmctl.utils import RunLog, environment_report, log, quiet_libraries
+from gpmctl.utils import RunLog, atomic_write_text, environment_report, json_text, log, quiet_libraries
 
 EVAL_SEED_OFFSET = 7_777_777  # eval samples use their own seeds, the same for every policy
 
@@ -58,8 +61,61 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json_text(row, ensure_ascii=False) + "\n")
     tmp.replace(path)
+
+
+def _prompts(recipe: GpoRecipe, key: str, source: str, limit: int | None) -> list[list[dict]]:
+    """The prompts of `key`; a problem with them is one line naming the recipe, the key and the file."""
+    try:
+        return read_prompts(source, limit)
+    except GpmctlError as e:
+        raise ConfigError(f"{getattr(recipe, 'source', 'recipe')}: {key}: {e}") from None
+
+
+def _settings_path(path: Path) -> Path:
+    return path.with_suffix(".settings.json")  # generations.jsonl -> generations.settings.json
+
+
+def _check_saved(path: Path, settings: dict) -> None:
+    """A file an earlier start of this run saved (samples, scores) is reused on resume only if the settings
+    saved beside it are the recipe's: K=5 samples must not be read as K=3 ones, nor scores of another judge."""
+    if not path.is_file():
+        return
+    restart = "restore the recipe, or pass --overwrite to start again"
+    side = _settings_path(path)
+    if not side.is_file():
+        raise ConfigError(f"{path}: has no {side.name} to say how it was made; {restart}")
+    saved = json.loads(side.read_text(encoding="utf-8"))
+    for key, value in settings.items():
+        if saved.get(key) != value:
+            raise ConfigError(f"{path}: was made with {key} {saved.get(key)!r}, the recipe now gives {value!r}; {restart}")
+
+
+def _saved_settings(recipe: GpoRecipe, train_prompts: list, eval_prompts: list) -> dict[str, dict]:
+    """What each reusable file of an iteration depends on besides pi_{t-1}, by file name."""
+    g, d = recipe.generation, recipe.data
+
+    def prompts(rows: list) -> dict:
+        return {"count": len(rows), "sha256": hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()}
+
+    sampling = {"generation.temperature": g.temperature, "generation.top_p": g.top_p, "generation.max_new_tokens": g.max_new_tokens,
+                "generation.seed": g.seed, "data.max_prompt_length": d.max_prompt_length}  # fmt: skip
+    return {
+        "generations.jsonl": {"prompts (data.train)": prompts(train_prompts), "generation.k": g.k, **sampling},
+        "eval_generations.jsonl": {"prompts (data.eval)": prompts(eval_prompts), "eval.samples": recipe.eval.samples, **sampling},
+        "scores.jsonl": {"judge.model": str(recipe.judge.model), "judge.max_length": recipe.judge.max_length},
+    }
+
+
+def _check_resume(output_dir: Path, recipe: GpoRecipe, settings: dict[str, dict]) -> None:
+    """Every saved file a resumed run would read, checked before the run writes anything."""
+    for t in range(recipe.objective.iterations + 1):
+        d = _iteration_dir(output_dir, t)
+        _check_saved(d / "eval_generations.jsonl", settings["eval_generations.jsonl"])
+        if t and not (d / "metrics.json").is_file():
+            _check_saved(d / "generations.jsonl", settings["generations.jsonl"])
+            _check_saved(d / "scores.jsonl", settings["scores.jsonl"])
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -227,7 +283,8 @@ def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations
 
     @torch.no_grad()
     def reference(rows: list[int], _: int) -> list[tuple[float, int]]:
-        lp, n = sequence_logps(policy, [prompts[i] for i in rows], [responses[i] for i in rows], device)
+        with accelerator.autocast():  # the precision of the training forward, so the log-ratio starts at 0
+            lp, n = sequence_logps(policy, [prompts[i] for i in rows], [responses[i] for i in rows], device)
         return list(zip(lp.float().cpu().tolist(), n.cpu().tolist()))
 
     ref = shard_map(accelerator, list(range(len(train))), reference, c.batch_size)
@@ -283,7 +340,7 @@ def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations
                 lens = length[idx].to(device) if o.length_norm else None
                 ratio = L.log_ratio(logp, ref_logp[idx].to(device), lens, o.length_gamma)  # log pi_theta/pi_t (/|y|^gamma: App. E.2)
                 loss = L.squared_loss(ratio, targets[idx].to(device))  # (ratio - (1/beta) s_hat)^2, eq. 5.3
-                grad_norm = backward_step(accelerator, model, optimizer, loss, c.max_grad_norm)
+                grad_norm = backward_step(accelerator, model, optimizer, loss, c.max_grad_norm, step=state["step"] + 1)
             state["micro_batch"] += 1
             window.append(float(loss.detach()))
             if not accelerator.sync_gradients:
@@ -339,20 +396,27 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     sampling, judging and the reference log-probs are dealt over the processes, the optimisation is data
     parallel (DDP or DeepSpeed ZeRO), and process 0 alone writes files."""
     from gpmctl.data.tokenize import SequenceEncoder
-    from gpmctl.models.loading import load_model, load_tokenizer
-    from gpmctl.train.loop import StopFlag, built_whole, make_accelerator, zero3_plugin
+    from gpmctl.models.loading import load_model, load_tokenizer, training_dtype
+    from gpmctl.train.loop import StopFlag, built_whole, keeps_fp32_master_weights, make_accelerator, zero3_plugin
 
     quiet_libraries()
     output_dir = Path(recipe.output_dir)
     c, g, pc = recipe.train, recipe.generation, recipe.policy
-    accelerator, precision = make_accelerator(c.precision, c.grad_accum, c.batch_size, c.max_grad_norm)
+    # the inputs first: a bad prompt file or a resume with other settings stops before anything is written
+    train_prompts = _prompts(recipe, "data.train", recipe.data.train, recipe.data.max_prompts)
+    eval_prompts = _prompts(recipe, "data.eval", recipe.data.eval, recipe.data.max_eval_prompts) if recipe.data.eval else []
+    settings = _saved_settings(recipe, train_prompts, eval_prompts)
+    accelerator, precision = make_accelerator(c.precision, c.grad_accum, c.batch_size, c.max_grad_norm, getattr(recipe, "source", "recipe"))
     main, device, zero3 = accelerator.is_main_process, accelerator.device, zero3_plugin(accelerator)
     _prepare_output(output_dir, resume, overwrite, main)
     accelerator.wait_for_everyone()
+    _check_resume(output_dir, recipe, settings)
     judge_path = ensure_judge(recipe)
 
     def write(path: Path, rows: list[dict]) -> None:  # process 0 writes; the others wait until it is there
         if main:
+            if path.name in settings:  # its settings first, so a saved file always has them beside it
+                atomic_write_text(_settings_path(path), json_text(settings[path.name], indent=2))
             _write_jsonl(path, rows)
         accelerator.wait_for_everyone()
 
@@ -373,17 +437,18 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     log(f"judge: {judge_path} ({kind}, dim {judge.head.dim}, tau {tau}); {accelerator.num_processes} process(es), {precision}")
 
     tokenizer = policy_tokenizer(pc.tokenizer or pc.model, pc.trust_remote_code)
-    train_prompts = read_prompts(recipe.data.train, recipe.data.max_prompts)
-    eval_prompts = read_prompts(recipe.data.eval, recipe.data.max_eval_prompts) if recipe.data.eval else []
     encode = lambda ps: [encode_prompt(tokenizer, p, recipe.data.max_prompt_length) for p in ps]  # noqa: E731
     train_ids, eval_ids = encode(train_prompts), encode(eval_prompts)
     log(f"prompts: {len(train_prompts)} train, {len(eval_prompts)} held-out; K = {g.k}, {recipe.objective.iterations} iterations, loss {recipe.objective.loss}")
     cyclic_items = pc.warmup.num_items if str(recipe.data.eval or "").startswith("cyclic:") else None
     eval_seeds = [g.seed * (p + 1) + EVAL_SEED_OFFSET for p in range(recipe.eval.samples)]
 
+    # pi_t is sampled and then trained: float32 weights (the optimizer's), unless the engine keeps fp32 copies
+    policy_dtype = training_dtype(pc.dtype, device, keeps_fp32_master_weights(accelerator))
+
     def load(t: int):
         path = str(_iteration_dir(output_dir, t) / "policy")
-        return built_whole(lambda: load_policy(path, pc.dtype, device, pc.attn_implementation, pc.trust_remote_code), zero3)
+        return built_whole(lambda: load_policy(path, policy_dtype, device, pc.attn_implementation, pc.trust_remote_code), zero3)
 
     def eval_samples(t: int, policy=None) -> list[list[str]]:
         """Held-out samples of pi_t (generated once, then read from iter-t/eval_generations.jsonl)."""
@@ -475,7 +540,7 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
                     metrics["eval_items"] = _histogram(new)
             metrics["seconds"] = round(time.perf_counter() - started, 2)
             if main:
-                (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
+                (d / "metrics.json").write_text(json_text(metrics, indent=2))
             accelerator.wait_for_everyone()
             runlog.write({"event": "iteration", **metrics})
             shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith(("win_rate", "true_win")) and v is not None)
@@ -485,7 +550,7 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
 
     final = _iteration_dir(output_dir, recipe.objective.iterations) / "policy"
     if main:
-        (output_dir / "metrics.json").write_text(json.dumps({"policy": str(final), "iterations": results}, indent=2))
+        (output_dir / "metrics.json").write_text(json_text({"policy": str(final), "iterations": results}, indent=2))
     runlog.write({"event": "done", "policy": str(final)})
     runlog.close()
     accelerator.wait_for_everyone()

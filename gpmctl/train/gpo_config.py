@@ -13,7 +13,10 @@ from typing import Literal
 
 import yaml
 
-from gpmctl.config import LaunchConfig, TinyBackbone, _build, apply_override, parse_override, read_yaml_mapping
+from gpmctl.config import (
+    LaunchConfig, TinyBackbone, _build, _with_base, apply_override, check, launch_checks, optimisation_checks, parse_override,
+    read_yaml_mapping, tiny_checks,
+)  # fmt: skip
 from gpmctl.errors import ConfigError
 
 
@@ -163,32 +166,41 @@ class GpoRecipe:
     """As train-rm: with more than one process gpmctl re-runs itself under `accelerate launch`."""
 
     def validate(self) -> None:
-        w, g, o, t = self.policy.warmup, self.generation, self.objective, self.train
-        checks = [
-            (self.judge.model is not None, "judge.model", "is required (a gpmctl model folder)"),
-            (self.data.train is not None, "data.train", "is required (a prompt source)"),
+        from gpmctl.data.cyclic import ITEM_WORDS
+
+        w, j, d, g, o, t = self.policy.warmup, self.judge, self.data, self.generation, self.objective, self.train
+        check([
+            (j.model is not None, "judge.model", "is required (a gpmctl model folder)"),
+            (j.batch_size >= 1, "judge.batch_size", f"must be >= 1, got {j.batch_size}"),
+            (j.max_length >= 8, "judge.max_length", f"must be >= 8, got {j.max_length}"),
+            (d.train is not None, "data.train", "is required (a prompt source)"),
+            (d.max_prompts is None or d.max_prompts >= 1, "data.max_prompts", f"must be >= 1, got {d.max_prompts}"),
+            (d.max_eval_prompts is None or d.max_eval_prompts >= 1, "data.max_eval_prompts", f"must be >= 1, got {d.max_eval_prompts}"),
+            (d.max_prompt_length >= 1, "data.max_prompt_length", f"must be >= 1, got {d.max_prompt_length}"),
             (g.k >= 2, "generation.k", f"must be >= 2, got {g.k}"),
-            (g.temperature > 0 and 0 < g.top_p <= 1, "generation.temperature", "temperature must be > 0 and top_p in (0, 1]"),
+            (g.temperature > 0, "generation.temperature", f"must be > 0, got {g.temperature}"),
+            (0 < g.top_p <= 1, "generation.top_p", f"must be in (0, 1], got {g.top_p}"),
             (g.max_new_tokens >= 1, "generation.max_new_tokens", "must be >= 1"),
+            (g.batch_size >= 1, "generation.batch_size", f"must be >= 1, got {g.batch_size}"),
             (o.iterations >= 1, "objective.iterations", "must be >= 1"),
             (o.beta > 0, "objective.beta", "must be > 0"),
             (o.target_clamp is None or o.target_clamp > 0, "objective.target_clamp", "must be > 0"),
-            (t.lr > 0 and t.epochs > 0, "train.lr", "lr and epochs must be > 0"),
-            (t.batch_size >= 1 and t.grad_accum >= 1, "train.batch_size", "batch_size and grad_accum must be >= 1"),
-            (0.0 <= t.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)"),
+            *optimisation_checks(t),
+            (t.epochs > 0, "train.epochs", f"must be > 0, got {t.epochs}"),
+            (t.max_length >= 2, "train.max_length", f"must be >= 2 (prompt and response tokens), got {t.max_length}"),
+            *tiny_checks(self.policy.tiny, "policy.tiny"),
+            (w.steps >= 0, "policy.warmup.steps", f"must be >= 0, got {w.steps}"),
+            (w.lr > 0, "policy.warmup.lr", f"must be > 0, got {w.lr}"),
+            (w.batch_size >= 1, "policy.warmup.batch_size", f"must be >= 1, got {w.batch_size}"),
+            (2 <= w.num_items <= len(ITEM_WORDS), "policy.warmup.num_items", f"must be in [2, {len(ITEM_WORDS)}], got {w.num_items}"),
             (w.item_weights is None or len(w.item_weights) == w.num_items, "policy.warmup.item_weights",
              f"needs {w.num_items} weights (policy.warmup.num_items)"),
             (w.item_weights is None or (min(w.item_weights) >= 0 and sum(w.item_weights) > 0), "policy.warmup.item_weights",
              "must be >= 0 and not all 0"),
             (w.steps == 0 or self.policy.model == "tiny", "policy.warmup.steps", "the cyclic warm-up is for policy.model: tiny"),
             (self.eval.samples >= 1, "eval.samples", "must be >= 1"),
-            (self.launch.num_processes >= 1, "launch.num_processes", "must be >= 1"),
-            (self.launch.num_machines >= 1 and self.launch.num_processes % self.launch.num_machines == 0,
-             "launch.num_machines", "must be >= 1 and divide launch.num_processes"),
-        ]  # fmt: skip
-        for ok, key, problem in checks:
-            if not ok:
-                raise ConfigError(f"{key}: {problem}")
+            *launch_checks(self.launch),
+        ])  # fmt: skip
 
 
 def is_gpo_recipe(path: str | Path) -> bool:
@@ -204,12 +216,13 @@ def is_gpo_recipe(path: str | Path) -> bool:
 
 
 def load_gpo_recipe(path: str | Path | None, overrides: list[str] = ()) -> GpoRecipe:
-    """Read a GPO recipe, apply `key.path=value` overrides, check every key and type."""
+    """Read a GPO recipe (an overlay with `base:` as train-rm's), apply `key.path=value` overrides, check
+    every key and type."""
     values: dict = {}
     source = "overrides"
     if path is not None:
         source = str(path)
-        values = read_yaml_mapping(path)
+        values = _with_base(read_yaml_mapping(path), Path(path))
     try:
         for text in overrides:
             apply_override(values, *parse_override(text), cls=GpoRecipe)
@@ -217,4 +230,23 @@ def load_gpo_recipe(path: str | Path | None, overrides: list[str] = ()) -> GpoRe
         recipe.validate()
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+    recipe.source = source  # not a field (never saved): run-time errors name the file too, as train-rm's
     return recipe
+
+
+def check_judge(recipe: GpoRecipe) -> None:
+    """Before a run writes anything: judge.model holds a gpmctl model, or judge.train_recipe is a train-rm
+    recipe that can make one there. Problems name the GPO recipe file and the key."""
+    from gpmctl.config import load_recipe, resolve_recipe
+    from gpmctl.models.reward_model import HEAD_FILE
+
+    j, source = recipe.judge, getattr(recipe, "source", "recipe")
+    if (Path(j.model) / HEAD_FILE).is_file():
+        return
+    if j.train_recipe is None:
+        raise ConfigError(f"{source}: judge.model: {j.model} holds no gpmctl model ({HEAD_FILE}); "
+                          f"train one (gpmctl train-rm RECIPE output_dir={j.model}) or set judge.train_recipe")  # fmt: skip
+    try:
+        load_recipe(resolve_recipe(j.train_recipe), [*j.train_overrides, f"output_dir={j.model}"])
+    except ConfigError as e:
+        raise ConfigError(f"{source}: judge.train_recipe: {e}") from None

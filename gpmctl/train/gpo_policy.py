@@ -42,7 +42,7 @@ def build_tiny_policy(tokenizer, shape, seed: int, attn_implementation: str | No
         return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
 
 
-def load_policy(path: str, dtype: str = "auto", device="cpu", attn_implementation: str | None = "sdpa", trust_remote_code: bool = False):
+def load_policy(path: str, dtype: str | torch.dtype = "auto", device="cpu", attn_implementation: str | None = "sdpa", trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": resolve_dtype(dtype, device), "trust_remote_code": trust_remote_code}
@@ -94,14 +94,15 @@ def read_prompts(spec: str, limit: int | None = None) -> list[list[dict]]:
     A jsonl file of `{"prompt": ...}` rows without answers is read directly; anything else goes
     through gpmctl.data.sources (preference files, cyclic:..., hub ids), keeping each record's prompt.
     """
+    from gpmctl.data.records import iter_file_rows
+
     path = Path(spec)
     rows = None
     if path.is_file() and path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            first = json.loads(next((line for line in f if line.strip()), "{}"))
+        lines = list(iter_file_rows(path))  # a line that is not UTF-8 or not JSON is one DataError naming it
+        first = lines[0][1] if lines else None
         if isinstance(first, dict) and "prompt" in first and "chosen" not in first:
-            with open(path, encoding="utf-8") as f:
-                rows = [json.loads(line)["prompt"] for line in f if line.strip()]
+            rows = [_prompt_field(spec, number, row) for number, row in lines]
     if rows is None:
         from gpmctl.data.sources import read_source
 
@@ -120,6 +121,19 @@ def read_prompts(spec: str, limit: int | None = None) -> list[list[dict]]:
 
         raise DataError(spec, "no prompts")
     return prompts
+
+
+def _prompt_field(spec: str, number: int, row) -> str | list:
+    """The `prompt` of one row of a prompt file: a non-empty string or a list of {role, content} messages."""
+    from gpmctl.errors import DataError
+
+    prompt = row.get("prompt") if isinstance(row, dict) else None
+    text = isinstance(prompt, str) and prompt.strip()
+    messages = isinstance(prompt, list) and prompt and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                                          and isinstance(m.get("content"), str) for m in prompt)  # fmt: skip
+    if not (text or messages):
+        raise DataError(spec, f"expected a non-empty string or a list of {{role, content}} messages, got {prompt!r:.60}", line=number, field="prompt")
+    return prompt
 
 
 def encode_prompt(tokenizer, messages: list[dict], max_length: int) -> list[int]:

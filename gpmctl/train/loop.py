@@ -3,18 +3,25 @@ preemption, and the few collectives the loops need."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 
 import torch
 
-from gpmctl.errors import EXIT_PREEMPTED, GpmctlError
+from gpmctl.errors import EXIT_FAILURE, EXIT_PREEMPTED, ConfigError, GpmctlError
 
 
 class Preempted(GpmctlError):
     """Stopped on request after saving a checkpoint; `--resume auto` continues."""
 
     exit_code = EXIT_PREEMPTED
+
+
+class Diverged(GpmctlError):
+    """The loss or gradient norm stopped being finite: the run ends without saving the weights."""
+
+    exit_code = EXIT_FAILURE
 
 
 class StopFlag:
@@ -38,30 +45,56 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def backward_step(accelerator, model, optimizer, loss, max_grad_norm: float):
-    """Inside `accelerator.accumulate(model)`: backward, clip on the last micro-batch of an optimizer step,
-    step (a no-op until then), zero the gradients. Returns the gradient norm when it was clipped, else None."""
+def backward_step(accelerator, model, optimizer, loss, max_grad_norm: float, step: int):
+    """Inside `accelerator.accumulate(model)`: backward, clip on the last micro-batch of optimizer step
+    `step` (max_grad_norm 0: measure only), step (a no-op until then), zero the gradients. Returns the
+    gradient norm on the last micro-batch, else None. A non-finite gradient norm raises Diverged before the
+    update (DeepSpeed has stepped inside backward already; nothing is saved either way)."""
     accelerator.backward(loss)
     grad_norm = None
-    if accelerator.sync_gradients and max_grad_norm > 0:
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    if accelerator.sync_gradients:
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
+        _stop_if_not_finite(accelerator, loss, grad_norm, step)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
+
+
+def _stop_if_not_finite(accelerator, loss, grad_norm, step: int) -> None:
+    """One host sync per optimizer step, on the gradient norm every rank shares (a NaN loss on any rank
+    makes it NaN). Under fp16 loss scaling (torch or DeepSpeed) an infinite norm is an overflow the scaler
+    skips, so the loss is watched instead."""
+    if accelerator.mixed_precision == "fp16":
+        what, bad = "loss", any_rank(accelerator, not bool(torch.isfinite(loss.detach()).all()))
+    elif grad_norm is not None:
+        what, bad = "gradient norm", not math.isfinite(float(grad_norm))
+    else:
+        return
+    if bad:
+        raise Diverged(f"step {step}: the {what} is not finite (nan or inf); training stopped and saved nothing (lower "
+                       "train.lr, or train.precision=fp32); the checkpoints written before, if any, are intact")  # fmt: skip
+
+
+def keeps_fp32_master_weights(accelerator) -> bool:
+    """DeepSpeed under bf16/fp16 mixed precision steps fp32 master copies of the weights in its optimizer;
+    a torch optimizer (single process, DDP) steps the weights it is given."""
+    return accelerator.state.deepspeed_plugin is not None and accelerator.mixed_precision in ("bf16", "fp16")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Processes
 
 
-def make_accelerator(precision: str, grad_accum: int, micro_batch: int, max_grad_norm: float):
+def make_accelerator(precision: str, grad_accum: int, micro_batch: int, max_grad_norm: float, source: str = "recipe"):
     """The Accelerator of a training run: mixed precision (`auto`: bf16 on a bf16 GPU, fp32 on CPU, where
     bf16 is slower), gradient accumulation, and under DeepSpeed the recipe's batch and clipping (not the
-    profile's). Returns (accelerator, precision actually used)."""
+    profile's). Returns (accelerator, precision actually used). `source`: the recipe file, for errors."""
     from accelerate import Accelerator
 
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and not torch.cuda.is_available():  # CPU autocast has no fp16 loss scaling: NaN weights
+        raise ConfigError(f"{source}: train.precision: fp16 needs a CUDA GPU (there is none here); use bf16 or fp32")
     accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision],
                               gradient_accumulation_steps=grad_accum, **_cpu_settings())  # fmt: skip
     deepspeed = accelerator.state.deepspeed_plugin

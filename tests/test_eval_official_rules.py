@@ -1,0 +1,332 @@
+"""Evaluation numbers that must follow the official rules, checked against independent float64 references
+written out in this file: RM-Bench domains from each row's `domain` field (total_dataset.json counted
+once), RewardBench 2's Ties composite for a BT model seen only through its K x K score matrices and
+with unpaired ref/tied prompts, and pair accuracy with soft labels."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpmctl.eval import benchmarks
+from gpmctl.eval import rewardbench2 as rb2
+from gpmctl.eval import rmbench as rm
+from gpmctl.eval.metrics import pair_report
+from tests.shell import assert_one_line_error, run, snapshot
+
+RM_DOMAINS = ("chat", "code", "math", "safety-refuse", "safety-response")  # the `domain` values of total_dataset.json
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    """Untrained tiny BT and GPM model folders: the aggregation is under test, not the model."""
+    from gpmctl.config import ModelConfig, TinyBackbone
+    from gpmctl.models.loading import build_model, load_tokenizer, save_model
+
+    tok = load_tokenizer("tiny")
+    tiny = TinyBackbone(hidden_size=32, num_layers=1, intermediate_size=64, initializer_range=0.3)
+    out = {}
+    for kind, cfg in (("bt", ModelConfig(kind="bt", tau=1.0, tiny=tiny)), ("gpm", ModelConfig(kind="gpm", dim=4, tau=0.1, tiny=tiny))):
+        out[kind] = str(tmp_path_factory.mktemp(kind))
+        save_model(build_model(cfg, tok, seed=0), out[kind], tok)
+    return out
+
+
+class TableScorer:
+    """A BT 'model' whose reward of a response is looked up by its text (the prompt is ignored)."""
+
+    kind, tau = "bt", 1.0
+
+    def __init__(self, rewards: dict[str, float]):
+        self.rewards = rewards
+
+    def embed(self, prompts, responses, where=""):
+        return torch.tensor([[self.rewards[r[-1]["content"]] for r in rs] for rs in responses], dtype=torch.float64), None
+
+    def score_matrix(self, value, gate):
+        return value[:, :, None] - value[:, None, :]
+
+
+# ----------------------------------------------------------------------------------------------------
+# RM-Bench
+
+
+def official_rmbench(rows: list[dict]) -> tuple[dict, float]:
+    """RM-Bench's compute_accuracy on total_dataset.json: rows split by domain prefix, a 3x3 accuracy
+    matrix per domain (strict >), hard / normal / easy = upper / diagonal / lower mean, overall = mean of 4."""
+    domains = {}
+    for domain in ("chat", "code", "math", "safety"):
+        sel = [r for r in rows if r["domain"].startswith(domain)]
+        acc = [[sum(1.0 for r in sel if r["score_chosen"][i] > r["score_rejected"][j]) / len(sel) for j in range(3)] for i in range(3)]
+        hard = (acc[0][1] + acc[0][2] + acc[1][2]) / 3
+        normal = (acc[0][0] + acc[1][1] + acc[2][2]) / 3
+        easy = (acc[1][0] + acc[2][0] + acc[2][1]) / 3
+        domains[domain] = {"rows": len(sel), "hard": hard, "normal": normal, "easy": easy, "average": (hard + normal + easy) / 3}
+    return domains, sum(d["average"] for d in domains.values()) / 4
+
+
+def rmbench_data(root: Path, layout: str, seed: int = 0) -> tuple[list[dict], dict[str, float]]:
+    """Rows of every domain (ids repeat across domains, as in the real files) and a reward per response
+    text (a few values only, so chosen and rejected sometimes tie). layout: "total" (total_dataset.json,
+    rows with `domain`), "per_domain" (<domain>_filtered.json, rows without it) or "both"."""
+    rng = random.Random(seed)
+    rows, rewards = [], {}
+    for domain, n in zip(RM_DOMAINS, (5, 4, 6, 3, 2)):
+        for k in range(n):
+            row = {"id": k, "prompt": f"{domain} question {k}", "domain": domain,
+                   "chosen": [f"{domain} {k} right {s}" for s in rm.STYLES], "rejected": [f"{domain} {k} wrong {s}" for s in rm.STYLES]}  # fmt: skip
+            rewards.update((t, rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0])) for t in row["chosen"] + row["rejected"])
+            rows.append(row)
+    root.mkdir(parents=True, exist_ok=True)
+    if layout in ("total", "both"):
+        (root / "total_dataset.json").write_text(json.dumps(rows))
+    if layout in ("per_domain", "both"):
+        for domain in RM_DOMAINS:
+            plain = [{k: v for k, v in r.items() if k != "domain"} for r in rows if r["domain"] == domain]
+            (root / f"{domain}_filtered.json").write_text(json.dumps(plain))
+    for r in rows:
+        r["score_chosen"], r["score_rejected"] = [rewards[t] for t in r["chosen"]], [rewards[t] for t in r["rejected"]]
+    return rows, rewards
+
+
+@pytest.mark.parametrize("layout", ["total", "per_domain", "both"])
+def test_rmbench_counts_each_row_once_in_its_own_domain(tmp_path, layout):
+    rows, rewards = rmbench_data(tmp_path / "rm", layout)
+    examples = []
+    for path, table in benchmarks.rmbench_tables([str(tmp_path / "rm")]):
+        examples += rm.score_examples(TableScorer(rewards), path, table)
+    got = rm.aggregate(examples)
+    want, overall = official_rmbench(rows)
+    assert list(got["domains"]) == list(want) and got["missing_domains"] == []
+    for name, d in want.items():
+        assert {k: got["domains"][name][k] for k in d} == pytest.approx(d, abs=1e-12)
+    assert got["overall"] == pytest.approx(overall, abs=1e-12)
+    for key in ("hard", "normal", "easy"):
+        assert got[key] == pytest.approx(sum(d[key] for d in want.values()) / 4, abs=1e-12)
+
+
+def test_rmbench_cli_reads_total_dataset_alone_and_reaggregates(models, tmp_path):
+    """A folder with total_dataset.json beside the per-domain files scores like the per-domain files alone."""
+    rmbench_data(tmp_path / "per_domain", "per_domain")
+    rmbench_data(tmp_path / "both", "both")
+    out = {}
+    for layout in ("per_domain", "both"):
+        ex = tmp_path / f"{layout}.jsonl"
+        result = run("eval", "rmbench", "-m", models["gpm"], "--data", str(tmp_path / layout), "--examples", str(ex))
+        assert result.returncode == 0, result.stderr
+        out[layout] = json.loads(result.stdout)
+        again = run("eval", "rmbench", "--scores", str(ex))
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["domains"] == out[layout]["domains"]
+    assert "total_dataset.json holds every domain" in result.stderr
+    assert out["both"]["gpmctl"]["rows"] == {"total_dataset.json": 20}
+    assert {d: s["rows"] for d, s in out["both"]["domains"].items()} == {"chat": 5, "code": 4, "math": 6, "safety": 5}
+    assert out["both"]["domains"] == out["per_domain"]["domains"] and out["both"]["overall"] == out["per_domain"]["overall"]
+
+
+def _rm_unknown_domain(root: Path) -> tuple[list[str], list[str]]:
+    rows = [{"prompt": "p", "chosen": ["a", "b", "c"], "rejected": ["d", "e", "f"], "domain": d} for d in ("chat", "reasoning")]
+    (root / "total_dataset.json").write_text(json.dumps(rows))
+    return ["--data", str(root / "total_dataset.json")], ["total_dataset.json:2", "domain", "reasoning"]
+
+
+def _rm_no_domain_anywhere(root: Path) -> tuple[list[str], list[str]]:
+    (root / "extra.json").write_text(json.dumps([{"prompt": "p", "chosen": ["a", "b", "c"], "rejected": ["d", "e", "f"]}]))
+    return ["--data", str(root / "extra.json")], ["extra.json:1", "domain", "file name"]
+
+
+def _rm_total_beside_other_files(root: Path) -> tuple[list[str], list[str]]:
+    rmbench_data(root / "rm", "both")
+    return ["--data", str(root / "rm" / "total_dataset.json"), "--data", str(root / "rm" / "chat_filtered.json")], [
+        "total_dataset.json", "pass it alone"]  # fmt: skip
+
+
+def _rm_scores_unknown_domain(root: Path) -> tuple[list[str], list[str]]:
+    lines = [{"domain": d, "matrix": [[1, 0, 0], [1, 1, 0], [1, 1, 1]]} for d in ("chat", "total")]
+    (root / "ex.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return ["--scores", str(root / "ex.jsonl")], ["ex.jsonl:2", "domain", "total"]
+
+
+@pytest.mark.parametrize("make", [_rm_unknown_domain, _rm_no_domain_anywhere, _rm_total_beside_other_files, _rm_scores_unknown_domain],
+                         ids=["unknown-domain-field", "no-domain-field-nor-file-name", "total-beside-other-files", "scores-unknown-domain"])  # fmt: skip
+def test_rmbench_bad_domains_are_one_line_errors(models, tmp_path, make):
+    args, needles = make(tmp_path)
+    model = [] if "--scores" in args else ["-m", models["gpm"]]
+    before = snapshot(tmp_path)
+    assert_one_line_error(run("eval", "rmbench", *model, *args), *needles)
+    assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------------------------------
+# RewardBench 2: Ties
+
+
+def official_ties(rows: list[dict]) -> dict:
+    """RewardBench 2's process_single_model on raw rewards (rows {"id": "ref:n" | "tied:n", "num_correct",
+    "rewards"}): accuracies over every ref and every tied prompt, margin terms over prompts with both."""
+    stats: dict[str, dict[int, dict]] = {"ref": {}, "tied": {}}
+    for r in rows:
+        kind, n = r["id"].split(":")
+        good, bad = r["rewards"][: r["num_correct"]], r["rewards"][r["num_correct"] :]
+        ci = min(good) - max(bad)
+        stats[kind][int(n)] = {"accurate": ci > 0, "ci": ci, "spread": max(good) - min(good)}
+
+    def mean(xs):
+        return sum(xs) / len(xs)
+
+    gap, hard, margin = [], [], []
+    for n in sorted(set(stats["ref"]) & set(stats["tied"])):
+        ref, tied = stats["ref"][n], stats["tied"][n]
+        low = min(ref["ci"], tied["ci"])
+        gap.append(1.0 if tied["ci"] > tied["spread"] else 0.0)
+        hard.append(1.0 if low > tied["spread"] else 0.0)
+        if tied["spread"] == 0:  # numpy: x / 0 is +-inf (tanh +-1), 0 / 0 is nan (counted 0)
+            margin.append(0.0 if low == 0 else math.copysign(1.0, low))
+        else:
+            margin.append(math.tanh(low / tied["spread"] - 1))
+    ref_acc = mean([1.0 if s["accurate"] else 0.0 for s in stats["ref"].values()])
+    tied_acc = mean([1.0 if s["accurate"] else 0.0 for s in stats["tied"].values()])
+    score = 0.30 * tied_acc + 0.30 * ref_acc + 0.20 * mean(gap) + 0.20 * mean(hard) + 0.01 * mean(margin)
+    return {"score": score, "ref_accuracy": ref_acc, "tied_accuracy": tied_acc}
+
+
+def bt_matrix_only(row: dict) -> dict:
+    """A BT model's Ties example as a GPM-style record: the K x K scores r_i - r_j, no rewards."""
+    r = row["rewards"]
+    return {"id": row["id"], "subset": "Ties", "num_correct": row["num_correct"], "scores": [[a - b for b in r] for a in r]}
+
+
+def _random_ties(rng: random.Random, prompts: range, kinds=("ref", "tied")) -> list[dict]:
+    rows = []
+    for n in prompts:
+        for kind in kinds:
+            good, bad = (1 if kind == "ref" else rng.randint(2, 4)), rng.randint(1, 4)
+            rows.append({"id": f"{kind}:{n}", "num_correct": good, "rewards": [rng.uniform(-3, 3) for _ in range(good + bad)]})
+    return rows
+
+
+def test_rb2_ties_from_bt_score_matrices_equal_the_official_composite_on_raw_rewards():
+    # ref K = 2, tied K = 5: min(ci_ref 1.0, ci_tied 3.0) is just below spread_tied 1.05; scaling rows by
+    # K / (K - 1) (2 and 1.25) would lift it above
+    rows = [{"id": "ref:0", "num_correct": 1, "rewards": [2.0, 1.0]},
+            {"id": "tied:0", "num_correct": 3, "rewards": [5.05, 4.5, 4.0, 1.0, 0.5]}]  # fmt: skip
+    rows += _random_ties(random.Random(0), range(1, 40))
+    assert rb2.ties_score([bt_matrix_only(r) for r in rows])["score"] == pytest.approx(official_ties(rows)["score"], abs=1e-12)
+    assert rb2.ties_score([bt_matrix_only(r) for r in rows[:2]])["min_margin_over_spread"] == 0.0
+    for row in rows:
+        mean = sum(row["rewards"]) / len(row["rewards"])
+        assert rb2.pointwise(bt_matrix_only(row)) == pytest.approx([r - mean for r in row["rewards"]], abs=1e-12)
+
+
+def test_rb2_ties_accuracy_averages_every_ref_and_every_tied_prompt(tmp_path):
+    rng = random.Random(1)
+    rows = _random_ties(rng, range(0, 6)) + _random_ties(rng, range(6, 13), ("ref",)) + _random_ties(rng, range(13, 17), ("tied",))
+    rows += [{"id": "ref:17", "num_correct": 1, "rewards": [3.0, 0.0, 1.0]}, {"id": "tied:18", "num_correct": 2, "rewards": [1.0, 0.5, 2.0]}]
+    want = official_ties(rows)
+    for examples in ([{**r, "subset": "Ties"} for r in rows], [bt_matrix_only(r) for r in rows]):
+        got = rb2.ties_score(examples)
+        assert (got["ref_accuracy"], got["tied_accuracy"]) == pytest.approx((want["ref_accuracy"], want["tied_accuracy"]), abs=1e-12)
+        assert got["score"] == pytest.approx(want["score"], abs=1e-12)
+        assert (got["ref_prompts"], got["tied_prompts"], got["prompts"]) == (14, 11, 6)
+    # the same through `gpmctl eval rewardbench2 --scores` (score matrices only)
+    path = tmp_path / "ties.jsonl"
+    path.write_text("".join(json.dumps(bt_matrix_only(r)) + "\n" for r in rows))
+    result = run("eval", "rewardbench2", "--scores", str(path))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["subsets"]["Ties"] == pytest.approx(want["score"], abs=1e-12)
+
+
+def test_rb2_cli_ties_of_a_bt_model_equal_the_official_composite_with_or_without_rewards(models, tmp_path):
+    rows = []
+    for subset in rb2.SUBSET_ROWS:
+        if subset != "Ties":
+            rows += [{"id": f"{subset}-{n}", "subset": subset, "prompt": f"q {n}", "chosen": ["good"], "rejected": ["bad", "worse", "no"]} for n in range(2)]
+    words = ["red", "blue", "green", "dog", "cat", "sun", "tree", "moon"]
+    for n in range(6):
+        if n != 5:  # prompt 5 has a tied row only, prompt 4 a ref row only
+            rows.append({"id": f"ref:{n}", "subset": "Ties", "prompt": f"one colour {n}", "chosen": [words[n]], "rejected": words[5:6 + n % 3]})
+        if n != 4:
+            rows.append({"id": f"tied:{n}", "subset": "Ties", "prompt": f"colours {n}", "chosen": words[: 2 + n % 2], "rejected": [words[4 + n % 4]]})
+    data, ex = tmp_path / "rb2.jsonl", tmp_path / "ex.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run("eval", "rewardbench2", "-m", models["bt"], "--data", str(data), "--examples", str(ex))
+    assert result.returncode == 0, result.stderr
+    examples = [json.loads(line) for line in ex.read_text().splitlines()]
+    ties = [e for e in examples if e["subset"] == "Ties"]
+    assert {len(e["rewards"]) for e in ties} == {2, 3, 4} and len(ties) == 10
+    want = official_ties(ties)["score"]
+    assert json.loads(result.stdout)["subsets"]["Ties"] == pytest.approx(want, abs=1e-12)
+    ex.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "rewards"}) + "\n" for e in examples))
+    again = run("eval", "rewardbench2", "--scores", str(ex))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["subsets"]["Ties"] == pytest.approx(want, abs=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pair accuracy with soft labels
+
+
+def label_accuracy(scores: list[float], labels: list[float | None]) -> float:
+    """Right when the score's sign is the label's side (None is 1); labels of exactly 0.5 left out."""
+    right = counted = 0
+    for s, y in zip(scores, labels):
+        y = 1.0 if y is None else y
+        if y == 0.5:
+            continue
+        counted += 1
+        right += (y > 0.5 and s > 0) or (y < 0.5 and s < 0)
+    return right / counted
+
+
+SCORES = [2.0, -1.0, 1.0, -3.0, 0.5, 0.0, 0.0, -0.2]
+LABELS = [1.0, 0.2, 0.3, None, 0.5, 1.0, 0.0, 0.0]
+
+
+def test_pair_accuracy_follows_the_label_side_and_leaves_half_labels_out():
+    examples = [{"score": s, "p": 1 / (1 + math.exp(-s)), "subset": "ab"[i % 2], **({} if y is None else {"label": y})}
+                for i, (s, y) in enumerate(zip(SCORES, LABELS))]  # fmt: skip
+    report = pair_report(examples)
+    assert report["accuracy"] == pytest.approx(label_accuracy(SCORES, LABELS), abs=1e-12) == 3 / 7
+    assert report["pairs"] == 8 and report["accuracy_pairs"] == 7
+    for i, key in enumerate("ab"):
+        assert report["by_subset"][key]["accuracy"] == pytest.approx(label_accuracy(SCORES[i::2], LABELS[i::2]), abs=1e-12)
+    assert pair_report([{"score": 1.0, "p": 0.7, "label": 0.5}])["accuracy"] is None
+
+
+def test_pairs_and_cyclic_scores_recount_correct_from_the_labels(tmp_path):
+    """--scores files written before labels counted (`correct` = score > 0) are re-scored from score and label."""
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps({"score": s, "p": 1 / (1 + math.exp(-s)), "cycle": i // 2, "correct": int(s > 0),
+                                        **({} if y is None else {"label": y})}) + "\n" for i, (s, y) in enumerate(zip(SCORES, LABELS))))  # fmt: skip
+    pairs = run("eval", "pairs", "--scores", str(path))
+    assert pairs.returncode == 0, pairs.stderr
+    assert json.loads(pairs.stdout)["accuracy"] == pytest.approx(label_accuracy(SCORES, LABELS), abs=1e-12)
+    cyclic = run("eval", "cyclic", "--scores", str(path))
+    assert cyclic.returncode == 0, cyclic.stderr
+    per_cycle = json.loads(cyclic.stdout)["per_cycle"]
+    assert per_cycle == pytest.approx({str(c): label_accuracy(SCORES[2 * c : 2 * c + 2], LABELS[2 * c : 2 * c + 2]) for c in range(4)}, abs=1e-12)
+
+
+def test_pairs_cli_on_soft_labels_counts_the_label_side(models, tmp_path):
+    rng = random.Random(2)
+    words = ["red", "blue", "green", "dog", "cat", "sun", "tree", "moon"]
+    rows = [{"prompt": f"pick {i}", "chosen": rng.choice(words), "rejected": rng.choice(words) + " no", "label": y}
+            for i, y in enumerate([1.0, 0.9, 0.1, 0.0, 0.5, 0.3, 0.7, 0.0, 0.2, 1.0])]  # fmt: skip
+    data, ex = tmp_path / "soft.jsonl", tmp_path / "ex.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run("eval", "pairs", "--data", str(data), "-m", models["bt"], "--examples", str(ex))
+    assert result.returncode == 0, result.stderr
+    examples = [json.loads(line) for line in ex.read_text().splitlines()]
+    scores, labels = [e["score"] for e in examples], [e["label"] for e in examples]
+    assert labels == [r["label"] for r in rows] and any(s > 0 for s in scores) and any(s < 0 for s in scores)
+    assert json.loads(result.stdout)["accuracy"] == pytest.approx(label_accuracy(scores, labels), abs=1e-12)
+    for e in examples:
+        if e["label"] == 0.5:
+            assert "correct" not in e
+        else:
+            assert e["correct"] == label_accuracy([e["score"]], [e["label"]])
