@@ -144,16 +144,17 @@ def plot_grid(paths: list[str], out: Path) -> None:
     heads = [label for label, _ in HEADS if any(r["head"] == label for r in records)]
     fig, axes = plt.subplots(len(backbones), 2, figsize=(14, 3.4 * len(backbones)), squeeze=False)
     for row, backbone in enumerate(backbones):
+        present = [h for h in heads if any(r["backbone"] == backbone and r["head"] == h for r in records)]  # no gate on encoders
         for col, (metric, title) in enumerate([(lambda r: r["heldout"]["accuracy"], "held-out HH-RLHF pair accuracy"),
                                                (lambda r: r["rmbench"]["overall"], "RM-Bench overall (subsample)")]):  # fmt: skip
-            values = [[metric(r) for r in records if r["backbone"] == backbone and r["head"] == h] for h in heads]
+            values = [[metric(r) for r in records if r["backbone"] == backbone and r["head"] == h] for h in present]
             means = [statistics.mean(v) for v in values]
             sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
             ax = axes[row][col]
-            ax.bar(range(len(heads)), means, yerr=sds, capsize=2, color=["tab:orange" if h == "bt" else "tab:blue" for h in heads])
-            ax.axhline(means[heads.index("bt")], color="tab:orange", lw=0.8, ls="--")
+            ax.bar(range(len(present)), means, yerr=sds, capsize=2, color=["tab:orange" if h == "bt" else "tab:blue" for h in present])
+            ax.axhline(means[present.index("bt")], color="tab:orange", lw=0.8, ls="--")
             ax.axhline(0.5, color="grey", lw=0.5)
-            ax.set_xticks(range(len(heads)), heads, rotation=60, ha="right", fontsize=8)
+            ax.set_xticks(range(len(present)), present, rotation=60, ha="right", fontsize=8)
             ax.set(title=f"{backbone.removeprefix('package:')}: {title}", ylim=(0.3, 0.8))
             ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -142,6 +142,18 @@ def prepare_output(path: str | Path) -> Path:
     return folder
 
 
+def output_folder(path: str | Path, source: str = "recipe") -> Path:
+    """A run's output_dir, checked before any work: it may not exist yet, but it must not be a file or
+    lie under one (one line naming the recipe `source` and the key, instead of an error at the first write)."""
+    from gpmctl.errors import ConfigError
+
+    path = Path(path)
+    blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"{source}: output_dir: {path}: {blocker} is a file, not a folder")
+    return path
+
+
 def refuse_inputs_as_output(output: str | Path, inputs) -> None:
     """Stop before writing `output` when it is one of `inputs` (the same file by any path or link):
     the command would replace the data it is still reading."""

@@ -82,6 +82,7 @@ RECIPE_CASES = {
     "prompt-a-number": ("{tiny}", ["data.train={tmp}/number.jsonl"], ["data.train:", "number.jsonl:2:", "prompt:"]),
     "prompts-cut-short": ("{tiny}", ["data.train={tmp}/cut.jsonl"], ["cut.jsonl:2:", "invalid JSON"]),
     "eval-prompts-not-utf8": ("{tiny}", ["data.train={tmp}/good.jsonl", "data.eval={tmp}/latin1.jsonl"], ["gpo_tiny.yaml: data.eval:", "latin1.jsonl:2:", "UTF-8"]),
+    "output-dir-under-a-file": ("{tiny}", ["output_dir={tmp}/good.jsonl/run"], ["gpo_tiny.yaml", "output_dir", "is a file"]),
     "recipe-missing": ("{tmp}/none.yaml", [], ["none.yaml", "no such recipe"]),
     "recipe-base-missing": ("{tmp}/bad_base.yaml", [], ["bad_base.yaml", "nowhere_recipe"]),
     "recipe-base-not-yaml": ("{tmp}/broken_base.yaml", [], ["broken.yaml:3", "YAML"]),

@@ -117,6 +117,11 @@ CASES = {
     "resume not a checkpoint": (None, ["--resume", "run"], ["run", "not a checkpoint"]),
     "overwrite and resume": (None, [*OVERWRITE, *RESUME], ["--overwrite", "--resume"]),
     "a finished run again": (None, [], ["run", "--resume auto", "--overwrite"]),
+    # where the run would go
+    "output_dir is a file": (None, ["output_dir=data/train.jsonl", *OVERWRITE], ["recipe.yaml", "output_dir", "is a file"]),
+    "output_dir under a file": (None, ["output_dir=data/train.jsonl/run", *OVERWRITE], ["recipe.yaml", "output_dir", "is a file"]),
+    "frozen backbone, output_dir under a file": (None, ["model.freeze_backbone=true", "output_dir=data/train.jsonl/run", *OVERWRITE],
+                                                 ["recipe.yaml", "output_dir", "is a file"]),
     # the folder in use
     "second run in the folder": (_hold_lock, [*RESUME], ["run", ".lock", "another gpmctl run"]),
 }  # fmt: skip

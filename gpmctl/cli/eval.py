@@ -203,7 +203,7 @@ def _rewardbench_table(agg: dict) -> None:
 
 @app.command("pairs")
 def pairs(
-    data: Optional[str] = typer.Option(None, help="Any preference file or source train-rm reads (jsonl, parquet, cyclic:test)."),
+    data: Optional[str] = typer.Option(None, help="Any preference file or source train-rm reads (jsonl, parquet, cyclic:reworded)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results JSON here instead of stdout."),
     examples: Optional[str] = typer.Option(None, help="Write per-example scores (jsonl: id, subset, meta, score, p, correct)."),
@@ -287,7 +287,7 @@ def _pairs_table(report: dict, title: str) -> None:
 @app.command("cyclic")
 def cyclic(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    data: str = typer.Option("cyclic:test", help="cyclic:test[?options] (the generator) or a file with meta `cycle`."),
+    data: str = typer.Option("cyclic:reworded", help="cyclic:reworded|new_items|new_edges[?options] (the generator) or a file with meta `cycle`."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results JSON here instead of stdout."),
     examples: Optional[str] = typer.Option(None, help="Write per-example scores (jsonl)."),
     scores: Optional[str] = typer.Option(None, help=SCORES_HELP),
@@ -301,7 +301,7 @@ def cyclic(
     The BT ceiling is the best accuracy any scalar reward can reach on the same pairs (at most 2/3 on
     3-cycles); a GPM can exceed it. It needs rows naming their items (chosen_item, rejected_item).
 
-    Example: gpmctl eval cyclic -m runs/cyclic_tiny_gpm --data 'cyclic:test?num_prompts=200'
+    Example: gpmctl eval cyclic -m runs/cyclic_tiny_gpm --data 'cyclic:reworded?num_prompts=200'
     """
     from gpmctl.eval import pairs as ev
     from gpmctl.eval.metrics import pair_report

@@ -11,7 +11,7 @@ import typer
 
 def plot(
     run_dir: str = typer.Argument(..., help="A train-rm run folder (log.jsonl, and the model for --data)."),
-    data: Optional[str] = typer.Option(None, help="Preference data whose responses to embed (e.g. cyclic:test): a GPM's embedding planes."),
+    data: Optional[str] = typer.Option(None, help="Preference data whose responses to embed (e.g. cyclic:reworded): a GPM's embedding planes."),
     examples: Optional[str] = typer.Option(None, help="Per-example jsonl of `gpmctl eval pairs --examples`: a reliability diagram."),
     out_dir: Optional[str] = typer.Option(None, "--out-dir", "-o", help="Where the PNG files go (default RUN_DIR/plots)."),
     limit: int = typer.Option(400, help="At most this many responses in the embedding planes."),
@@ -19,7 +19,7 @@ def plot(
     """Draw a run: training curves (loss, accuracy, learning rate, eval), the 2-D planes of a GPM's
     embeddings, and a reliability diagram. Needs matplotlib (the plot extra).
 
-    Example: gpmctl plot runs/cyclic_tiny_gpm --data cyclic:test
+    Example: gpmctl plot runs/cyclic_tiny_gpm --data cyclic:reworded
     """
     from gpmctl import plot as P
     from gpmctl.errors import ConfigError, DataError

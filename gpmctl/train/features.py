@@ -42,7 +42,7 @@ from gpmctl.train.loop import backward_step
 from gpmctl.train.reward import (
     TrainResult, check_benchmark_files, epoch_batches, load_pairs, optimisation, pair_loss, pair_metrics,
 )  # fmt: skip
-from gpmctl.utils import RunLog, environment_report, log, quiet_libraries
+from gpmctl.utils import RunLog, environment_report, log, output_folder, quiet_libraries
 
 EXTRACT_BATCH = 16
 """Sequences per backbone forward pass while extracting (length-sorted, so little padding)."""
@@ -198,7 +198,7 @@ def train_head_on_features(recipe: Recipe, overwrite: bool = False, resume: str 
         raise ConfigError("--resume: a frozen-backbone run keeps no checkpoints (the head trains in seconds); use --overwrite")
     quiet_libraries()
     started = time.perf_counter()
-    output_dir = Path(recipe.output_dir)
+    output_dir = output_folder(recipe.output_dir, getattr(recipe, "source", "recipe"))
     earlier = (output_dir / HEAD_FILE).exists() or (output_dir / "metrics.json").exists()
     if earlier and not overwrite:
         raise ConfigError(f"{output_dir}: already holds a run; pass --overwrite to start again")

@@ -41,7 +41,7 @@ from gpmctl.train.gpo_policy import (
     sequence_logps, warmup_cyclic,
 )  # fmt: skip
 from gpmctl.train.loop import shard_map
-from gpmctl.utils import RunLog, atomic_write_text, environment_report, json_text, log, quiet_libraries
+from gpmctl.utils import RunLog, atomic_write_text, environment_report, json_text, log, output_folder, quiet_libraries
 
 EVAL_SEED_OFFSET = 7_777_777  # eval samples use their own seeds, the same for every policy
 
@@ -400,7 +400,7 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     from gpmctl.train.loop import StopFlag, built_whole, keeps_fp32_master_weights, make_accelerator, zero3_plugin
 
     quiet_libraries()
-    output_dir = Path(recipe.output_dir)
+    output_dir = output_folder(recipe.output_dir, getattr(recipe, "source", "recipe"))
     c, g, pc = recipe.train, recipe.generation, recipe.policy
     # the inputs first: a bad prompt file or a resume with other settings stops before anything is written
     train_prompts = _prompts(recipe, "data.train", recipe.data.train, recipe.data.max_prompts)

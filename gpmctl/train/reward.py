@@ -38,7 +38,7 @@ from gpmctl.train import checkpoint as ckpt
 from gpmctl.train.loop import (  # noqa: F401  (Preempted: re-exported)
     Preempted, StopFlag, agreed, any_rank, backward_step, built_whole, keeps_fp32_master_weights, make_accelerator, zero3_plugin,
 )  # fmt: skip
-from gpmctl.utils import RunLog, environment_report, log, quiet_libraries
+from gpmctl.utils import RunLog, environment_report, log, output_folder, quiet_libraries
 
 
 @dataclass
@@ -327,7 +327,7 @@ def _train(recipe: Recipe, resume: str | None, overwrite: bool, stop_after_steps
     m, d, t = recipe.model, recipe.data, recipe.train
     source = getattr(recipe, "source", "recipe")
     quiet_libraries()
-    output_dir = Path(recipe.output_dir)
+    output_dir = output_folder(recipe.output_dir, source)
     if overwrite and resume not in (None, "none"):
         raise ConfigError("--overwrite and --resume exclude each other")
     accelerator, precision = make_accelerator(t.precision, t.grad_accum, t.batch_size, t.max_grad_norm, source)
