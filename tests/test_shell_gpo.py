@@ -50,8 +50,11 @@ def _prepared(tmp_path: Path) -> dict[str, str]:
         "broken.yaml": b"kind: gpo\njudge: [\n",
         "broken_base.yaml": b"kind: gpo\nbase: broken.yaml\n",
         "latin1.yaml": b"kind: gpo\noutput_dir: caf\xe9\n",
+        "pickled_policy/config.json": b'{"model_type": "llama"}',
+        "pickled_policy/pytorch_model.bin": b"a pickle gpmctl must never open",
     }
     for name, content in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(content)
     return {"out": str(out), "tmp": str(tmp_path), "tiny": TINY}
 
@@ -82,6 +85,7 @@ RECIPE_CASES = {
     "prompt-a-number": ("{tiny}", ["data.train={tmp}/number.jsonl"], ["data.train:", "number.jsonl:2:", "prompt:"]),
     "prompts-cut-short": ("{tiny}", ["data.train={tmp}/cut.jsonl"], ["cut.jsonl:2:", "invalid JSON"]),
     "eval-prompts-not-utf8": ("{tiny}", ["data.train={tmp}/good.jsonl", "data.eval={tmp}/latin1.jsonl"], ["gpo_tiny.yaml: data.eval:", "latin1.jsonl:2:", "UTF-8"]),
+    "policy-pickled": ("{tiny}", ["policy.model={tmp}/pickled_policy", "policy.warmup.steps=0"], ["pickled_policy", "never unpickles"]),
     "output-dir-under-a-file": ("{tiny}", ["output_dir={tmp}/good.jsonl/run"], ["gpo_tiny.yaml", "output_dir", "is a file"]),
     "recipe-missing": ("{tmp}/none.yaml", [], ["none.yaml", "no such recipe"]),
     "recipe-base-missing": ("{tmp}/bad_base.yaml", [], ["bad_base.yaml", "nowhere_recipe"]),

@@ -36,13 +36,14 @@ def train_gpo(
     output_dir/iter-t/. A summary JSON goes to stdout; logs to stderr.
     """
     from gpmctl.config import dump_recipe, resolve_recipe
-    from gpmctl.train.gpo_config import check_judge, load_gpo_recipe
+    from gpmctl.train.gpo_config import check_judge, check_policy, load_gpo_recipe
 
     config = load_gpo_recipe(resolve_recipe(recipe), overrides or [])
     if print_recipe:
         print(dump_recipe(config), end="")
         return
     check_judge(config)
+    check_policy(config)
     from gpmctl import launch
 
     argv = ["train-gpo", recipe, *(overrides or [])]

@@ -234,6 +234,20 @@ def load_gpo_recipe(path: str | Path | None, overrides: list[str] = ()) -> GpoRe
     return recipe
 
 
+def check_policy(recipe: GpoRecipe) -> None:
+    """Before a run writes anything: a local policy.model folder holds weights gpmctl may read (never
+    only pickles). Problems name the GPO recipe file and the key."""
+    from gpmctl.errors import ModelError
+    from gpmctl.models.loading import refuse_pickles
+
+    folder = Path(recipe.policy.model)
+    if recipe.policy.model != "tiny" and folder.is_dir():
+        try:
+            refuse_pickles(folder)
+        except ModelError as e:
+            raise ModelError(f"{getattr(recipe, 'source', 'recipe')}: policy.model: {e}") from None
+
+
 def check_judge(recipe: GpoRecipe) -> None:
     """Before a run writes anything: judge.model holds a gpmctl model, or judge.train_recipe is a train-rm
     recipe that can make one there. Problems name the GPO recipe file and the key."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from gpmctl.errors import ModelError
-from gpmctl.models.loading import TINY, _first_line, _offline_hint, _quiet, load_tokenizer, resolve_dtype, tiny_backbone
+from gpmctl.models.loading import TINY, _first_line, _offline_hint, _quiet, load_tokenizer, refuse_pickles, resolve_dtype, tiny_backbone
 from gpmctl.utils import log
 
 STOP_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")  # end-of-turn markers of common chat templates
@@ -45,7 +45,9 @@ def build_tiny_policy(tokenizer, shape, seed: int, attn_implementation: str | No
 def load_policy(path: str, dtype: str | torch.dtype = "auto", device="cpu", attn_implementation: str | None = "sdpa", trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": resolve_dtype(dtype, device), "trust_remote_code": trust_remote_code}
+    if Path(path).is_dir():
+        refuse_pickles(Path(path))
+    kwargs = {"dtype": resolve_dtype(dtype, device), "trust_remote_code": trust_remote_code, "use_safetensors": True}  # never unpickle
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
