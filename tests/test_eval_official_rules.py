@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpmctl.errors import DataError
 from gpmctl.eval import benchmarks
 from gpmctl.eval import rewardbench2 as rb2
 from gpmctl.eval import rmbench as rm
@@ -239,6 +240,16 @@ def test_rb2_ties_accuracy_averages_every_ref_and_every_tied_prompt(tmp_path):
     result = run("eval", "rewardbench2", "--scores", str(path))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["subsets"]["Ties"] == pytest.approx(want["score"], abs=1e-12)
+
+
+def test_rb2_ties_pairs_prompts_by_number_and_refuses_a_second_row_for_one_prompt():
+    ref = {"id": "ref:07", "subset": "Ties", "num_correct": 1, "rewards": [3.0, 0.0, 1.0]}
+    tied = {"id": "tied:7", "subset": "Ties", "num_correct": 2, "rewards": [2.0, 1.5, 0.0]}
+    assert rb2.ties_score([ref, tied])["prompts"] == 1  # one prompt, as the official int() pairing reads it
+    with pytest.raises(DataError, match="a second ref row for prompt 7"):
+        rb2.ties_score([ref, tied, {**ref, "id": "ref:7"}])
+    with pytest.raises(DataError, match="not ref:<n> or tied:<n>"):
+        rb2.ties_score([{**ref, "id": "ref:seven"}, tied])
 
 
 def test_rb2_cli_ties_of_a_bt_model_equal_the_official_composite_with_or_without_rewards(models, tmp_path):

@@ -53,11 +53,14 @@ def _tanh_term(ci: float, spread: float) -> float:
 
 def ties_score(examples: list[dict]) -> dict:
     """Ties subset examples (ids "ref:n" / "tied:n") -> the composite and its parts (`prompts`: those with both)."""
-    by_n: dict[str, dict] = {}
+    by_n: dict[int, dict] = {}
     for e in examples:
         kind, _, n = str(e["id"]).partition(":")
-        if kind not in ("ref", "tied") or not n:
+        if kind not in ("ref", "tied") or not n.isdigit():
             raise DataError("rewardbench2", f"Ties row id {e['id']!r} is not ref:<n> or tied:<n>", field="id")
+        n = int(n)  # the official code pairs prompts by the integer: "ref:07" and "tied:7" are one prompt
+        if kind in by_n.get(n, {}):
+            raise DataError("rewardbench2", f"Ties row id {e['id']!r}: a second {kind} row for prompt {n}", field="id")
         scores, k = pointwise(e), e["num_correct"]
         correct, incorrect = scores[:k], scores[k:]
         by_n.setdefault(n, {})[kind] = {
