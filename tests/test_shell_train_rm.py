@@ -124,6 +124,7 @@ CASES = {
                                                  ["recipe.yaml", "output_dir", "is a file"]),
     # the folder in use
     "second run in the folder": (_hold_lock, [*RESUME], ["run", ".lock", "another gpmctl run"]),
+    "frozen backbone, second run in the folder": (_hold_lock, ["model.freeze_backbone=true", *OVERWRITE], ["run", ".lock", "another gpmctl run"]),
 }  # fmt: skip
 
 

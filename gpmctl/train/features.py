@@ -38,6 +38,7 @@ from gpmctl.errors import ConfigError
 from gpmctl.eval.metrics import agrees_with_label
 from gpmctl.models.loading import build_model, load_tokenizer, save_model
 from gpmctl.models.reward_model import HEAD_FILE, PreferenceModel, PreferenceOutput, read_positions
+from gpmctl.train import checkpoint as ckpt
 from gpmctl.train.loop import backward_step
 from gpmctl.train.reward import (
     TrainResult, check_benchmark_files, epoch_batches, load_pairs, optimisation, pair_loss, pair_metrics,
@@ -187,7 +188,16 @@ def train_head_on_features(recipe: Recipe, overwrite: bool = False, resume: str 
     """Train the head of `recipe` (model.freeze_backbone: true) on cached backbone features; see the module
     docstring. `save=False` leaves the model folder out; `pairs`: the (train, eval) pairs as `load_pairs`
     encodes them for this recipe, when the caller has them already (the results grid: one tokenisation
-    for every head of a seed)."""
+    for every head of a seed). From its first write in output_dir to its end the run holds output_dir/.lock."""
+    lock = ckpt.RunLock(recipe.output_dir)
+    try:
+        return _train_head(recipe, overwrite, resume, save, pairs, lock)
+    finally:
+        lock.release()
+
+
+def _train_head(recipe: Recipe, overwrite: bool, resume: str | None, save: bool,
+                pairs: tuple[list[EncodedPair], list[EncodedPair]] | None, lock: ckpt.RunLock) -> HeadRun:  # fmt: skip
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -202,6 +212,8 @@ def train_head_on_features(recipe: Recipe, overwrite: bool = False, resume: str 
     earlier = (output_dir / HEAD_FILE).exists() or (output_dir / "metrics.json").exists()
     if earlier and not overwrite:
         raise ConfigError(f"{output_dir}: already holds a run; pass --overwrite to start again")
+    accelerator = Accelerator(gradient_accumulation_steps=t.grad_accum, cpu=True)
+    lock.acquire(accelerator, create=False)  # a folder another run is writing to is refused before any work
     check_benchmark_files(recipe)
     set_seed(t.seed)
 
@@ -210,6 +222,7 @@ def train_head_on_features(recipe: Recipe, overwrite: bool = False, resume: str 
     encoder = SequenceEncoder(tokenizer, d.max_length, m.eos, m.gate_prompt, d.truncation)
     train_pairs, eval_pairs = pairs or load_pairs(recipe, encoder)
     model = build_model(m, tokenizer, t.seed)
+    lock.acquire(accelerator)
     if earlier:
         (output_dir / HEAD_FILE).unlink(missing_ok=True)
         (output_dir / "log.jsonl").unlink(missing_ok=True)
@@ -230,7 +243,6 @@ def train_head_on_features(recipe: Recipe, overwrite: bool = False, resume: str 
     featured = time.perf_counter()
 
     # Optimiser and schedule exactly as train_reward_model builds them (only the head has gradients).
-    accelerator = Accelerator(gradient_accumulation_steps=t.grad_accum, cpu=True)
     head = HeadOnFeatures(model)
     # The plain shuffled batches (length grouping saves padding, and features have none).
     batches_of = lambda epoch: epoch_batches(n_train, t.batch_size, t.seed, epoch)  # noqa: E731
