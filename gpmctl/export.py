@@ -19,6 +19,7 @@ import torch
 
 from gpmctl.errors import ConfigError, ModelError
 from gpmctl.models.loading import load_model, load_tokenizer, normal_permissions, save_model
+from gpmctl.utils import file_in_the_way
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHARD_SIZE = re.compile(r"\d+(\.\d+)?(TB|GB|MB|KB)", re.IGNORECASE)
@@ -54,11 +55,11 @@ def export_model(source: str | Path, out_dir: str | Path, dtype: str | None = No
 
 def check_export_target(source: Path, out_dir: Path, force: bool) -> None:
     """Refuse, before any weight is read, an export that cannot be written or would destroy something."""
-    ancestor = next(p for p in out_dir.absolute().parents if p.exists())  # missing folders below it are created
-    if not ancestor.is_dir():
-        raise ConfigError(f"{out_dir}: {ancestor} is a file, not a folder")
-    if out_dir.exists() and not out_dir.is_dir():
+    blocker = file_in_the_way(out_dir)  # missing folders are created
+    if blocker == out_dir.absolute():
         raise ConfigError(f"{out_dir}: is a file, not a folder")
+    if blocker:
+        raise ConfigError(f"{out_dir}: {blocker} is a file, not a folder")
     target, model = out_dir.resolve(), source.resolve()
     if target == model or target in model.parents:
         relation = "is" if target == model else "holds"

@@ -124,6 +124,37 @@ def is_disk_full(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e)
 
 
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The first of `path` and its parents that exists and is not a folder (so nothing can be created
+    there or under it), or None."""
+    path = Path(path).absolute()
+    return next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # --dtype of every command that loads a model
+
+
+def resolve_device(name: str) -> str:
+    """--device -> a device torch can use here (`auto`: cuda when there is one, else cpu); anything else
+    is a ConfigError (exit 2)."""
+    import torch
+
+    from gpmctl.errors import ConfigError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(name)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device: expected auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    present = {"cpu": 1, "cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}[parsed.type]
+    if (parsed.index or 0) >= present:
+        raise ConfigError(f"--device {name}: no such device here ({present} {parsed.type} device(s) visible)")
+    return name
+
+
 def prepare_output(path: str | Path) -> Path:
     """Create the folder that will hold the output file `path` (with its parents) and return it. A folder
     where the file should be, a parent that is a file, or a folder that cannot be created is one line."""
@@ -135,7 +166,7 @@ def prepare_output(path: str | Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), folder)
+        blocker = file_in_the_way(folder) or folder
         raise GpmctlError(f"{path}: cannot create the folder {folder}: {blocker} is a file, not a folder") from None
     except OSError as e:
         raise GpmctlError(f"{path}: cannot create the folder {folder}: {e.strerror or e}") from None
@@ -148,7 +179,7 @@ def output_folder(path: str | Path, source: str = "recipe") -> Path:
     from gpmctl.errors import ConfigError
 
     path = Path(path)
-    blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+    blocker = file_in_the_way(path)
     if blocker is not None:
         raise ConfigError(f"{source}: output_dir: {path}: {blocker} is a file, not a folder")
     return path

@@ -68,7 +68,7 @@ CASES = [
     ([A, B, "-m", "{model}", "--max-length", "long"], ["'--max-length'"]),
     ([A, B, "-m", "{model}", "--dtype", "float8"], ["--dtype", "'float8'"]),
     ([A, B, "-m", "{model}", "--device", "tpu"], ["--device", "'tpu'"]),
-    ([A, B, "-m", "{model}", "--device", "cuda:99"], ["--device", "cuda:99", "no such CUDA device"]),
+    ([A, B, "-m", "{model}", "--device", "cuda:99"], ["--device", "cuda:99", "no such device"]),
     ([A, B, "-m", "{model}", "--format", "xml"], ["--format", "'xml'"]),
     ([A, B, "-m", "{model}", "--format", "tsv", "--embed"], ["--format"]),
     ([A, B, "-m", "{model}", "--resume"], ["--resume needs --output"]),

@@ -30,12 +30,10 @@ def _model_options():
 _O = _model_options()
 
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
 def _check_args(model, scores, output, examples, inputs, batch_size, max_length, dtype, device, limit=None) -> None:
     """Every argument, before any data is read or anything written: a bad one is one ConfigError line."""
     from gpmctl.errors import ConfigError
+    from gpmctl.utils import DTYPES, resolve_device
 
     if bool(model) == bool(scores):
         raise ConfigError("pass either --model (score the data) or --scores (aggregate saved per-example scores)")
@@ -45,26 +43,8 @@ def _check_args(model, scores, output, examples, inputs, batch_size, max_length,
                 raise ConfigError(f"{flag}: must be >= {least}, got {value}")
         if dtype not in DTYPES:
             raise ConfigError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-        _check_device(device)
+        resolve_device(device)
     _check_outputs(output, examples if model else None, [model, scores, *inputs])
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    from gpmctl.errors import ConfigError
-
-    if device == "auto":
-        return
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        parsed = None
-    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"--device: expected auto, cpu, cuda, cuda:N or mps, got {device!r}")
-    present = {"cpu": 1, "cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}[parsed.type]
-    if (parsed.index or 0) >= present:
-        raise ConfigError(f"--device {device}: no such device here ({present} {parsed.type} device(s))")
 
 
 def _check_outputs(output: Optional[str], examples: Optional[str], inputs: list) -> None:
@@ -73,6 +53,7 @@ def _check_outputs(output: Optional[str], examples: Optional[str], inputs: list)
     from pathlib import Path
 
     from gpmctl.errors import ConfigError
+    from gpmctl.utils import file_in_the_way
 
     taken = {}
     for item in filter(None, inputs):
@@ -90,9 +71,9 @@ def _check_outputs(output: Optional[str], examples: Optional[str], inputs: list)
             raise ConfigError(f"{flag} {value}: is the input {taken[target.resolve()]}; write elsewhere")
         if target.is_dir():
             raise ConfigError(f"{flag} {value}: is a directory")
-        parent = next(p for p in target.absolute().parents if p.exists())
-        if not parent.is_dir():
-            raise ConfigError(f"{flag} {value}: {parent} is a file, not a directory")
+        blocker = file_in_the_way(target.parent)
+        if blocker:
+            raise ConfigError(f"{flag} {value}: {blocker} is a file, not a directory")
 
 
 def _emit(result: dict, output: Optional[str], sort_keys: bool = False) -> None:

@@ -24,6 +24,7 @@ def plot(
     from gpmctl import plot as P
     from gpmctl.errors import ConfigError, DataError
     from gpmctl.models.reward_model import HEAD_FILE
+    from gpmctl.utils import file_in_the_way
 
     # Every input is read and checked before the first picture is drawn.
     run = Path(run_dir)
@@ -41,9 +42,9 @@ def plot(
     if limit < 1:
         raise ConfigError(f"--limit: must be >= 1, got {limit}")
     out = Path(out_dir) if out_dir else run / "plots"
-    parent = next(p for p in [out, *out.absolute().parents] if p.exists())
-    if not parent.is_dir():
-        raise ConfigError(f"--out-dir {out}: {parent} is a file, not a directory")
+    blocker = file_in_the_way(out)
+    if blocker:
+        raise ConfigError(f"--out-dir {out}: {blocker} is a file, not a directory")
     P.pyplot()
     events = P.read_log(log) if log.is_file() else None
     probabilities = P.read_probabilities(examples) if examples else None

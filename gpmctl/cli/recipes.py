@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from gpmctl.errors import GpmctlError
+from gpmctl.utils import file_in_the_way
 
 app = typer.Typer(
     help="List and copy the shipped recipes (YAML for train-rm) and launch profiles (accelerate configs).",
@@ -77,9 +78,9 @@ def cp(
         raise GpmctlError(f"{target}: is the shipped {name} itself; copy it elsewhere")
     if target.exists() and not force:
         raise GpmctlError(f"{target}: already exists (pass --force to replace it)")
-    parent = next(p for p in target.absolute().parents if p.exists())
-    if not parent.is_dir():
-        raise GpmctlError(f"{target}: {parent} is a file, not a directory")
+    blocker = file_in_the_way(target.parent)
+    if blocker:
+        raise GpmctlError(f"{target}: {blocker} is a file, not a directory")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
     print(str(target))

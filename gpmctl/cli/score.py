@@ -37,7 +37,16 @@ def score(
     from gpmctl.errors import ConfigError, DiskFullError
     from gpmctl.models.loading import load_model, load_tokenizer, resolve_dtype
     from gpmctl.score import aligned_rows, score_rows, text_cutter
-    from gpmctl.utils import atomic_write_text, is_disk_full, log, prepare_output, quiet_libraries, refuse_inputs_as_output
+    from gpmctl.utils import (
+        DTYPES,
+        atomic_write_text,
+        is_disk_full,
+        log,
+        prepare_output,
+        quiet_libraries,
+        refuse_inputs_as_output,
+        resolve_device,
+    )
 
     if len(inputs) < 2:
         raise ConfigError("score needs at least two input files")
@@ -49,7 +58,7 @@ def score(
         raise ConfigError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     if resume and not output:
         raise ConfigError("--resume needs --output")
-    device = _device(device)
+    device = resolve_device(device)
     partial = settings_path = None
     if output:
         refuse_inputs_as_output(output, inputs)
@@ -99,28 +108,8 @@ def score(
     log(f"scored {written} lines of {len(inputs)} files")
 
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 RESUME_FLAGS = {"inputs": "the inputs", "model": "--model", "format": "--format", "embed": "--embed",
                 "chunk_lines": "--chunk-lines", "max_length": "--max-length", "dtype": "--dtype"}  # fmt: skip
-
-
-def _device(name: str) -> str:
-    """--device -> a device torch can use here; anything else is a ConfigError (exit 2)."""
-    import torch
-
-    from gpmctl.errors import ConfigError
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f"--device: {name}: no such CUDA device here ({torch.cuda.device_count()} visible)")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}")
-    return name
 
 
 def _resolved(model: str) -> str:

@@ -41,7 +41,13 @@ from gpmctl.models.reward_model import HEAD_FILE, PreferenceModel, PreferenceOut
 from gpmctl.train import checkpoint as ckpt
 from gpmctl.train.loop import backward_step
 from gpmctl.train.reward import (
-    TrainResult, check_benchmark_files, epoch_batches, load_pairs, optimisation, pair_loss, pair_metrics,
+    TrainResult,
+    check_benchmark_files,
+    epoch_batches,
+    load_pairs,
+    optimisation,
+    pair_loss,
+    pair_metrics,
 )  # fmt: skip
 from gpmctl.utils import RunLog, environment_report, log, output_folder, quiet_libraries
 

@@ -14,8 +14,17 @@ from typing import Literal
 import yaml
 
 from gpmctl.config import (
-    LaunchConfig, TinyBackbone, _build, _with_base, apply_override, check, launch_checks, optimisation_checks, parse_override,
-    read_yaml_mapping, tiny_checks,
+    LaunchConfig,
+    TinyBackbone,
+    _build,
+    _with_base,
+    apply_override,
+    check,
+    launch_checks,
+    optimisation_checks,
+    parse_override,
+    read_yaml_mapping,
+    tiny_checks,
 )  # fmt: skip
 from gpmctl.errors import ConfigError
 

@@ -13,7 +13,16 @@ from pathlib import Path
 import torch
 
 from gpmctl.errors import ModelError
-from gpmctl.models.loading import TINY, _first_line, _offline_hint, _quiet, load_tokenizer, refuse_pickles, resolve_dtype, tiny_backbone
+from gpmctl.models.loading import (
+    TINY,
+    _first_line,
+    _offline_hint,
+    _quiet,
+    load_tokenizer,
+    refuse_pickles,
+    resolve_dtype,
+    tiny_backbone,
+)
 from gpmctl.utils import log
 
 STOP_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")  # end-of-turn markers of common chat templates
