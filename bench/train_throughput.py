@@ -238,15 +238,19 @@ def spawn(args, model: str, contender: str, data: Path, warmup: int, steps: int,
     return result
 
 
-def table(rows: list[dict], reference: dict) -> str:
+def table(rows: list[dict], reference: dict | None) -> str:
+    """Markdown rows; the ratio columns compare with `reference` (TRL's row), "-" when TRL did not run."""
     head = "| contender | steps | pairs/s | real tok/s | s/step | peak RSS MiB | pairs/s vs TRL | tok/s vs TRL | load avg (1 min) |\n"
     head += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     lines = []
-    ref_pairs, ref_tok = reference["pairs"] / reference["seconds"], reference["real_tokens"] / reference["seconds"]
     for r in rows:
         pairs, tok = r["pairs"] / r["seconds"], r["real_tokens"] / r["seconds"]
+        vs_pairs = vs_tok = "-"
+        if reference is not None:
+            vs_pairs = f"{pairs / (reference['pairs'] / reference['seconds']):.2f}x"
+            vs_tok = f"{tok / (reference['real_tokens'] / reference['seconds']):.2f}x"
         lines.append(f"| {r['contender']} | {r['steps']} | {pairs:.2f} | {tok:,.0f} | {r['seconds'] / r['steps']:.3f} | "
-                     f"{r['peak_rss_mib']:,.0f} | {pairs / ref_pairs:.2f}x | {tok / ref_tok:.2f}x | {r['loadavg'][0]:.2f} |")  # fmt: skip
+                     f"{r['peak_rss_mib']:,.0f} | {vs_pairs} | {vs_tok} | {r['loadavg'][0]:.2f} |")  # fmt: skip
     return head + "\n".join(lines)
 
 
@@ -289,7 +293,7 @@ def main() -> None:
         if tcmalloc:
             rows += [spawn(args, model, c, data, warmup, steps, tcmalloc=True) for c in ("trl", "gpmctl") if c in contenders]
         print(f"## {model}: {warmup} warm-up + {steps} timed steps\n")
-        print(table(rows, next(r for r in rows if r["contender"] == "trl")) + "\n", flush=True)
+        print(table(rows, next((r for r in rows if r["contender"] == "trl"), None)) + "\n", flush=True)
 
     if not args.skip_accuracy:
         task = ACCURACY_TASK

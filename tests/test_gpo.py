@@ -17,7 +17,7 @@ import torch
 
 from gpmctl.errors import ConfigError
 from gpmctl.train import gpo_loss as L
-from gpmctl.train.gpo_config import is_gpo_recipe, load_gpo_recipe
+from gpmctl.config import is_gpo_recipe, load_gpo_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_RECIPE = ROOT / "recipes" / "gpo_tiny.yaml"
@@ -123,6 +123,26 @@ def test_shipped_gpo_recipes_load_and_switch_loss_with_one_key():
         load_gpo_recipe(TINY_RECIPE, ["objective.los=sppo"])
     with pytest.raises(ConfigError, match="objective.loss"):
         load_gpo_recipe(TINY_RECIPE, ["objective.loss=dpo"])
+
+
+def test_a_gpo_overlay_takes_its_base_and_the_shared_optimisation_keys(tmp_path):
+    """One loader for every recipe kind: `base:` works for GPO recipes as for train-rm ones, an overlay is
+    known as a GPO recipe through its base, and the `train:` section has the optimisation keys of train-rm's."""
+    overlay = tmp_path / "my_gpo.yaml"
+    overlay.write_text("base: gpo_tiny\noutput_dir: runs/mine\ntrain:\n  lr: 1.0e-4\n  adam_betas: [0.8, 0.9]\n  optimizer: adamw\n")
+    assert is_gpo_recipe(overlay)
+    recipe = load_gpo_recipe(overlay, ["objective.loss=sppo"])
+    base = load_gpo_recipe(TINY_RECIPE)
+    assert (recipe.output_dir, recipe.train.lr, recipe.train.adam_betas, recipe.train.optimizer) == ("runs/mine", 1e-4, (0.8, 0.9), "adamw")
+    assert (recipe.objective.loss, recipe.judge, recipe.policy, recipe.train.epochs) == ("sppo", base.judge, base.policy, base.train.epochs)
+    deeper = tmp_path / "deeper.yaml"
+    deeper.write_text("base: my_gpo.yaml\ngeneration:\n  k: 3\n")
+    assert load_gpo_recipe(deeper).generation.k == 3 and load_gpo_recipe(deeper).train.lr == 1e-4
+    with pytest.raises(ConfigError, match=r"my_gpo.yaml: unknown key train.learning_rat"):
+        load_gpo_recipe(overlay, ["train.learning_rat=1"])
+    result = subprocess.run([sys.executable, "-m", "gpmctl", "train-gpo", str(deeper), "--print-recipe"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "kind: gpo" in result.stdout and "k: 3" in result.stdout and "base" not in result.stdout
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def judge_dir(tmp_path_factory):
 
 def test_gpo_trains_a_bf16_policy_in_float32(tmp_path, judge_dir):
     from gpmctl.train.gpo import train_gpo
-    from gpmctl.train.gpo_config import load_gpo_recipe
+    from gpmctl.config import load_gpo_recipe
 
     overrides = [f"output_dir={tmp_path / 'gpo'}", f"judge.model={judge_dir}", "judge.train_recipe=null", "data.eval=null",
                  "data.max_prompts=4", "generation.k=2", "generation.max_new_tokens=3", "policy.tiny.hidden_size=32",

@@ -36,7 +36,7 @@ def train_gpo(
     output_dir/iter-t/. A summary JSON goes to stdout; logs to stderr.
     """
     from gpmctl.config import dump_recipe, resolve_recipe
-    from gpmctl.train.gpo_config import check_judge, check_policy, load_gpo_recipe
+    from gpmctl.config.train_gpo import check_judge, check_policy, load_gpo_recipe
 
     config = load_gpo_recipe(resolve_recipe(recipe), overrides or [])
     if print_recipe:

@@ -49,7 +49,7 @@ ULTRAFEEDBACK = "ultrafeedback:"
 
 def parse_cyclic_spec(spec: str):
     """`cyclic:SPLIT?key=value&...` -> (split, CyclicConfig)."""
-    from gpmctl.config import _coerce
+    from gpmctl.config.loader import coerce
     from gpmctl.data.cyclic import SPLIT_ALIASES, TEST_SPLITS, CyclicConfig
 
     body = spec[len(CYCLIC) :]
@@ -65,7 +65,7 @@ def parse_cyclic_spec(spec: str):
         value = yaml.safe_load(raw)
         if typing.get_origin(hints[key]) is tuple and not isinstance(value, list):
             value = [value] if not isinstance(value, str) else [int(x) for x in value.split(",")]
-        options[key] = _coerce(value, hints[key], f"{spec}: {key}")
+        options[key] = coerce(value, hints[key], f"{spec}: {key}")
     return split, dataclasses.replace(CyclicConfig(), **options)
 
 

@@ -35,7 +35,7 @@ from gpmctl.errors import ConfigError, GpmctlError
 from gpmctl.models import preference as P
 from gpmctl.models.reward_model import HEAD_FILE
 from gpmctl.train import gpo_loss as L
-from gpmctl.train.gpo_config import GpoRecipe
+from gpmctl.config.train_gpo import GpoRecipe
 from gpmctl.train.gpo_policy import (
     Sample, build_tiny_policy, encode_prompt, generate, load_policy, policy_tokenizer, read_prompts, save_policy,
     sequence_logps, warmup_cyclic,
@@ -265,10 +265,9 @@ def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations
     share, as train-rm). With `state_dir`, the optimisation is checkpointed there every `train.save_steps`
     steps and on a stop signal, and continues from such a checkpoint (after computing the reference
     log-probs from pi_{t-1}). Returns (stats, the trained weights gathered from ZeRO-3 shards or None)."""
-    from transformers import get_scheduler
-
     from gpmctl.train import checkpoint as ckpt
     from gpmctl.train.loop import Preempted, any_rank, backward_step, zero3_plugin
+    from gpmctl.train.optim import build_optimizer, build_schedule
     from gpmctl.train.reward import epoch_batches
 
     c, o = recipe.train, recipe.objective
@@ -298,13 +297,8 @@ def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations
     if micro_per_epoch < c.grad_accum:
         raise ConfigError(f"train.batch_size x train.grad_accum x processes exceeds the {len(train)} training sequences of iteration {t}")
     total = max(1, math.ceil(c.epochs * micro_per_epoch / c.grad_accum))
-    params = [p for p in policy.parameters() if p.requires_grad]
-    if c.optimizer == "rmsprop":
-        optimizer = torch.optim.RMSprop(params, lr=c.lr, weight_decay=c.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-    scheduler = get_scheduler(c.scheduler if c.scheduler != "constant" else "constant_with_warmup", optimizer,
-                              num_warmup_steps=math.ceil(c.warmup_ratio * total), num_training_steps=total)  # fmt: skip
+    optimizer = build_optimizer(policy, c)
+    scheduler = build_schedule(optimizer, c, total)
     model, optimizer = accelerator.prepare(policy, optimizer)
     model.train()
     sharded = accelerator.state.deepspeed_plugin is not None  # DeepSpeed: each rank saves its optimizer shard

@@ -195,28 +195,17 @@ def pair_metrics(scores: torch.Tensor, tau: float, metas: list[dict | None] | No
 # The run
 
 
-def _decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and norm weights (as the reference)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def optimisation(model: torch.nn.Module, t, micro_per_epoch: int, n_train: int) -> tuple[int, int, torch.optim.Optimizer, object]:
-    """AdamW (no decay on biases and norms) and the warmup + decay schedule of a train-rm run
+    """The optimizer and warmup + decay schedule of a train-rm run (gpmctl.train.optim)
     -> (optimizer steps per epoch, total steps, optimizer, scheduler)."""
-    from transformers import get_scheduler
+    from gpmctl.train.optim import build_optimizer, build_schedule
 
     steps_per_epoch = micro_per_epoch // t.grad_accum
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size x train.grad_accum x processes exceeds the {n_train} training pairs")
     total_steps = t.max_steps or math.ceil(t.epochs * steps_per_epoch)
-    optimizer = torch.optim.AdamW(_decay_groups(model, t.weight_decay), lr=t.lr, betas=t.adam_betas)
-    scheduler = get_scheduler(t.scheduler if t.scheduler != "constant" else "constant_with_warmup", optimizer,
-                              num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)  # fmt: skip
-    return steps_per_epoch, total_steps, optimizer, scheduler
+    optimizer = build_optimizer(model, t)
+    return steps_per_epoch, total_steps, optimizer, build_schedule(optimizer, t, total_steps)
 
 
 def _resume_candidates(output_dir: Path, resume: str | None) -> list[Path]:

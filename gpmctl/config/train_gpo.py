@@ -1,8 +1,9 @@
 """The `gpmctl train-gpo` recipe: typed sections that map one to one onto YAML keys and overrides.
 
-Same rules as the train-rm recipe (gpmctl.config): every field has a default, unknown keys and wrong
-types are errors naming the file and the key, the resolved recipe is saved with the run. A GPO
-recipe says `kind: gpo` at the top, which is how shipped-recipe listings tell it from a train-rm one.
+Read by the same loader as the train-rm recipe (gpmctl.config.loader): every field has a default, `base:`
+overlays, unknown keys and wrong types are errors naming the file and the key, the resolved recipe is saved
+with the run. A GPO recipe says `kind: gpo` at the top (itself or through its base), which is how listings
+tell it from a train-rm one; its `train:` section shares the optimisation keys of train-rm's (OptimConfig).
 """
 
 from __future__ import annotations
@@ -11,21 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
-from gpmctl.config import (
-    LaunchConfig,
-    TinyBackbone,
-    _build,
-    _with_base,
-    apply_override,
-    check,
-    launch_checks,
-    optimisation_checks,
-    parse_override,
-    read_yaml_mapping,
-    tiny_checks,
-)  # fmt: skip
+from gpmctl.config import loader
+from gpmctl.config.sections import LaunchConfig, OptimConfig, TinyBackbone, launch_checks, optimisation_checks, tiny_checks
 from gpmctl.errors import ConfigError
 
 
@@ -126,24 +114,18 @@ class ObjectiveConfig:
 
 
 @dataclass
-class GpoTrainConfig:
+class GpoTrainConfig(OptimConfig):
     """Optimisation of one iteration (the authors: RMSprop, lr 5e-7, linear, warmup 0.1, 1 epoch)."""
 
-    epochs: float = 1.0
     batch_size: int = 8
     """Sequences per micro-batch (a pair is two)."""
-    grad_accum: int = 1
     lr: float = 5e-7
     optimizer: Literal["rmsprop", "adamw"] = "rmsprop"
-    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    seed: int = 42
     max_length: int = 1024
     """Prompt + response tokens in training; longer responses are cut (their log-prob too)."""
-    logging_steps: int = 10
     save_steps: int | None = None
     """Checkpoint the iteration's optimisation every N steps (it is also checkpointed on SIGTERM/SIGUSR1);
     `--resume auto` then continues from that step instead of re-training the iteration."""
@@ -178,7 +160,7 @@ class GpoRecipe:
         from gpmctl.data.cyclic import ITEM_WORDS
 
         w, j, d, g, o, t = self.policy.warmup, self.judge, self.data, self.generation, self.objective, self.train
-        check([
+        loader.check([
             (j.model is not None, "judge.model", "is required (a gpmctl model folder)"),
             (j.batch_size >= 1, "judge.batch_size", f"must be >= 1, got {j.batch_size}"),
             (j.max_length >= 8, "judge.max_length", f"must be >= 8, got {j.max_length}"),
@@ -213,34 +195,14 @@ class GpoRecipe:
 
 
 def is_gpo_recipe(path: str | Path) -> bool:
-    """A recipe file that says `kind: gpo` (or is named gpo_*.yaml)."""
-    path = Path(path)
-    if path.name.startswith("gpo_"):
-        return True
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(values, dict) and values.get("kind") == "gpo"
+    """A recipe file that says `kind: gpo`, itself or through its `base:` chain (or is named gpo_*.yaml)."""
+    return Path(path).name.startswith("gpo_") or loader.recipe_kind(path) == "gpo"
 
 
 def load_gpo_recipe(path: str | Path | None, overrides: list[str] = ()) -> GpoRecipe:
-    """Read a GPO recipe (an overlay with `base:` as train-rm's), apply `key.path=value` overrides, check
-    every key and type."""
-    values: dict = {}
-    source = "overrides"
-    if path is not None:
-        source = str(path)
-        values = _with_base(read_yaml_mapping(path), Path(path))
-    try:
-        for text in overrides:
-            apply_override(values, *parse_override(text), cls=GpoRecipe)
-        recipe = _build(GpoRecipe, values)
-        recipe.validate()
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    recipe.source = source  # not a field (never saved): run-time errors name the file too, as train-rm's
-    return recipe
+    """Read a GPO recipe (gpmctl.config.loader.load, as train-rm's): base overlays, `key.path=value`
+    overrides, every key, type and value checked."""
+    return loader.load(GpoRecipe, path, overrides)
 
 
 def check_policy(recipe: GpoRecipe) -> None:
