@@ -22,7 +22,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-
 from train_throughput import BATCH, LR, MODELS, model_folder, one_token_words, run_gpmctl, synthetic_pairs, write_jsonl
 
 
@@ -49,7 +48,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/gpmctl_bench_mfu")
     args = ap.parse_args()
 
-    from gpmctl.models.loading import load_tokenizer
+    from gpmctl.models.sources import load_tokenizer
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

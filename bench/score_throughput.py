@@ -26,8 +26,10 @@ import torch  # noqa: E402
 from gpmctl.config import TinyBackbone  # noqa: E402
 from gpmctl.data.tokenize import SequenceEncoder, pad_sequences  # noqa: E402
 from gpmctl.models import preference as P  # noqa: E402
-from gpmctl.models.loading import load_tokenizer, tiny_backbone  # noqa: E402
-from gpmctl.models.reward_model import HeadConfig, PreferenceModel  # noqa: E402
+from gpmctl.models.build import tiny_backbone
+from gpmctl.models.heads import HeadConfig
+from gpmctl.models.model import PreferenceModel
+from gpmctl.models.sources import load_tokenizer
 from gpmctl.score import embed_sequences  # noqa: E402
 
 WORDS = ("the quick answer is that every good model reads the whole response before it decides which one is "

@@ -41,7 +41,8 @@ def first_line_seconds(cmd: list[str]) -> float:
 def reference(model: str, a: str, b: str) -> None:
     """The bound: load the model, score one batch with gpmctl's own functions, print it."""
     from gpmctl.data.tokenize import SequenceEncoder
-    from gpmctl.models.loading import load_model, load_tokenizer
+    from gpmctl.models.io import load_model
+    from gpmctl.models.sources import load_tokenizer
     from gpmctl.score import aligned_rows, score_rows
 
     net = load_model(model)
@@ -56,7 +57,9 @@ def reference(model: str, a: str, b: str) -> None:
 
 def setup(workdir: Path, lines: int) -> tuple[Path, Path, Path]:
     from gpmctl.config import ModelConfig
-    from gpmctl.models.loading import build_model, load_tokenizer, save_model
+    from gpmctl.models.build import build_model
+    from gpmctl.models.io import save_model
+    from gpmctl.models.sources import load_tokenizer
 
     model = workdir / "tiny_gpm"
     if not (model / "preference_head.json").exists():

@@ -103,7 +103,7 @@ def model_folder(workdir: Path, name: str) -> Path:
         import torch
         from transformers import AutoModel, LlamaConfig
 
-        from gpmctl.models.loading import load_tokenizer
+        from gpmctl.models.sources import load_tokenizer
 
         tok = load_tokenizer("tiny")
         config = LlamaConfig(**MODELS[name], max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
@@ -272,7 +272,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    from gpmctl.models.loading import load_tokenizer
+    from gpmctl.models.sources import load_tokenizer
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -27,12 +27,12 @@ import torch
 
 from gpmctl.config import load_recipe
 from gpmctl.data.tokenize import SequenceEncoder
+from gpmctl.errors import ModelError
 from gpmctl.eval import rmbench as rm
 from gpmctl.eval.benchmarks import rmbench_tables
 from gpmctl.eval.scoring import assistant, user
-from gpmctl.errors import ModelError
 from gpmctl.models import preference as P
-from gpmctl.models.loading import load_tokenizer
+from gpmctl.models.sources import load_tokenizer
 from gpmctl.train.features import HeadOnFeatures, cached_features, train_head_on_features
 from gpmctl.train.reward import load_pairs
 

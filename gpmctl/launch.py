@@ -268,7 +268,8 @@ def count_parameters(model_cfg) -> tuple[int | None, str]:
         from transformers import AutoConfig, AutoModel
 
         if model_cfg.backbone == "tiny":
-            from gpmctl.models.loading import load_tokenizer, tiny_backbone
+            from gpmctl.models.build import tiny_backbone
+            from gpmctl.models.sources import load_tokenizer
 
             with torch.device("meta"):
                 backbone = tiny_backbone(load_tokenizer("tiny"), model_cfg.tiny)

@@ -107,6 +107,12 @@ def environment_report(accelerator=None) -> dict:
     return report
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message as one line (its first), or its type's name when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def json_text(value, **kwargs) -> str:
     """json.dumps for every results file: NaN and infinities raise, since `NaN` / `Infinity` are not JSON."""
     return json.dumps(value, allow_nan=False, **kwargs)

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gpmctl.config import load_recipe, parse_override, resolve_recipe, shipped_recipes
+from gpmctl.config import is_gpo_recipe, load_gpo_recipe, load_recipe, parse_override, resolve_recipe, shipped_recipes
 from gpmctl.errors import ConfigError
-from gpmctl.config import is_gpo_recipe, load_gpo_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GPMCTL_DEBUG": ""}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import random
-from pathlib import Path
 from itertools import permutations, product
+from pathlib import Path
 
 import numpy as np
 import pytest

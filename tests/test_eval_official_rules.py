@@ -27,7 +27,9 @@ RM_DOMAINS = ("chat", "code", "math", "safety-refuse", "safety-response")  # the
 def models(tmp_path_factory) -> dict[str, str]:
     """Untrained tiny BT and GPM model folders: the aggregation is under test, not the model."""
     from gpmctl.config import ModelConfig, TinyBackbone
-    from gpmctl.models.loading import build_model, load_tokenizer, save_model
+    from gpmctl.models.build import build_model
+    from gpmctl.models.io import save_model
+    from gpmctl.models.sources import load_tokenizer
 
     tok = load_tokenizer("tiny")
     tiny = TinyBackbone(hidden_size=32, num_layers=1, intermediate_size=64, initializer_range=0.3)

@@ -11,9 +11,12 @@ from safetensors.torch import save_file
 from gpmctl.config import TinyBackbone
 from gpmctl.data.tokenize import SequenceEncoder, pad_sequences
 from gpmctl.errors import ModelError
-from gpmctl.export import export_model
-from gpmctl.models.loading import load_model, load_tokenizer, read_head_config, tiny_backbone
-from gpmctl.models.reward_model import PreferenceModel, HeadConfig
+from gpmctl.models.build import tiny_backbone
+from gpmctl.models.export import export_model
+from gpmctl.models.heads import HeadConfig
+from gpmctl.models.io import load_model, read_head_config
+from gpmctl.models.model import PreferenceModel
+from gpmctl.models.sources import load_tokenizer
 
 PROMPT = [{"role": "user", "content": "Which option suits a garden best?"}]
 ANSWERS = ["Go with jade because it is calm.", "Pick silver.", "I would pick amber, since it feels warm and bold."]
@@ -113,7 +116,7 @@ def test_export_cli_writes_a_loadable_folder(tmp_path):
 
     tok = load_tokenizer("tiny")
     model = PreferenceModel(tiny_backbone(tok, TinyBackbone(hidden_size=32, intermediate_size=64, num_layers=1)), HeadConfig(kind="bt", dim=1, tau=1.0))
-    from gpmctl.models.loading import save_model
+    from gpmctl.models.io import save_model
 
     save_model(model, tmp_path / "run", tok)
     result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), str(tmp_path / "out"), "--dtype", "fp16"])
@@ -125,7 +128,7 @@ def test_export_cli_writes_a_loadable_folder(tmp_path):
 def test_bt_export_as_a_sequence_classifier_gives_gpmctl_rewards_in_plain_transformers(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from gpmctl.models.loading import save_model
+    from gpmctl.models.io import save_model
 
     tok = load_tokenizer("tiny")
     backbone = tiny_backbone(tok, TinyBackbone(hidden_size=32, intermediate_size=64, num_layers=2, initializer_range=0.2))

@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 from gpmctl.cli import app
 from gpmctl.config import ModelConfig, TinyBackbone, load_recipe
 from gpmctl.errors import ConfigError, ModelError
-from gpmctl.models.loading import build_model, freeze_backbone, load_model, load_tokenizer
+from gpmctl.models.build import build_model, freeze_backbone
+from gpmctl.models.io import load_model
+from gpmctl.models.sources import load_tokenizer
 from gpmctl.train.features import HeadOnFeatures, extract_features, train_head_on_features
 from gpmctl.train.reward import train_reward_model
 

@@ -20,8 +20,9 @@ from gpmctl.config import TinyBackbone
 from gpmctl.data.records import PreferenceRecord
 from gpmctl.data.tokenize import SequenceEncoder, collate_pairs
 from gpmctl.errors import ModelError
-from gpmctl.models.loading import tiny_backbone
-from gpmctl.models.reward_model import HeadConfig, PreferenceModel
+from gpmctl.models.build import tiny_backbone
+from gpmctl.models.heads import HeadConfig
+from gpmctl.models.model import PreferenceModel
 from gpmctl.models.tiny_tokenizer import load_tiny_tokenizer
 from gpmctl.train.reward import pair_loss
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from gpmctl.config import is_gpo_recipe, load_gpo_recipe
 from gpmctl.errors import ConfigError
 from gpmctl.train import gpo_loss as L
-from gpmctl.config import is_gpo_recipe, load_gpo_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_RECIPE = ROOT / "recipes" / "gpo_tiny.yaml"
@@ -86,8 +86,8 @@ def test_pairs_are_argmax_and_argmin_of_the_aggregate_score_and_clamp_bounds_tar
 @pytest.mark.parametrize("loss", ["gpo", "sppo"])
 def test_one_gradient_step_moves_probability_toward_the_winning_response(loss):
     from gpmctl.config import TinyBackbone
-    from gpmctl.models.loading import load_tokenizer
-    from gpmctl.train.gpo_policy import build_tiny_policy, encode_prompt, sequence_logps
+    from gpmctl.models.policy import build_tiny_policy, encode_prompt, sequence_logps
+    from gpmctl.models.sources import load_tokenizer
 
     tok = load_tokenizer("tiny")
     policy = build_tiny_policy(tok, TinyBackbone(hidden_size=32, num_layers=1, intermediate_size=64), seed=0)
@@ -153,7 +153,9 @@ def test_a_gpo_overlay_takes_its_base_and_the_shared_optimisation_keys(tmp_path)
 def judge_dir(tmp_path_factory) -> Path:
     """An untrained tiny GPM (dim 8) as a model folder: instant, and enough to exercise the pipeline."""
     from gpmctl.config import ModelConfig, TinyBackbone
-    from gpmctl.models.loading import build_model, load_tokenizer, save_model
+    from gpmctl.models.build import build_model
+    from gpmctl.models.io import save_model
+    from gpmctl.models.sources import load_tokenizer
 
     out = tmp_path_factory.mktemp("judge")
     tok = load_tokenizer("tiny")

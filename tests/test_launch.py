@@ -217,7 +217,8 @@ def test_zero2_two_processes_end_with_the_weights_of_one_process(tmp_path, singl
 
 def test_zero3_gathers_the_full_model_which_loads_and_scores_as_in_training(zero3, single):
     from gpmctl.data.tokenize import SequenceEncoder, collate_pairs
-    from gpmctl.models.loading import load_model, load_tokenizer
+    from gpmctl.models.io import load_model
+    from gpmctl.models.sources import load_tokenizer
     from gpmctl.train.reward import load_pairs, pair_loss, pair_metrics
 
     assert_same_weights(single, zero3, TOLERANCE)

@@ -11,8 +11,10 @@ from gpmctl.config import TinyBackbone
 from gpmctl.data.tokenize import EncodedSequence, pad_sequences
 from gpmctl.errors import ModelError
 from gpmctl.models import preference as P
-from gpmctl.models.loading import load_model, model_state_dict, save_model, tiny_backbone
-from gpmctl.models.reward_model import HeadConfig, PreferenceModel, read_positions
+from gpmctl.models.build import tiny_backbone
+from gpmctl.models.heads import HeadConfig
+from gpmctl.models.io import load_model, model_state_dict, save_model
+from gpmctl.models.model import PreferenceModel, read_positions
 
 
 class _Vocab:  # the few tokenizer attributes tiny_backbone reads
@@ -99,8 +101,8 @@ def test_pair_scores_use_the_preference_score():
     model = make_model("gpm", dim=4)
     a, b = embed(model, random_sequences(4, 1)), embed(model, random_sequences(4, 2))
     # one gate per prompt: the mean of the two passes' gates (equal when both read the same prompt tokens)
-    torch.testing.assert_close(model.pair_scores(a, b), P.preference_score(a.value, b.value, (a.gate + b.gate) / 2))
-    torch.testing.assert_close(model.pair_scores(b, a), -model.pair_scores(a, b))
+    torch.testing.assert_close(model.head.pair_score(a, b), P.preference_score(a.value, b.value, (a.gate + b.gate) / 2))
+    torch.testing.assert_close(model.head.pair_score(b, a), -model.head.pair_score(a, b))
 
 
 @pytest.mark.parametrize("kind,gate", [("gpm", True), ("gpm", False), ("bt", False)])
@@ -148,7 +150,7 @@ def test_head_shape_mismatch_is_detected(tmp_path):
 def test_model_sources_from_installed_packages():
     import importlib.util
 
-    from gpmctl.models.loading import load_tokenizer, resolve_source
+    from gpmctl.models.sources import load_tokenizer, resolve_source
 
     with pytest.raises(ModelError, match="no such installed package"):
         resolve_source("package:no_such_model_package_xyz")

@@ -11,8 +11,10 @@ import torch
 
 from gpmctl.config import ModelConfig, TinyBackbone
 from gpmctl.data.tokenize import EncodedPair, EncodedSequence, collate_pairs, real_tokens
-from gpmctl.models.loading import build_model, load_tokenizer
-from gpmctl.models.reward_model import HeadConfig, PreferenceModel
+from gpmctl.models.build import build_model
+from gpmctl.models.heads import HeadConfig
+from gpmctl.models.model import PreferenceModel
+from gpmctl.models.sources import load_tokenizer
 from gpmctl.train.reward import epoch_batches, pair_loss
 
 # float32: packed and padded runs sum the same products in another order (other matmul shapes), so they

@@ -10,7 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from gpmctl.config import load_recipe
-from gpmctl.models.loading import build_model, load_tokenizer, model_state_dict
+from gpmctl.models.build import build_model
+from gpmctl.models.io import model_state_dict
+from gpmctl.models.sources import load_tokenizer
 from gpmctl.train.reward import train_reward_model
 
 STEPS, LR = 6, 1e-5  # AdamW moves an entry by ~LR a step: far below half a bf16 step of these weights (~1e-3)
@@ -57,7 +59,7 @@ def test_bf16_training_moves_fp32_weights_as_an_fp32_run_does(tmp_path):
 
 
 def test_training_weights_are_float32_unless_the_engine_keeps_fp32_copies():
-    from gpmctl.models.loading import training_dtype
+    from gpmctl.models.build import training_dtype
 
     for name in ("auto", "float32", "bfloat16", "float16"):
         assert training_dtype(name, "cpu", engine_keeps_fp32_copy=False) == torch.float32
@@ -67,7 +69,7 @@ def test_training_weights_are_float32_unless_the_engine_keeps_fp32_copies():
 @pytest.fixture(scope="module")
 def judge_dir(tmp_path_factory):
     from gpmctl.config import ModelConfig, TinyBackbone
-    from gpmctl.models.loading import save_model
+    from gpmctl.models.io import save_model
 
     out = tmp_path_factory.mktemp("judge")
     tok = load_tokenizer("tiny")
@@ -77,8 +79,8 @@ def judge_dir(tmp_path_factory):
 
 
 def test_gpo_trains_a_bf16_policy_in_float32(tmp_path, judge_dir):
-    from gpmctl.train.gpo import train_gpo
     from gpmctl.config import load_gpo_recipe
+    from gpmctl.train.gpo import train_gpo
 
     overrides = [f"output_dir={tmp_path / 'gpo'}", f"judge.model={judge_dir}", "judge.train_recipe=null", "data.eval=null",
                  "data.max_prompts=4", "generation.k=2", "generation.max_new_tokens=3", "policy.tiny.hidden_size=32",

@@ -14,7 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from gpmctl.cli import app
-from gpmctl.models.loading import load_model, load_tokenizer, resolve_source
+from gpmctl.models.io import load_model
+from gpmctl.models.sources import load_tokenizer, resolve_source
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HH_FILE = DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"

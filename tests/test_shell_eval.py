@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from shell import assert_one_line_error, run, snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +26,9 @@ def _lines(*rows) -> bytes:
 def models(tmp_path_factory) -> dict[str, Path]:
     """Untrained tiny GPM and BT folders (instant): the shell is under test, not the scores."""
     from gpmctl.config import ModelConfig, TinyBackbone
-    from gpmctl.models.loading import build_model, load_tokenizer, save_model
+    from gpmctl.models.build import build_model
+    from gpmctl.models.io import save_model
+    from gpmctl.models.sources import load_tokenizer
 
     root, tok = tmp_path_factory.mktemp("models"), load_tokenizer("tiny")
     tiny = TinyBackbone(hidden_size=32, num_layers=1, intermediate_size=64)

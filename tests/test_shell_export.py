@@ -16,8 +16,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gpmctl.config import load_recipe
-from gpmctl.export import export_model
-from gpmctl.models.loading import load_model, load_tokenizer
+from gpmctl.models.export import export_model
+from gpmctl.models.io import load_model
+from gpmctl.models.sources import load_tokenizer
 from gpmctl.train.reward import train_reward_model
 from tests.shell import assert_one_line_error, run, snapshot
 
@@ -332,7 +333,7 @@ def test_force_into_a_run_folder_replaces_it_with_the_export(base, tmp_path):
 
 
 def test_an_interrupted_export_leaves_the_old_export_intact(base, tmp_path, monkeypatch):
-    import gpmctl.export
+    import gpmctl.models.export
 
     old = older_export(base, tmp_path)
     before = snapshot(old)
@@ -341,7 +342,7 @@ def test_an_interrupted_export_leaves_the_old_export_intact(base, tmp_path, monk
         (Path(out_dir) / "model.safetensors").write_bytes(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gpmctl.export, "save_model", interrupted)
+    monkeypatch.setattr(gpmctl.models.export, "save_model", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_model(base.run, old, force=True)
     assert snapshot(old) == before
@@ -357,7 +358,7 @@ def test_export_creates_missing_parent_folders(base, tmp_path):
 @pytest.mark.parametrize("umask", [0o022, 0o002])
 def test_written_model_files_get_the_permissions_the_umask_allows(base, tmp_path, umask):
     """safetensors writes 0600 and mkdtemp 0700; a shared model folder must be readable by the group."""
-    from gpmctl.models.loading import save_model
+    from gpmctl.models.io import save_model
 
     saved = os.umask(umask)
     try:

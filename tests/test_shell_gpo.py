@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from shell import assert_one_line_error, run, snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +19,9 @@ TINY = str(ROOT / "recipes" / "gpo_tiny.yaml")
 def judge(tmp_path_factory) -> Path:
     """An untrained tiny GPM folder (instant): the shell is under test, not the judge."""
     from gpmctl.config import ModelConfig, TinyBackbone
-    from gpmctl.models.loading import build_model, load_tokenizer, save_model
+    from gpmctl.models.build import build_model
+    from gpmctl.models.io import save_model
+    from gpmctl.models.sources import load_tokenizer
 
     tok = load_tokenizer("tiny")
     tiny = TinyBackbone(hidden_size=32, num_layers=1, intermediate_size=64, initializer_range=0.3)

@@ -127,7 +127,7 @@ def test_a_full_disk_keeps_the_old_output_and_a_resumable_partial(m, d, monkeypa
 
 def test_long_texts_are_cut_before_tokenising_with_the_same_tokens(m):
     from gpmctl.data.tokenize import SequenceEncoder
-    from gpmctl.models.loading import load_tokenizer
+    from gpmctl.models.sources import load_tokenizer
     from gpmctl.score import CHARS_PER_TOKEN, text_cutter
 
     tokenizer = load_tokenizer(m["model"])
@@ -144,10 +144,10 @@ def test_long_texts_are_cut_before_tokenising_with_the_same_tokens(m):
 
 
 def test_score_never_tokenises_the_whole_of_a_long_line(m, d, monkeypatch):
-    from gpmctl.models import loading
+    from gpmctl.models import sources
 
     seen = []
-    real_load = loading.load_tokenizer
+    real_load = sources.load_tokenizer
 
     class Recording:
         def __init__(self, tok):
@@ -160,7 +160,7 @@ def test_score_never_tokenises_the_whole_of_a_long_line(m, d, monkeypatch):
         def __getattr__(self, name):
             return getattr(self.tok, name)
 
-    monkeypatch.setattr(loading, "load_tokenizer", lambda *a, **k: Recording(real_load(*a, **k)))
+    monkeypatch.setattr(sources, "load_tokenizer", lambda *a, **k: Recording(real_load(*a, **k)))
     (d / "huge.jsonl").write_bytes(rows(["red", "green " * 100_000, "blue"]))
     (d / "cut.jsonl").write_bytes(rows(["red", ("green " * 100_000)[: 64 * 16], "blue"]))
     huge = run("score", str(d / "a.jsonl"), str(d / "huge.jsonl"), "-m", m["model"], "--max-length", "64")

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from gpmctl.config import load_recipe
-from gpmctl.models.loading import load_model
+from gpmctl.models.io import load_model
 from gpmctl.train.reward import Preempted, epoch_batches, split_by_prompt, train_reward_model
 
 SMALL_DATA = ["data.train=cyclic:train?num_prompts=24", "data.eval=cyclic:test?num_prompts=24"]
@@ -116,7 +116,7 @@ def test_a_local_backbone_folder_trains_and_reloads(tmp_path, arch):
     """Any AutoModel backbone from a local folder: an encoder (BERT) and another decoder family (Qwen2)."""
     from transformers import AutoModel, BertConfig, Qwen2Config
 
-    from gpmctl.models.loading import load_tokenizer
+    from gpmctl.models.sources import load_tokenizer
 
     tok = load_tokenizer("tiny")
     shape = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -141,7 +141,8 @@ def test_lora_trains_adapters_and_heads_only_and_saves_merged_weights(tmp_path):
 
     from gpmctl.data.sources import read_source
     from gpmctl.data.tokenize import SequenceEncoder, collate_pairs
-    from gpmctl.models.loading import build_model, load_tokenizer
+    from gpmctl.models.build import build_model
+    from gpmctl.models.sources import load_tokenizer
     from gpmctl.train.reward import pair_loss
 
     recipe = small_recipe(tmp_path, "model.lora_rank=4", "model.lora_alpha=8", "model.gate=true", "train.lr=1e-2", "train.max_steps=4")
@@ -158,7 +159,7 @@ def test_lora_trains_adapters_and_heads_only_and_saves_merged_weights(tmp_path):
     _, merged = pair_loss(model, collate_pairs(pairs, tok.pad_token_id), model.head.tau, False)
     assert merged.abs().max() > 0
     # Merging is exact: a LoRA model with non-zero adapters scores as its saved (merged) folder does.
-    from gpmctl.models.loading import save_model
+    from gpmctl.models.io import save_model
 
     with torch.no_grad():
         for name, p in fresh.named_parameters():

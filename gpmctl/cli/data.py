@@ -207,7 +207,7 @@ def stats(
 
     tok = None
     if tokenizer is not None:
-        from gpmctl.models.loading import load_tokenizer
+        from gpmctl.models.sources import load_tokenizer
 
         tok = load_tokenizer(tokenizer)
     with _progress("reading") as progress:

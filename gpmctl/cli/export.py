@@ -23,7 +23,7 @@ def export(
 
     Example: gpmctl export runs/cyclic_tiny_gpm exported/cyclic-gpm --dtype bf16
     """
-    from gpmctl.export import export_model
+    from gpmctl.models.export import export_model
     from gpmctl.utils import quiet_libraries
 
     quiet_libraries()

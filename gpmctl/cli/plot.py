@@ -23,7 +23,7 @@ def plot(
     """
     from gpmctl import plot as P
     from gpmctl.errors import ConfigError, DataError
-    from gpmctl.models.reward_model import HEAD_FILE
+    from gpmctl.models.heads import HEAD_FILE
     from gpmctl.utils import file_in_the_way
 
     # Every input is read and checked before the first picture is drawn.
@@ -50,7 +50,8 @@ def plot(
     probabilities = P.read_probabilities(examples) if examples else None
     if data:
         from gpmctl.data.sources import read_source
-        from gpmctl.models.loading import load_model, load_tokenizer
+        from gpmctl.models.io import load_model
+        from gpmctl.models.sources import load_tokenizer
         from gpmctl.utils import quiet_libraries
 
         quiet_libraries()

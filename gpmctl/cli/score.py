@@ -35,7 +35,9 @@ def score(
     """
     from gpmctl.data.tokenize import SequenceEncoder
     from gpmctl.errors import ConfigError, DiskFullError
-    from gpmctl.models.loading import load_model, load_tokenizer, resolve_dtype
+    from gpmctl.models.build import resolve_dtype
+    from gpmctl.models.io import load_model
+    from gpmctl.models.sources import load_tokenizer
     from gpmctl.score import aligned_rows, score_rows, text_cutter
     from gpmctl.utils import (
         DTYPES,

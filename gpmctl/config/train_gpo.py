@@ -209,7 +209,7 @@ def check_policy(recipe: GpoRecipe) -> None:
     """Before a run writes anything: a local policy.model folder holds weights gpmctl may read (never
     only pickles). Problems name the GPO recipe file and the key."""
     from gpmctl.errors import ModelError
-    from gpmctl.models.loading import refuse_pickles
+    from gpmctl.models.sources import refuse_pickles
 
     folder = Path(recipe.policy.model)
     if recipe.policy.model != "tiny" and folder.is_dir():
@@ -223,7 +223,7 @@ def check_judge(recipe: GpoRecipe) -> None:
     """Before a run writes anything: judge.model holds a gpmctl model, or judge.train_recipe is a train-rm
     recipe that can make one there. Problems name the GPO recipe file and the key."""
     from gpmctl.config import load_recipe, resolve_recipe
-    from gpmctl.models.reward_model import HEAD_FILE
+    from gpmctl.models.heads import HEAD_FILE
 
     j, source = recipe.judge, getattr(recipe, "source", "recipe")
     if (Path(j.model) / HEAD_FILE).is_file():

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from gpmctl.errors import DataError
+from gpmctl.utils import first_line
 
 DATASET_ID = "allenai/reward-bench"
 SPLIT = "filtered"
@@ -243,7 +244,7 @@ def _hub_rows(name: str, split: str) -> list[dict]:
         disable_progress_bar()
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # offline, no network, unknown id or split: all the same one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         if unreachable:
             first = "the Hub cannot be reached and the datasets cache has no copy"
         raise DataError(name, f"cannot load Hugging Face dataset split {split!r} ({first[:160]}); {hint}") from None

@@ -56,7 +56,8 @@ def load_scorer(model: str, batch_size: int, max_length: int, dtype: str, device
     import torch
 
     from gpmctl.data.tokenize import SequenceEncoder
-    from gpmctl.models.loading import load_model, load_tokenizer
+    from gpmctl.models.io import load_model
+    from gpmctl.models.sources import load_tokenizer
     from gpmctl.utils import quiet_libraries
 
     quiet_libraries()

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from gpmctl.errors import ConfigError, GpmctlError
+from gpmctl.utils import first_line
 
 CHECKPOINTS = "checkpoints"
 LOCK_FILE = ".lock"
@@ -132,7 +133,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
         rng = load_file(path / "rng.safetensors")
         scheduler_state, python_random = state.pop("scheduler"), state.pop("python_random")
     except (*_UNREADABLE, SafetensorError) as e:
-        raise UnreadableCheckpoint(f"{path}: unreadable ({type(e).__name__}: {_first_line(e)})") from e
+        raise UnreadableCheckpoint(f"{path}: unreadable ({type(e).__name__}: {first_line(e)})") from e
     model.load_state_dict(weights)
     optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(scheduler_state)
@@ -155,15 +156,10 @@ def read_trainer_state(path: Path) -> dict:
     try:
         state = json.loads((Path(path) / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
-        raise UnreadableCheckpoint(f"{path}: unreadable trainer_state.json ({type(e).__name__}: {_first_line(e)})") from e
+        raise UnreadableCheckpoint(f"{path}: unreadable trainer_state.json ({type(e).__name__}: {first_line(e)})") from e
     if not isinstance(state, dict):
         raise UnreadableCheckpoint(f"{path}: trainer_state.json is not an object")
     return state
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def check_resumable(saved: dict, current: dict, path: Path) -> None:

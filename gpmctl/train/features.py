@@ -36,8 +36,11 @@ from gpmctl.config import Recipe, dump_recipe
 from gpmctl.data.tokenize import EncodedPair, EncodedSequence, SequenceEncoder, pad_sequences
 from gpmctl.errors import ConfigError
 from gpmctl.eval.metrics import agrees_with_label
-from gpmctl.models.loading import build_model, load_tokenizer, save_model
-from gpmctl.models.reward_model import HEAD_FILE, PreferenceModel, PreferenceOutput, read_positions
+from gpmctl.models.build import build_model
+from gpmctl.models.heads import HEAD_FILE, PreferenceOutput
+from gpmctl.models.io import save_model
+from gpmctl.models.model import Hidden, PreferenceModel, read_positions
+from gpmctl.models.sources import load_tokenizer
 from gpmctl.train import checkpoint as ckpt
 from gpmctl.train.loop import backward_step
 from gpmctl.train.reward import (
@@ -112,7 +115,7 @@ def extract_features(model: PreferenceModel, seqs: list[EncodedSequence], pad_id
         idx = order[start : start + batch_size]
         batch = pad_sequences([seqs[i] for i in idx], pad_id)
         mask = batch["attention_mask"]
-        kwargs = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if model._takes_position_ids else {}
+        kwargs = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if model.takes_position_ids else {}
         hidden = model.backbone(input_ids=batch["input_ids"], attention_mask=mask, **kwargs).last_hidden_state
         rows = torch.arange(len(idx))
         read[idx] = hidden[rows, read_positions(mask, model.head.pool)].float()
@@ -163,8 +166,7 @@ class HeadOnFeatures(nn.Module):
         self.head = model.head
 
     def forward(self, read: torch.Tensor, attention_mask=None, prompt: torch.Tensor | None = None, cu_seqlens=None) -> PreferenceOutput:
-        dtype = self.model.value_head.weight.dtype
-        return self.model._head(read.to(dtype), prompt.to(dtype) if prompt is not None else None)
+        return self.model.apply_head(Hidden(read, prompt))
 
 
 def feature_batch(chosen: Features, rejected: Features, margin: torch.Tensor, label: torch.Tensor) -> dict:

@@ -31,15 +31,23 @@ from pathlib import Path
 
 import torch
 
+from gpmctl.config.train_gpo import GpoRecipe
 from gpmctl.errors import ConfigError, GpmctlError
 from gpmctl.models import preference as P
-from gpmctl.models.reward_model import HEAD_FILE
-from gpmctl.train import gpo_loss as L
-from gpmctl.config.train_gpo import GpoRecipe
-from gpmctl.train.gpo_policy import (
-    Sample, build_tiny_policy, encode_prompt, generate, load_policy, policy_tokenizer, read_prompts, save_policy,
-    sequence_logps, warmup_cyclic,
+from gpmctl.models.heads import HEAD_FILE
+from gpmctl.models.policy import (
+    Sample,
+    build_tiny_policy,
+    encode_prompt,
+    generate,
+    load_policy,
+    policy_tokenizer,
+    read_prompts,
+    save_policy,
+    sequence_logps,
+    warmup_cyclic,
 )  # fmt: skip
+from gpmctl.train import gpo_loss as L
 from gpmctl.train.loop import shard_map
 from gpmctl.utils import RunLog, atomic_write_text, environment_report, json_text, log, output_folder, quiet_libraries
 
@@ -390,7 +398,9 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     sampling, judging and the reference log-probs are dealt over the processes, the optimisation is data
     parallel (DDP or DeepSpeed ZeRO), and process 0 alone writes files."""
     from gpmctl.data.tokenize import SequenceEncoder
-    from gpmctl.models.loading import load_model, load_tokenizer, training_dtype
+    from gpmctl.models.build import training_dtype
+    from gpmctl.models.io import load_model
+    from gpmctl.models.sources import load_tokenizer
     from gpmctl.train.loop import StopFlag, built_whole, keeps_fp32_master_weights, make_accelerator, zero3_plugin
 
     quiet_libraries()

@@ -16,9 +16,9 @@ The recipe, top to bottom (nothing in output_dir is written or deleted before st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import functools
 import math
 import sys
 import time
@@ -32,11 +32,22 @@ from gpmctl.data.tokenize import EncodedPair, SequenceEncoder, collate_pairs, re
 from gpmctl.errors import ConfigError, GpmctlError
 from gpmctl.eval.metrics import agrees_with_label
 from gpmctl.models import preference as P
-from gpmctl.models.loading import build_model, load_tokenizer, save_model, training_dtype
-from gpmctl.models.reward_model import HEAD_FILE, PreferenceModel
+from gpmctl.models.build import build_model, training_dtype
+from gpmctl.models.heads import HEAD_FILE
+from gpmctl.models.io import save_model
+from gpmctl.models.model import PreferenceModel
+from gpmctl.models.sources import load_tokenizer
 from gpmctl.train import checkpoint as ckpt
 from gpmctl.train.loop import (  # noqa: F401  (Preempted: re-exported)
-    Preempted, StopFlag, agreed, any_rank, backward_step, built_whole, keeps_fp32_master_weights, make_accelerator, zero3_plugin,
+    Preempted,
+    StopFlag,
+    agreed,
+    any_rank,
+    backward_step,
+    built_whole,
+    keeps_fp32_master_weights,
+    make_accelerator,
+    zero3_plugin,
 )  # fmt: skip
 from gpmctl.utils import RunLog, environment_report, log, output_folder, quiet_libraries
 
@@ -508,7 +519,7 @@ def _train(recipe: Recipe, resume: str | None, overwrite: bool, stop_after_steps
         log(f"final model: the best eval checkpoint (step {best['step']}, accuracy {best['metrics']['accuracy']:.4f})")
         model_metrics = best["metrics"]
         if main:
-            from gpmctl.models.loading import load_model
+            from gpmctl.models.io import load_model
 
             # Built whole: under ZeRO-3, from_pretrained would otherwise shard it, a collective rank 0 runs alone.
             best_model = built_whole(lambda: load_model(output_dir / "best", dtype="float32"), deepspeed if zero3 else None)

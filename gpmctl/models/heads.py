@@ -1,0 +1,147 @@
+"""The two preference heads: what a hidden state becomes, and how two or K responses are scored.
+
+    GPMHead   value  v = W_v h_read in R^2k (L2-normalised when `l2`), gate lambda(x) = softmax(W_p h_prompt)
+              s(a > b) = <R(x) v_a, v_b>         (gpmctl.models.preference.preference_score / score_matrix)
+    BTHead    value  r = W_v h_read in R          s(a > b) = r_a - r_b
+
+A head is its settings (`HeadConfig`, saved beside the weights as preference_head.json) plus that math, so
+`model.head.tau`, `model.head.kind` and `model.head.score_matrix(...)` are one object. The weights
+themselves (`value_head.weight` [2k or 1, H], `prompt_head.weight` [k, H], the names of the authors'
+released checkpoints) are layers of `PreferenceModel`, which hands their outputs to `head.outputs`.
+Every command that scores (training loss and eval, `score`, `eval`, the GPO judge) goes through
+`pair_score` or `score_matrix`: no caller asks which kind of head it holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from gpmctl.errors import ModelError
+from gpmctl.models import preference as P
+
+HEAD_FILE = "preference_head.json"
+HEAD_FORMAT = "gpmctl-preference-head"
+
+
+@dataclass
+class HeadConfig:
+    """Everything a loader needs besides the backbone, saved as preference_head.json beside the weights."""
+
+    kind: str = "gpm"  # "gpm" | "bt"
+    dim: int = 2  # GPM embedding dimension 2k; 1 for BT
+    gate: bool = False
+    gate_variant: str = "softmax"
+    l2: bool = True
+    tau: float = 0.1
+    pool: str = "last"  # "last" real token | "first" token
+    eos: str = "overwrite"  # how the tokenizer side puts EOS at the read position (see data.tokenize)
+    gate_prompt: str = "first_turn"
+
+    @classmethod
+    def from_model_config(cls, m) -> "HeadConfig":
+        """From a recipe's ModelConfig (gpmctl.config.ModelConfig)."""
+        return cls(
+            kind=m.kind, dim=1 if m.kind == "bt" else m.dim, gate=m.gate, gate_variant=m.gate_variant,
+            l2=m.l2, tau=m.resolved_tau(), pool=m.pool, eos=m.eos, gate_prompt=m.gate_prompt,
+        )  # fmt: skip
+
+    def to_json(self) -> dict:
+        return {"format": HEAD_FORMAT, "version": 1, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, d: dict, source: str = "") -> "HeadConfig":
+        if d.get("format") != HEAD_FORMAT:
+            raise ModelError(f"{source}: not a gpmctl preference head file")
+        known = {f.name for f in dataclasses.fields(HeadConfig)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class PreferenceOutput:
+    """What a head gives for a batch of sequences (float32)."""
+
+    value: torch.Tensor  # [batch, 2k] (GPM) or [batch] (BT)
+    gate: torch.Tensor | None  # [batch, k] or None: the gate read in each sequence's pass
+
+
+class PreferenceHead(HeadConfig):
+    """A head's settings and its math; `make_head` gives the GPMHead or BTHead a HeadConfig describes."""
+
+    @property
+    def value_rows(self) -> int:
+        """Rows of value_head.weight."""
+        raise NotImplementedError
+
+    def outputs(self, value_logits: torch.Tensor, gate_logits: torch.Tensor | None, hidden_size: int) -> PreferenceOutput:
+        """value_head(h_read) [n, rows] and prompt_head(h_prompt) [n, k] (or None) -> PreferenceOutput."""
+        raise NotImplementedError
+
+    def pair_score(self, a: PreferenceOutput, b: PreferenceOutput) -> torch.Tensor:
+        """s(a > b) for aligned rows [n] (a and b answer the same prompts, one gate per prompt)."""
+        raise NotImplementedError
+
+    def prompt_gate(self, gates: torch.Tensor | None) -> torch.Tensor | None:
+        """The gates read in the K passes of a prompt's responses [..., K, k] -> one gate per prompt [..., k]."""
+        return None if gates is None else P.prompt_gate(gates)
+
+    def score_matrix(self, value: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """K responses per prompt -> S [..., K, K] with S[i, j] = s(y_i > y_j).
+        value [..., K, 2k] (GPM) or [..., K] (BT); gate: one per prompt [..., k] (`prompt_gate`) or None."""
+        raise NotImplementedError
+
+
+class GPMHead(PreferenceHead):
+    """The General Preference Model: embeddings in R^2k scored by the skew-symmetric operator."""
+
+    @property
+    def value_rows(self) -> int:
+        return self.dim
+
+    def outputs(self, value_logits: torch.Tensor, gate_logits: torch.Tensor | None, hidden_size: int) -> PreferenceOutput:
+        value = P.normalize_embedding(value_logits) if self.l2 else value_logits
+        gate = None if gate_logits is None else P.eigenvalue_gate(gate_logits, self.gate_variant, hidden_size)
+        return PreferenceOutput(value, gate)
+
+    def pair_score(self, a: PreferenceOutput, b: PreferenceOutput) -> torch.Tensor:
+        gate = None if a.gate is None else P.prompt_gate(torch.stack([a.gate, b.gate], dim=-2))
+        return P.preference_score(a.value, b.value, gate)
+
+    def score_matrix(self, value: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        return P.score_matrix(value, gate)
+
+
+class BTHead(PreferenceHead):
+    """The Bradley-Terry reward model: one scalar reward per response."""
+
+    @property
+    def value_rows(self) -> int:
+        return 1
+
+    def outputs(self, value_logits: torch.Tensor, gate_logits: torch.Tensor | None, hidden_size: int) -> PreferenceOutput:
+        return PreferenceOutput(value_logits.squeeze(-1), None)
+
+    def pair_score(self, a: PreferenceOutput, b: PreferenceOutput) -> torch.Tensor:
+        return P.bt_score(a.value, b.value)
+
+    def prompt_gate(self, gates: torch.Tensor | None) -> None:
+        return None
+
+    def score_matrix(self, value: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        return P.bt_score_matrix(value)
+
+
+HEADS = {"gpm": GPMHead, "bt": BTHead}
+
+
+def make_head(config: HeadConfig) -> PreferenceHead:
+    """The head a HeadConfig describes (a head passes through); impossible settings are a ModelError."""
+    if isinstance(config, PreferenceHead):
+        return config
+    if config.kind not in HEADS:
+        raise ModelError(f"unknown model kind {config.kind!r} (expected gpm or bt)")
+    if config.kind == "gpm" and (config.dim < 2 or config.dim % 2):
+        raise ModelError(f"a GPM needs an even embedding dimension >= 2, got {config.dim}")
+    return HEADS[config.kind](**dataclasses.asdict(config))
