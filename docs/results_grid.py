@@ -6,7 +6,7 @@ held-out HH-RLHF pairs and on RM-Bench, from cached backbone features.
     python docs/results_grid.py plot docs/results/*.jsonl -o docs/results_grid.png
 
 `run` trains, for each seed, BT and the GPM at dims 2/4/6/8 with and without gate and L2 (17 heads),
-each one `train_head_on_features` (the `gpmctl train-rm` frozen-backbone path: log.jsonl and
+each one `train_reward_model` (the `gpmctl train-rm` frozen-backbone path: log.jsonl and
 metrics.json per run under runs/results/, no model folder), then scores RM-Bench from the backbone
 features of its responses (computed once per backbone and cached like the training features; same
 rows, encoding and 3x3 scoring as `gpmctl eval rmbench --limit N`). The seed moves the held-out split
@@ -31,10 +31,10 @@ from gpmctl.errors import ModelError
 from gpmctl.eval import rmbench as rm
 from gpmctl.eval.benchmarks import rmbench_tables
 from gpmctl.eval.scoring import assistant, user
-from gpmctl.models import preference as P
+from gpmctl.models.model import Hidden
 from gpmctl.models.sources import load_tokenizer
-from gpmctl.train.features import HeadOnFeatures, cached_features, train_head_on_features
-from gpmctl.train.reward import load_pairs
+from gpmctl.train.features import cached_features
+from gpmctl.train.reward import load_pairs, train_reward_model
 
 HEADS = [("bt", ["model.kind=bt", "model.gate=false"])] + [
     (f"gpm{dim}{'-gate' if gate else ''}{'-l2' if l2 else ''}",
@@ -55,11 +55,11 @@ def rmbench_sequences(recipe, tokenizer, head):
 @torch.no_grad()
 def rmbench_from_features(model, tables, features) -> dict:
     """RM-Bench hard / normal / easy per domain from the 6 responses' features of every row."""
-    out = HeadOnFeatures(model)(features.read, None, features.prompt)
+    out = model(hidden=Hidden(features.read, features.prompt))
     n = len(features.read) // 6
     value = out.value.double().view(n, 6, *out.value.shape[1:])
-    gate = P.prompt_gate(out.gate.double().view(n, 6, -1)) if out.gate is not None else None
-    S = (P.bt_score_matrix(value) if model.head.kind == "bt" else P.score_matrix(value, gate))[:, :3, 3:]
+    gate = model.head.prompt_gate(None if out.gate is None else out.gate.double().view(n, 6, -1))
+    S = model.head.score_matrix(value, gate)[:, :3, 3:]
     examples, row = [], 0
     for path, rows in tables:
         for number, r in enumerate(rows, start=1):
@@ -91,7 +91,7 @@ def run_grid(recipe_path: str, seeds: list[int], out: Path, overrides: list[str]
                 recipe = load_recipe(recipe_path, [*overrides, *head, f"train.seed={seed}", f"output_dir=runs/results/{name}/{label}-s{seed}"])
                 pairs = pairs or load_pairs(recipe, encoder)
                 try:
-                    run = train_head_on_features(recipe, overwrite=True, save=False, pairs=pairs)
+                    run = train_reward_model(recipe, overwrite=True, save=False, pairs=pairs)
                 except ModelError as e:  # e.g. a gate on an encoder backbone
                     print(f"{name} {label} seed {seed}: skipped: {e}", file=sys.stderr)
                     continue
@@ -127,7 +127,7 @@ def print_table(paths: list[str]) -> None:
         cells = [_mean_sd([r["heldout"]["accuracy"] for r in rs])]
         cells += [_mean_sd([r["rmbench"][k] for r in rs]) for k in ("overall", "hard", "normal", "easy")]
         cells += [_mean_sd([r["rmbench"]["domains"][d] for r in rs]) for d in ("chat", "code", "safety")]
-        cells.append(f"{statistics.mean(r['timing']['head_training_s'] for r in rs):.1f}")
+        cells.append(f"{statistics.mean(r['timing']['training_s'] for r in rs):.1f}")
         print(f"| {backbone.removeprefix('package:')} | {head} | {len(rs)} | " + " | ".join(cells) + " |")
 
 

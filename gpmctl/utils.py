@@ -88,7 +88,8 @@ def package_versions(names=("gpmctl", "torch", "transformers", "accelerate", "da
     return versions
 
 
-def environment_report(accelerator=None) -> dict:
+def environment_report(engine=None) -> dict:
+    """Versions, machine and devices; with `engine` (gpmctl.engine.Engine) the run's process layout too."""
     import torch
 
     report = {
@@ -101,9 +102,8 @@ def environment_report(accelerator=None) -> dict:
         "cuda": torch.cuda.is_available(),
         "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
     }
-    if accelerator is not None:
-        report.update(device=str(accelerator.device), num_processes=accelerator.num_processes,
-                      distributed_type=str(accelerator.distributed_type), mixed_precision=accelerator.mixed_precision)  # fmt: skip
+    if engine is not None:
+        report.update(engine.environment())
     return report
 
 

@@ -14,8 +14,9 @@ from gpmctl.config import ModelConfig, TinyBackbone, load_recipe
 from gpmctl.errors import ConfigError, ModelError
 from gpmctl.models.build import build_model, freeze_backbone
 from gpmctl.models.io import load_model
+from gpmctl.models.model import Hidden
 from gpmctl.models.sources import load_tokenizer
-from gpmctl.train.features import HeadOnFeatures, extract_features, train_head_on_features
+from gpmctl.train.features import extract_features
 from gpmctl.train.reward import train_reward_model
 
 SMALL = ["data.train=cyclic:train?num_prompts=24", "data.eval=cyclic:test?num_prompts=24", "model.tiny.hidden_size=32",
@@ -46,7 +47,7 @@ def test_head_trained_on_cached_features_equals_the_full_model_with_a_frozen_bac
                                    "model.freeze_backbone=true", *head])  # fmt: skip
     assert cli.exit_code == 0, cli.output
     assert len(list(feature_cache.glob("*.safetensors"))) == 1
-    full = train_reward_model(frozen_recipe(tmp_path, "full", *head))  # every step runs the frozen backbone
+    full = train_reward_model(frozen_recipe(tmp_path, "full", *head), cached_features=False)  # every step runs the frozen backbone
 
     cached_heads, full_heads = head_weights(tmp_path / "cached"), head_weights(tmp_path / "full")
     assert cached_heads.keys() == full_heads.keys() and cached_heads
@@ -72,11 +73,11 @@ def test_head_trained_on_cached_features_equals_the_full_model_with_a_frozen_bac
 
 
 def test_second_run_reads_the_cache_and_gives_the_identical_head(tmp_path, feature_cache):
-    first = train_head_on_features(frozen_recipe(tmp_path, "a", "model.gate=true"))
+    first = train_reward_model(frozen_recipe(tmp_path, "a", "model.gate=true"))
     # Another head and seed: the seed moves neither the tiny backbone (model.tiny is seeded by train.seed, so
     # keep it) nor the set of sequences; only the head differs, and the features come from the file.
-    second = train_head_on_features(frozen_recipe(tmp_path, "b", "model.gate=true"))
-    other_head = train_head_on_features(frozen_recipe(tmp_path, "c", "model.kind=bt"))
+    second = train_reward_model(frozen_recipe(tmp_path, "b", "model.gate=true"))
+    other_head = train_reward_model(frozen_recipe(tmp_path, "c", "model.kind=bt"))
     assert first.timing["features_cached"] is False and first.timing["features_s"] > 0
     assert second.timing["features_cached"] is True and other_head.timing["features_cached"] is True
     assert len(list(feature_cache.glob("*.safetensors"))) == 1
@@ -84,7 +85,7 @@ def test_second_run_reads_the_cache_and_gives_the_identical_head(tmp_path, featu
         assert torch.equal(weight, head_weights(tmp_path / "b")[name])
     assert second.final_metrics == first.final_metrics
     # Another backbone never reuses these features.
-    train_head_on_features(frozen_recipe(tmp_path, "d", "model.tiny.hidden_size=16", "model.tiny.intermediate_size=32"))
+    train_reward_model(frozen_recipe(tmp_path, "d", "model.tiny.hidden_size=16", "model.tiny.intermediate_size=32"))
     assert len(list(feature_cache.glob("*.safetensors"))) == 2
 
 
@@ -95,7 +96,7 @@ def test_feature_head_gives_the_model_outputs(tmp_path):
     g = torch.Generator().manual_seed(0)
     seqs = [EncodedSequence(torch.randint(3, 90, (n,), generator=g).numpy().astype("int32"), prompt_end=n // 2) for n in (5, 12, 9)]
     features = extract_features(model, seqs, pad_id=0)
-    from_features = HeadOnFeatures(model)(features.read, None, features.prompt)
+    from_features = model(hidden=Hidden(features.read, features.prompt))
     batch = pad_sequences(seqs, pad_id=0)
     with torch.no_grad():
         direct = model(batch["input_ids"], batch["attention_mask"], batch["prompt_end"])
@@ -139,4 +140,4 @@ def test_frozen_backbone_excludes_lora_last_layers_and_several_processes(tmp_pat
         with pytest.raises(ConfigError, match="model.freeze_backbone"):
             frozen_recipe(tmp_path, "x", extra)
     with pytest.raises(ConfigError, match="--overwrite"):
-        train_head_on_features(frozen_recipe(tmp_path, "x"), resume="auto")
+        train_reward_model(frozen_recipe(tmp_path, "x"), resume="auto")

@@ -23,9 +23,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from gpmctl.config import LaunchConfig, load_recipe, shipped_recipes
+from gpmctl.engine import Engine
+from gpmctl.engine.launch import plan_launch, shipped_profiles
 from gpmctl.errors import ConfigError, GpmctlError
-from gpmctl.launch import plan_launch, shipped_profiles
-from gpmctl.train.checkpoint import check_resumable
 from gpmctl.train.reward import Preempted, train_reward_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,13 +180,13 @@ LAYOUT = {"world_size": 2, "engine": "torch", "zero_stage": None, "batch_size": 
 def test_resume_layout_checks(now, problem):
     current = {**LAYOUT, **now}
     if problem is None:
-        check_resumable(LAYOUT, current, Path("ckpt"))
+        Engine.check_resumable(LAYOUT, current, Path("ckpt"))
     else:
         with pytest.raises(ConfigError, match=problem):
-            check_resumable(LAYOUT, current, Path("ckpt"))
+            Engine.check_resumable(LAYOUT, current, Path("ckpt"))
     zero = {**LAYOUT, "engine": "deepspeed", "zero_stage": 3}
     with pytest.raises(ConfigError, match="written by 2 processes cannot be resumed by 1"):
-        check_resumable(zero, {**zero, "world_size": 1, "batch_size": 8}, Path("ckpt"))
+        Engine.check_resumable(zero, {**zero, "world_size": 1, "batch_size": 8}, Path("ckpt"))
 
 
 def test_resuming_with_another_global_batch_is_one_clear_error(tmp_path):

@@ -20,7 +20,7 @@ app = typer.Typer(
 
 def _shipped() -> list[dict]:
     from gpmctl.config import shipped_recipes
-    from gpmctl.launch import shipped_profiles
+    from gpmctl.engine.launch import shipped_profiles
 
     rows = [{"name": n, "kind": "recipe", "path": str(p)} for n, p in shipped_recipes().items()]
     rows += [{"name": n, "kind": "profile", "path": str(p)} for n, p in shipped_profiles().items()]

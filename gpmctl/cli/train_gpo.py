@@ -44,7 +44,7 @@ def train_gpo(
         return
     check_judge(config)
     check_policy(config)
-    from gpmctl import launch
+    from gpmctl.engine import launch
 
     argv = ["train-gpo", recipe, *(overrides or [])]
     argv += ["--resume", resume] if resume else []

@@ -36,7 +36,7 @@ def train_rm(
     run checkpoints and exits with code 75; run the same command with --resume auto to continue.
     With `launch.num_processes` > 1 (or a DeepSpeed profile) and no launcher around it, the command
     re-runs itself under `accelerate launch --config_file <profile>`; under an existing accelerate
-    launch, torchrun or Slurm srun it runs in place (rules in gpmctl/launch.py).
+    launch, torchrun or Slurm srun it runs in place (rules in gpmctl/engine/launch.py).
     """
     from gpmctl.config import dump_recipe, load_recipe, resolve_recipe
 
@@ -44,7 +44,7 @@ def train_rm(
     if print_recipe:
         print(dump_recipe(config), end="")
         return
-    from gpmctl import launch
+    from gpmctl.engine import launch
 
     argv = ["train-rm", recipe, *(overrides or [])]
     argv += ["--resume", resume] if resume else []
@@ -69,12 +69,7 @@ def train_rm(
 
     t = config.train
     launch.warn_in_place(config.launch, plan, t.batch_size * t.grad_accum)
-    if config.model.freeze_backbone:  # the head alone, on cached backbone features (gpmctl/train/features.py)
-        from gpmctl.train.features import train_head_on_features
-
-        result = launch.run_worker(lambda: train_head_on_features(config, overwrite=overwrite, resume=resume))
-    else:
-        result = launch.run_worker(lambda: train_reward_model(config, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps))
+    result = launch.run_worker(lambda: train_reward_model(config, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps))
     if result is not None and launch.rank() == 0 and not launch.launched_by_gpmctl():  # else the parent reports
         _report(config, _benchmarks(config))
 
@@ -98,7 +93,7 @@ def _report(config, benchmarks: dict) -> None:
 
 def dry_run_report(config, plan) -> dict:
     """What a run would do, from the recipe and the backbone's config (no weights are read)."""
-    from gpmctl import launch
+    from gpmctl.engine import launch
 
     t, lc = config.train, config.launch
     world = plan.world_size if plan.command is None and plan.world_size > 1 else lc.num_processes

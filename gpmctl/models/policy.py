@@ -6,7 +6,6 @@ so the log-probs in training are those of the sequences the policy actually drew
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 from gpmctl.errors import ModelError
 from gpmctl.models.build import resolve_dtype, tiny_backbone
 from gpmctl.models.sources import TINY, load_tokenizer, offline_hint, quiet_call, refuse_pickles
-from gpmctl.utils import first_line, log
+from gpmctl.utils import first_line
 
 STOP_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")  # end-of-turn markers of common chat templates
 
@@ -207,36 +206,3 @@ def sequence_logps(model, prompts: list[list[int]], responses: list[list[int]], 
     token_logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     target_mask = resp[:, 1:]
     return (token_logp * target_mask).sum(-1), target_mask.sum(-1)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Supervised warm-up of the tiny policy on the cyclic task
-
-
-def warmup_cyclic(model, tokenizer, prompt_ids: list[list[int]], cfg, seed: int, device) -> dict:
-    """SFT on (prompt -> item word + end-of-turn), item words drawn by `cfg.item_weights`: gives pi_0
-    a known, full-support distribution over the cyclic items. Returns {"loss": last loss}."""
-    from gpmctl.data.cyclic import ITEM_WORDS
-
-    words = ITEM_WORDS[: cfg.num_items]
-    weights = list(cfg.item_weights or [1.0] * cfg.num_items)
-    stop = stop_token_ids(tokenizer, model)
-    end = tokenizer.get_vocab().get("<|im_end|>", stop[0])
-    answers = [tokenizer(w, add_special_tokens=False)["input_ids"] + [end] for w in words]
-    rng = random.Random(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    model.train()
-    loss = torch.tensor(float("nan"))
-    for step in range(cfg.steps):
-        batch_prompts = [rng.choice(prompt_ids) for _ in range(cfg.batch_size)]
-        batch_answers = [answers[i] for i in rng.choices(range(len(words)), weights=weights, k=cfg.batch_size)]
-        logp, length = sequence_logps(model, batch_prompts, batch_answers, device)
-        loss = -(logp / length).mean()  # per-token NLL: the answers differ in token count
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if (step + 1) % 50 == 0:
-            log(f"warm-up step {step + 1}/{cfg.steps}: loss {float(loss.detach()):.4f}")
-    model.eval()
-    return {"loss": float(loss.detach())}

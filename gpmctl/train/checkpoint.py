@@ -1,19 +1,14 @@
 """Resumable training checkpoints: everything needed to continue a run bit for bit.
 
     <output_dir>/checkpoints/step-000120/
-        model.safetensors      the trainable module's state (PreferenceModel names)
+        model.safetensors      the trainable module's state (tied weights stored once)
         optimizer.pt           optimizer state, read back with torch.load(weights_only=True): no unpickling
         rng.safetensors        torch CPU (and CUDA) generator states
         trainer_state.json     step, epoch, position in the epoch, best metric, scheduler state, Python RNG
 
-Under DeepSpeed (ZeRO-2/3) the model and optimizer are sharded over the ranks, so the folder holds
-accelerate's `save_state` output instead of model.safetensors / optimizer.pt / rng.safetensors:
-
-        engine/                ZeRO shards of every rank (pytorch_model/), per-rank RNG states
-        trainer_state.json     as above, with "engine": "deepspeed"
-
-trainer_state.json also records the layout that wrote it (world_size, batch_size, grad_accum, engine):
-`check_resumable` says in one line when a run cannot continue from it.
+An engine that shards the model over the ranks writes its own files instead of model.safetensors /
+optimizer.pt / rng.safetensors (gpmctl.engine.Engine.save_state); trainer_state.json also records the
+layout that wrote it (world_size, batch_size, grad_accum, engine), which `Engine.check_resumable` reads.
 
 A checkpoint folder is written under a temporary name and renamed when complete, so a preempted save
 never leaves a checkpoint that looks finished; one damaged later (a truncated copy, a full disk) raises
@@ -56,13 +51,11 @@ class RunLock:
         self.path = Path(output_dir) / LOCK_FILE
         self.file = None
 
-    def acquire(self, accelerator, create: bool = True) -> None:
-        """Lock (every rank learns rank 0's result); `create=False` only tries a lock file left by an
-        earlier run, so that a busy folder is refused before anything is written."""
-        from gpmctl.train.loop import agreed
-
+    def acquire(self, engine, create: bool = True) -> None:
+        """Lock (every rank learns rank 0's result; `engine`: gpmctl.engine.Engine); `create=False` only tries
+        a lock file left by an earlier run, so that a busy folder is refused before anything is written."""
         held = True
-        if accelerator.is_main_process and self.file is None and (create or self.path.is_file()):
+        if engine.is_main and self.file is None and (create or self.path.is_file()):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             f = open(self.path, "a")
             try:
@@ -71,7 +64,7 @@ class RunLock:
             except BlockingIOError:
                 f.close()
                 held = False
-        if not agreed(accelerator, held):
+        if not engine.agreed(held):
             raise ConfigError(f"{self.path.parent}: another gpmctl run is writing to this folder (it holds {self.path}); "
                               "wait for it to end or choose another output_dir")  # fmt: skip
 
@@ -95,12 +88,12 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, state: dict) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file, save_model
 
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    save_model(model, str(tmp / "model.safetensors"))  # a tied weight (a policy's embeddings) is stored once
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -109,7 +102,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, st
     save_file(rng, tmp / "rng.safetensors")
     version, internal, gauss = random.getstate()
     full_state = {**state, "scheduler": scheduler.state_dict(), "python_random": [version, list(internal), gauss]}
-    (tmp / "trainer_state.json").write_text(json.dumps(full_state, indent=2))
+    write_trainer_state(tmp, full_state)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
@@ -134,7 +127,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
         scheduler_state, python_random = state.pop("scheduler"), state.pop("python_random")
     except (*_UNREADABLE, SafetensorError) as e:
         raise UnreadableCheckpoint(f"{path}: unreadable ({type(e).__name__}: {first_line(e)})") from e
-    model.load_state_dict(weights)
+    _restore_weights(model, weights)
     optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(scheduler_state)
     version, internal, gauss = python_random
@@ -146,10 +139,24 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) ->
     return state
 
 
+def _restore_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """load_state_dict, strict except for the tied names that safetensors' save_model stored once."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    state = model.state_dict()
+    saved_storage = {state[name].data_ptr() for name in weights if name in state}
+    untied = [name for name in missing if state[name].data_ptr() not in saved_storage]
+    if untied or unexpected:
+        raise RuntimeError(f"checkpoint weights do not match the model: missing {untied[:3]}, unexpected {unexpected[:3]}")
+
+
 def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
     """Delete all but the `keep` newest checkpoints."""
     for old in list_checkpoints(output_dir)[: max(0, len(list_checkpoints(output_dir)) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_trainer_state(folder: Path, state: dict) -> None:
+    (Path(folder) / "trainer_state.json").write_text(json.dumps(state, indent=2))
 
 
 def read_trainer_state(path: Path) -> dict:
@@ -159,56 +166,4 @@ def read_trainer_state(path: Path) -> dict:
         raise UnreadableCheckpoint(f"{path}: unreadable trainer_state.json ({type(e).__name__}: {first_line(e)})") from e
     if not isinstance(state, dict):
         raise UnreadableCheckpoint(f"{path}: trainer_state.json is not an object")
-    return state
-
-
-def check_resumable(saved: dict, current: dict, path: Path) -> None:
-    """Raise ConfigError when a checkpoint written with layout `saved` cannot continue as `current`.
-
-    Layout keys: world_size, engine (torch | deepspeed), zero_stage, batch_size, grad_accum. A torch
-    checkpoint holds the full model and optimizer, so it continues on any number of processes as long as
-    the global batch (batch_size x grad_accum x world_size) is unchanged: each step then sees the same
-    pairs. A ZeRO checkpoint is cut into one shard per rank and needs the same engine, stage and world size.
-    """
-    if "world_size" not in saved:  # written before layouts were recorded: single process, torch
-        saved = {**saved, "world_size": 1, "engine": "torch", "batch_size": current["batch_size"], "grad_accum": current["grad_accum"]}
-    was, now = saved["world_size"], current["world_size"]
-    if saved.get("engine", "torch") != current["engine"] or saved.get("zero_stage") != current["zero_stage"]:
-        def name(d):
-            return f"DeepSpeed ZeRO-{d.get('zero_stage')}" if d.get("engine") == "deepspeed" else "a torch (single/DDP) run"
-
-        raise ConfigError(f"{path}: written by {name(saved)}, this run is {name(current)}; resume with the launch profile "
-                          "that wrote it (launch.profile=...) or start again with --overwrite")  # fmt: skip
-    if current["engine"] == "deepspeed" and was != now:
-        raise ConfigError(f"{path}: a ZeRO checkpoint written by {was} processes cannot be resumed by {now}; "
-                          f"run with launch.num_processes={was} (or convert it with DeepSpeed's zero_to_fp32 and start a new run)")  # fmt: skip
-    global_was = saved["batch_size"] * saved["grad_accum"] * was
-    global_now = current["batch_size"] * current["grad_accum"] * now
-    if global_was != global_now:
-        raise ConfigError(f"{path}: written with a global batch of {global_was} pairs ({saved['batch_size']} x {saved['grad_accum']} x "
-                          f"{was} processes), this run has {global_now} ({current['batch_size']} x {current['grad_accum']} x {now}); "
-                          "set train.batch_size / train.grad_accum so the global batch matches, or start again with --overwrite")  # fmt: skip
-
-
-def save_sharded_checkpoint(path: Path, accelerator, scheduler, state: dict) -> Path:
-    """DeepSpeed: every rank writes its shard through accelerate; rank 0 adds trainer_state.json and renames."""
-    tmp = path.with_name(path.name + ".tmp")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "engine"), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({**state, "scheduler": scheduler.state_dict()}, indent=2))
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    accelerator.wait_for_everyone()
-    return path
-
-
-def load_sharded_checkpoint(path: Path, accelerator, scheduler) -> dict:
-    accelerator.load_state(str(Path(path) / "engine"))
-    state = read_trainer_state(path)
-    scheduler.load_state_dict(state.pop("scheduler"))
     return state

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -45,11 +44,9 @@ from gpmctl.models.policy import (
     read_prompts,
     save_policy,
     sequence_logps,
-    warmup_cyclic,
 )  # fmt: skip
 from gpmctl.train import gpo_loss as L
-from gpmctl.train.loop import shard_map
-from gpmctl.utils import RunLog, atomic_write_text, environment_report, json_text, log, output_folder, quiet_libraries
+from gpmctl.utils import RunLog, atomic_write_text, environment_report, first_line, json_text, log, output_folder, quiet_libraries
 
 EVAL_SEED_OFFSET = 7_777_777  # eval samples use their own seeds, the same for every policy
 
@@ -160,12 +157,13 @@ def ensure_judge(recipe: GpoRecipe) -> Path:
 
     rm_recipe = load_recipe(resolve_recipe(j.train_recipe), [*j.train_overrides, f"output_dir={path}"])
     log(f"judge: {path} holds no model; training it with {j.train_recipe} first")
-    train_reward_model(rm_recipe, resume="auto")
+    resume = None if rm_recipe.model.freeze_backbone else "auto"  # a frozen backbone's head keeps no checkpoints to resume
+    train_reward_model(rm_recipe, resume=resume)
     return path
 
 
 @torch.no_grad()
-def judge_scores(judge, encoder, prompts: list[list[dict]], responses: list[list[str]], batch_size: int, accelerator) -> torch.Tensor:
+def judge_scores(judge, encoder, prompts: list[list[dict]], responses: list[list[str]], batch_size: int, engine) -> torch.Tensor:
     """Raw judge scores [N, K, K] (GPM s(y_i > y_j) or BT r_i - r_j, before tau): one embedding per response.
     The prompts are dealt over the processes in blocks; every process gets the whole table."""
     from gpmctl.score import embed_sequences
@@ -174,27 +172,27 @@ def judge_scores(judge, encoder, prompts: list[list[dict]], responses: list[list
 
     def block(rows: list, _: int) -> list[torch.Tensor]:
         seqs = [encoder.encode(p, [{"role": "assistant", "content": text}]) for p, row in rows for text in row]
-        value, gate = embed_sequences(judge, seqs, batch_size, encoder.tokenizer.pad_token_id, accelerator.device)
+        value, gate = embed_sequences(judge, seqs, batch_size, encoder.tokenizer.pad_token_id, engine.device)
         value = value.double().cpu().view(len(rows), K, *value.shape[1:])
         if judge.head.kind == "bt":
             return list(P.bt_score_matrix(value))
         gate = None if gate is None else P.prompt_gate(gate.double().cpu().view(len(rows), K, -1))
         return list(P.score_matrix(value, gate))
 
-    return torch.stack(shard_map(accelerator, list(zip(prompts, responses)), block, max(1, batch_size // K)))
+    return torch.stack(engine.shard_map(list(zip(prompts, responses)), block, max(1, batch_size // K)))
 
 
-def win_rate(judge, encoder, prompts, new: list[list[str]], old: list[list[str]], batch_size: int, accelerator) -> float:
+def win_rate(judge, encoder, prompts, new: list[list[str]], old: list[list[str]], batch_size: int, engine) -> float:
     """Mean over prompts of P(y_new > y_old) under the judge, every new sample against every old one."""
-    raw = judge_scores(judge, encoder, prompts, [a + b for a, b in zip(new, old)], batch_size, accelerator)
+    raw = judge_scores(judge, encoder, prompts, [a + b for a, b in zip(new, old)], batch_size, engine)
     m = len(new[0])
     prob = P.preference_probability(raw[:, :m, m:], judge.head.tau)
     return float(prob.mean())
 
 
-def sample(policy, tokenizer, prompt_ids: list[list[int]], seeds: list[int], gen, accelerator) -> list[list[Sample]]:
+def sample(policy, tokenizer, prompt_ids: list[list[int]], seeds: list[int], gen, engine) -> list[list[Sample]]:
     """len(seeds) samples per prompt; batches of prompts dealt over the processes (same texts as one process)."""
-    return shard_map(accelerator, prompt_ids, lambda chunk, b: generate(policy, tokenizer, chunk, seeds, gen, accelerator.device, b), gen.batch_size)
+    return engine.shard_map(prompt_ids, lambda chunk, b: generate(policy, tokenizer, chunk, seeds, gen, engine.device, b), gen.batch_size)
 
 
 def cyclic_win_rate(new: list[list[str]], old: list[list[str]], num_items: int) -> float | None:
@@ -241,45 +239,22 @@ def build_training_set(recipe: GpoRecipe, generations: list[dict], raw: torch.Te
     return rows, train
 
 
-def _save_step(path: Path, model, optimizer, scheduler, state: dict) -> None:
-    """A step checkpoint inside an iteration: weights (tied ones once), optimizer, scheduler, position."""
-    from safetensors.torch import save_model
-
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps({**state, "scheduler": scheduler.state_dict()}))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-
-
-def _load_step(path: Path, model, optimizer, scheduler) -> dict:
-    from safetensors.torch import load_model
-
-    load_model(model, str(path / "model.safetensors"))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-    state = json.loads((path / "trainer_state.json").read_text())
-    scheduler.load_state_dict(state.pop("scheduler"))
-    return state
-
-
 def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations: list[dict], train: list[dict],
-             t: int, accelerator, runlog: RunLog, stop, state_dir: Path | None = None) -> tuple[dict, dict | None]:  # fmt: skip
-    """Minimise the squared loss of eq. 5.3 over `train`; the reference pi_{t-1} is the policy as given.
+             t: int, engine, runlog: RunLog, stop, state_dir: Path) -> tuple[dict, dict | None]:  # fmt: skip
+    """Minimise the squared loss of eq. 5.3 over `train` with gpmctl.train.loop.fit; the reference pi_{t-1} is the
+    policy as given.
 
     Each optimizer step takes train.batch_size x grad_accum x processes sequences (every process its own
-    share, as train-rm). With `state_dir`, the optimisation is checkpointed there every `train.save_steps`
-    steps and on a stop signal, and continues from such a checkpoint (after computing the reference
-    log-probs from pi_{t-1}). Returns (stats, the trained weights gathered from ZeRO-3 shards or None)."""
+    share, as train-rm). The optimisation is checkpointed in `state_dir` every `train.save_steps` steps and
+    on a stop signal, and continues from such a checkpoint (after computing the reference log-probs from
+    pi_{t-1}). Returns (stats, the trained weights gathered from sharded ranks, or None)."""
     from gpmctl.train import checkpoint as ckpt
-    from gpmctl.train.loop import Preempted, any_rank, backward_step, zero3_plugin
+    from gpmctl.train.loop import Step, fit
     from gpmctl.train.optim import build_optimizer, build_schedule
     from gpmctl.train.reward import epoch_batches
 
     c, o = recipe.train, recipe.objective
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    device = engine.device
     prompts = [prompt_ids[r["n"]] for r in train]
     responses = [generations[r["n"]]["response_ids"][r["k"]][: max(c.max_length - len(prompt_ids[r["n"]]), 1)] for r in train]
     targets = torch.tensor([r["target"] for r in train], dtype=torch.float32)
@@ -290,87 +265,105 @@ def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations
 
     @torch.no_grad()
     def reference(rows: list[int], _: int) -> list[tuple[float, int]]:
-        with accelerator.autocast():  # the precision of the training forward, so the log-ratio starts at 0
+        with engine.autocast():  # the precision of the training forward, so the log-ratio starts at 0
             lp, n = sequence_logps(policy, [prompts[i] for i in rows], [responses[i] for i in rows], device)
         return list(zip(lp.float().cpu().tolist(), n.cpu().tolist()))
 
-    ref = shard_map(accelerator, list(range(len(train))), reference, c.batch_size)
+    ref = engine.shard_map(list(range(len(train))), reference, c.batch_size)
     ref_logp = torch.tensor([lp for lp, _ in ref], dtype=torch.float32)
     length = torch.tensor([n for _, n in ref])
 
-    def batches(epoch: int) -> list[list[int]]:  # this process's micro-batches: a permutation per (seed, t, epoch)
-        return epoch_batches(len(train), c.batch_size, c.seed, 1009 * t + epoch, rank, world)
+    def all_batches(epoch: int) -> list[list[int]]:  # this process's micro-batches: a permutation per (seed, t, epoch)
+        return epoch_batches(len(train), c.batch_size, c.seed, 1009 * t + epoch, engine.rank, engine.world)
 
-    micro_per_epoch = len(batches(0))
+    micro_per_epoch = len(all_batches(0))
     if micro_per_epoch < c.grad_accum:
         raise ConfigError(f"train.batch_size x train.grad_accum x processes exceeds the {len(train)} training sequences of iteration {t}")
     total = max(1, math.ceil(c.epochs * micro_per_epoch / c.grad_accum))
     optimizer = build_optimizer(policy, c)
     scheduler = build_schedule(optimizer, c, total)
-    model, optimizer = accelerator.prepare(policy, optimizer)
-    model.train()
-    sharded = accelerator.state.deepspeed_plugin is not None  # DeepSpeed: each rank saves its optimizer shard
-    layout = {"world_size": world, "engine": "deepspeed" if sharded else "torch"}
+    model, optimizer = engine.prepare(policy, optimizer)
+    layout = engine.layout(c.batch_size, c.grad_accum)
     state = {"step": 0, "epoch": 0, "micro_batch": 0}
-    if state_dir is not None and (state_dir / "trainer_state.json").is_file():
-        saved = ckpt.read_trainer_state(state_dir)
-        if {k: saved.get(k) for k in layout} != layout:
-            log(f"iteration {t}: {state_dir} was written by {saved.get('world_size')} processes ({saved.get('engine')}); "
-                f"this run has {world} ({layout['engine']}): training the iteration again from its saved generations")
+    if (state_dir / "trainer_state.json").is_file():
+        try:
+            saved = ckpt.read_trainer_state(state_dir)
+            engine.check_resumable(saved, layout, state_dir)
+            saved = engine.load_state(state_dir, model, optimizer, scheduler)
+        except (ConfigError, ckpt.UnreadableCheckpoint, KeyError) as e:
+            log(f"iteration {t}: {first_line(e)}: training the iteration again from its saved generations")
         else:
-            saved = ckpt.load_sharded_checkpoint(state_dir, accelerator, scheduler) if sharded else \
-                _load_step(state_dir, accelerator.unwrap_model(model), optimizer, scheduler)  # fmt: skip
             state = {k: saved[k] for k in state}
+            state["micro_batch"] = state["micro_batch"] // saved.get("grad_accum", c.grad_accum) * c.grad_accum
             log(f"iteration {t}: continuing the optimisation from step {state['step']} ({state_dir})")
 
-    def checkpoint() -> None:
-        if state_dir is None:
-            return
-        if sharded:
-            ckpt.save_sharded_checkpoint(state_dir, accelerator, scheduler, {**state, **layout})
-        elif accelerator.is_main_process:
-            _save_step(state_dir, accelerator.unwrap_model(model), optimizer, scheduler, {**state, **layout})
-        accelerator.wait_for_everyone()
+    def step(index: list[int]) -> Step:
+        logp, _ = sequence_logps(model, [prompts[i] for i in index], [responses[i] for i in index], device)
+        lens = length[index].to(device) if o.length_norm else None
+        ratio = L.log_ratio(logp, ref_logp[index].to(device), lens, o.length_gamma)  # log pi_theta/pi_t (/|y|^gamma: App. E.2)
+        loss = L.squared_loss(ratio, targets[index].to(device))  # (ratio - (1/beta) s_hat)^2, eq. 5.3
+        return Step(loss, {"loss": loss.detach(), "ratio": ratio.detach().sum(), "sequences": len(index)})
 
-    started, window = time.perf_counter(), []
-    while state["step"] < total:
-        mine = batches(state["epoch"])[: micro_per_epoch // c.grad_accum * c.grad_accum]  # whole optimizer steps only
-        while state["micro_batch"] < len(mine) and state["step"] < total:
-            idx = mine[state["micro_batch"]]
-            with accelerator.accumulate(model):
-                logp, _ = sequence_logps(model, [prompts[i] for i in idx], [responses[i] for i in idx], device)
-                lens = length[idx].to(device) if o.length_norm else None
-                ratio = L.log_ratio(logp, ref_logp[idx].to(device), lens, o.length_gamma)  # log pi_theta/pi_t (/|y|^gamma: App. E.2)
-                loss = L.squared_loss(ratio, targets[idx].to(device))  # (ratio - (1/beta) s_hat)^2, eq. 5.3
-                grad_norm = backward_step(accelerator, model, optimizer, loss, c.max_grad_norm, step=state["step"] + 1)
-            state["micro_batch"] += 1
-            window.append(float(loss.detach()))
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            state["step"] += 1
-            step = state["step"]
-            if step % c.logging_steps == 0 or step == total:
-                record = {"event": "train", "iteration": t, "step": step, "loss": sum(window) / len(window),
-                          "lr": scheduler.get_last_lr()[0], "grad_norm": None if grad_norm is None else float(grad_norm),
-                          "ratio_mean": float(ratio.detach().mean())}  # fmt: skip
-                runlog.write(record)
-                window = []
-            if any_rank(accelerator, stop.signal is not None):  # a signal may reach the ranks at different steps
-                checkpoint()
-                where = "continues from this step" if state_dir is not None else "re-trains it from its saved generations"
-                raise Preempted(f"stopped in iteration {t} at step {step} ({stop.signal or 'a signal to another rank'}); --resume auto {where}")
-            if c.save_steps and step % c.save_steps == 0 and step < total:
-                checkpoint()
-        if state["micro_batch"] >= len(mine):
-            state["epoch"] += 1
-            state["micro_batch"] = 0
-    gathered = accelerator.get_state_dict(model) if zero3_plugin(accelerator) else None  # a collective: every rank
-    accelerator.free_memory()
+    def report(window: dict) -> None:
+        runlog.write({"event": "train", "iteration": t, "step": window["step"], "loss": window["loss"] / window["micro_batches"],
+                      "lr": window["lr"], "grad_norm": window["grad_norm"], "ratio_mean": window["ratio"] / window["sequences"]})  # fmt: skip
+
+    def checkpoint(reason: str) -> str:
+        engine.save_state(state_dir, model, optimizer, scheduler, {**state, **layout})
+        return f"iteration {t} checkpointed in {state_dir}; --resume auto continues from this step"
+
+    started = time.perf_counter()
+    fit(engine, model, optimizer, scheduler, batches=lambda epoch: all_batches(epoch)[: micro_per_epoch // c.grad_accum * c.grad_accum],
+        step=step, state=state, total_steps=total, max_grad_norm=c.max_grad_norm, logging_steps=c.logging_steps, report=report,
+        save_steps=c.save_steps, checkpoint=checkpoint, stop=stop)  # fmt: skip
+    gathered = engine.full_state_dict(model)  # a collective: every rank
+    engine.free_memory()
     policy.eval()
     stats = {"steps": state["step"], "train_seconds": round(time.perf_counter() - started, 2), "sequences": len(train),
-             "target_abs_mean": float(targets.abs().mean()), "processes": world}  # fmt: skip
+             "target_abs_mean": float(targets.abs().mean()), "processes": engine.world}  # fmt: skip
     return stats, gathered
+
+
+def warmup_cyclic(model, tokenizer, prompt_ids: list[list[int]], cfg, seed: int, device) -> dict:
+    """Supervised warm-up of the tiny policy (gpmctl.train.loop.fit on plain torch in this process): SFT on
+    (prompt -> item word + end-of-turn), item words drawn by `cfg.item_weights`, which gives pi_0 a known,
+    full-support distribution over the cyclic items. Returns {"loss": the per-token NLL of the last steps}."""
+    import random
+
+    from gpmctl.config import OptimConfig
+    from gpmctl.data.cyclic import ITEM_WORDS
+    from gpmctl.engine import Engine
+    from gpmctl.models.policy import stop_token_ids
+    from gpmctl.train.loop import Step, fit
+    from gpmctl.train.optim import build_optimizer, build_schedule
+
+    words = ITEM_WORDS[: cfg.num_items]
+    weights = list(cfg.item_weights or [1.0] * cfg.num_items)
+    end = tokenizer.get_vocab().get("<|im_end|>", stop_token_ids(tokenizer, model)[0])
+    answers = [tokenizer(w, add_special_tokens=False)["input_ids"] + [end] for w in words]
+    rng = random.Random(seed)
+    draws = []
+    for _ in range(cfg.steps):  # (prompts, answers) of each step, drawn in the order of the original loop
+        batch_prompts = [rng.choice(prompt_ids) for _ in range(cfg.batch_size)]
+        draws.append((batch_prompts, [answers[i] for i in rng.choices(range(len(words)), weights=weights, k=cfg.batch_size)]))
+    optim = OptimConfig(lr=cfg.lr, optimizer="adamw", adam_betas=(0.9, 0.999), weight_decay=0.0, scheduler="constant", warmup_ratio=0.0)
+    optimizer = build_optimizer(model, optim)
+    scheduler = build_schedule(optimizer, optim, cfg.steps)
+    last = {"loss": float("nan")}
+
+    def step(draw: tuple) -> Step:
+        logp, length = sequence_logps(model, draw[0], draw[1], device)
+        loss = -(logp / length).mean()  # per-token NLL: the answers differ in token count
+        return Step(loss, {"loss": loss.detach()})
+
+    def report(window: dict) -> None:
+        last["loss"] = window["loss"] / window["micro_batches"]
+        log(f"warm-up step {window['step']}/{cfg.steps}: loss {last['loss']:.4f}")
+
+    fit(Engine.local(device=device), model, optimizer, scheduler, batches=lambda epoch: draws, step=step,
+        state={"step": 0, "epoch": 0, "micro_batch": 0}, total_steps=cfg.steps, max_grad_norm=1.0, logging_steps=50, report=report)  # fmt: skip
+    model.eval()
+    return last
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -396,12 +389,12 @@ def _prepare_output(output_dir: Path, resume: str | None, overwrite: bool, main:
 def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = False) -> GpoResult:
     """The whole run (module docstring). Under several processes (launch.num_processes, or any launcher)
     sampling, judging and the reference log-probs are dealt over the processes, the optimisation is data
-    parallel (DDP or DeepSpeed ZeRO), and process 0 alone writes files."""
+    parallel through the engine (gpmctl.engine), and process 0 alone writes files."""
     from gpmctl.data.tokenize import SequenceEncoder
-    from gpmctl.models.build import training_dtype
+    from gpmctl.engine import Engine
     from gpmctl.models.io import load_model
     from gpmctl.models.sources import load_tokenizer
-    from gpmctl.train.loop import StopFlag, built_whole, keeps_fp32_master_weights, make_accelerator, zero3_plugin
+    from gpmctl.train.loop import StopFlag
 
     quiet_libraries()
     output_dir = output_folder(recipe.output_dir, getattr(recipe, "source", "recipe"))
@@ -410,10 +403,10 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     train_prompts = _prompts(recipe, "data.train", recipe.data.train, recipe.data.max_prompts)
     eval_prompts = _prompts(recipe, "data.eval", recipe.data.eval, recipe.data.max_eval_prompts) if recipe.data.eval else []
     settings = _saved_settings(recipe, train_prompts, eval_prompts)
-    accelerator, precision = make_accelerator(c.precision, c.grad_accum, c.batch_size, c.max_grad_norm, getattr(recipe, "source", "recipe"))
-    main, device, zero3 = accelerator.is_main_process, accelerator.device, zero3_plugin(accelerator)
+    engine = Engine.create(c.precision, c.grad_accum, c.batch_size, c.max_grad_norm, getattr(recipe, "source", "recipe"))
+    main, device = engine.is_main, engine.device
     _prepare_output(output_dir, resume, overwrite, main)
-    accelerator.wait_for_everyone()
+    engine.wait()
     _check_resume(output_dir, recipe, settings)
     judge_path = ensure_judge(recipe)
 
@@ -422,23 +415,23 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
             if path.name in settings:  # its settings first, so a saved file always has them beside it
                 atomic_write_text(_settings_path(path), json_text(settings[path.name], indent=2))
             _write_jsonl(path, rows)
-        accelerator.wait_for_everyone()
+        engine.wait()
 
     if main:
         from gpmctl.config import dump_recipe
 
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-        (output_dir / "environment.json").write_text(json.dumps(environment_report(accelerator), indent=2))
-    accelerator.wait_for_everyone()
+        (output_dir / "environment.json").write_text(json.dumps(environment_report(engine), indent=2))
+    engine.wait()
     runlog = RunLog(output_dir / "log.jsonl", enabled=main)
 
     # Every process holds the judge and the sampler whole (under ZeRO-3 only the optimised copy is sharded).
-    judge = built_whole(lambda: load_model(judge_path, dtype=recipe.judge.dtype, device=device), zero3)
+    judge = engine.build(lambda: load_model(judge_path, dtype=recipe.judge.dtype, device=device))
     judge_tok = load_tokenizer(str(judge_path))
     encoder = SequenceEncoder(judge_tok, recipe.judge.max_length, judge.head.eos, judge.head.gate_prompt, "right")
     tau, kind = judge.head.tau, judge.head.kind
-    log(f"judge: {judge_path} ({kind}, dim {judge.head.dim}, tau {tau}); {accelerator.num_processes} process(es), {precision}")
+    log(f"judge: {judge_path} ({kind}, dim {judge.head.dim}, tau {tau}); {engine.world} process(es), {engine.precision}, {engine.describe()}")
 
     tokenizer = policy_tokenizer(pc.tokenizer or pc.model, pc.trust_remote_code)
     encode = lambda ps: [encode_prompt(tokenizer, p, recipe.data.max_prompt_length) for p in ps]  # noqa: E731
@@ -448,17 +441,17 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     eval_seeds = [g.seed * (p + 1) + EVAL_SEED_OFFSET for p in range(recipe.eval.samples)]
 
     # pi_t is sampled and then trained: float32 weights (the optimizer's), unless the engine keeps fp32 copies
-    policy_dtype = training_dtype(pc.dtype, device, keeps_fp32_master_weights(accelerator))
+    policy_dtype = engine.weights_dtype(pc.dtype)
 
     def load(t: int):
         path = str(_iteration_dir(output_dir, t) / "policy")
-        return built_whole(lambda: load_policy(path, policy_dtype, device, pc.attn_implementation, pc.trust_remote_code), zero3)
+        return engine.build(lambda: load_policy(path, policy_dtype, device, pc.attn_implementation, pc.trust_remote_code))
 
     def eval_samples(t: int, policy=None) -> list[list[str]]:
         """Held-out samples of pi_t (generated once, then read from iter-t/eval_generations.jsonl)."""
         path = _iteration_dir(output_dir, t) / "eval_generations.jsonl"
         if not path.is_file():
-            samples = sample(policy if policy is not None else load(t), tokenizer, eval_ids, eval_seeds, g, accelerator)
+            samples = sample(policy if policy is not None else load(t), tokenizer, eval_ids, eval_seeds, g, engine)
             write(path, _generation_rows(eval_prompts, samples))
         return [row["responses"] for row in _read_jsonl(path)]
 
@@ -467,15 +460,15 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     if main and not (it0 / "policy" / "config.json").is_file():
         it0.mkdir(exist_ok=True)
         if pc.model == "tiny":
-            policy = built_whole(lambda: build_tiny_policy(tokenizer, pc.tiny, c.seed, pc.attn_implementation), zero3).to(device)
+            policy = engine.build(lambda: build_tiny_policy(tokenizer, pc.tiny, c.seed, pc.attn_implementation)).to(device)
             if pc.warmup.steps:
                 stats = warmup_cyclic(policy, tokenizer, train_ids, pc.warmup, c.seed, device)
                 runlog.write({"event": "warmup", **stats})
                 log(f"pi_0: tiny policy warmed up on cyclic item words ({pc.warmup.steps} steps, loss {stats['loss']:.4f})")
         else:
-            policy = built_whole(lambda: load_policy(pc.model, pc.dtype, device, pc.attn_implementation, pc.trust_remote_code), zero3)
+            policy = engine.build(lambda: load_policy(pc.model, pc.dtype, device, pc.attn_implementation, pc.trust_remote_code))
         save_policy(policy, tokenizer, it0 / "policy")
-    accelerator.wait_for_everyone()
+    engine.wait()
     initial_eval = eval_samples(0) if eval_prompts else None
 
     results = []
@@ -499,35 +492,35 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
                 log(f"iteration {t}: reusing {gen_path}")
             else:
                 seeds = [g.seed * (p + 1) + 1_000_003 * t for p in range(g.k)]
-                write(gen_path, _generation_rows(train_prompts, sample(policy, tokenizer, train_ids, seeds, g, accelerator)))
+                write(gen_path, _generation_rows(train_prompts, sample(policy, tokenizer, train_ids, seeds, g, engine)))
             generations = _read_jsonl(gen_path)
-            _stop_between_stages(stop, t, "generation", accelerator)
+            _stop_between_stages(stop, t, "generation", engine)
 
             # 2. the K x K table: K judge forwards per prompt
             score_path = d / "scores.jsonl"
             if score_path.is_file():
                 raw = torch.tensor([row["raw"] for row in _read_jsonl(score_path)], dtype=torch.float64)
             else:
-                raw = judge_scores(judge, encoder, train_prompts, [row["responses"] for row in generations], recipe.judge.batch_size, accelerator)
+                raw = judge_scores(judge, encoder, train_prompts, [row["responses"] for row in generations], recipe.judge.batch_size, engine)
                 logit = raw / tau
                 write(score_path, [
                     {"prompt_index": n, "kind": kind, "tau": tau, "raw": raw[n].tolist(), "logit": logit[n].tolist(),
                      "win_rate": torch.sigmoid(logit[n]).mean(-1).tolist()}
                     for n in range(len(generations))
                 ])  # fmt: skip
-            _stop_between_stages(stop, t, "scoring", accelerator)
+            _stop_between_stages(stop, t, "scoring", engine)
 
             # 3. targets and training sequences (recomputed from the table: switching the loss needs no new samples)
             pair_rows, train = build_training_set(recipe, generations, raw, tau, kind)
             write(d / "pairs.jsonl", pair_rows)
 
             # 4. optimise -> pi_t
-            stats, gathered = optimise(policy, recipe, train_ids, generations, train, t, accelerator, runlog, stop, d / "train_state")
+            stats, gathered = optimise(policy, recipe, train_ids, generations, train, t, engine, runlog, stop, d / "train_state")
             if main:
                 save_policy(policy, tokenizer, d / "policy", state_dict=gathered)
                 shutil.rmtree(d / "train_state", ignore_errors=True)
-            accelerator.wait_for_everyone()
-            if zero3:  # the optimised copy is sharded: sample from the saved one
+            engine.wait()
+            if engine.shards_weights:  # the optimised copy is sharded: sample from the saved one
                 policy = load(t)
 
             # 5. held-out win rates
@@ -536,8 +529,8 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
                 new = eval_samples(t, policy)
                 previous = eval_samples(t - 1) if t > 1 else initial_eval
                 bs = recipe.judge.batch_size
-                metrics["win_rate_vs_initial"] = win_rate(judge, encoder, eval_prompts, new, initial_eval, bs, accelerator)
-                metrics["win_rate_vs_previous"] = win_rate(judge, encoder, eval_prompts, new, previous, bs, accelerator)
+                metrics["win_rate_vs_initial"] = win_rate(judge, encoder, eval_prompts, new, initial_eval, bs, engine)
+                metrics["win_rate_vs_previous"] = win_rate(judge, encoder, eval_prompts, new, previous, bs, engine)
                 if cyclic_items:
                     metrics["true_win_rate_vs_initial"] = cyclic_win_rate(new, initial_eval, cyclic_items)
                     metrics["true_win_rate_vs_previous"] = cyclic_win_rate(new, previous, cyclic_items)
@@ -545,7 +538,7 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
             metrics["seconds"] = round(time.perf_counter() - started, 2)
             if main:
                 (d / "metrics.json").write_text(json_text(metrics, indent=2))
-            accelerator.wait_for_everyone()
+            engine.wait()
             runlog.write({"event": "iteration", **metrics})
             shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith(("win_rate", "true_win")) and v is not None)
             log(f"iteration {t}/{recipe.objective.iterations} ({recipe.objective.loss}): {shown} ({metrics['seconds']:.0f}s)")
@@ -557,15 +550,15 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
         (output_dir / "metrics.json").write_text(json_text({"policy": str(final), "iterations": results}, indent=2))
     runlog.write({"event": "done", "policy": str(final)})
     runlog.close()
-    accelerator.wait_for_everyone()
+    engine.wait()
     return GpoResult(output_dir, final, results)
 
 
-def _stop_between_stages(stop, t: int, stage: str, accelerator) -> None:
+def _stop_between_stages(stop, t: int, stage: str, engine) -> None:
     """SIGTERM / SIGUSR1 during a stage take effect once its output is saved (on every process alike)."""
-    from gpmctl.train.loop import Preempted, any_rank
+    from gpmctl.train.loop import Preempted
 
-    if any_rank(accelerator, stop.signal is not None):
+    if engine.any_rank(stop.signal is not None):
         raise Preempted(f"stopped in iteration {t} after {stage} ({stop.signal or 'a signal to another rank'}); --resume auto continues from the saved files")
 
 

@@ -1,27 +1,33 @@
-"""Pieces shared by the training loops (train-rm and train-gpo): the accelerator, one optimizer step,
-preemption, and the few collectives the loops need."""
+"""The one training loop of gpmctl: `fit` runs every optimisation (train-rm on tokens or on cached features,
+each GPO iteration, the tiny policy's warm-up). What differs between jobs comes in as two things:
+
+    batches(epoch) -> list      this process's micro-batches of an epoch (whole optimizer steps only),
+                                a permutation fixed by (seed, epoch), so a resumed run sees the same ones
+    step(micro_batch) -> Step   the forward pass and loss of one micro-batch, plus numbers to log
+
+and `fit` does the rest, the same way for all of them: gradient accumulation, clipping and the optimizer
+step through the engine (gpmctl.engine), the schedule, a log record every `logging_steps` optimizer steps
+(the only place a number leaves the device: no host sync per micro-batch), evaluation every `eval_every`
+steps and at the end, keeping the best evaluated model, checkpoints every `save_steps`, and preemption
+(SIGTERM / SIGUSR1 / --stop-after-steps: checkpoint, then `Preempted`, exit code 75).
+"""
 
 from __future__ import annotations
 
-import math
-import os
 import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
-from gpmctl.errors import EXIT_FAILURE, EXIT_PREEMPTED, ConfigError, GpmctlError
+from gpmctl.errors import EXIT_PREEMPTED, GpmctlError
 
 
 class Preempted(GpmctlError):
     """Stopped on request after saving a checkpoint; `--resume auto` continues."""
 
     exit_code = EXIT_PREEMPTED
-
-
-class Diverged(GpmctlError):
-    """The loss or gradient norm stopped being finite: the run ends without saving the weights."""
-
-    exit_code = EXIT_FAILURE
 
 
 class StopFlag:
@@ -45,138 +51,112 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def backward_step(accelerator, model, optimizer, loss, max_grad_norm: float, step: int):
-    """Inside `accelerator.accumulate(model)`: backward, clip on the last micro-batch of optimizer step
-    `step` (max_grad_norm 0: measure only), step (a no-op until then), zero the gradients. Returns the
-    gradient norm on the last micro-batch, else None. A non-finite gradient norm raises Diverged before the
-    update (DeepSpeed has stepped inside backward already; nothing is saved either way)."""
-    accelerator.backward(loss)
-    grad_norm = None
-    if accelerator.sync_gradients:
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
-        _stop_if_not_finite(accelerator, loss, grad_norm, step)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm
+@dataclass
+class Step:
+    """One micro-batch: the loss to backpropagate and numbers summed over the log window (tensors stay on
+    the device until the log record is written)."""
+
+    loss: torch.Tensor
+    stats: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
-def _stop_if_not_finite(accelerator, loss, grad_norm, step: int) -> None:
-    """One host sync per optimizer step, on the gradient norm every rank shares (a NaN loss on any rank
-    makes it NaN). Under fp16 loss scaling (torch or DeepSpeed) an infinite norm is an overflow the scaler
-    skips, so the loss is watched instead."""
-    if accelerator.mixed_precision == "fp16":
-        what, bad = "loss", any_rank(accelerator, not bool(torch.isfinite(loss.detach()).all()))
-    elif grad_norm is not None:
-        what, bad = "gradient norm", not math.isfinite(float(grad_norm))
-    else:
+@dataclass
+class Evaluation:
+    """Evaluation every `every` optimizer steps and at the last one. `run()` -> metrics ({} when there is
+    nothing to evaluate). With `keep_best`, the model whose metrics have the highest (accuracy, -loss) is the
+    best: `save_best()` is called on every rank when it improves (rank 0 decides), and state["best"] says which."""
+
+    run: Callable[[], dict]
+    every: int
+    keep_best: bool = False
+    save_best: Callable[[], None] | None = None
+    last: dict | None = None  # the latest metrics, and the step they were taken at
+    last_step: int | None = None
+
+
+def best_key(metrics: dict) -> tuple[float, float]:
+    """What "best" means: the higher accuracy, then the lower loss (no pair with a side to take: the loss decides)."""
+    return (metrics.get("accuracy") or 0.0, -metrics["loss"])
+
+
+def fit(engine, model, optimizer, scheduler, *, batches: Callable[[int], list], step: Callable[[object], Step], state: dict,
+        total_steps: int, max_grad_norm: float, logging_steps: int, report: Callable[[dict], None],
+        evaluation: Evaluation | None = None, save_steps: int | None = None, checkpoint: Callable[[str], str] | None = None,
+        stop: StopFlag | None = None, stop_after_steps: int | None = None, progress=None) -> None:  # fmt: skip
+    """Train `model` until state["step"] == total_steps (module docstring).
+
+    state: {"step", "epoch", "micro_batch", "best"}, updated in place (a checkpoint saves it; resuming passes
+    it back). report(record): called at the log interval with the step, epoch, lr, grad_norm, the window's
+    seconds and micro_batches, and every `Step.stats` entry summed over the window as a float.
+    checkpoint(reason) -> where it went: called every `save_steps` steps and before stopping (on every rank).
+    Without `checkpoint` a stop request is not waited for (the run is cheap to repeat)."""
+    model.train()
+    window = _Window()
+    while state["step"] < total_steps:
+        micro_batches = batches(state["epoch"])
+        while state["micro_batch"] < len(micro_batches) and state["step"] < total_steps:
+            with engine.accumulate(model):
+                out = step(micro_batches[state["micro_batch"]])
+                grad_norm = engine.backward_step(model, optimizer, out.loss, max_grad_norm, state["step"] + 1)
+            state["micro_batch"] += 1
+            window.add(out)
+            if not engine.sync_gradients:
+                continue
+            scheduler.step()
+            state["step"] += 1
+            done = state["step"]
+            if progress is not None:
+                progress.advance()
+            if done % logging_steps == 0 or done == total_steps:
+                epoch = round(state["epoch"] + state["micro_batch"] / len(micro_batches), 4)
+                report({"step": done, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": None if grad_norm is None else float(grad_norm), **window.take()})  # fmt: skip
+            if evaluation is not None and (done % evaluation.every == 0 or done == total_steps):
+                _evaluate(engine, evaluation, state)
+            if checkpoint is not None and save_steps and done % save_steps == 0:
+                checkpoint("save_steps")
+            by_count = stop_after_steps is not None and done >= stop_after_steps
+            asked = stop is not None and stop.signal is not None
+            if checkpoint is not None and engine.any_rank(asked or by_count):  # a signal may reach the ranks at different steps
+                reason = stop.signal if asked else "--stop-after-steps" if by_count else "a signal to another rank"
+                raise Preempted(f"stopped at step {done} ({reason}); {checkpoint(reason)}")
+        if state["micro_batch"] >= len(micro_batches):
+            state["epoch"] += 1
+            state["micro_batch"] = 0
+
+
+def _evaluate(engine, evaluation: Evaluation, state: dict) -> None:
+    metrics = evaluation.run()
+    evaluation.last, evaluation.last_step = metrics, state["step"]
+    if not (metrics and evaluation.keep_best):
         return
-    if bad:
-        raise Diverged(f"step {step}: the {what} is not finite (nan or inf); training stopped and saved nothing (lower "
-                       "train.lr, or train.precision=fp32); the checkpoints written before, if any, are intact")  # fmt: skip
+    best = state.get("best")
+    better = best is None or best_key(metrics) > tuple(best["key"])
+    if engine.agreed(better):  # rank 0 decides for all: a save that only some ranks enter hangs
+        state["best"] = {"key": list(best_key(metrics)), "step": state["step"], "metrics": metrics}
+        if evaluation.save_best is not None:
+            evaluation.save_best()
 
 
-def keeps_fp32_master_weights(accelerator) -> bool:
-    """DeepSpeed under bf16/fp16 mixed precision steps fp32 master copies of the weights in its optimizer;
-    a torch optimizer (single process, DDP) steps the weights it is given."""
-    return accelerator.state.deepspeed_plugin is not None and accelerator.mixed_precision in ("bf16", "fp16")
+class _Window:
+    """Sums of the step statistics since the last log record; read (one host sync) by `take`."""
 
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.micro_batches = 0
+        self.started = time.perf_counter()
 
-# ----------------------------------------------------------------------------------------------------
-# Processes
+    def add(self, out: Step) -> None:
+        self.micro_batches += 1
+        for key, value in out.stats.items():
+            value = value.detach() if isinstance(value, torch.Tensor) else value
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
 
-
-def make_accelerator(precision: str, grad_accum: int, micro_batch: int, max_grad_norm: float, source: str = "recipe"):
-    """The Accelerator of a training run: mixed precision (`auto`: bf16 on a bf16 GPU, fp32 on CPU, where
-    bf16 is slower), gradient accumulation, and under DeepSpeed the recipe's batch and clipping (not the
-    profile's). Returns (accelerator, precision actually used). `source`: the recipe file, for errors."""
-    from accelerate import Accelerator
-
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp16" and not torch.cuda.is_available():  # CPU autocast has no fp16 loss scaling: NaN weights
-        raise ConfigError(f"{source}: train.precision: fp16 needs a CUDA GPU (there is none here); use bf16 or fp32")
-    accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision],
-                              gradient_accumulation_steps=grad_accum, **_cpu_settings())  # fmt: skip
-    deepspeed = accelerator.state.deepspeed_plugin
-    if deepspeed is not None:
-        deepspeed.deepspeed_config.update(
-            train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=grad_accum,
-            train_batch_size=micro_batch * grad_accum * accelerator.num_processes, gradient_clipping=max_grad_norm,
-        )  # fmt: skip
-    return accelerator, precision
-
-
-def zero3_plugin(accelerator):
-    """The DeepSpeed plugin when it runs ZeRO stage 3 (parameters sharded over the ranks), else None."""
-    plugin = accelerator.state.deepspeed_plugin
-    return plugin if plugin is not None and plugin.zero_stage == 3 else None
-
-
-def _cpu_settings() -> dict:
-    """Accelerator arguments on a machine without CUDA: an explicit gloo group for DeepSpeed (accelerate
-    leaves it without a backend there, so each rank thinks it is alone), and cpu=True for DDP (otherwise
-    N processes under torchrun train N independent models)."""
-    if torch.cuda.is_available():
-        return {}
-    from accelerate.utils import InitProcessGroupKwargs
-
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true"):
-        import logging
-        import warnings
-
-        import deepspeed.ops
-
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip a 30 s JIT build; gloo does the work
-        logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-        return {"kwargs_handlers": [InitProcessGroupKwargs(backend="gloo")]}
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun without ACCELERATE_USE_CPU=1 too
-        return {"cpu": True}
-    return {}
-
-
-def built_whole(build, deepspeed_plugin):
-    """Run `build` with transformers' ZeRO-3 sharded init switched off (accelerate's own
-    zero3_init_context_manager leaves it on: it re-registers the same stage-3 config). Needed for a
-    model one rank builds alone, a model every rank needs whole (a sampler, a judge), and for the seeded
-    tiny model to equal a single-process run's."""
-    if deepspeed_plugin is None:
-        return build()
-    from transformers.integrations import unset_hf_deepspeed_config
-
-    unset_hf_deepspeed_config()
-    try:
-        return build()
-    finally:
-        deepspeed_plugin.set_deepspeed_weakref()
-
-
-def agreed(accelerator, flag: bool) -> bool:
-    """Rank 0's value of `flag` on every rank."""
-    if accelerator.num_processes == 1:
-        return flag
-    from accelerate.utils import broadcast
-
-    return bool(broadcast(torch.tensor([int(flag)], device=accelerator.device), from_process=0).item())
-
-
-def any_rank(accelerator, flag: bool) -> bool:
-    if accelerator.num_processes == 1:
-        return flag
-    return bool(accelerator.reduce(torch.tensor([int(flag)], device=accelerator.device), reduction="sum").item() > 0)
-
-
-def shard_map(accelerator, items: list, fn, block: int = 1) -> list:
-    """fn(list of items) -> list of results, one per item, computed on blocks of `block` items dealt round
-    robin over the ranks (block b on rank b % world); every rank gets all results in item order."""
-    rank, world = accelerator.process_index, accelerator.num_processes
-    mine = []
-    for b, start in enumerate(range(0, len(items), block)):
-        if b % world == rank:
-            mine += list(zip(range(start, start + block), fn(items[start : start + block], b)))
-    if world == 1:
-        return [result for _, result in mine]
-    from accelerate.utils import gather_object
-
-    gathered = sorted(gather_object(mine), key=lambda pair: pair[0])
-    return [result for _, result in gathered]
+    def take(self) -> dict:
+        keys = list(self.sums)
+        tensors = [k for k in keys if isinstance(self.sums[k], torch.Tensor)]
+        values = {k: v for k, v in zip(tensors, torch.stack([self.sums[k].float().reshape(()) for k in tensors]).tolist())} if tensors else {}
+        record = {k: values.get(k, self.sums[k]) for k in keys}
+        record.update(seconds=time.perf_counter() - self.started, micro_batches=self.micro_batches)
+        self.__init__()
+        return record

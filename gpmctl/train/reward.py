@@ -1,22 +1,27 @@
 """`gpmctl train-rm`: train a Bradley-Terry reward model or a General Preference Model.
 
 The recipe, top to bottom (nothing in output_dir is written or deleted before step 4):
-  0. check the recipe against the device, the run it resumes (`check_resumed_recipe`) and the files it names
+  0. check the recipe against the run it resumes (`check_resumed_recipe`) and the files it names
   1. read and tokenise the preference pairs (held-out split by prompt when no eval file is given)
-  2. build the model (float32 weights under mixed precision), AdamW, the warmup + cosine schedule, and
-     hand them to accelerate
+  2. build the model (float32 weights under mixed precision), the optimizer and schedule, and hand them to
+     the engine (gpmctl.engine: one process, DDP or DeepSpeed ZeRO, from the launcher's environment)
   3. load the checkpoint to resume (the one before it if it does not read back)
   4. lock and prepare the run folder (resolved recipe, environment report)
-  5. loop: one forward pass per batch of pairs ([chosen; rejected] stacked; packed into one row
-     without padding where the backbone allows, `train.packing`), preference loss, gradient
-     accumulation and clipping (a non-finite gradient norm stops the run); log, evaluate, keep the best,
-     checkpoint
+  5. the loop (gpmctl.train.loop.fit) over batches of pairs, each ONE forward pass over [chosen; rejected]:
+     the step is `pair_loss` (preference loss, pair accuracy); log, evaluate, keep the best, checkpoint
   6. save the final model as a folder every other gpmctl command accepts as --model
+
+Where the batches come from is the one choice between two ways of training (`model.freeze_backbone`):
+  tokens           `TokenPairs`: padded, or packed into one row without padding (`train.packing`); any
+                   engine; resumable checkpoints
+  cached features  `gpmctl.train.features.FeaturePairs`: a frozen backbone's hidden states, computed once and
+                   cached, so only the head trains (seconds; one process on one thread; no checkpoints)
+Both run the same step, loop, evaluation and keep-best, and write the same run folder.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
 import json
 import math
@@ -28,27 +33,16 @@ from pathlib import Path
 import torch
 
 from gpmctl.config import Recipe, dump_recipe
-from gpmctl.data.tokenize import EncodedPair, SequenceEncoder, collate_pairs, real_tokens
+from gpmctl.data.tokenize import EncodedPair, SequenceEncoder, collate_pairs
+from gpmctl.engine import Engine
 from gpmctl.errors import ConfigError, GpmctlError
 from gpmctl.eval.metrics import agrees_with_label
 from gpmctl.models import preference as P
-from gpmctl.models.build import build_model, training_dtype
-from gpmctl.models.heads import HEAD_FILE
-from gpmctl.models.io import save_model
+from gpmctl.models.heads import HEAD_FILE, PreferenceOutput
 from gpmctl.models.model import PreferenceModel
-from gpmctl.models.sources import load_tokenizer
 from gpmctl.train import checkpoint as ckpt
-from gpmctl.train.loop import (  # noqa: F401  (Preempted: re-exported)
-    Preempted,
-    StopFlag,
-    agreed,
-    any_rank,
-    backward_step,
-    built_whole,
-    keeps_fp32_master_weights,
-    make_accelerator,
-    zero3_plugin,
-)  # fmt: skip
+from gpmctl.train.features import feature_pairs, one_thread
+from gpmctl.train.loop import Evaluation, Preempted, Step, StopFlag, fit  # noqa: F401  (Preempted: re-exported)
 from gpmctl.utils import RunLog, environment_report, log, output_folder, quiet_libraries
 
 
@@ -58,6 +52,8 @@ class TrainResult:
     steps: int
     final_metrics: dict = field(default_factory=dict)  # eval metrics of the saved model
     best_metrics: dict | None = None
+    model: PreferenceModel | None = None  # the trained model (one process), e.g. to score more data with it
+    timing: dict = field(default_factory=dict)  # seconds per stage
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -134,46 +130,72 @@ def _length_grouped(order: list[int], lengths: list[int], per_step: int, generat
     return [full[i] for i in torch.randperm(len(full), generator=generator).tolist()] + short
 
 
+class TokenPairs:
+    """Tokenised pairs as the batches `pair_loss` takes: B pairs -> one batch of 2B sequences (chosen first),
+    padded or packed into one row (`collate`), moved to `device`, with their margins and labels."""
+
+    def __init__(self, pairs: list[EncodedPair], collate, device):
+        self.pairs, self.collate, self.device = pairs, collate, device
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def batch(self, index: list[int]) -> dict:
+        batch = self.collate([self.pairs[i] for i in index])
+        tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()  # on the CPU
+        return {**{k: v.to(self.device) for k, v in batch.items()}, "tokens": tokens}
+
+
 # ----------------------------------------------------------------------------------------------------
-# Loss and evaluation
+# The step and evaluation
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "prompt_end", "cu_seqlens", "hidden")
 
 
-def pair_loss(model: PreferenceModel, batch: dict, tau: float, use_margin: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward over [chosen; rejected] (padded or packed) -> (mean loss, per-pair scores s(chosen > rejected) [B])."""
-    out = model(batch["input_ids"], batch.get("attention_mask"), batch["prompt_end"], batch.get("cu_seqlens"))
-    kind = getattr(model, "module", model).head.kind  # DDP and DeepSpeed wrap the PreferenceModel as .module
+def pair_loss(model, batch: dict, tau: float, use_margin: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over [chosen; rejected] (padded, packed, or hidden states) -> (mean loss, per-pair scores
+    s(chosen > rejected) [B]). The soft-label loss is the hard one where label = 1, bit for bit."""
+    out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+    head = getattr(model, "module", model).head  # a DDP / engine wrapper holds the model as .module
     half = batch["margin"].shape[0]
     split = lambda x: (x[:half], x[half:]) if x is not None else (None, None)  # noqa: E731
     (vc, vr), (gc, gr) = split(out.value), split(out.gate)
-    gate = None if gc is None else P.prompt_gate(torch.stack([gc, gr], dim=-2))
-    score = P.bt_score(vc, vr) if kind == "bt" else P.preference_score(vc, vr, gate)
-    label = batch["label"]
-    loss = P.preference_loss(score, tau, batch["margin"] if use_margin else None, None if bool((label == 1).all()) else label)
+    score = head.pair_score(PreferenceOutput(vc, gc), PreferenceOutput(vr, gr))
+    loss = P.preference_loss(score, tau, batch["margin"] if use_margin else None, batch["label"])
     return loss.mean(), score.detach()
 
 
+def pair_step(model, batch: dict, tau: float, use_margin: bool) -> Step:
+    """The training step of a micro-batch of pairs, with what the log window sums (all on the device)."""
+    loss, score = pair_loss(model, batch, tau, use_margin)
+    label = batch["label"]
+    stats = {"loss_sum": loss.detach() * len(label), "correct": agrees_with_label(score, label).sum(),
+             "decided": (label != 0.5).sum(), "pairs": len(label)}  # fmt: skip
+    if "tokens" in batch:
+        stats["tokens"] = batch["tokens"]
+    return Step(loss, stats)
+
+
 @torch.no_grad()
-def evaluate(model, pairs: list[EncodedPair], batch_size: int, tau: float, collate, accelerator) -> dict:
+def evaluate(engine: Engine, model, pairs, batch_size: int, tau: float, metas: list, labels: list[float]) -> dict:
     """Pair accuracy (s > 0 strictly: ties count wrong), mean P(chosen > rejected), loss; by `kind` if present.
-    `collate` turns a list of pairs into a batch (padded or packed, as in training)."""
-    if not pairs:
+    `pairs`: a batch source (TokenPairs, FeaturePairs) of the eval pairs, dealt round robin over the ranks."""
+    n = len(pairs)
+    if not n:
         return {}
     was_training = model.training
     model.eval()
-    rank, world = accelerator.process_index, accelerator.num_processes
-    mine = list(range(rank, len(pairs), world))
-    per_rank = math.ceil(len(pairs) / world)
+    mine = list(range(engine.rank, n, engine.world))
+    per_rank = math.ceil(n / engine.world)
     scores = torch.full((per_rank,), float("nan"))
     for start in range(0, len(mine), batch_size):
         idx = mine[start : start + batch_size]
-        batch = {k: v.to(accelerator.device) for k, v in collate([pairs[i] for i in idx]).items()}
-        _, s = pair_loss(model, batch, tau, use_margin=False)
+        _, s = pair_loss(model, pairs.batch(idx), tau, use_margin=False)
         scores[start : start + len(idx)] = s.float().cpu()
-    gathered = accelerator.gather(scores.to(accelerator.device)).cpu().view(world, per_rank)
-    # Undo the round-robin sharding: row r holds pairs r, r + world, ...
-    ordered = gathered.t().reshape(-1)[: len(pairs)]
+    gathered = engine.gather(scores.to(engine.device)).cpu().view(engine.world, per_rank)
+    ordered = gathered.t().reshape(-1)[:n]  # undo the round robin: row r holds pairs r, r + world, ...
     model.train(was_training)
-    return pair_metrics(ordered, tau, [p.meta for p in pairs], [p.label for p in pairs])
+    return pair_metrics(ordered, tau, metas, labels)
 
 
 def pair_metrics(scores: torch.Tensor, tau: float, metas: list[dict | None] | None = None,
@@ -203,7 +225,7 @@ def pair_metrics(scores: torch.Tensor, tau: float, metas: list[dict | None] | No
 
 
 # ----------------------------------------------------------------------------------------------------
-# The run
+# Resuming
 
 
 def optimisation(model: torch.nn.Module, t, micro_per_epoch: int, n_train: int) -> tuple[int, int, torch.optim.Optimizer, object]:
@@ -219,8 +241,15 @@ def optimisation(model: torch.nn.Module, t, micro_per_epoch: int, n_train: int) 
     return steps_per_epoch, total_steps, optimizer, build_schedule(optimizer, t, total_steps)
 
 
-def _resume_candidates(output_dir: Path, resume: str | None) -> list[Path]:
-    """The checkpoints to resume from, newest first: every complete one for `auto`, the one named, or none."""
+def _resume_candidates(output_dir: Path, resume: str | None, resumable: bool = True) -> list[Path]:
+    """The checkpoints to resume from, newest first: every complete one for `auto`, the one named, or none.
+    A run that keeps no checkpoints (cached features) has none: `auto` starts it where the folder holds no run."""
+    if not resumable:
+        if resume not in (None, "none", "auto"):
+            raise ConfigError("--resume: a frozen-backbone run keeps no checkpoints (the head trains in seconds); use --overwrite")
+        if (output_dir / HEAD_FILE).exists() or (output_dir / "metrics.json").exists():
+            raise ConfigError(f"{output_dir}: already holds a run; pass --overwrite to start again")
+        return []
     if resume in (None, "none"):
         if ckpt.list_checkpoints(output_dir) or (output_dir / HEAD_FILE).exists():
             raise ConfigError(
@@ -240,7 +269,7 @@ RESUMABLE_CHANGES = ("output_dir", "train.logging_steps", "train.eval_steps", "t
                      "evaluate.")  # fmt: skip
 """Recipe keys a resumed run may change: how often it logs, evaluates and checkpoints, which model it keeps,
 the benchmarks after it, activation memory, and how one global batch is split over processes and micro-batches
-(`check_resumable` holds batch_size x grad_accum x processes fixed). Anything else would change the run."""
+(`Engine.check_resumable` holds batch_size x grad_accum x processes fixed). Anything else would change the run."""
 
 
 def check_resumed_recipe(recipe: Recipe, run_dir: Path) -> list[str]:
@@ -310,34 +339,52 @@ def check_benchmark_files(recipe: Recipe) -> None:
             raise ConfigError(f"{source}: evaluate.rmbench: {err}") from None
 
 
-def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: bool = False, stop_after_steps: int | None = None) -> TrainResult:
+# ----------------------------------------------------------------------------------------------------
+# The run
+
+
+def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: bool = False, stop_after_steps: int | None = None,
+                       cached_features: bool | None = None, pairs: tuple[list[EncodedPair], list[EncodedPair]] | None = None,
+                       save: bool = True) -> TrainResult:  # fmt: skip
     """The run of the module docstring. Everything is checked before anything in output_dir is written or
-    deleted (the recipe against the device and the run it resumes, data, benchmark files, model,
-    checkpoint); from then to its end the run holds output_dir/.lock."""
+    deleted (the recipe against the run it resumes, data, benchmark files, model, checkpoint); from then to
+    its end the run holds output_dir/.lock.
+
+    cached_features: train the head on cached backbone features (default: model.freeze_backbone; False runs
+    the frozen backbone at every step, as a check of the cache). pairs: the (train, eval) pairs as
+    `load_pairs` encodes them, when the caller has them already. save=False leaves the model folder out."""
     lock = ckpt.RunLock(recipe.output_dir)
     try:
-        return _train(recipe, resume, overwrite, stop_after_steps, lock)
+        return _train(recipe, resume, overwrite, stop_after_steps, cached_features, pairs, save, lock)
     finally:
         lock.release()
 
 
-def _train(recipe: Recipe, resume: str | None, overwrite: bool, stop_after_steps: int | None, lock: ckpt.RunLock) -> TrainResult:
+def _train(recipe: Recipe, resume: str | None, overwrite: bool, stop_after_steps: int | None, cached_features: bool | None,
+           given_pairs: tuple | None, save: bool, lock: ckpt.RunLock) -> TrainResult:  # fmt: skip
     from accelerate.utils import set_seed
+
+    from gpmctl.models.build import build_model
+    from gpmctl.models.sources import load_tokenizer
 
     m, d, t = recipe.model, recipe.data, recipe.train
     source = getattr(recipe, "source", "recipe")
+    features = m.freeze_backbone if cached_features is None else cached_features
+    if features and not m.freeze_backbone:
+        raise ConfigError(f"{source}: cached features need model.freeze_backbone: true")
     quiet_libraries()
+    started = time.perf_counter()
     output_dir = output_folder(recipe.output_dir, source)
     if overwrite and resume not in (None, "none"):
         raise ConfigError("--overwrite and --resume exclude each other")
-    accelerator, precision = make_accelerator(t.precision, t.grad_accum, t.batch_size, t.max_grad_norm, source)
-    main = accelerator.is_main_process
-    deepspeed = accelerator.state.deepspeed_plugin
-    zero3 = zero3_plugin(accelerator) is not None
+    if features and resume not in (None, "none"):
+        raise ConfigError("--resume: a frozen-backbone run keeps no checkpoints (the head trains in seconds); use --overwrite")
+    # Cached features: one process, the head's few small matmuls on the CPU; otherwise the launcher's engine.
+    engine = Engine.local(t.grad_accum) if features else Engine.create(t.precision, t.grad_accum, t.batch_size, t.max_grad_norm, source)
 
     # 0. Checks that need no data: the folder is free, the resumed run's recipe, the benchmark files.
-    lock.acquire(accelerator, create=False)  # a folder another run is writing to is refused before any work
-    candidates = [] if overwrite else _resume_candidates(output_dir, resume)
+    lock.acquire(engine, create=False)  # a folder another run is writing to is refused before any work
+    candidates = [] if overwrite else _resume_candidates(output_dir, resume, resumable=not features)
     changes = check_resumed_recipe(recipe, candidates[0].parent.parent) if candidates else []
     check_benchmark_files(recipe)
     set_seed(t.seed)
@@ -345,46 +392,40 @@ def _train(recipe: Recipe, resume: str | None, overwrite: bool, stop_after_steps
     # 1. Data.
     tokenizer = load_tokenizer(m.tokenizer or m.backbone, m.trust_remote_code)
     encoder = SequenceEncoder(tokenizer, d.max_length, m.eos, m.gate_prompt, d.truncation)
-    started = time.perf_counter()
-    train_pairs, eval_pairs = load_pairs(recipe, encoder)
-    tokenised_s = time.perf_counter() - started
+    train_pairs, eval_pairs = given_pairs or load_pairs(recipe, encoder)
     fingerprint = {"train": data_fingerprint(train_pairs), "eval": data_fingerprint(eval_pairs)}
+    timing = {"prepare_s": round(time.perf_counter() - started, 2)}
 
     # 2. Model, optimiser, schedule: float32 weights unless the engine keeps fp32 master copies itself.
-    dtype = training_dtype(m.dtype, accelerator.device, keeps_fp32_master_weights(accelerator))
-    build = lambda: build_model(m, tokenizer, t.seed, accelerator.device, dtype)  # noqa: E731
-    if zero3 and m.backbone != "tiny":  # from_pretrained loads each rank's shard only (zero3_init_flag)
-        model = build()
-    else:  # the tiny model is built whole, so its seeded random init equals a single-process run's
-        model = built_whole(build, deepspeed if zero3 else None)
-    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ds_numel: ZeRO-3 shards
-    packing = t.packing is not False and model.enable_packing()  # before prepare(): it wraps the model
-    if t.packing is True and not packing:
+    dtype = engine.weights_dtype(m.dtype)
+    # A hub backbone loads sharded where the engine shards weights; the tiny one is built whole, so its seeded
+    # random init equals a single-process run's.
+    model = engine.build(lambda: build_model(m, tokenizer, t.seed, engine.device, dtype), shard=m.backbone != "tiny")
+    n_params = engine.parameter_count(model)
+    packing = not features and t.packing is not False and model.enable_packing()  # before prepare(): it wraps the model
+    if t.packing is True and not features and not packing:
         raise ConfigError(f"{source}: train.packing=true: {m.backbone} cannot be packed (it needs a causal decoder with sdpa "
                           "attention); use train.packing=auto or false")  # fmt: skip
-    collate = functools.partial(collate_pairs, pad_id=tokenizer.pad_token_id, packed=packing)
-    lengths = [len(p.chosen.ids) + len(p.rejected.ids) for p in train_pairs] if t.group_by_length else None
-    micro_per_epoch = len(epoch_batches(len(train_pairs), t.batch_size, t.seed, 0, accelerator.process_index, accelerator.num_processes))
-    steps_per_epoch, total_steps, optimizer, scheduler = optimisation(model, t, micro_per_epoch, len(train_pairs))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    lengths = [len(p.chosen.ids) + len(p.rejected.ids) for p in train_pairs] if t.group_by_length and not features else None
+
+    def batches(epoch: int) -> list[list[int]]:  # this rank's micro-batches, whole optimizer steps only
+        mine = epoch_batches(len(train_pairs), t.batch_size, t.seed, epoch, engine.rank, engine.world, lengths)
+        return mine[: len(mine) // t.grad_accum * t.grad_accum]
+
+    steps_per_epoch, total_steps, optimizer, scheduler = optimisation(model, t, len(batches(0)), len(train_pairs))
+    model, optimizer = engine.prepare(model, optimizer)
     tau = m.resolved_tau()
-    eval_every = t.eval_steps or steps_per_epoch
 
     # 3. The checkpoint to continue from, newest first: with --resume auto an unreadable one falls back to the one before.
-    layout = {"world_size": accelerator.num_processes, "engine": "deepspeed" if deepspeed is not None else "torch",
-              "zero_stage": deepspeed.zero_stage if deepspeed is not None else None,
-              "batch_size": t.batch_size, "grad_accum": t.grad_accum}  # fmt: skip
+    layout = engine.layout(t.batch_size, t.grad_accum)
     state = {"step": 0, "epoch": 0, "micro_batch": 0, "best": None, "data_sha256": fingerprint}
     resume_from = None
     for path in candidates:
         try:
             saved = ckpt.read_trainer_state(path)
-            ckpt.check_resumable(saved, layout, path)
+            engine.check_resumable(saved, layout, path)
             _check_same_data(saved, fingerprint, recipe, path)
-            if saved.get("engine") == "deepspeed":
-                state = ckpt.load_sharded_checkpoint(path, accelerator, scheduler)
-            else:
-                state = ckpt.load_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler)
+            state = engine.load_state(path, model, optimizer, scheduler)
         except ckpt.UnreadableCheckpoint as e:
             if resume != "auto":
                 raise
@@ -402,147 +443,124 @@ def _train(recipe: Recipe, resume: str | None, overwrite: bool, stop_after_steps
                           "start again with --overwrite")  # fmt: skip
 
     # 4. The run folder, written only now that everything above is known to be good.
-    lock.acquire(accelerator)
-    if overwrite and main:
+    lock.acquire(engine)
+    if overwrite and engine.is_main:
         import shutil
 
-        shutil.rmtree(output_dir / ckpt.CHECKPOINTS, ignore_errors=True)
-        (output_dir / HEAD_FILE).unlink(missing_ok=True)
-    if main:
+        for folder in (ckpt.CHECKPOINTS, "best"):
+            shutil.rmtree(output_dir / folder, ignore_errors=True)
+        for name in (HEAD_FILE, "log.jsonl", "metrics.json"):
+            (output_dir / name).unlink(missing_ok=True)
+    if engine.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-        (output_dir / "environment.json").write_text(json.dumps(environment_report(accelerator), indent=2))
-    accelerator.wait_for_everyone()
-    runlog = RunLog(output_dir / "log.jsonl", enabled=main)
-    log(f"data: {len(train_pairs)} train pairs, {len(eval_pairs)} eval pairs ({tokenised_s:.1f}s to tokenise)")
+        (output_dir / "environment.json").write_text(json.dumps(environment_report(engine), indent=2))
+    engine.wait()
+    runlog = RunLog(output_dir / "log.jsonl", enabled=engine.is_main)
+    log(f"data: {len(train_pairs)} train pairs, {len(eval_pairs)} eval pairs")
     weights = str(dtype).removeprefix("torch.")
-    log(f"model: {m.backbone} ({n_params / 1e6:.2f}M parameters, {weights} weights), head {accelerator.unwrap_model(model).head}")
+    frozen = " (frozen: the head trains on cached features)" if features else ""
+    log(f"model: {m.backbone}{frozen} ({n_params / 1e6:.2f}M parameters, {weights} weights), head {engine.unwrap(model).head}")
     for change in changes:
         log(f"resume: {change}")
     if resume_from is not None:
         log(f"resumed from {resume_from} at step {state['step']}")
-    log(f"training: {total_steps} steps ({steps_per_epoch} per epoch), batch {t.batch_size} x {t.grad_accum} x {accelerator.num_processes} pairs, {precision}, "
-        f"{'packed' if packing else 'padded'}{', length-grouped' if lengths else ''}")
 
-    def save_state(reason: str) -> Path:
-        path = ckpt.checkpoint_dir(output_dir, state["step"])
-        if deepspeed is not None:  # every rank writes its ZeRO shard
-            ckpt.save_sharded_checkpoint(path, accelerator, scheduler, {**state, **layout})
-        elif main:
-            ckpt.save_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, {**state, **layout})
-        if main:
-            ckpt.prune_checkpoints(output_dir, max(t.keep_checkpoints, 1))
-            runlog.write({"event": "checkpoint", "step": state["step"], "path": str(path), "reason": reason})
-        accelerator.wait_for_everyone()
-        return path
+    if features:
+        train_source, eval_source, feature_timing = feature_pairs(engine.unwrap(model), train_pairs, eval_pairs, tokenizer.pad_token_id)
+        timing.update(feature_timing)
+    else:
+        collate = lambda pairs: collate_pairs(pairs, pad_id=tokenizer.pad_token_id, packed=packing)  # noqa: E731
+        train_source, eval_source = TokenPairs(train_pairs, collate, engine.device), TokenPairs(eval_pairs, collate, engine.device)
+    shape = "cached features" if features else "packed" if packing else "padded"
+    log(f"training: {total_steps} steps ({steps_per_epoch} per epoch), batch {t.batch_size} x {t.grad_accum} x {engine.world} pairs, "
+        f"{engine.precision}, {engine.describe()}, {shape}{', length-grouped' if lengths else ''}")
 
-    def save_full_model(folder: Path) -> None:
-        """The HF-style model folder; under ZeRO-3 the weights are first gathered from all ranks."""
-        unwrapped = accelerator.unwrap_model(model)
-        if zero3:
-            full = accelerator.get_state_dict(model)  # a collective: every rank takes part, rank 0 gets it
-            unwrapped = _with_weights(unwrapped, full) if main else None
-        if main:
-            save_model(unwrapped, folder, tokenizer)
-        accelerator.wait_for_everyone()
+    def report(window: dict) -> None:
+        seconds = window["seconds"]
+        record = {"event": "train", "step": window["step"], "epoch": window["epoch"], "loss": window["loss_sum"] / window["pairs"],
+                  "accuracy": window["correct"] / window["decided"] if window["decided"] else None, "lr": window["lr"],
+                  "grad_norm": window["grad_norm"], "pairs_per_s": window["pairs"] / seconds}  # fmt: skip
+        if "tokens" in window:
+            record["tokens_per_s"] = window["tokens"] / seconds
+        runlog.write(record)
+        progress.describe(f"loss {record['loss']:.4f} acc {record['accuracy'] or 0.0:.3f}")
 
     def run_eval() -> dict:
-        metrics = evaluate(model, eval_pairs, t.batch_size * 2, tau, collate, accelerator)
-        if not metrics:
-            return {}
-        runlog.write({"event": "eval", "step": state["step"], **{f"eval/{k}": v for k, v in metrics.items()}})
-        shown = {k: v for k, v in metrics.items() if k not in ("pairs", "accuracy_pairs") and v is not None}
-        log(f"eval @ step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
-        key = (metrics["accuracy"] or 0.0, -metrics["loss"])  # no pair with a side to take: the loss decides
-        better = t.keep_best and (state["best"] is None or key > tuple(state["best"]["key"]))
-        if agreed(accelerator, better):  # rank 0 decides for all: a save that only some ranks enter hangs
-            state["best"] = {"key": list(key), "step": state["step"], "metrics": metrics}
-            save_full_model(output_dir / "best")
+        metrics = evaluate(engine, model, eval_source, t.batch_size * 2, tau, [p.meta for p in eval_pairs], [p.label for p in eval_pairs])
+        if metrics:
+            runlog.write({"event": "eval", "step": state["step"], **{f"eval/{k}": v for k, v in metrics.items()}})
+            shown = {k: v for k, v in metrics.items() if k not in ("pairs", "accuracy_pairs") and v is not None}
+            log(f"eval @ step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
         return metrics
 
-    # 5. The loop.
-    model.train()
-    progress = _progress(total_steps, state["step"], main)
-    window = {"loss": 0.0, "correct": 0.0, "decided": 0, "pairs": 0, "tokens": 0, "started": time.perf_counter()}
-    with StopFlag() as stop, progress:
-        while state["step"] < total_steps:
-            batches = epoch_batches(len(train_pairs), t.batch_size, t.seed, state["epoch"], accelerator.process_index, accelerator.num_processes, lengths)
-            batches = batches[: steps_per_epoch * t.grad_accum]  # whole optimizer steps only
-            while state["micro_batch"] < len(batches) and state["step"] < total_steps:
-                idx = batches[state["micro_batch"]]
-                batch = {k: v.to(accelerator.device) for k, v in collate([train_pairs[i] for i in idx]).items()}
-                with accelerator.accumulate(model):
-                    loss, score = pair_loss(model, batch, tau, t.use_margin)
-                    grad_norm = backward_step(accelerator, model, optimizer, loss, t.max_grad_norm, step=state["step"] + 1)
-                state["micro_batch"] += 1
-                window["loss"] += float(loss.detach()) * len(idx)
-                window["correct"] += float(agrees_with_label(score, batch["label"]).sum())
-                window["decided"] += sum(train_pairs[i].label != 0.5 for i in idx)
-                window["pairs"] += len(idx)
-                window["tokens"] += real_tokens(batch)
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                state["step"] += 1
-                progress.advance()
-                step = state["step"]
-                if step % t.logging_steps == 0 or step == total_steps:
-                    seconds = time.perf_counter() - window["started"]
-                    record = {
-                        "event": "train", "step": step, "epoch": round(state["epoch"] + state["micro_batch"] / len(batches), 4),
-                        "loss": window["loss"] / window["pairs"],
-                        "accuracy": window["correct"] / window["decided"] if window["decided"] else None,
-                        "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                        "pairs_per_s": window["pairs"] / seconds, "tokens_per_s": window["tokens"] / seconds,
-                    }  # fmt: skip
-                    runlog.write(record)
-                    progress.describe(f"loss {record['loss']:.4f} acc {record['accuracy'] or 0.0:.3f}")
-                    window = {"loss": 0.0, "correct": 0.0, "decided": 0, "pairs": 0, "tokens": 0, "started": time.perf_counter()}
-                if eval_pairs and step % eval_every == 0 and step != total_steps:
-                    run_eval()
-                if t.save_steps and step % t.save_steps == 0:
-                    save_state("save_steps")
-                asked = stop.signal is not None or (stop_after_steps is not None and step >= stop_after_steps)
-                if any_rank(accelerator, asked):  # a signal may reach the ranks at different steps
-                    by_count = stop_after_steps is not None and step >= stop_after_steps
-                    reason = stop.signal or ("--stop-after-steps" if by_count else "a signal to another rank")
-                    path = save_state(reason)
-                    raise Preempted(f"stopped at step {step} ({reason}); checkpoint {path}; continue with --resume auto")
-            if state["micro_batch"] >= len(batches):
-                state["epoch"] += 1
-                state["micro_batch"] = 0
+    best_weights = {}
 
-    # 6. Final evaluation and model.
-    final = run_eval()
-    model_metrics = final
+    def save_best() -> None:
+        """The best model so far: its trainable weights in memory when only the head trains, else a model folder."""
+        if features:
+            best_weights.update({k: v.detach().clone() for k, v in engine.unwrap(model).named_parameters() if v.requires_grad})
+        else:
+            save_full_model(output_dir / "best")
+
+    def save_full_model(folder: Path) -> None:
+        """The HF-style model folder; under a sharding engine the weights are first gathered from all ranks."""
+        from gpmctl.models.io import save_model
+
+        whole = engine.model_to_save(model)  # a collective: every rank takes part
+        if engine.is_main:
+            save_model(whole, folder, tokenizer)
+        engine.wait()
+
+    def checkpoint(reason: str) -> str:
+        path = engine.save_state(ckpt.checkpoint_dir(output_dir, state["step"]), model, optimizer, scheduler, {**state, **layout})
+        if engine.is_main:
+            ckpt.prune_checkpoints(output_dir, max(t.keep_checkpoints, 1))
+            runlog.write({"event": "checkpoint", "step": state["step"], "path": str(path), "reason": reason})
+        engine.wait()
+        return f"checkpoint {path}; continue with --resume auto"
+
+    # 5. The loop: cached features train the head on one thread and keep no checkpoints (nothing to wait for on a stop).
+    prepared = time.perf_counter()
+    evaluation = Evaluation(run_eval, t.eval_steps or steps_per_epoch, t.keep_best, save_best) if len(eval_source) else None
+    progress = _progress(total_steps, state["step"], engine.is_main)
+    with (contextlib.nullcontext() if features else StopFlag()) as stop, progress, (one_thread() if features else contextlib.nullcontext()):
+        fit(engine, model, optimizer, scheduler, batches=batches, step=lambda index: pair_step(model, train_source.batch(index), tau, t.use_margin),
+            state=state, total_steps=total_steps, max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, report=report,
+            evaluation=evaluation, save_steps=t.save_steps, checkpoint=None if features else checkpoint, stop=stop,
+            stop_after_steps=stop_after_steps, progress=progress)  # fmt: skip
+    timing["training_s"] = round(time.perf_counter() - prepared, 2)
+
+    # 6. The final model: the last one, or the best evaluated one.
+    final = evaluation.last if evaluation is not None and evaluation.last_step == state["step"] else None
+    if final is None:  # no eval pairs, or resumed after the last step
+        final = run_eval() if len(eval_source) else {}
     best = state["best"]
-    if t.keep_best and best is not None and best["step"] != state["step"]:
+    use_best = t.keep_best and best is not None and best["step"] != state["step"]
+    model_metrics = best["metrics"] if use_best else final
+    if use_best:
         log(f"final model: the best eval checkpoint (step {best['step']}, accuracy {best['metrics']['accuracy']:.4f})")
-        model_metrics = best["metrics"]
-        if main:
-            from gpmctl.models.io import load_model
+    saving = time.perf_counter()
+    if use_best and features:
+        engine.unwrap(model).load_state_dict(best_weights, strict=False)
+    if save and use_best and not features:
+        if engine.is_main:
+            from gpmctl.models.io import load_model, save_model
 
-            # Built whole: under ZeRO-3, from_pretrained would otherwise shard it, a collective rank 0 runs alone.
-            best_model = built_whole(lambda: load_model(output_dir / "best", dtype="float32"), deepspeed if zero3 else None)
-            save_model(best_model, output_dir, tokenizer)
-    else:
+            # Built whole: a sharding engine would otherwise cut it, a collective rank 0 runs alone.
+            save_model(engine.build(lambda: load_model(output_dir / "best", dtype="float32")), output_dir, tokenizer)
+    elif save:
         save_full_model(output_dir)
-    if main:
+    timing.update(save_s=round(time.perf_counter() - saving, 2), total_s=round(time.perf_counter() - started, 2))
+    if engine.is_main:
         summary = {"steps": state["step"], "model_eval": model_metrics, "final_eval": final, "best": best,
-                   "recipe": str(output_dir / "recipe.yaml")}  # fmt: skip
+                   "recipe": str(output_dir / "recipe.yaml"), "timing": timing}  # fmt: skip
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         runlog.write({"event": "done", **summary})
-    accelerator.wait_for_everyone()
+    engine.wait()
     runlog.close()
-    return TrainResult(output_dir, state["step"], model_metrics, state["best"])
-
-
-def _with_weights(model: PreferenceModel, state_dict: dict) -> PreferenceModel:
-    """A CPU PreferenceModel holding `state_dict` (gathered from ZeRO-3 shards), built on the meta device
-    from the sharded model's own config so no second copy of the initial weights is made."""
-    with torch.device("meta"):
-        skeleton = PreferenceModel(type(model.backbone)(model.backbone.config), model.head)
-    skeleton.load_state_dict({k: v.detach().cpu() for k, v in state_dict.items()}, assign=True)
-    return skeleton
+    in_memory = engine.unwrap(model) if engine.world == 1 and (features or not use_best) else None  # the saved model
+    return TrainResult(output_dir, state["step"], model_metrics, best, model=in_memory, timing=timing)
 
 
 class _progress:

@@ -1,0 +1,89 @@
+"""K responses per prompt -> values and gates -> all K x K scores: how every command scores groups of responses
+(`gpmctl score`, every `gpmctl eval` benchmark, the GPO judge).
+
+    scorer = load_scorer("runs/gpm", batch_size=32, max_length=2048)
+    value, gate = scorer.embed(prompts, responses)   # prompts [n], responses [n][K]: each response embedded ONCE
+    S = scorer.score_matrix(value, gate)             # [n, K, K], S[:, i, j] = s(y_i > y_j), float64
+
+K responses cost K forward passes, not K^2: the K x K scores are 2k-dimensional arithmetic on the embeddings
+(gpmctl.models.heads). Sequences go through the model in length-sorted padded batches, so little is spent
+on padding; the gate is one per prompt (`PreferenceHead.prompt_gate` of the K passes' gates).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gpmctl.data.tokenize import EncodedSequence, SequenceEncoder, pad_sequences
+
+
+@torch.no_grad()
+def embed_sequences(model, seqs: list[EncodedSequence], batch_size: int, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sequences -> value [N, 2k] (BT: [N]) and the gate read in each pass [N, k] (or None), float32 on the CPU,
+    in input order. Batches of `batch_size` sequences sorted by length."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
+    values, gates = [None] * len(seqs), [None] * len(seqs)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in pad_sequences([seqs[i] for i in idx], pad_id).items()}
+        out = model(batch["input_ids"], batch["attention_mask"], batch["prompt_end"])
+        value = out.value.float().cpu()
+        gate = None if out.gate is None else out.gate.float().cpu()
+        for j, i in enumerate(idx):
+            values[i] = value[j]
+            gates[i] = None if gate is None else gate[j]
+    return torch.stack(values), None if gates[0] is None else torch.stack(gates)
+
+
+@dataclass
+class Scorer:
+    """A loaded preference model with its encoder (the model's token rules) and batch settings."""
+
+    model: object  # gpmctl.models.model.PreferenceModel
+    encoder: SequenceEncoder
+    batch_size: int
+    device: str | torch.device
+
+    @property
+    def kind(self) -> str:
+        return self.model.head.kind
+
+    @property
+    def tau(self) -> float:
+        return float(self.model.head.tau)
+
+    def embed(self, prompts: list[list[dict]], responses: list[list[list[dict]]], where: str = "") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """prompts [n] (message lists), responses [n][K] (message lists, the same K for every prompt) ->
+        value [n, K, 2k] (BT: [n, K]) and one gate per prompt [n, k] (or None), float64."""
+        seqs = [[self.encoder.encode(p, r, f"{where} row {i + 1}".strip()) for r in rs] for i, (p, rs) in enumerate(zip(prompts, responses))]
+        return self.embed_encoded(seqs)
+
+    def embed_encoded(self, groups: list[list[EncodedSequence]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encoded groups [n][K] (sequence k of group i: prompt i with its k-th response) -> as `embed`."""
+        n, K = len(groups), len(groups[0])
+        flat = [s for group in groups for s in group]
+        value, gate = embed_sequences(self.model, flat, self.batch_size, self.encoder.tokenizer.pad_token_id, self.device)
+        value = value.double().view(n, K, *value.shape[1:])
+        gate = self.model.head.prompt_gate(None if gate is None else gate.double().view(n, K, -1))
+        return value, gate
+
+    def score_matrix(self, value: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+        """value [n, K, 2k] (BT [n, K]), gate [n, k] -> S [n, K, K], S[:, i, j] = s(i > j)."""
+        return self.model.head.score_matrix(value, gate)
+
+
+def load_scorer(model: str, batch_size: int, max_length: int, dtype: str = "auto", device: str = "auto") -> Scorer:
+    """Load a model folder with its tokenizer and an encoder built from the model's head settings (its EOS and
+    gate-position rules; right truncation at `max_length` tokens)."""
+    from gpmctl.models.io import load_model
+    from gpmctl.models.sources import load_tokenizer
+    from gpmctl.utils import quiet_libraries, resolve_device
+
+    quiet_libraries()
+    device = resolve_device(device)
+    net = load_model(model, dtype=dtype, device=device)
+    tokenizer = load_tokenizer(model)
+    encoder = SequenceEncoder(tokenizer, max_length, net.head.eos, net.head.gate_prompt, "right")
+    return Scorer(net, encoder, batch_size, device)
