@@ -32,10 +32,10 @@ def pyplot():
 def read_log(log_path: Path) -> dict[str, list[dict]]:
     """{"train": events, "eval": events} of a train-rm log.jsonl. Each plotted value is a number or absent
     (NaN too: a diverged run is worth seeing); `step` is required."""
-    from gpmctl.data.records import iter_file_rows
+    from gpmctl.data.files import file_rows
 
     events = {kind: [] for kind in CURVE_KEYS}
-    for number, event in iter_file_rows(log_path):
+    for number, event in file_rows(log_path):
         kind = event.get("event") if isinstance(event, dict) else None
         for key in CURVE_KEYS.get(kind, ()):
             value = event.get(key)

@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import torch
 
-from gpmctl.data.records import MAX_LINE_BYTES, stdin_bytes
+from gpmctl.data.files import MAX_LINE_BYTES, stdin_bytes
 from gpmctl.data.tokenize import EncodedSequence, SequenceEncoder, pad_sequences
 from gpmctl.errors import DataError
 from gpmctl.models import preference as P

@@ -14,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from gpmctl.cli import app
+from gpmctl.data.files import read_records
+from gpmctl.data.formats import ReadOptions
 from gpmctl.data.ops import held_out
-from gpmctl.data.records import read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 HH_FILE = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
@@ -41,7 +42,7 @@ def pair(prompt: str, chosen: str = "yes", rejected: str = "no", **extra) -> dic
 
 
 def canonical(path: Path) -> list[dict]:
-    return [r.to_json() for r in read_records(path, allow_empty_responses=True)]
+    return [r.to_json() for r in read_records(path, options=ReadOptions(allow_empty_responses=True))]
 
 
 def test_validate_reports_every_problem_in_one_pass_with_file_and_line(tmp_path):
@@ -118,9 +119,9 @@ def test_convert_skip_invalid_counts_and_reports_the_skipped_rows(tmp_path):
 def test_convert_of_hh_rlhf_keeps_all_2312_rows(tmp_path):
     result = cli("convert", str(HH_FILE), str(tmp_path / "hh.parquet"), "--allow-empty-responses")  # 4 preferred empty replies
     assert result.exit_code == 0 and "2,312 rows" in result.stderr
-    records = list(read_records(tmp_path / "hh.parquet", allow_empty_responses=True))
+    records = list(read_records(tmp_path / "hh.parquet", options=ReadOptions(allow_empty_responses=True)))
     assert len(records) == 2312
-    assert [r.to_json() for r in records] == [r.to_json() for r in read_records(HH_FILE, allow_empty_responses=True)]
+    assert [r.to_json() for r in records] == [r.to_json() for r in read_records(HH_FILE, options=ReadOptions(allow_empty_responses=True))]
 
 
 def test_split_is_by_prompt_deterministic_and_matches_train_rm_rule(tmp_path):

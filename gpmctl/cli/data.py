@@ -100,7 +100,8 @@ EMPTY_HELP = "Accept empty or whitespace-only answers (e.g. HH-RLHF's few prefer
 def _read_options(fmt: Optional[str] = None, ultrafeedback: str = "binarize", criteria: Optional[str] = None,
                   allow_empty: bool = False):  # fmt: skip
     """The flags -> ReadOptions; a bad value is a one-line ConfigError (exit 2)."""
-    from gpmctl.data.records import DEFAULT_CYCLE_CRITERIA, ReadOptions
+    from gpmctl.data.formats import ReadOptions
+    from gpmctl.data.ultrafeedback import DEFAULT_CYCLE_CRITERIA
     from gpmctl.errors import ConfigError
 
     try:

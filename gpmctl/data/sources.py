@@ -1,6 +1,6 @@
 """Where a recipe's `data.train` / `data.eval` come from: files, folders, generators, the Hub, mixtures.
 
-    path/to/pairs.jsonl                          any file gpmctl.data.records reads
+    path/to/pairs.jsonl                          any file gpmctl.data.files reads
     path/to/folder                               every readable file directly inside it (.jsonl,
                                                  .jsonl.gz, .json, .parquet), by sorted name, in turn
     cyclic:train  cyclic:reworded                the deterministic cyclic generator (gpmctl.data.cyclic),
@@ -79,7 +79,8 @@ def source_rows(spec: str) -> list[dict]:
 
 def parse_ultrafeedback_spec(spec: str):
     """`ultrafeedback:[binarize:|cyclic:]SOURCE[?criteria=a>b>c]` -> (SOURCE, ReadOptions)."""
-    from gpmctl.data.records import DEFAULT_CYCLE_CRITERIA, ReadOptions
+    from gpmctl.data.formats import ReadOptions
+    from gpmctl.data.ultrafeedback import DEFAULT_CYCLE_CRITERIA
 
     body = spec[len(ULTRAFEEDBACK) :]
     mode = "binarize"
@@ -178,9 +179,9 @@ def _hub_rows(spec: str, name: str, config: str | None, split: str) -> Iterable:
 
 
 def _folder_files(folder: Path) -> list[Path]:
-    from gpmctl.data.records import SUFFIXES, _suffix
+    from gpmctl.data.files import SUFFIXES, data_suffix
 
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and _suffix(p) in SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and data_suffix(p) in SUFFIXES)
     if not files:
         raise DataError(str(folder), f"folder holds no data files ({', '.join(SUFFIXES)})")
     return files
@@ -190,7 +191,8 @@ def read_source(spec: str, limit: int | None = None, options=None) -> Iterator:
     """PreferenceRecords of a source spec (see the module docstring). Problems raise DataError /
     ConfigError naming the source; a missing source raises before iteration starts. `options`
     (ReadOptions) apply to every part; its allow_empty_responses also to ultrafeedback: parts."""
-    from gpmctl.data.records import iter_row_records, parse_row, read_records
+    from gpmctl.data.files import read_records, records_from_rows
+    from gpmctl.data.formats import parse_row
 
     spec = str(spec)
     mixture = parse_mixture(spec)
@@ -217,13 +219,7 @@ def read_source(spec: str, limit: int | None = None, options=None) -> Iterator:
     if hub is None:
         return read_records(spec, limit=limit, options=options)  # the usual "no such file" / suffix error
     rows = _hub_rows(spec, *hub)
-    return _raise_first(iter_row_records(rows, spec, limit=limit, options=options))
-
-
-def _raise_first(items: Iterator) -> Iterator:
-    from gpmctl.data.records import _raise_first as first
-
-    return first(items)
+    return records_from_rows(rows, spec, limit=limit, options=options)
 
 
 __all__ = [

@@ -186,10 +186,10 @@ def load_rows(data: str, split: str = SPLIT) -> list[dict]:
 
 def read_table(path: Path) -> list[dict]:
     """All rows of a parquet, jsonl(.gz), json (list of objects) or csv file as dicts."""
-    from gpmctl.data.records import iter_file_rows
+    from gpmctl.data.files import file_rows
 
     rows = []
-    for number, row in iter_file_rows(path):
+    for number, row in file_rows(path):
         if not isinstance(row, dict):
             raise DataError(str(path), f"expected a JSON object, got {type(row).__name__}", line=number)
         rows.append(row)

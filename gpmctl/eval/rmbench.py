@@ -72,9 +72,9 @@ def data_files(spec: list[str]) -> list[Path]:
 
 
 def read_rows(path: Path) -> list[dict]:
-    from gpmctl.data.records import iter_file_rows
+    from gpmctl.data.files import file_rows
 
-    rows = [row for _, row in iter_file_rows(path)]
+    rows = [row for _, row in file_rows(path)]
     for number, row in enumerate(rows, start=1):
         for key in ("chosen", "rejected"):
             value = row.get(key) if isinstance(row, dict) else None

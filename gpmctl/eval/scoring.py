@@ -80,10 +80,10 @@ def example_rows(path: str) -> Iterator[tuple[int, dict]]:
     """(line number, row) of a per-example file written by --examples (jsonl; also .json / .parquet copies).
     A missing, unreadable, non-UTF-8 or empty file, or a line that is not a JSON object, is one DataError;
     the evaluators then read each field through `ExampleFields`."""
-    from gpmctl.data.records import iter_file_rows
+    from gpmctl.data.files import file_rows
 
     count = 0
-    for number, row in iter_file_rows(path):
+    for number, row in file_rows(path):
         if not isinstance(row, dict):
             raise DataError(path, f"expected a JSON object, got {type(row).__name__}", line=number)
         count += 1

@@ -66,7 +66,7 @@ def split_by_prompt(records: list, eval_fraction: float, seed: int) -> tuple[lis
 
 
 def load_pairs(recipe: Recipe, encoder: SequenceEncoder) -> tuple[list[EncodedPair], list[EncodedPair]]:
-    from gpmctl.data.records import ReadOptions
+    from gpmctl.data.formats import ReadOptions
     from gpmctl.data.sources import read_source
 
     d, t = recipe.data, recipe.train
