@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from gpmctl.cli import app
 from gpmctl.data.files import read_records
 from gpmctl.data.formats import ReadOptions
-from gpmctl.data.ops import held_out
+from gpmctl.data.split import held_out
 
 ROOT = Path(__file__).resolve().parent.parent
 HH_FILE = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
@@ -134,7 +134,7 @@ def test_split_is_by_prompt_deterministic_and_matches_train_rm_rule(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     train, held = canonical(tmp_path / "a" / "train.jsonl"), canonical(tmp_path / "a" / "eval.jsonl")
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
-    # The same rule as gpmctl.train.reward.split_by_prompt (hash of json-dumped prompt messages + seed).
+    # The rule train-rm splits by too (gpmctl.data.split: hash of json-dumped prompt messages + seed).
     records = list(read_records(src))
     assert [r.to_json() for r in records if held_out(r, 0.25, 3)] == held
     cli("split", str(src), str(tmp_path / "c"), "--eval-fraction", "0.25", "--seed", "4")

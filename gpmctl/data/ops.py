@@ -22,6 +22,7 @@ from typing import Any
 from gpmctl.data.files import RecordWriter, records_with_errors
 from gpmctl.data.formats import FORMATS, ReadOptions
 from gpmctl.data.records import PreferenceRecord
+from gpmctl.data.split import held_out
 from gpmctl.errors import ConfigError, DataError
 
 Progress = Callable[[int], None]  # called with the rows done so far, every PROGRESS_EVERY rows
@@ -234,13 +235,6 @@ def stats(
     return result
 
 
-def held_out(record: PreferenceRecord, eval_fraction: float, seed: int) -> bool:
-    """The rule of gpmctl.train.reward.split_by_prompt: a hash of the prompt messages and the seed,
-    so every pair of a prompt lands on the same side, the same way in `train-rm` and `data split`."""
-    key = json.dumps(record.prompt, sort_keys=True, ensure_ascii=False) + f"#{seed}"
-    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64 < eval_fraction
-
-
 def split(
     src: str,
     out_dir: str,
@@ -252,7 +246,7 @@ def split(
     progress: Progress | None = None,
     options: ReadOptions | None = None,
 ) -> dict:
-    """src -> out_dir/train.jsonl and out_dir/eval.jsonl, split by prompt. -> counts."""
+    """src -> out_dir/train.jsonl and out_dir/eval.jsonl, split by prompt (gpmctl.data.split). -> counts."""
     if not 0.0 <= eval_fraction <= 1.0:
         raise ConfigError(f"--eval-fraction: expected a number in [0, 1], got {eval_fraction:g}")
     count_error = SkipCounter(on_error)

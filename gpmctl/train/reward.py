@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from gpmctl.config import Recipe, dump_recipe
+from gpmctl.data.split import split_by_prompt
 from gpmctl.data.tokenize import EncodedPair, SequenceEncoder, collate_pairs, real_tokens
 from gpmctl.errors import ConfigError, GpmctlError
 from gpmctl.eval.metrics import agrees_with_label
@@ -51,18 +52,6 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------------------------------
 # Data
-
-
-def split_by_prompt(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
-    """Deterministic held-out split in which a prompt never sits on both sides."""
-    if eval_fraction <= 0:
-        return records, []
-    train, held = [], []
-    for r in records:
-        key = json.dumps(r.prompt, sort_keys=True, ensure_ascii=False) + f"#{seed}"
-        u = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
-        (held if u < eval_fraction else train).append(r)
-    return train, held
 
 
 def load_pairs(recipe: Recipe, encoder: SequenceEncoder) -> tuple[list[EncodedPair], list[EncodedPair]]:
