@@ -15,7 +15,8 @@ import pytest
 
 from gpmctl.data.files import read_records, records_with_errors
 from gpmctl.data.formats import ReadOptions, detect_format, parse_row, parse_rows
-from gpmctl.data.sources import parse_mixture, parse_ultrafeedback_spec, read_source, weighted_interleave
+from gpmctl.data.mix import weighted_interleave
+from gpmctl.data.sources import parse_mixture, parse_ultrafeedback_spec, read_source
 from gpmctl.data.ultrafeedback import parse_criteria
 from gpmctl.errors import ConfigError, DataError
 

@@ -9,11 +9,9 @@ is read.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import math
-import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 from gpmctl.data.files import RecordWriter, records_with_errors
 from gpmctl.data.formats import FORMATS, ReadOptions
+from gpmctl.data.mix import interleave
 from gpmctl.data.records import PreferenceRecord
 from gpmctl.data.split import held_out
 from gpmctl.errors import ConfigError, DataError
@@ -259,35 +258,19 @@ def split(
             "train_rows": train.rows, "eval_rows": held.rows, "skipped": count_error.count}  # fmt: skip
 
 
-def parse_mix_source(spec: str) -> tuple[str, float]:
-    """"path:weight" -> (path, weight); a spec without ":weight" has weight 1."""
-    path, sep, weight = spec.rpartition(":")
-    if not sep or not path:
-        return spec, 1.0
-    try:
-        value = float(weight)
-    except ValueError:
-        return spec, 1.0  # a colon in the path itself
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{spec}: the weight after ':' must be a positive number, got {weight!r}")
-    return path, value
-
-
 def mix(
     dst: str,
     sources: list[tuple[str, float]],
     *,
-    seed: int = 0,
     total: int | None = None,
     skip_invalid: bool = False,
     on_error: OnError | None = None,
     progress: Progress | None = None,
     options: ReadOptions | None = None,
 ) -> dict:
-    """Weighted mixture: each output row comes from source i with probability w_i / sum(w); each
-    source is read in file order and starts again from its first row when it runs out (so a small,
-    heavy source is repeated). `total` rows, default the sum of the sources' valid rows. The same
-    seed gives the same file."""
+    """Weighted mixture of files by the rule of recipe mixtures (gpmctl.data.mix): `total` rows, default
+    the sum of the sources' valid rows, which are then exactly the records a recipe mixture of the same
+    sources reads. -> counts per source."""
     if not sources:
         raise ConfigError("mix: give at least one SOURCE:WEIGHT")
     if total is not None and total < 0:
@@ -302,26 +285,16 @@ def mix(
     if total is None:
         total = sum(sizes)
 
-    def cycle(i: int) -> Iterator[PreferenceRecord]:
-        while True:
-            yield from valid_records(sources[i][0], skip_invalid=True, options=options)  # errors were reported by the count pass
+    def read(path: str) -> Iterator[PreferenceRecord]:
+        return valid_records(path, skip_invalid=True, options=options)  # errors were reported by the count pass
 
-    streams = [cycle(i) for i in range(len(sources))]
-    cumulative, acc = [], 0.0
-    for _, weight in sources:
-        acc += weight
-        cumulative.append(acc)
-    rng = random.Random(seed)
     taken = [0] * len(sources)
     with writer as out:
-        for n in range(total):
-            i = min(bisect.bisect_right(cumulative, rng.random() * acc), len(sources) - 1)
-            out.write(next(streams[i]))
+        for n, (i, record) in enumerate(interleave(sources, read, total), start=1):
+            out.write(record)
             taken[i] += 1
-            if progress is not None and (n + 1) % PROGRESS_EVERY == 0:
-                progress(n + 1)
-    for stream in streams:
-        stream.close()
+            if progress is not None and n % PROGRESS_EVERY == 0:
+                progress(n)
     return {
         "output": dst,
         "rows": out.rows,
