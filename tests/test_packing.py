@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from gpmctl.config import ModelConfig, TinyBackbone
+from gpmctl.data.batches import epoch_batches
 from gpmctl.data.tokenize import EncodedPair, EncodedSequence, collate_pairs, real_tokens
 from gpmctl.models.loading import build_model, load_tokenizer
 from gpmctl.models.reward_model import HeadConfig, PreferenceModel
-from gpmctl.train.reward import epoch_batches, pair_loss
+from gpmctl.train.reward import pair_loss
 
 # float32: packed and padded runs sum the same products in another order (other matmul shapes), so they
 # agree to rounding, not bit for bit. Observed differences are ~1e-7; 2e-5 leaves room across CPUs.

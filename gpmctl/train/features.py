@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from gpmctl.config import Recipe, dump_recipe
+from gpmctl.data.batches import epoch_batches
 from gpmctl.data.tokenize import EncodedPair, EncodedSequence, SequenceEncoder, pad_sequences
 from gpmctl.errors import ConfigError
 from gpmctl.eval.metrics import agrees_with_label
@@ -43,7 +44,6 @@ from gpmctl.train.loop import backward_step
 from gpmctl.train.reward import (
     TrainResult,
     check_benchmark_files,
-    epoch_batches,
     load_pairs,
     optimisation,
     pair_loss,

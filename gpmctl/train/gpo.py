@@ -265,10 +265,10 @@ def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations
     share, as train-rm). With `state_dir`, the optimisation is checkpointed there every `train.save_steps`
     steps and on a stop signal, and continues from such a checkpoint (after computing the reference
     log-probs from pi_{t-1}). Returns (stats, the trained weights gathered from ZeRO-3 shards or None)."""
+    from gpmctl.data.batches import epoch_batches
     from gpmctl.train import checkpoint as ckpt
     from gpmctl.train.loop import Preempted, any_rank, backward_step, zero3_plugin
     from gpmctl.train.optim import build_optimizer, build_schedule
-    from gpmctl.train.reward import epoch_batches
 
     c, o = recipe.train, recipe.objective
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
