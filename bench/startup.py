@@ -40,9 +40,10 @@ def first_line_seconds(cmd: list[str]) -> float:
 
 def reference(model: str, a: str, b: str) -> None:
     """The bound: load the model, score one batch with gpmctl's own functions, print it."""
+    from gpmctl.data.responses import aligned_rows
     from gpmctl.data.tokenize import SequenceEncoder
     from gpmctl.models.loading import load_model, load_tokenizer
-    from gpmctl.score import aligned_rows, score_rows
+    from gpmctl.score import score_rows
 
     net = load_model(model)
     encoder = SequenceEncoder(load_tokenizer(model), 2048, net.head.eos, net.head.gate_prompt)

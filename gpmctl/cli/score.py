@@ -33,10 +33,11 @@ def score(
 
     Example: gpmctl score a.jsonl b.jsonl --model runs/cyclic_tiny_gpm > p.jsonl
     """
+    from gpmctl.data.responses import aligned_rows, text_cutter
     from gpmctl.data.tokenize import SequenceEncoder
     from gpmctl.errors import ConfigError, DiskFullError
     from gpmctl.models.loading import load_model, load_tokenizer, resolve_dtype
-    from gpmctl.score import aligned_rows, score_rows, text_cutter
+    from gpmctl.score import score_rows
     from gpmctl.utils import (
         DTYPES,
         atomic_write_text,
