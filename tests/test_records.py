@@ -455,7 +455,8 @@ def test_hh_rlhf_harmless_test_split_parses():
 
 @pytest.mark.skipif(not HH_FILE.exists(), reason=f"{HH_FILE} is absent (shared data is not on this machine)")
 def test_hh_rlhf_empty_replies_are_the_only_strict_errors():
-    errors = [e for _, e in records_with_errors(HH_FILE, options=ReadOptions(allow_empty_responses=False)) if isinstance(e, DataError)]
+    items = records_with_errors(HH_FILE, options=ReadOptions(allow_empty_responses=False))
+    errors = [e for _, e in items if isinstance(e, DataError)]
     assert [(e.line, e.field) for e in errors] == [(87, "chosen"), (517, "chosen"), (926, "chosen"), (1104, "chosen")]
 
 
