@@ -5,7 +5,7 @@
 
 All three paths use the same backbone and produce the same K x K preference table per prompt:
   gpmctl     each response embedded once (K sequences per prompt), length-sorted batches, then
-             K^2 scores from 2k-dimensional arithmetic (gpmctl.score.embed_sequences + score_matrix)
+             K^2 scores from 2k-dimensional arithmetic (gpmctl.models.embed.embed_sequences + score_matrix)
   pairwise   a pair model in the style of PairRM: one forward per ordered pair over
              [prompt, response i, response j] (K(K-1) sequences, each about twice as long), batched
   naive      per pair, re-tokenise both responses and run them one sequence at a time (2 K(K-1) forwards)
@@ -27,10 +27,10 @@ from gpmctl.config import TinyBackbone  # noqa: E402
 from gpmctl.data.tokenize import SequenceEncoder, pad_sequences  # noqa: E402
 from gpmctl.models import preference as P  # noqa: E402
 from gpmctl.models.build import tiny_backbone
+from gpmctl.models.embed import embed_sequences  # noqa: E402
 from gpmctl.models.heads import HeadConfig
 from gpmctl.models.model import PreferenceModel
 from gpmctl.models.sources import load_tokenizer
-from gpmctl.score import embed_sequences  # noqa: E402
 
 WORDS = ("the quick answer is that every good model reads the whole response before it decides which one is "
          "better for the user and why some replies are longer than others while staying clear and correct").split()  # fmt: skip

@@ -40,19 +40,17 @@ def first_line_seconds(cmd: list[str]) -> float:
 
 def reference(model: str, a: str, b: str) -> None:
     """The bound: load the model, score one batch with gpmctl's own functions, print it."""
-    from gpmctl.data.tokenize import SequenceEncoder
-    from gpmctl.models.io import load_model
-    from gpmctl.models.sources import load_tokenizer
-    from gpmctl.score import aligned_rows, score_rows
+    from gpmctl.cli.score import score_lines
+    from gpmctl.data.responses import aligned_rows
+    from gpmctl.models.embed import load_scorer
 
-    net = load_model(model)
-    encoder = SequenceEncoder(load_tokenizer(model), 2048, net.head.eos, net.head.gate_prompt)
+    scorer = load_scorer(model, 2 * ONE_BATCH_LINES, 2048, "auto", "cpu")
     rows = []
     for item in aligned_rows([a, b]):
         rows.append(item)
         if len(rows) == ONE_BATCH_LINES:
             break
-    print(json.dumps(score_rows(net, encoder, rows, 2 * ONE_BATCH_LINES, "cpu")[0]), flush=True)
+    print(json.dumps(score_lines(scorer, rows)[0]), flush=True)
 
 
 def setup(workdir: Path, lines: int) -> tuple[Path, Path, Path]:

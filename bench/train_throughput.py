@@ -116,7 +116,7 @@ def model_folder(workdir: Path, name: str) -> Path:
 
 def batch_order(n: int) -> list[int]:
     """gpmctl's epoch-0 order of the pairs, so TRL (sequential sampler) sees the same batches."""
-    from gpmctl.train.reward import epoch_batches
+    from gpmctl.data.batches import epoch_batches
 
     return [i for batch in epoch_batches(n, BATCH, SEED, 0) for i in batch]
 

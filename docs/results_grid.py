@@ -30,7 +30,7 @@ from gpmctl.data.tokenize import SequenceEncoder
 from gpmctl.errors import ModelError
 from gpmctl.eval import rmbench as rm
 from gpmctl.eval.benchmarks import rmbench_tables
-from gpmctl.eval.scoring import assistant, user
+from gpmctl.eval.examples import assistant, user
 from gpmctl.models.model import Hidden
 from gpmctl.models.sources import load_tokenizer
 from gpmctl.train.features import cached_features

@@ -32,10 +32,10 @@ def pyplot():
 def read_log(log_path: Path) -> dict[str, list[dict]]:
     """{"train": events, "eval": events} of a train-rm log.jsonl. Each plotted value is a number or absent
     (NaN too: a diverged run is worth seeing); `step` is required."""
-    from gpmctl.data.records import iter_file_rows
+    from gpmctl.data.files import file_rows
 
     events = {kind: [] for kind in CURVE_KEYS}
-    for number, event in iter_file_rows(log_path):
+    for number, event in file_rows(log_path):
         kind = event.get("event") if isinstance(event, dict) else None
         for key in CURVE_KEYS.get(kind, ()):
             value = event.get(key)
@@ -50,7 +50,7 @@ def read_log(log_path: Path) -> dict[str, list[dict]]:
 
 def read_probabilities(path: str) -> list[float]:
     """P(chosen > rejected) of each row of a per-example file (`p`, checked in [0, 1])."""
-    from gpmctl.eval.scoring import ExampleFields, example_rows
+    from gpmctl.eval.examples import ExampleFields, example_rows
 
     return [ExampleFields(path, number, row).probability("p") for number, row in example_rows(path)]
 
@@ -87,7 +87,7 @@ def embedding_planes(model, tokenizer, records: list, out: Path, label_key: str 
     import torch
 
     from gpmctl.data.tokenize import SequenceEncoder
-    from gpmctl.score import embed_sequences
+    from gpmctl.models.embed import embed_sequences
 
     plt = pyplot()
     seen, texts, labels, seqs = set(), [], [], []

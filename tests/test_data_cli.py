@@ -14,8 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from gpmctl.cli import app
-from gpmctl.data.ops import held_out
-from gpmctl.data.records import read_records
+from gpmctl.data.files import read_records
+from gpmctl.data.formats import ReadOptions
+from gpmctl.data.sources import read_source
+from gpmctl.data.split import held_out
 
 ROOT = Path(__file__).resolve().parent.parent
 HH_FILE = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
@@ -41,7 +43,7 @@ def pair(prompt: str, chosen: str = "yes", rejected: str = "no", **extra) -> dic
 
 
 def canonical(path: Path) -> list[dict]:
-    return [r.to_json() for r in read_records(path, allow_empty_responses=True)]
+    return [r.to_json() for r in read_records(path, options=ReadOptions(allow_empty_responses=True))]
 
 
 def test_validate_reports_every_problem_in_one_pass_with_file_and_line(tmp_path):
@@ -118,9 +120,9 @@ def test_convert_skip_invalid_counts_and_reports_the_skipped_rows(tmp_path):
 def test_convert_of_hh_rlhf_keeps_all_2312_rows(tmp_path):
     result = cli("convert", str(HH_FILE), str(tmp_path / "hh.parquet"), "--allow-empty-responses")  # 4 preferred empty replies
     assert result.exit_code == 0 and "2,312 rows" in result.stderr
-    records = list(read_records(tmp_path / "hh.parquet", allow_empty_responses=True))
+    records = canonical(tmp_path / "hh.parquet")
     assert len(records) == 2312
-    assert [r.to_json() for r in records] == [r.to_json() for r in read_records(HH_FILE, allow_empty_responses=True)]
+    assert records == canonical(HH_FILE)
 
 
 def test_split_is_by_prompt_deterministic_and_matches_train_rm_rule(tmp_path):
@@ -133,7 +135,7 @@ def test_split_is_by_prompt_deterministic_and_matches_train_rm_rule(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     train, held = canonical(tmp_path / "a" / "train.jsonl"), canonical(tmp_path / "a" / "eval.jsonl")
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
-    # The same rule as gpmctl.train.reward.split_by_prompt (hash of json-dumped prompt messages + seed).
+    # The rule train-rm splits by too (gpmctl.data.split: hash of json-dumped prompt messages + seed).
     records = list(read_records(src))
     assert [r.to_json() for r in records if held_out(r, 0.25, 3)] == held
     cli("split", str(src), str(tmp_path / "c"), "--eval-fraction", "0.25", "--seed", "4")
@@ -143,19 +145,36 @@ def test_split_is_by_prompt_deterministic_and_matches_train_rm_rule(tmp_path):
 def test_mix_honours_weights_and_is_deterministic(tmp_path):
     a = write_rows(tmp_path / "a.jsonl", [pair(f"a{i}") for i in range(100)])
     b = write_rows(tmp_path / "b.jsonl", [pair(f"b{i}") for i in range(30)])
-    args = [f"{a}:3", f"{b}:1", "--total", "2000", "--seed", "5"]
+    args = [f"{a}:3", f"{b}:1", "--total", "2000"]
     first = cli("mix", str(tmp_path / "m1.jsonl"), *args)
     cli("mix", str(tmp_path / "m2.jsonl"), *args)
     assert first.exit_code == 0
     assert (tmp_path / "m1.jsonl").read_bytes() == (tmp_path / "m2.jsonl").read_bytes()
-    counts = Counter(r["prompt"][0] for r in canonical(tmp_path / "m1.jsonl"))
-    assert sum(counts.values()) == 2000
-    assert abs(counts["a"] / 2000 - 0.75) < 0.04  # 4 standard deviations of a binomial(2000, 0.75) share
+    prompts = [r["prompt"] for r in canonical(tmp_path / "m1.jsonl")]
+    assert len(prompts) == 2000
+    counts = Counter()
+    for n, prompt in enumerate(prompts, start=1):  # the rule of gpmctl.data.mix: every prefix within one row of its share
+        counts[prompt[0]] += 1
+        assert abs(counts["a"] - 0.75 * n) <= 1 and abs(counts["b"] - 0.25 * n) <= 1
+    assert counts == {"a": 1500, "b": 500}
+    assert [p for p in prompts if p[0] == "b"] == [f"b{i % 30}" for i in range(500)]  # in file order, starting again
     summary = json.loads(first.stdout)
     assert [s["taken"] for s in summary["sources"]] == [counts["a"], counts["b"]]
     assert summary["sources"][1]["repeated"] == counts["b"] - 30  # the small source starts again when it runs out
-    other = cli("mix", str(tmp_path / "m3.jsonl"), f"{a}:3", f"{b}:1", "--total", "2000", "--seed", "6")
-    assert other.exit_code == 0 and (tmp_path / "m3.jsonl").read_bytes() != (tmp_path / "m1.jsonl").read_bytes()
+    assert [s["share"] for s in summary["sources"]] == [0.75, 0.25]
+    seeded = cli("mix", str(tmp_path / "m3.jsonl"), *args, "--seed", "6")  # accepted, ignored, said so
+    assert seeded.exit_code == 0 and (tmp_path / "m3.jsonl").read_bytes() == (tmp_path / "m1.jsonl").read_bytes()
+    assert "--seed is ignored" in seeded.stderr and "--seed" not in cli("mix", "--help").stdout
+
+
+def test_mix_writes_the_records_a_recipe_mixture_reads(tmp_path):
+    a = write_rows(tmp_path / "a.jsonl", [pair(f"a{i}", margin=i) for i in range(4)])
+    b = write_rows(tmp_path / "b.jsonl", [pair(f"b{i}", label=0.75) for i in range(6)])
+    result = cli("mix", str(tmp_path / "m.jsonl"), f"{a}:0.7", f"{b}:0.3")
+    assert result.exit_code == 0
+    recipe = [r.to_json() for r in read_source(f"{a}:0.7,{b}:0.3")]
+    assert canonical(tmp_path / "m.jsonl") == recipe
+    assert len(recipe) == 10 and sum(r["prompt"][0] == "a" for r in recipe) == 7  # a's 4 rows repeated to reach its share
 
 
 def test_mix_default_total_is_the_sum_of_source_sizes(tmp_path):

@@ -262,7 +262,7 @@ def test_eval_scores_equal_the_training_path_pair_by_pair(tiny_model):
     from gpmctl.data.sources import read_source
     from gpmctl.data.tokenize import collate_pairs
     from gpmctl.eval.pairs import score_records
-    from gpmctl.eval.scoring import load_scorer
+    from gpmctl.models.embed import load_scorer
     from gpmctl.train.reward import pair_loss
 
     scorer = load_scorer(tiny_model, 7, 128, "float32", "cpu")

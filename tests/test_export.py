@@ -64,7 +64,7 @@ def reference_scores(backbone, state, encoder, prompt, answers):
 
 def gpmctl_scores(model, encoder, prompt, answers):
     from gpmctl.models import preference as P
-    from gpmctl.score import embed_sequences
+    from gpmctl.models.embed import embed_sequences
 
     seqs = [encoder.encode(prompt, [{"role": "assistant", "content": a}]) for a in answers]
     value, gate = embed_sequences(model, seqs, batch_size=2, pad_id=encoder.tokenizer.pad_token_id, device="cpu")

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from gpmctl.config import ModelConfig, TinyBackbone
+from gpmctl.data.batches import epoch_batches
 from gpmctl.data.tokenize import EncodedPair, EncodedSequence, collate_pairs, real_tokens
 from gpmctl.models.build import build_model
 from gpmctl.models.heads import HeadConfig
 from gpmctl.models.model import PreferenceModel
 from gpmctl.models.sources import load_tokenizer
-from gpmctl.train.reward import epoch_batches, pair_loss
+from gpmctl.train.reward import pair_loss
 
 # float32: packed and padded runs sum the same products in another order (other matmul shapes), so they
 # agree to rounding, not bit for bit. Observed differences are ~1e-7; 2e-5 leaves room across CPUs.

@@ -11,14 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gpmctl.data.records import (
-    PreferenceRecord,
-    detect_format,
-    iter_records_with_errors,
-    parse_row,
-    read_records,
-    write_jsonl,
-)
+from gpmctl.data.files import read_records, records_with_errors, write_jsonl
+from gpmctl.data.formats import ReadOptions, detect_format, parse_row
+from gpmctl.data.records import PreferenceRecord
 from gpmctl.errors import DataError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -157,7 +152,7 @@ def test_message_list_prompt_with_string_answers():
 
 def test_empty_answers_are_errors_unless_allowed(tmp_path):
     path = write_lines(tmp_path / "empty.jsonl", [{"prompt": "q", "chosen": "", "rejected": "no"}])
-    assert list(read_records(path, allow_empty_responses=True))[0].chosen == [assistant("")]
+    assert list(read_records(path, options=ReadOptions(allow_empty_responses=True)))[0].chosen == [assistant("")]
     with pytest.raises(DataError, match=r"empty\.jsonl:1: chosen: empty text"):
         list(read_records(path))
 
@@ -274,7 +269,7 @@ def test_malformed_row_names_file_line_and_field_and_keeps_the_rows_around_it(ca
     bad, field, words = MALFORMED[case]
     path = write_lines(tmp_path / f"{case}.jsonl", [GOOD_1, b"", bad, GOOD_4], end=end)
 
-    items = list(iter_records_with_errors(path, max_line_bytes=LONG))
+    items = [item for _, item in records_with_errors(path, max_line_bytes=LONG)]
     assert [type(item) for item in items] == [PreferenceRecord, DataError, PreferenceRecord]
     assert [items[0].prompt_text, items[2].prompt_text] == ["first", "last"]
     error = items[1]
@@ -303,10 +298,10 @@ def test_ten_megabyte_lines_are_read_and_a_bad_one_is_reported_between_good_ones
     big = "x" * (10 * 2**20)
     rows = [{"prompt": "q", "chosen": big, "rejected": "b"}, {"prompt": "q", "chosen": big, "rejected": 5}, GOOD_4]
     path = write_lines(tmp_path / "big.jsonl", rows)
-    items = list(iter_records_with_errors(path))
+    items = [item for _, item in records_with_errors(path)]
     assert len(items[0].chosen_text) == len(big) and items[2] == parse_row(GOOD_4)
     assert str(items[1]) == f"{path}:2: rejected: expected a string or a list of messages, got a number"
-    over = list(iter_records_with_errors(path, max_line_bytes=2**20))
+    over = [item for _, item in records_with_errors(path, max_line_bytes=2**20)]
     assert [getattr(i, "line", None) for i in over] == [1, 2, None] and "longer than 1048576 bytes" in str(over[0])
 
 
@@ -314,14 +309,14 @@ def test_bom_crlf_and_blank_lines_are_accepted_and_blank_lines_count(tmp_path):
     path = tmp_path / "windows.jsonl"
     rows = [json.dumps(GOOD_1).encode(), b"", b"   ", json.dumps({"prompt": "q"}).encode()]
     path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(rows) + b"\r\n")
-    items = list(iter_records_with_errors(path))
+    items = [item for _, item in records_with_errors(path)]
     assert items[0] == parse_row(GOOD_1)
     assert str(items[1]) == f"{path}:4: chosen: missing"
 
 
 def test_non_utf8_reports_the_offset_in_the_file(tmp_path):
     path = write_lines(tmp_path / "latin1.jsonl", [GOOD_1, b'{"prompt": "\xff"}'])
-    error = next(e for e in iter_records_with_errors(path) if isinstance(e, DataError))
+    error = next(e for _, e in records_with_errors(path) if isinstance(e, DataError))
     first_line = len(json.dumps(GOOD_1)) + 1
     assert f"byte 12 of the line (byte {first_line + 12} of the file)" in str(error)
 
@@ -330,14 +325,14 @@ def test_non_utf8_reports_the_offset_in_the_file(tmp_path):
 def test_line_limit_counts_the_content_not_the_line_end(end, tmp_path):
     line = json.dumps(GOOD_1).encode()
     path = write_lines(tmp_path / "edge.jsonl", [line, line], end=end)
-    assert all(isinstance(r, PreferenceRecord) for r in iter_records_with_errors(path, max_line_bytes=len(line)))
-    errors = list(iter_records_with_errors(path, max_line_bytes=len(line) - 1))
+    assert all(isinstance(r, PreferenceRecord) for _, r in records_with_errors(path, max_line_bytes=len(line)))
+    errors = [item for _, item in records_with_errors(path, max_line_bytes=len(line) - 1)]
     assert [(e.line, f"({len(line)} bytes)" in str(e)) for e in errors] == [(1, True), (2, True)]
 
 
 def test_overlong_line_is_skipped_and_the_next_line_still_read(tmp_path):
     path = write_lines(tmp_path / "long.jsonl", [b'{"prompt": "' + b"y" * 5000 + b'"}', GOOD_4])
-    items = list(iter_records_with_errors(path, max_line_bytes=100))
+    items = [item for _, item in records_with_errors(path, max_line_bytes=100)]
     assert "longer than 100 bytes (5,014 bytes)" in str(items[0]) and items[0].line == 1
     assert items[1] == parse_row(GOOD_4)
 
@@ -350,13 +345,13 @@ def test_missing_file_and_unknown_suffix_raise_before_iterating(tmp_path):
         read_records(tmp_path / "nope.jsonl")
     (tmp_path / "data.xlsx").write_text("a,b\n")
     with pytest.raises(DataError, match=r"data\.xlsx: unknown file type"):
-        iter_records_with_errors(tmp_path / "data.xlsx")
+        records_with_errors(tmp_path / "data.xlsx")
 
 
 def test_limit_stops_after_that_many_rows(tmp_path):
     path = write_lines(tmp_path / "many.jsonl", [GOOD_1, {"prompt": "q"}, GOOD_4])
     assert len(list(read_records(path, limit=1))) == 1
-    assert len(list(iter_records_with_errors(path, limit=2))) == 2
+    assert len(list(records_with_errors(path, limit=2))) == 2
     assert list(read_records(path, limit=0)) == []
 
 
@@ -367,7 +362,7 @@ def test_json_list_and_data_object_number_rows(tmp_path):
     wrapped = tmp_path / "wrapped.json"
     wrapped.write_text(json.dumps({"data": rows}))
     for path in (listed, wrapped):
-        items = list(iter_records_with_errors(path))
+        items = [item for _, item in records_with_errors(path)]
         assert items[0] == parse_row(GOOD_1) and items[2] == parse_row(GOOD_4)
         assert str(items[1]) == f"{path}:2: chosen: missing (row 2)"
 
@@ -389,7 +384,7 @@ def test_parquet_is_read_by_batches_and_numbers_rows(tmp_path):
     rows[1500]["rejected"] = rows[1500]["chosen"]
     path = tmp_path / "pairs.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
-    items = list(iter_records_with_errors(path))
+    items = [item for _, item in records_with_errors(path)]
     assert len(items) == 2500
     assert items[0] == PreferenceRecord([user("q")], [assistant("good 0")], [assistant("bad 0")], id="0")
     assert str(items[1500]) == f"{path}:1501: rejected: identical to chosen; a pair needs two different answers (row 1501)"
@@ -398,7 +393,7 @@ def test_parquet_is_read_by_batches_and_numbers_rows(tmp_path):
 def test_stdin_is_read_as_jsonl(monkeypatch):
     payload = (json.dumps(GOOD_1) + "\n" + json.dumps({"prompt": "q"}) + "\n").encode()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(payload)))
-    items = list(iter_records_with_errors("-"))
+    items = [item for _, item in records_with_errors("-")]
     assert items[0] == parse_row(GOOD_1)
     assert str(items[1]) == "<stdin>:2: chosen: missing"
 
@@ -407,7 +402,7 @@ def test_corrupt_gzip_is_reported_not_raised(tmp_path):
     good = gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in [GOOD_1] * 200))
     path = tmp_path / "cut.jsonl.gz"
     path.write_bytes(good[: len(good) // 2])
-    items = list(iter_records_with_errors(path))
+    items = [item for _, item in records_with_errors(path)]
     assert isinstance(items[-1], DataError) and "corrupt or cut short" in str(items[-1])
 
 
@@ -445,7 +440,7 @@ def test_write_jsonl_dash_is_stdout(capsys):
 
 @pytest.mark.skipif(not HH_FILE.exists(), reason=f"{HH_FILE} is absent (shared data is not on this machine)")
 def test_hh_rlhf_harmless_test_split_parses():
-    records = list(read_records(HH_FILE, allow_empty_responses=True))
+    records = list(read_records(HH_FILE, options=ReadOptions(allow_empty_responses=True)))
     assert len(records) == 2312
     first = records[0]
     assert [m["role"] for m in first.prompt] == ["user", "assistant", "user", "assistant", "user"]
@@ -460,7 +455,8 @@ def test_hh_rlhf_harmless_test_split_parses():
 
 @pytest.mark.skipif(not HH_FILE.exists(), reason=f"{HH_FILE} is absent (shared data is not on this machine)")
 def test_hh_rlhf_empty_replies_are_the_only_strict_errors():
-    errors = [e for e in iter_records_with_errors(HH_FILE, allow_empty_responses=False) if isinstance(e, DataError)]
+    items = records_with_errors(HH_FILE, options=ReadOptions(allow_empty_responses=False))
+    errors = [e for _, e in items if isinstance(e, DataError)]
     assert [(e.line, e.field) for e in errors] == [(87, "chosen"), (517, "chosen"), (926, "chosen"), (1104, "chosen")]
 
 
@@ -494,7 +490,7 @@ def test_csv_rows_with_quoted_newlines_message_cells_and_numbers(tmp_path):
         "only,two\n",
         encoding="utf-8-sig",  # a BOM, as spreadsheet programs write it
     )
-    items = list(iter_records_with_errors(path))
+    items = [item for _, item in records_with_errors(path)]
     good = [r for r in items if not isinstance(r, DataError)]
     bad = [e for e in items if isinstance(e, DataError)]
     assert [r.prompt_text for r in good] == ["Hi", "Multi\nline?", "Q"]

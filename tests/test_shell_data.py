@@ -164,8 +164,8 @@ def test_missing_output_folders_are_created_and_files_get_the_umask_mode(d):
 
 
 @pytest.mark.parametrize("module,args", [
-    ("gpmctl.data.ops", ["data", "convert", "{d}/good.jsonl", "{d}/out.jsonl"]),
-    ("gpmctl.data.ops", ["data", "split", "{d}/good.jsonl", "{d}/split"]),
+    ("gpmctl.data.files", ["data", "convert", "{d}/good.jsonl", "{d}/out.jsonl"]),
+    ("gpmctl.data.files", ["data", "split", "{d}/good.jsonl", "{d}/split"]),
     ("gpmctl.utils", ["data", "cyclic", "{d}/split", "--num-prompts", "3"]),
 ])  # fmt: skip
 def test_a_full_disk_is_one_line_and_keeps_the_old_output(d, monkeypatch, module, args):
@@ -179,12 +179,12 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_output(d, monkeypatch, module
 
 
 def test_ctrl_c_while_writing_leaves_no_temporary_file(d, monkeypatch):
-    from gpmctl.data import ops
+    from gpmctl.data import files
 
     def interrupted(self, record):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ops.RecordWriter, "write", interrupted)
+    monkeypatch.setattr(files.RecordWriter, "write", interrupted)
     before = snapshot(d)
     result = run("data", "convert", str(d / "good.jsonl"), str(d / "out.jsonl"))
     assert result.returncode == 130 and result.stderr.strip() == "gpmctl: interrupted"
@@ -195,12 +195,12 @@ def test_sigterm_while_writing_leaves_no_temporary_file(d):
     """A real SIGTERM, in a child process: the default action would kill it with the temporary file left."""
     code = (
         "import os, signal, sys\n"
-        "from gpmctl.data import ops\n"
-        "write = ops.RecordWriter.write\n"
+        "from gpmctl.data import files\n"
+        "write = files.RecordWriter.write\n"
         "def write_then_term(self, record):\n"
         "    write(self, record)\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
-        "ops.RecordWriter.write = write_then_term\n"
+        "files.RecordWriter.write = write_then_term\n"
         f"sys.argv = ['gpmctl', 'data', 'convert', {str(d / 'good.jsonl')!r}, {str(d / 'out.jsonl')!r}]\n"
         "from gpmctl.cli import main\n"
         "main()\n"

@@ -110,7 +110,7 @@ def test_bad_options_inputs_and_outputs_are_one_line(m, d, args, needles):
 
 
 def test_lines_are_capped_like_the_data_readers(m, d, monkeypatch):
-    monkeypatch.setattr("gpmctl.score.MAX_LINE_BYTES", 200, raising=False)  # the real cap is 16 MiB
+    monkeypatch.setattr("gpmctl.data.responses.MAX_LINE_BYTES", 200)  # the real cap is 16 MiB
     before = snapshot(d)
     assert_one_line_error(run("score", str(d / "a.jsonl"), str(d / "long.jsonl"), "-m", m["model"]), f"{d}/long.jsonl:3", "longer than 200 bytes")
     assert snapshot(d) == before
@@ -126,9 +126,9 @@ def test_a_full_disk_keeps_the_old_output_and_a_resumable_partial(m, d, monkeypa
 
 
 def test_long_texts_are_cut_before_tokenising_with_the_same_tokens(m):
+    from gpmctl.data.responses import CHARS_PER_TOKEN, text_cutter
     from gpmctl.data.tokenize import SequenceEncoder
     from gpmctl.models.sources import load_tokenizer
-    from gpmctl.score import CHARS_PER_TOKEN, text_cutter
 
     tokenizer = load_tokenizer(m["model"])
     encoder = SequenceEncoder(tokenizer, 64, "overwrite", "first_turn", "right")

@@ -13,18 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from gpmctl.data.records import (
-    DataError,
-    ReadOptions,
-    detect_format,
-    iter_records_with_errors,
-    parse_criteria,
-    parse_row,
-    parse_rows,
-    read_records,
-)
-from gpmctl.data.sources import parse_mixture, parse_ultrafeedback_spec, read_source, weighted_interleave
-from gpmctl.errors import ConfigError
+from gpmctl.data.files import read_records, records_with_errors
+from gpmctl.data.formats import ReadOptions, detect_format, parse_row, parse_rows
+from gpmctl.data.mix import weighted_interleave
+from gpmctl.data.sources import parse_mixture, parse_ultrafeedback_spec, read_source
+from gpmctl.data.ultrafeedback import parse_criteria
+from gpmctl.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,7 +143,7 @@ def test_criteria_names_and_aliases():
 def test_bad_ultrafeedback_rows_name_the_field_and_keep_the_rows_around(completions, field, words, tmp_path):
     good = {"prompt": "q", "completions": [{"response": "a", "overall_score": 2}, {"response": "b", "overall_score": 1}]}
     path = write_jsonl(tmp_path / "uf.jsonl", [good, {"instruction": "q", "completions": completions}, good])
-    items = list(iter_records_with_errors(path))
+    items = [item for _, item in records_with_errors(path)]
     assert [type(i).__name__ for i in items] == ["PreferenceRecord", "DataError", "PreferenceRecord"]
     assert str(items[1]).startswith(f"{path}:2: {field}: ") and words in str(items[1])
 

@@ -10,8 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from gpmctl.config import load_recipe
+from gpmctl.data.batches import epoch_batches
+from gpmctl.data.split import split_by_prompt
 from gpmctl.models.io import load_model
-from gpmctl.train.reward import Preempted, epoch_batches, split_by_prompt, train_reward_model
+from gpmctl.train.reward import Preempted, train_reward_model
 
 SMALL_DATA = ["data.train=cyclic:train?num_prompts=24", "data.eval=cyclic:test?num_prompts=24"]
 SMALL_MODEL = ["model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_layers=1"]

@@ -100,7 +100,8 @@ EMPTY_HELP = "Accept empty or whitespace-only answers (e.g. HH-RLHF's few prefer
 def _read_options(fmt: Optional[str] = None, ultrafeedback: str = "binarize", criteria: Optional[str] = None,
                   allow_empty: bool = False):  # fmt: skip
     """The flags -> ReadOptions; a bad value is a one-line ConfigError (exit 2)."""
-    from gpmctl.data.records import DEFAULT_CYCLE_CRITERIA, ReadOptions
+    from gpmctl.data.formats import ReadOptions
+    from gpmctl.data.ultrafeedback import DEFAULT_CYCLE_CRITERIA
     from gpmctl.errors import ConfigError
 
     try:
@@ -246,27 +247,31 @@ def split(
 def mix(
     dst: str = typer.Argument(..., help="Output: .jsonl, .jsonl.gz, .parquet, or - for jsonl on stdout."),
     sources: List[str] = typer.Argument(..., help="Sources as PATH:WEIGHT (weight 1 when left out)."),
-    seed: int = typer.Option(0, help="Seed of the draws: the same seed writes the same file."),
+    seed: Optional[int] = typer.Option(None, hidden=True, help="Ignored: mixing is deterministic."),
     total: Optional[int] = typer.Option(None, min=1, help="Rows to write; default: the sum of the sources' valid rows."),
     skip_invalid: bool = typer.Option(False, help=SKIP_HELP),
     allow_empty_responses: bool = typer.Option(False, help=EMPTY_HELP),
 ) -> None:
-    """Write a weighted mixture of sources (like OpenRLHF's dataset_probs).
+    """Write a weighted mixture of sources: the records a recipe with data.train=SRC:W,... reads.
 
-    Rule: each output row is drawn from source i with probability WEIGHT_i / sum of weights. A
-    source is read in file order; when it runs out it starts again from its first row, so a small
-    source with a large weight is repeated (with replacement, by whole passes) rather than ending the
-    mixture. --total rows are written (default: the sum of the sources' sizes). Prints per-source
-    counts as JSON on stdout (on stderr when DST is -).
+    Rows follow the deterministic rule of recipe mixtures, documented in gpmctl/data/mix.py: each
+    source's share of any stretch of DST stays within one row of WEIGHT / sum of weights, and a
+    source that runs out starts again from its first row (a small source with a large weight is
+    repeated). --total rows are written (default: the sum of the sources' valid rows; then DST holds
+    exactly the records of the recipe mixture, in its order). Prints per-source counts as JSON on
+    stdout (on stderr when DST is -).
 
-    Example: gpmctl data mix mix.jsonl hh.jsonl.gz:0.7 ultrafeedback.jsonl:0.3 --total 100000 --seed 0
+    Example: gpmctl data mix mix.jsonl hh.jsonl.gz:0.7 ultrafeedback.jsonl:0.3 --total 100000
     """
+    from gpmctl.data.mix import parse_mix_source
     from gpmctl.data.ops import mix as mix_files
-    from gpmctl.data.ops import parse_mix_source
+    from gpmctl.utils import log
 
+    if seed is not None:
+        log("data mix: --seed is ignored: mixing is deterministic (the rule of recipe mixtures, gpmctl/data/mix.py)")
     skipped = _SkipReporter()
     with _progress("mixing") as progress:
-        result = mix_files(dst, [parse_mix_source(s) for s in sources], seed=seed, total=total, skip_invalid=skip_invalid,
+        result = mix_files(dst, [parse_mix_source(s) for s in sources], total=total, skip_invalid=skip_invalid,
                            on_error=skipped, progress=progress,
                            options=_read_options(allow_empty=allow_empty_responses))  # fmt: skip
     skipped.summary()

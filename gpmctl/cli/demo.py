@@ -51,7 +51,7 @@ def score_test_sets(runs: dict[str, str], train_spec: str, max_length: int) -> d
     from gpmctl.data.cyclic import TEST_SPLITS, best_scalar_accuracy, lookup_accuracy
     from gpmctl.data.sources import read_source, source_rows
     from gpmctl.eval.pairs import score_records
-    from gpmctl.eval.scoring import load_scorer
+    from gpmctl.models.embed import load_scorer
 
     options = train_spec.partition("?")[2]
     train_rows = source_rows(train_spec)

@@ -146,7 +146,7 @@ def rewardbench(
         result = rb.results_json(agg, name, model_type, (metrics or {}).get("chat_template", "n/a"))
     else:
         from gpmctl.eval import benchmarks
-        from gpmctl.eval.scoring import load_scorer
+        from gpmctl.models.embed import load_scorer
 
         rows = benchmarks.rewardbench_rows(data, split)
         scorer = load_scorer(model, batch_size, max_length, dtype, device)
@@ -224,7 +224,7 @@ def _pair_examples(data, model, scores, limit, batch_size, max_length, dtype, de
     if not data:
         raise ConfigError("--data is required with --model")
     from gpmctl.data.sources import read_source
-    from gpmctl.eval.scoring import load_scorer
+    from gpmctl.models.embed import load_scorer
 
     records = list(read_source(data, limit=limit))
     if not records:
@@ -345,7 +345,7 @@ def rmbench(
         if not data:
             raise ConfigError("--data is required with --model")
         from gpmctl.eval import benchmarks
-        from gpmctl.eval.scoring import load_scorer
+        from gpmctl.models.embed import load_scorer
 
         tables = benchmarks.rmbench_tables(data, limit)
         scorer = load_scorer(model, batch_size, max_length, dtype, device)
@@ -404,7 +404,7 @@ def rewardbench2(
     if scores:
         per_example = rb2.read_scores(scores)
     else:
-        from gpmctl.eval.scoring import load_scorer
+        from gpmctl.models.embed import load_scorer
 
         rows = rb2.load_rows(data, split)
         scorer = load_scorer(model, batch_size, max_length, dtype, device)

@@ -33,19 +33,16 @@ def score(
 
     Example: gpmctl score a.jsonl b.jsonl --model runs/cyclic_tiny_gpm > p.jsonl
     """
-    from gpmctl.data.tokenize import SequenceEncoder
+    from gpmctl.data.responses import aligned_rows, text_cutter
     from gpmctl.errors import ConfigError, DiskFullError
     from gpmctl.models.build import resolve_dtype
-    from gpmctl.models.io import load_model
-    from gpmctl.models.sources import load_tokenizer
-    from gpmctl.score import aligned_rows, score_rows, text_cutter
+    from gpmctl.models.embed import load_scorer
     from gpmctl.utils import (
         DTYPES,
         atomic_write_text,
         is_disk_full,
         log,
         prepare_output,
-        quiet_libraries,
         refuse_inputs_as_output,
         resolve_device,
     )
@@ -71,10 +68,7 @@ def score(
                     "dtype": str(resolve_dtype(dtype, device)).removeprefix("torch.")}  # fmt: skip
         if resume and partial.exists():
             _check_resume_settings(partial, settings_path, settings)
-    quiet_libraries()
-    net = load_model(model, dtype=dtype, device=device)
-    tokenizer = load_tokenizer(model)
-    encoder = SequenceEncoder(tokenizer, max_length, net.head.eos, net.head.gate_prompt, "right")
+    scorer = load_scorer(model, batch_size, max_length, dtype, device)
 
     skip = _complete_chunks(partial, chunk_lines) if resume and partial.exists() else 0
     if skip:
@@ -84,18 +78,18 @@ def score(
     sink = open(partial, "a" if skip else "w", encoding="utf-8") if partial else sys.stdout
     written = skip
     progress = _Progress()
-    shorten = text_cutter(tokenizer, max_length)
+    shorten = text_cutter(scorer.encoder.tokenizer, max_length)
     rows = aligned_rows(inputs, skip=skip, allow_prompt_mismatch=allow_prompt_mismatch, shorten=shorten)
     try:
         chunk = []
         for item in rows:
             chunk.append(item)
             if len(chunk) == chunk_lines:
-                written += _write(sink, score_rows(net, encoder, chunk, batch_size, device, embed), fmt)
+                written += _write(sink, score_lines(scorer, chunk, embed), fmt)
                 progress.update(written)
                 chunk = []
         if chunk:
-            written += _write(sink, score_rows(net, encoder, chunk, batch_size, device, embed), fmt)
+            written += _write(sink, score_lines(scorer, chunk, embed), fmt)
     except OSError as e:
         if sink is sys.stdout or not is_disk_full(e):
             raise
@@ -108,6 +102,42 @@ def score(
         partial.replace(output)
         settings_path.unlink(missing_ok=True)
     log(f"scored {written} lines of {len(inputs)} files")
+
+
+def score_lines(scorer, chunk: list[tuple[int, list]], embed_only: bool = False) -> list[dict]:
+    """Output records of a chunk of aligned lines (line number, one gpmctl.data.responses.Response per file):
+    pair probabilities (K = 2), K x K matrices (K >= 3), or the embeddings (and gate) with `embed_only`."""
+    import torch
+
+    from gpmctl.models import preference as P
+
+    K, tau = len(chunk[0][1]), scorer.tau
+    groups = [[scorer.encoder.encode(r.prompt, r.response, f"line {n}") for r in rows] for n, rows in chunk]
+    value, gate = scorer.embed_encoded(groups)  # each response once; one gate per line (its K passes' mean)
+    out = []
+    for i, (number, rows) in enumerate(chunk):
+        record: dict = {"line": number}
+        ids = [r.id for r in rows if r.id is not None]
+        if ids:
+            record["id"] = ids[0]
+        if embed_only:
+            record["embeddings"] = value[i].tolist()
+            if gate is not None:
+                record["gate"] = gate[i].tolist()
+            out.append(record)
+            continue
+        S = scorer.score_matrix(value[i], None if gate is None else gate[i])
+        prob = P.preference_probability(S, tau)
+        if K == 2:
+            record.update(p=float(prob[0, 1]), logit=float(S[0, 1] / tau))
+            if scorer.kind == "bt":
+                record.update(reward_a=float(value[i, 0]), reward_b=float(value[i, 1]))
+        else:
+            off_diagonal = ~torch.eye(K, dtype=torch.bool)
+            record["matrix"] = prob.tolist()
+            record["win_rate"] = (prob * off_diagonal).sum(1).div(K - 1).tolist()
+        out.append(record)
+    return out
 
 
 RESUME_FLAGS = {"inputs": "the inputs", "model": "--model", "format": "--format", "embed": "--embed",

@@ -1,6 +1,6 @@
 """Where a recipe's `data.train` / `data.eval` come from: files, folders, generators, the Hub, mixtures.
 
-    path/to/pairs.jsonl                          any file gpmctl.data.records reads
+    path/to/pairs.jsonl                          any file gpmctl.data.files reads
     path/to/folder                               every readable file directly inside it (.jsonl,
                                                  .jsonl.gz, .json, .parquet), by sorted name, in turn
     cyclic:train  cyclic:reworded                the deterministic cyclic generator (gpmctl.data.cyclic),
@@ -19,12 +19,9 @@
                                                  part, except another mixture; commas split parts, so a
                                                  cyclic part cannot list several cycle_lengths)
 
-Mixture rule: the parts are interleaved deterministically by smooth weighted round robin: every step
-each part gains its weight in credit, the part with the most credit (the first on ties) gives the next
-record and loses the total weight. Over any stretch each part's share stays within one record of
-weight / total. The mixture holds as many records as its parts together; a part that runs out starts
-again from its first record (a small heavy part is repeated, as in `gpmctl data mix`). Reading a
-mixture reads each part once to count it first.
+Mixtures follow the rule of gpmctl.data.mix (deterministic smooth weighted round robin; a part that runs
+out starts again), the rule `gpmctl data mix` writes too. Reading a mixture reads each part once to count
+it first.
 
 Hub sources need the network or the datasets cache; offline (HF_DATASETS_OFFLINE=1) or without a
 connection a missing dataset fails at once with one line naming it.
@@ -41,6 +38,7 @@ from urllib.parse import parse_qsl
 
 import yaml
 
+from gpmctl.data.mix import interleave, parse_mix_source
 from gpmctl.errors import ConfigError, DataError
 
 CYCLIC = "cyclic:"
@@ -79,7 +77,8 @@ def source_rows(spec: str) -> list[dict]:
 
 def parse_ultrafeedback_spec(spec: str):
     """`ultrafeedback:[binarize:|cyclic:]SOURCE[?criteria=a>b>c]` -> (SOURCE, ReadOptions)."""
-    from gpmctl.data.records import DEFAULT_CYCLE_CRITERIA, ReadOptions
+    from gpmctl.data.formats import ReadOptions
+    from gpmctl.data.ultrafeedback import DEFAULT_CYCLE_CRITERIA
 
     body = spec[len(ULTRAFEEDBACK) :]
     mode = "binarize"
@@ -104,8 +103,6 @@ def parse_mixture(spec: str) -> list[tuple[str, float]] | None:
     """`a.jsonl:0.7,b.jsonl:0.3` -> [(a.jsonl, 0.7), (b.jsonl, 0.3)]; None when `spec` is not a
     mixture: no comma, an existing path with a comma in its name, or one cyclic spec whose commas
     only separate numbers (`cyclic:train?cycle_lengths=3,4`)."""
-    from gpmctl.data.ops import parse_mix_source
-
     if "," not in spec or Path(spec).exists():
         return None
     parts = [p.strip() for p in spec.split(",")]
@@ -116,32 +113,13 @@ def parse_mixture(spec: str) -> list[tuple[str, float]] | None:
     return [parse_mix_source(p) for p in parts]
 
 
-def weighted_interleave(weights: list[float]) -> Iterator[int]:
-    """Endless part indices by smooth weighted round robin (see the module docstring)."""
-    total = sum(weights)
-    credit = [0.0] * len(weights)
-    while True:
-        for i, w in enumerate(weights):
-            credit[i] += w
-        best = max(range(len(weights)), key=lambda i: (credit[i], -i))
-        credit[best] -= total
-        yield best
-
-
 def _mixture_records(parts: list[tuple[str, float]], limit: int | None, options) -> Iterator:
     sizes = [sum(1 for _ in read_source(path, options=options)) for path, _ in parts]
     for (path, _), size in zip(parts, sizes):
         if size == 0:
             raise DataError(path, "no records to mix")
-
-    def cycle(path: str) -> Iterator:
-        while True:
-            yield from read_source(path, options=options)
-
-    streams = [cycle(path) for path, _ in parts]
     total = sum(sizes) if limit is None else min(sum(sizes), limit)
-    order = weighted_interleave([w for _, w in parts])
-    return (next(streams[next(order)]) for _ in range(total))
+    return (record for _, record in interleave(parts, lambda path: read_source(path, options=options), total))
 
 
 def _hub_id(spec: str) -> tuple[str, str | None, str] | None:
@@ -178,9 +156,9 @@ def _hub_rows(spec: str, name: str, config: str | None, split: str) -> Iterable:
 
 
 def _folder_files(folder: Path) -> list[Path]:
-    from gpmctl.data.records import SUFFIXES, _suffix
+    from gpmctl.data.files import SUFFIXES, data_suffix
 
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and _suffix(p) in SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and data_suffix(p) in SUFFIXES)
     if not files:
         raise DataError(str(folder), f"folder holds no data files ({', '.join(SUFFIXES)})")
     return files
@@ -190,7 +168,8 @@ def read_source(spec: str, limit: int | None = None, options=None) -> Iterator:
     """PreferenceRecords of a source spec (see the module docstring). Problems raise DataError /
     ConfigError naming the source; a missing source raises before iteration starts. `options`
     (ReadOptions) apply to every part; its allow_empty_responses also to ultrafeedback: parts."""
-    from gpmctl.data.records import iter_row_records, parse_row, read_records
+    from gpmctl.data.files import read_records, records_from_rows
+    from gpmctl.data.formats import parse_row
 
     spec = str(spec)
     mixture = parse_mixture(spec)
@@ -217,13 +196,7 @@ def read_source(spec: str, limit: int | None = None, options=None) -> Iterator:
     if hub is None:
         return read_records(spec, limit=limit, options=options)  # the usual "no such file" / suffix error
     rows = _hub_rows(spec, *hub)
-    return _raise_first(iter_row_records(rows, spec, limit=limit, options=options))
-
-
-def _raise_first(items: Iterator) -> Iterator:
-    from gpmctl.data.records import _raise_first as first
-
-    return first(items)
+    return records_from_rows(rows, spec, limit=limit, options=options)
 
 
 __all__ = [
@@ -232,5 +205,4 @@ __all__ = [
     "parse_ultrafeedback_spec",
     "read_source",
     "source_rows",
-    "weighted_interleave",
 ]

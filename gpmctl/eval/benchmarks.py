@@ -14,7 +14,7 @@ from pathlib import Path
 from gpmctl.errors import DataError
 from gpmctl.eval import rewardbench as rb
 from gpmctl.eval import rmbench as rm
-from gpmctl.eval.scoring import Scorer
+from gpmctl.models.embed import Scorer
 from gpmctl.utils import atomic_write_text, json_text, log
 
 
@@ -85,7 +85,7 @@ def write_examples(path: str | Path | None, examples: list[dict]) -> None:
 def after_training(recipe, model_dir: str | Path) -> dict:
     """Run the recipe's `evaluate:` benchmarks on the saved model; write eval/<name>.json (+ per-example
     jsonl) in the run folder and add {"benchmarks": {name: headline}} to its metrics.json."""
-    from gpmctl.eval.scoring import load_scorer
+    from gpmctl.models.embed import load_scorer
 
     e = recipe.evaluate
     wanted = {name: source for name, source in (("rewardbench", e.rewardbench), ("rmbench", e.rmbench)) if source}

@@ -39,7 +39,7 @@ def read_scores(path: str, tau: float | None = None) -> list[dict]:
     alone, then score = logit(p) sign only); `correct` is recomputed from score and label."""
     import math
 
-    from gpmctl.eval.scoring import ExampleFields, example_rows
+    from gpmctl.eval.examples import ExampleFields, example_rows
 
     out = []
     for number, row in example_rows(path):

@@ -187,10 +187,10 @@ def load_rows(data: str, split: str = SPLIT) -> list[dict]:
 
 def read_table(path: Path) -> list[dict]:
     """All rows of a parquet, jsonl(.gz), json (list of objects) or csv file as dicts."""
-    from gpmctl.data.records import iter_file_rows
+    from gpmctl.data.files import file_rows
 
     rows = []
-    for number, row in iter_file_rows(path):
+    for number, row in file_rows(path):
         if not isinstance(row, dict):
             raise DataError(str(path), f"expected a JSON object, got {type(row).__name__}", line=number)
         rows.append(row)
@@ -262,7 +262,7 @@ def score_examples(scorer, rows: list[dict]) -> list[dict]:
     (BT models add score_chosen / score_rejected, the two rewards)."""
     import torch
 
-    from gpmctl.eval.scoring import assistant, user
+    from gpmctl.eval.examples import assistant, user
 
     if not rows:
         return []
@@ -312,7 +312,7 @@ def read_scores(path: str) -> tuple[list[tuple[str, float]] | None, dict | None]
 
     Accepts a per-example .jsonl from `--examples` (or RewardBench's `<model>_outputs.jsonl`), RewardBench's
     `eval-set-scores/<model>.json` (parallel lists) or a per-subset results .json (`eval-set/<model>.json`)."""
-    from gpmctl.eval.scoring import ExampleFields, example_rows
+    from gpmctl.eval.examples import ExampleFields, example_rows
 
     data = _json_document(path) if path.lower().endswith(".json") else None
     if isinstance(data, dict) and not isinstance(data.get("subset"), list):

@@ -107,7 +107,7 @@ def aggregate(examples: list[dict]) -> dict:
 
 def score_examples(scorer, rows: list[dict]) -> list[dict]:
     """Each completion embedded once; rows grouped by their number of completions (one K per batch of work)."""
-    from gpmctl.eval.scoring import assistant, user
+    from gpmctl.eval.examples import assistant, user
 
     out: list[dict | None] = [None] * len(rows)
     groups: dict[int, list[int]] = {}
@@ -130,7 +130,7 @@ def score_examples(scorer, rows: list[dict]) -> list[dict]:
 
 def read_scores(path: str) -> list[dict]:
     """Per-prompt records written by --examples: id, subset, num_correct, K x K scores (and BT rewards)."""
-    from gpmctl.eval.scoring import ExampleFields, example_rows
+    from gpmctl.eval.examples import ExampleFields, example_rows
 
     out = []
     for number, row in example_rows(path):

@@ -72,9 +72,9 @@ def data_files(spec: list[str]) -> list[Path]:
 
 
 def read_rows(path: Path) -> list[dict]:
-    from gpmctl.data.records import iter_file_rows
+    from gpmctl.data.files import file_rows
 
-    rows = [row for _, row in iter_file_rows(path)]
+    rows = [row for _, row in file_rows(path)]
     for number, row in enumerate(rows, start=1):
         for key in ("chosen", "rejected"):
             value = row.get(key) if isinstance(row, dict) else None
@@ -120,7 +120,7 @@ def aggregate(examples: list[dict]) -> dict:
 def score_examples(scorer, path: Path, rows: list[dict]) -> list[dict]:
     """Embed the 6 responses of every row once -> {"file", "domain", "id", "scores": 3x3 s(chosen_i > rejected_j),
     "matrix": 3x3 0/1}."""
-    from gpmctl.eval.scoring import assistant, user
+    from gpmctl.eval.examples import assistant, user
 
     if not rows:
         return []
@@ -137,7 +137,7 @@ def score_examples(scorer, path: Path, rows: list[dict]) -> list[dict]:
 
 def read_scores(path: str) -> list[dict]:
     """Per-example records written by --examples; the matrix is recomputed from `scores` when present."""
-    from gpmctl.eval.scoring import ExampleFields, example_rows
+    from gpmctl.eval.examples import ExampleFields, example_rows
 
     out = []
     for number, row in example_rows(path):

@@ -96,12 +96,12 @@ def read_prompts(spec: str, limit: int | None = None) -> list[list[dict]]:
     A jsonl file of `{"prompt": ...}` rows without answers is read directly; anything else goes
     through gpmctl.data.sources (preference files, cyclic:..., hub ids), keeping each record's prompt.
     """
-    from gpmctl.data.records import iter_file_rows
+    from gpmctl.data.files import file_rows
 
     path = Path(spec)
     rows = None
     if path.is_file() and path.suffix == ".jsonl":
-        lines = list(iter_file_rows(path))  # a line that is not UTF-8 or not JSON is one DataError naming it
+        lines = list(file_rows(path))  # a line that is not UTF-8 or not JSON is one DataError naming it
         first = lines[0][1] if lines else None
         if isinstance(first, dict) and "prompt" in first and "chosen" not in first:
             rows = [_prompt_field(spec, number, row) for number, row in lines]

@@ -162,31 +162,24 @@ def ensure_judge(recipe: GpoRecipe) -> Path:
     return path
 
 
-@torch.no_grad()
-def judge_scores(judge, encoder, prompts: list[list[dict]], responses: list[list[str]], batch_size: int, engine) -> torch.Tensor:
-    """Raw judge scores [N, K, K] (GPM s(y_i > y_j) or BT r_i - r_j, before tau): one embedding per response.
-    The prompts are dealt over the processes in blocks; every process gets the whole table."""
-    from gpmctl.score import embed_sequences
-
+def judge_scores(judge, prompts: list[list[dict]], responses: list[list[str]], engine) -> torch.Tensor:
+    """Raw judge scores [N, K, K] (GPM s(y_i > y_j) or BT r_i - r_j, before tau) from the judge
+    (gpmctl.models.embed.Scorer): one embedding per response. The prompts are dealt over the processes in
+    blocks; every process gets the whole table."""
     K = len(responses[0])
 
     def block(rows: list, _: int) -> list[torch.Tensor]:
-        seqs = [encoder.encode(p, [{"role": "assistant", "content": text}]) for p, row in rows for text in row]
-        value, gate = embed_sequences(judge, seqs, batch_size, encoder.tokenizer.pad_token_id, engine.device)
-        value = value.double().cpu().view(len(rows), K, *value.shape[1:])
-        if judge.head.kind == "bt":
-            return list(P.bt_score_matrix(value))
-        gate = None if gate is None else P.prompt_gate(gate.double().cpu().view(len(rows), K, -1))
-        return list(P.score_matrix(value, gate))
+        value, gate = judge.embed([p for p, _ in rows], [[[{"role": "assistant", "content": text}] for text in row] for _, row in rows])
+        return list(judge.score_matrix(value, gate))
 
-    return torch.stack(engine.shard_map(list(zip(prompts, responses)), block, max(1, batch_size // K)))
+    return torch.stack(engine.shard_map(list(zip(prompts, responses)), block, max(1, judge.batch_size // K)))
 
 
-def win_rate(judge, encoder, prompts, new: list[list[str]], old: list[list[str]], batch_size: int, engine) -> float:
+def win_rate(judge, prompts, new: list[list[str]], old: list[list[str]], engine) -> float:
     """Mean over prompts of P(y_new > y_old) under the judge, every new sample against every old one."""
-    raw = judge_scores(judge, encoder, prompts, [a + b for a, b in zip(new, old)], batch_size, engine)
+    raw = judge_scores(judge, prompts, [a + b for a, b in zip(new, old)], engine)
     m = len(new[0])
-    prob = P.preference_probability(raw[:, :m, m:], judge.head.tau)
+    prob = P.preference_probability(raw[:, :m, m:], judge.tau)
     return float(prob.mean())
 
 
@@ -248,10 +241,10 @@ def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations
     share, as train-rm). The optimisation is checkpointed in `state_dir` every `train.save_steps` steps and
     on a stop signal, and continues from such a checkpoint (after computing the reference log-probs from
     pi_{t-1}). Returns (stats, the trained weights gathered from sharded ranks, or None)."""
+    from gpmctl.data.batches import epoch_batches
     from gpmctl.train import checkpoint as ckpt
     from gpmctl.train.loop import Step, fit
     from gpmctl.train.optim import build_optimizer, build_schedule
-    from gpmctl.train.reward import epoch_batches
 
     c, o = recipe.train, recipe.objective
     device = engine.device
@@ -392,6 +385,7 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     parallel through the engine (gpmctl.engine), and process 0 alone writes files."""
     from gpmctl.data.tokenize import SequenceEncoder
     from gpmctl.engine import Engine
+    from gpmctl.models.embed import Scorer
     from gpmctl.models.io import load_model
     from gpmctl.models.sources import load_tokenizer
     from gpmctl.train.loop import StopFlag
@@ -427,11 +421,11 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     runlog = RunLog(output_dir / "log.jsonl", enabled=main)
 
     # Every process holds the judge and the sampler whole (under ZeRO-3 only the optimised copy is sharded).
-    judge = engine.build(lambda: load_model(judge_path, dtype=recipe.judge.dtype, device=device))
-    judge_tok = load_tokenizer(str(judge_path))
-    encoder = SequenceEncoder(judge_tok, recipe.judge.max_length, judge.head.eos, judge.head.gate_prompt, "right")
-    tau, kind = judge.head.tau, judge.head.kind
-    log(f"judge: {judge_path} ({kind}, dim {judge.head.dim}, tau {tau}); {engine.world} process(es), {engine.precision}, {engine.describe()}")
+    net = engine.build(lambda: load_model(judge_path, dtype=recipe.judge.dtype, device=device))
+    encoder = SequenceEncoder(load_tokenizer(str(judge_path)), recipe.judge.max_length, net.head.eos, net.head.gate_prompt, "right")
+    judge = Scorer(net, encoder, recipe.judge.batch_size, device)
+    tau, kind = judge.tau, judge.kind
+    log(f"judge: {judge_path} ({kind}, dim {net.head.dim}, tau {tau}); {engine.world} process(es), {engine.precision}, {engine.describe()}")
 
     tokenizer = policy_tokenizer(pc.tokenizer or pc.model, pc.trust_remote_code)
     encode = lambda ps: [encode_prompt(tokenizer, p, recipe.data.max_prompt_length) for p in ps]  # noqa: E731
@@ -501,7 +495,7 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
             if score_path.is_file():
                 raw = torch.tensor([row["raw"] for row in _read_jsonl(score_path)], dtype=torch.float64)
             else:
-                raw = judge_scores(judge, encoder, train_prompts, [row["responses"] for row in generations], recipe.judge.batch_size, engine)
+                raw = judge_scores(judge, train_prompts, [row["responses"] for row in generations], engine)
                 logit = raw / tau
                 write(score_path, [
                     {"prompt_index": n, "kind": kind, "tau": tau, "raw": raw[n].tolist(), "logit": logit[n].tolist(),
@@ -528,9 +522,8 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
             if eval_prompts:
                 new = eval_samples(t, policy)
                 previous = eval_samples(t - 1) if t > 1 else initial_eval
-                bs = recipe.judge.batch_size
-                metrics["win_rate_vs_initial"] = win_rate(judge, encoder, eval_prompts, new, initial_eval, bs, engine)
-                metrics["win_rate_vs_previous"] = win_rate(judge, encoder, eval_prompts, new, previous, bs, engine)
+                metrics["win_rate_vs_initial"] = win_rate(judge, eval_prompts, new, initial_eval, engine)
+                metrics["win_rate_vs_previous"] = win_rate(judge, eval_prompts, new, previous, engine)
                 if cyclic_items:
                     metrics["true_win_rate_vs_initial"] = cyclic_win_rate(new, initial_eval, cyclic_items)
                     metrics["true_win_rate_vs_previous"] = cyclic_win_rate(new, previous, cyclic_items)

@@ -33,7 +33,9 @@ from pathlib import Path
 import torch
 
 from gpmctl.config import Recipe, dump_recipe
-from gpmctl.data.tokenize import EncodedPair, SequenceEncoder, collate_pairs
+from gpmctl.data.batches import epoch_batches
+from gpmctl.data.split import split_by_prompt
+from gpmctl.data.tokenize import EncodedPair, SequenceEncoder, collate_pairs, real_tokens
 from gpmctl.engine import Engine
 from gpmctl.errors import ConfigError, GpmctlError
 from gpmctl.eval.metrics import agrees_with_label
@@ -60,20 +62,8 @@ class TrainResult:
 # Data
 
 
-def split_by_prompt(records: list, eval_fraction: float, seed: int) -> tuple[list, list]:
-    """Deterministic held-out split in which a prompt never sits on both sides."""
-    if eval_fraction <= 0:
-        return records, []
-    train, held = [], []
-    for r in records:
-        key = json.dumps(r.prompt, sort_keys=True, ensure_ascii=False) + f"#{seed}"
-        u = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
-        (held if u < eval_fraction else train).append(r)
-    return train, held
-
-
 def load_pairs(recipe: Recipe, encoder: SequenceEncoder) -> tuple[list[EncodedPair], list[EncodedPair]]:
-    from gpmctl.data.records import ReadOptions
+    from gpmctl.data.formats import ReadOptions
     from gpmctl.data.sources import read_source
 
     d, t = recipe.data, recipe.train
@@ -96,40 +86,6 @@ def load_pairs(recipe: Recipe, encoder: SequenceEncoder) -> tuple[list[EncodedPa
     return train, held
 
 
-MEGA_BATCH_STEPS = 8
-"""Length grouping sorts this many consecutive batches together (64 pairs at batch 8; on
-realistic length spreads that cut the padding of random batches from 37% to 24%)."""
-
-
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
-                  lengths: list[int] | None = None) -> list[list[int]]:  # fmt: skip
-    """This rank's micro-batches of one epoch: a permutation seeded by (seed, epoch), so a resumed run
-    sees exactly the batches the interrupted one would have seen. Every rank gets the same count.
-    With `lengths` (one per pair) the batches are length-grouped (`_length_grouped`)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=g).tolist()
-    per_step = batch_size * world
-    steps = n // per_step if world > 1 else math.ceil(n / batch_size)
-    if lengths is None:
-        global_batches = [order[s * per_step : (s + 1) * per_step] for s in range(steps)]
-    else:
-        global_batches = _length_grouped(order, lengths, per_step, g)[:steps]
-    return [batch[rank::world] for batch in global_batches]
-
-
-def _length_grouped(order: list[int], lengths: list[int], per_step: int, generator: torch.Generator) -> list[list[int]]:
-    """`order` cut into mega-batches of MEGA_BATCH_STEPS global batches, each sorted by length (longest
-    first) and cut into batches; the full batches are then shuffled (a short last batch stays last)."""
-    mega = per_step * MEGA_BATCH_STEPS
-    batches = []
-    for start in range(0, len(order), mega):
-        chunk = sorted(order[start : start + mega], key=lambda i: -lengths[i])
-        batches += [chunk[i : i + per_step] for i in range(0, len(chunk), per_step)]
-    short = [b for b in batches if len(b) < per_step]
-    full = [b for b in batches if len(b) == per_step]
-    return [full[i] for i in torch.randperm(len(full), generator=generator).tolist()] + short
-
-
 class TokenPairs:
     """Tokenised pairs as the batches `pair_loss` takes: B pairs -> one batch of 2B sequences (chosen first),
     padded or packed into one row (`collate`), moved to `device`, with their margins and labels."""
@@ -142,7 +98,7 @@ class TokenPairs:
 
     def batch(self, index: list[int]) -> dict:
         batch = self.collate([self.pairs[i] for i in index])
-        tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()  # on the CPU
+        tokens = real_tokens(batch)  # counted on the CPU, before the move: no device sync
         return {**{k: v.to(self.device) for k, v in batch.items()}, "tokens": tokens}
 
 
