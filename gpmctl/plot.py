@@ -50,9 +50,9 @@ def read_log(log_path: Path) -> dict[str, list[dict]]:
 
 def read_probabilities(path: str) -> list[float]:
     """P(chosen > rejected) of each row of a per-example file (`p`, checked in [0, 1])."""
-    from gpmctl.eval.examples import ExampleFields, example_rows
+    from gpmctl.eval.examples import example_fields
 
-    return [ExampleFields(path, number, row).probability("p") for number, row in example_rows(path)]
+    return [fields.probability("p") for fields in example_fields(path)]
 
 
 def training_curves(events: dict[str, list[dict]], out: Path, title: str) -> Path:
@@ -76,10 +76,7 @@ def training_curves(events: dict[str, list[dict]], out: Path, title: str) -> Pat
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def embedding_planes(model, tokenizer, records: list, out: Path, label_key: str | None = None, limit: int = 400) -> Path:
@@ -122,10 +119,7 @@ def embedding_planes(model, tokenizer, records: list, out: Path, label_key: str 
         ax.axhline(0, color="grey", lw=0.5)
         ax.axvline(0, color="grey", lw=0.5)
         ax.set(title=f"block {block} (v[{2 * block}], v[{2 * block + 1}])", aspect="equal")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def reliability_diagram(p: list[float], out: Path, bins: int = 10) -> Path:
@@ -149,6 +143,13 @@ def reliability_diagram(p: list[float], out: Path, bins: int = 10) -> Path:
     ax.bar(centers, observed, width=0.9 / bins, alpha=0.7, label="observed")
     ax.set(xlabel="predicted P(first > second)", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title="reliability")
     ax.legend(loc="upper left")
+    return _save(fig, out)
+
+
+def _save(fig, out: Path) -> Path:
+    """Lay out, write and close a figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -137,6 +137,19 @@ def file_in_the_way(path: str | Path) -> Path | None:
     return next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
 
 
+def check_output_file(path: str | Path, label: str | None = None) -> None:
+    """Before any work: `path` can become a file (it is no folder, and no parent of it is a file). A problem is
+    one GpmctlError line starting with `label` (default: the path)."""
+    from gpmctl.errors import GpmctlError
+
+    label = label or str(path)
+    if Path(path).is_dir():
+        raise GpmctlError(f"{label}: is a directory")
+    blocker = file_in_the_way(Path(path).parent)
+    if blocker:
+        raise GpmctlError(f"{label}: {blocker} is a file, not a directory")
+
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # --dtype of every command that loads a model
 
 

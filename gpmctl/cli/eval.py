@@ -53,7 +53,7 @@ def _check_outputs(output: Optional[str], examples: Optional[str], inputs: list)
     from pathlib import Path
 
     from gpmctl.errors import ConfigError
-    from gpmctl.utils import file_in_the_way
+    from gpmctl.utils import check_output_file
 
     taken = {}
     for item in filter(None, inputs):
@@ -69,11 +69,7 @@ def _check_outputs(output: Optional[str], examples: Optional[str], inputs: list)
         target = Path(value)
         if target.resolve() in taken:
             raise ConfigError(f"{flag} {value}: is the input {taken[target.resolve()]}; write elsewhere")
-        if target.is_dir():
-            raise ConfigError(f"{flag} {value}: is a directory")
-        blocker = file_in_the_way(target.parent)
-        if blocker:
-            raise ConfigError(f"{flag} {value}: {blocker} is a file, not a directory")
+        check_output_file(target, f"{flag} {value}")
 
 
 def _emit(result: dict, output: Optional[str], sort_keys: bool = False) -> None:

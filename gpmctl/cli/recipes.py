@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from gpmctl.errors import GpmctlError
-from gpmctl.utils import file_in_the_way
+from gpmctl.utils import check_output_file
 
 app = typer.Typer(
     help="List and copy the shipped recipes (YAML for train-rm) and launch profiles (accelerate configs).",
@@ -72,15 +72,11 @@ def cp(
         raise GpmctlError(f"{name}: no shipped recipe or profile of that name" + (f" (did you mean {close[0]}?)" if close else ""))
     source = Path(found[stem]["path"])
     target = dest / source.name if dest.is_dir() else dest
-    if target.is_dir():
-        raise GpmctlError(f"{target}: is a directory")
+    check_output_file(target)
     if target.exists() and target.resolve() == source.resolve():
         raise GpmctlError(f"{target}: is the shipped {name} itself; copy it elsewhere")
     if target.exists() and not force:
         raise GpmctlError(f"{target}: already exists (pass --force to replace it)")
-    blocker = file_in_the_way(target.parent)
-    if blocker:
-        raise GpmctlError(f"{target}: {blocker} is a file, not a directory")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
     print(str(target))

@@ -46,26 +46,17 @@ def train_gpo(
     check_policy(config)
     from gpmctl.engine import launch
 
-    argv = ["train-gpo", recipe, *(overrides or [])]
-    argv += ["--resume", resume] if resume else []
-    argv += ["--overwrite"] if overwrite else []
-    plan = launch.plan_launch(config.launch, argv)
-    if plan.command is not None:
-        from gpmctl.utils import log
+    argv = launch.command_argv("train-gpo", recipe, overrides or [], resume=resume, overwrite=overwrite)
 
-        log(f"launch: {plan.reason}: {plan.shell()}")
-        code = launch.run_plan(plan)
-        if code == 0:  # the launched processes ran every iteration; this process reports
-            _report(config)
-        raise typer.Exit(code)
+    def train():
+        from gpmctl.train.gpo import train_gpo as run
 
-    from gpmctl.train.gpo import train_gpo as run
+        return run(config, resume=resume, overwrite=overwrite)
 
     t = config.train
-    launch.warn_in_place(config.launch, plan, t.batch_size * t.grad_accum)
-    result = launch.run_worker(lambda: run(config, resume=resume, overwrite=overwrite))
-    if result is not None and launch.rank() == 0 and not launch.launched_by_gpmctl():  # else the parent reports
-        _report(config)
+    code = launch.run_training(launch.plan_launch(config.launch, argv), config.launch, t.batch_size * t.grad_accum, train,
+                               lambda: _report(config))  # fmt: skip
+    raise typer.Exit(code)
 
 
 def _report(config) -> None:

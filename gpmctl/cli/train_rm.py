@@ -46,32 +46,23 @@ def train_rm(
         return
     from gpmctl.engine import launch
 
-    argv = ["train-rm", recipe, *(overrides or [])]
-    argv += ["--resume", resume] if resume else []
-    argv += ["--overwrite"] if overwrite else []
-    argv += ["--stop-after-steps", str(stop_after_steps)] if stop_after_steps is not None else []
+    argv = launch.command_argv("train-rm", recipe, overrides or [], resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps)
     plan = launch.plan_launch(config.launch, argv)
     if dry_run:
         import json
 
         print(json.dumps(dry_run_report(config, plan), indent=2))
         return
-    if plan.command is not None:
-        from gpmctl.utils import log
 
-        log(f"launch: {plan.reason}: {plan.shell()}")
-        code = launch.run_plan(plan)
-        if code == 0:  # the launched ranks trained and saved the model; this process evaluates and reports
-            _report(config, _benchmarks(config))
-        raise typer.Exit(code)
+    def train():
+        from gpmctl.train.reward import train_reward_model
 
-    from gpmctl.train.reward import train_reward_model
+        return train_reward_model(config, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps)
 
     t = config.train
-    launch.warn_in_place(config.launch, plan, t.batch_size * t.grad_accum)
-    result = launch.run_worker(lambda: train_reward_model(config, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps))
-    if result is not None and launch.rank() == 0 and not launch.launched_by_gpmctl():  # else the parent reports
-        _report(config, _benchmarks(config))
+    # the recipe's `evaluate:` benchmarks run in the reporting process, on the saved model
+    code = launch.run_training(plan, config.launch, t.batch_size * t.grad_accum, train, lambda: _report(config, _benchmarks(config)))
+    raise typer.Exit(code)
 
 
 def _benchmarks(config) -> dict:

@@ -205,6 +205,36 @@ def warn_in_place(launch, plan: LaunchPlan, per_process_batch: int) -> None:
             "DeepSpeed (use `accelerate launch --config_file <profile>` or let gpmctl launch itself)")
 
 
+def command_argv(command: str, recipe: str, overrides: list[str], **flags) -> list[str]:
+    """`gpmctl` arguments that run the same recipe again (what a re-execution passes on): the command, the
+    recipe and its overrides, then each flag that is set (`stop_after_steps=5` -> `--stop-after-steps 5`)."""
+    argv = [command, recipe, *overrides]
+    for name, value in flags.items():
+        if value is True:
+            argv.append("--" + name.replace("_", "-"))
+        elif value not in (None, False):
+            argv += ["--" + name.replace("_", "-"), str(value)]
+    return argv
+
+
+def run_training(plan: LaunchPlan, launch, per_process_batch: int, train, report) -> int:
+    """Run a training command by its plan (train-rm, train-gpo): re-executed under accelerate launch, or in
+    place as one of the run's processes (`train()`). The process the user started calls `report()` (one JSON
+    line on stdout) once the run succeeded. Returns the exit code."""
+    from gpmctl.utils import log
+
+    if plan.command is not None:
+        log(f"launch: {plan.reason}: {plan.shell()}")
+        code = run_plan(plan)
+        if code == 0:  # the launched processes trained and saved; this process reports
+            report()
+        return code
+    warn_in_place(launch, plan, per_process_batch)
+    if run_worker(train) is not None and rank() == 0 and not launched_by_gpmctl():  # else the parent reports
+        report()
+    return 0
+
+
 def run_worker(train):
     """Run `train()` as this process's share of a run. Under `run_plan` the pid is left for signal
     forwarding and a gpmctl error's exit code for the parent; a stop after a checkpoint (Preempted) then

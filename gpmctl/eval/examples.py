@@ -36,6 +36,11 @@ def example_rows(path: str) -> Iterator[tuple[int, dict]]:
         raise DataError(path, "holds no per-example rows")
 
 
+def example_fields(path: str) -> Iterator["ExampleFields"]:
+    """The rows of `example_rows(path)`, each ready for typed reads (`ExampleFields`)."""
+    return (ExampleFields(path, number, row) for number, row in example_rows(path))
+
+
 @dataclass
 class ExampleFields:
     """Typed reads of one row of a per-example file: a missing or bad value is one DataError

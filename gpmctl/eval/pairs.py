@@ -22,8 +22,7 @@ def score_records(scorer, records: list) -> list[dict]:
 
     if not records:
         return []
-    value, gate = scorer.embed([r.prompt for r in records], [[r.chosen, r.rejected] for r in records], "pairs")
-    s = scorer.score_matrix(value, gate)[:, 0, 1]
+    s, _ = scorer.pair_scores([r.prompt for r in records], [r.chosen for r in records], [r.rejected for r in records], "pairs")
     p = torch.sigmoid(s / scorer.tau)
     out = []
     for i, r in enumerate(records):
@@ -39,11 +38,11 @@ def read_scores(path: str, tau: float | None = None) -> list[dict]:
     alone, then score = logit(p) sign only); `correct` is recomputed from score and label."""
     import math
 
-    from gpmctl.eval.examples import ExampleFields, example_rows
+    from gpmctl.eval.examples import example_fields
 
     out = []
-    for number, row in example_rows(path):
-        fields = ExampleFields(path, number, row)
+    for fields in example_fields(path):
+        row = fields.row
         fields.probability("label", required=False)
         score, p = fields.number("score", required=False), fields.probability("p", required=False)
         if score is not None and p is not None and (score > 0 > p - 0.5 or score < 0 < p - 0.5):

@@ -266,9 +266,8 @@ def score_examples(scorer, rows: list[dict]) -> list[dict]:
 
     if not rows:
         return []
-    prompts = [user(r["prompt"]) for r in rows]
-    value, gate = scorer.embed(prompts, [[assistant(r["chosen"]), assistant(r["rejected"])] for r in rows], "rewardbench")
-    s = scorer.score_matrix(value, gate)[:, 0, 1]
+    s, value = scorer.pair_scores([user(r["prompt"]) for r in rows], [assistant(r["chosen"]) for r in rows],
+                                  [assistant(r["rejected"]) for r in rows], "rewardbench")  # fmt: skip
     p = torch.sigmoid(s / scorer.tau)
     out = []
     for i, r in enumerate(rows):

@@ -130,11 +130,11 @@ def score_examples(scorer, rows: list[dict]) -> list[dict]:
 
 def read_scores(path: str) -> list[dict]:
     """Per-prompt records written by --examples: id, subset, num_correct, K x K scores (and BT rewards)."""
-    from gpmctl.eval.examples import ExampleFields, example_rows
+    from gpmctl.eval.examples import example_fields
 
     out = []
-    for number, row in example_rows(path):
-        fields = ExampleFields(path, number, row)
+    for fields in example_fields(path):
+        row = fields.row
         if not isinstance(row.get("id"), (str, int)) or isinstance(row.get("id"), bool):
             raise fields.error("id", "missing" if row.get("id") is None else f"expected a string or integer, got {row['id']!r}")
         fields.text("subset")

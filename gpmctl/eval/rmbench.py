@@ -137,20 +137,20 @@ def score_examples(scorer, path: Path, rows: list[dict]) -> list[dict]:
 
 def read_scores(path: str) -> list[dict]:
     """Per-example records written by --examples; the matrix is recomputed from `scores` when present."""
-    from gpmctl.eval.examples import ExampleFields, example_rows
+    from gpmctl.eval.examples import example_fields
 
     out = []
-    for number, row in example_rows(path):
-        fields = ExampleFields(path, number, row)
+    for fields in example_fields(path):
+        row = fields.row
         matrix = fields.matrix("matrix", 3, required=False) if fields.matrix("scores", 3, required=False) is None else None
         if matrix is not None and any(v not in (0, 1) for r in matrix for v in r):
             raise fields.error("matrix", f"expected 0 / 1 entries, got {matrix!r}")
         if not (isinstance(row.get("domain"), str) and domain_name(row["domain"])):
-            raise DataError(path, f"expected one of {', '.join(DOMAINS)}, got {row.get('domain')!r}", line=number, field="domain")
+            raise DataError(path, f"expected one of {', '.join(DOMAINS)}, got {row.get('domain')!r}", line=fields.line, field="domain")
         row["domain"] = domain_name(row["domain"])
         if row.get("scores") is not None:
             row["matrix"] = row_matrix(lambda a, b: row["scores"][a][b])
         elif row.get("matrix") is None:
-            raise DataError(path, "needs scores or matrix", line=number)
+            raise DataError(path, "needs scores or matrix", line=fields.line)
         out.append(row)
     return out

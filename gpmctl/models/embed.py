@@ -73,6 +73,12 @@ class Scorer:
         """value [n, K, 2k] (BT [n, K]), gate [n, k] -> S [n, K, K], S[:, i, j] = s(i > j)."""
         return self.model.head.score_matrix(value, gate)
 
+    def pair_scores(self, prompts: list[list[dict]], chosen: list[list[dict]], rejected: list[list[dict]],
+                    where: str = "") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """n pairs -> (s(chosen > rejected) [n], value [n, 2, 2k] or BT rewards [n, 2]), float64."""
+        value, gate = self.embed(prompts, [[c, r] for c, r in zip(chosen, rejected)], where)
+        return self.score_matrix(value, gate)[:, 0, 1], value
+
 
 def load_scorer(model: str, batch_size: int, max_length: int, dtype: str = "auto", device: str = "auto") -> Scorer:
     """Load a model folder with its tokenizer and an encoder built from the model's head settings (its EOS and

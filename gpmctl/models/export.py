@@ -8,7 +8,6 @@ preference_head.json, the tokenizer, and a model card with the recipe and metric
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 from gpmctl.errors import ConfigError, ModelError
-from gpmctl.models.io import load_model, normal_permissions, save_model
+from gpmctl.models.io import load_model, normal_permissions, read_json, save_model
 from gpmctl.models.sources import load_tokenizer
 from gpmctl.utils import file_in_the_way
 
@@ -169,10 +168,7 @@ def model_card(source: Path, model) -> str:
     ]
     metrics, recipe = source / "metrics.json", source / "recipe.yaml"
     if metrics.is_file():
-        try:
-            data = json.loads(metrics.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ModelError(f"{metrics}: not JSON ({e})") from e
+        data = read_json(metrics)
         if not isinstance(data, dict):
             raise ModelError(f"{metrics}: expected a JSON object")
         final = data.get("model_eval") or data.get("final_eval") or {}

@@ -99,6 +99,14 @@ TensorIndex = dict[str, tuple[Path, list[int]]]
 """Tensor name -> (safetensors file holding it, shape)."""
 
 
+def read_json(file: Path):
+    """A JSON file of a model folder; one that is not JSON (or not UTF-8) is a ModelError naming it."""
+    try:
+        return json.loads(Path(file).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{file}: not JSON ({e})") from e
+
+
 def model_folder(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
@@ -177,10 +185,7 @@ def weight_shapes(path: Path) -> TensorIndex:
 
 
 def _weight_map(index: Path) -> dict[str, str]:
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{index}: not JSON ({e})") from e
+    data = read_json(index)
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     # Shard names are plain file names in the folder: a path could point anywhere.
     shards = weight_map.values() if isinstance(weight_map, dict) else []
@@ -213,10 +218,7 @@ def read_head_file(file: Path) -> HeadConfig:
 
     from gpmctl.config import ModelConfig
 
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{file}: not JSON ({e})") from e
+    data = read_json(file)
     if not isinstance(data, dict) or data.get("format") != HEAD_FORMAT:
         raise ModelError(f"{file}: format: expected {HEAD_FORMAT!r} (not a gpmctl preference head file)")
     head = HeadConfig.from_json(data, str(file))
@@ -247,10 +249,7 @@ def expected_shapes(path: Path, head: HeadConfig) -> dict[str, list[int]]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelError(f"{path}: no config.json (the backbone's transformers config)")
-    try:
-        json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{config_file}: not JSON ({e})") from e
+    read_json(config_file)
     try:
         config = quiet_call(AutoConfig.from_pretrained, str(path), trust_remote_code=False)
         with torch.device("meta"):

@@ -74,6 +74,20 @@ class RunLock:
             self.file = None
 
 
+def open_run_folder(engine, output_dir: Path, recipe):
+    """Start a run folder (every training job, once its inputs are known to be good): rank 0 writes recipe.yaml
+    (the resolved recipe) and environment.json; every rank gets the run log (log.jsonl; rank 0 writes it)."""
+    from gpmctl.config import dump_recipe
+    from gpmctl.utils import RunLog, environment_report
+
+    if engine.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+        (output_dir / "environment.json").write_text(json.dumps(environment_report(engine), indent=2))
+    engine.wait()
+    return RunLog(output_dir / "log.jsonl", enabled=engine.is_main)
+
+
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / CHECKPOINTS / f"step-{step:06d}"
 

@@ -46,7 +46,7 @@ from gpmctl.models.policy import (
     sequence_logps,
 )  # fmt: skip
 from gpmctl.train import gpo_loss as L
-from gpmctl.utils import RunLog, atomic_write_text, environment_report, first_line, json_text, log, output_folder, quiet_libraries
+from gpmctl.utils import RunLog, atomic_write_text, first_line, json_text, log, output_folder, quiet_libraries
 
 EVAL_SEED_OFFSET = 7_777_777  # eval samples use their own seeds, the same for every policy
 
@@ -411,14 +411,9 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
             _write_jsonl(path, rows)
         engine.wait()
 
-    if main:
-        from gpmctl.config import dump_recipe
+    from gpmctl.train.checkpoint import open_run_folder
 
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-        (output_dir / "environment.json").write_text(json.dumps(environment_report(engine), indent=2))
-    engine.wait()
-    runlog = RunLog(output_dir / "log.jsonl", enabled=main)
+    runlog = open_run_folder(engine, output_dir, recipe)
 
     # Every process holds the judge and the sampler whole (under ZeRO-3 only the optimised copy is sharded).
     net = engine.build(lambda: load_model(judge_path, dtype=recipe.judge.dtype, device=device))

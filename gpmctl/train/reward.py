@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from gpmctl.config import Recipe, dump_recipe
+from gpmctl.config import Recipe
 from gpmctl.data.batches import epoch_batches
 from gpmctl.data.split import split_by_prompt
 from gpmctl.data.tokenize import EncodedPair, SequenceEncoder, collate_pairs, real_tokens
@@ -45,7 +45,7 @@ from gpmctl.models.model import PreferenceModel
 from gpmctl.train import checkpoint as ckpt
 from gpmctl.train.features import feature_pairs, one_thread
 from gpmctl.train.loop import Evaluation, Preempted, Step, StopFlag, fit  # noqa: F401  (Preempted: re-exported)
-from gpmctl.utils import RunLog, environment_report, log, output_folder, quiet_libraries
+from gpmctl.utils import log, output_folder, quiet_libraries
 
 
 @dataclass
@@ -407,12 +407,7 @@ def _train(recipe: Recipe, resume: str | None, overwrite: bool, stop_after_steps
             shutil.rmtree(output_dir / folder, ignore_errors=True)
         for name in (HEAD_FILE, "log.jsonl", "metrics.json"):
             (output_dir / name).unlink(missing_ok=True)
-    if engine.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-        (output_dir / "environment.json").write_text(json.dumps(environment_report(engine), indent=2))
-    engine.wait()
-    runlog = RunLog(output_dir / "log.jsonl", enabled=engine.is_main)
+    runlog = ckpt.open_run_folder(engine, output_dir, recipe)
     log(f"data: {len(train_pairs)} train pairs, {len(eval_pairs)} eval pairs")
     weights = str(dtype).removeprefix("torch.")
     frozen = " (frozen: the head trains on cached features)" if features else ""
