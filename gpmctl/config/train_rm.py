@@ -45,8 +45,8 @@ class ModelConfig:
     """Std of the head initialisation; default 1 / (hidden_size + 1) as in the reference."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype when loading; `auto` = float32 on CPU, bfloat16 on a bf16-capable GPU. Training keeps the
-    weights it updates in float32 (bf16 compute comes from train.precision's autocast), except under DeepSpeed
-    mixed precision, whose optimizer holds fp32 master copies itself."""
+    weights it updates in float32 (bf16 compute comes from train.precision's autocast), except where the engine's
+    optimizer holds fp32 master copies itself (a sharded launch profile under mixed precision)."""
     attn_implementation: str | None = "sdpa"
     """Attention kernel passed to transformers (`sdpa`, `eager`, `flash_attention_2`)."""
     trust_remote_code: bool = False

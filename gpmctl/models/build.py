@@ -27,7 +27,7 @@ def resolve_dtype(name: str | torch.dtype, device: torch.device | str = "cpu") -
 
 def training_dtype(name: str, device: torch.device | str, engine_keeps_fp32_copy: bool) -> torch.dtype:
     """The dtype of weights an optimizer will update: float32, unless the engine keeps fp32 master copies
-    itself (DeepSpeed mixed precision), where loading in `name` (bf16 for `auto` on a GPU) saves memory.
+    itself (gpmctl.engine), where loading in `name` (bf16 for `auto` on a GPU) saves memory.
     AdamW stepping bf16 weights drops every update under half a bf16 step (~2^-9 of the weight): 10 steps at
     lr 1e-5 moved under 1.1% of the tiny model's entries. bf16 compute comes from autocast (train.precision)."""
     return resolve_dtype(name, device) if engine_keeps_fp32_copy else torch.float32

@@ -59,7 +59,7 @@ def load_policy(path: str, dtype: str | torch.dtype = "auto", device="cpu", attn
 
 def save_policy(model, tokenizer, out_dir: Path, state_dict: dict | None = None) -> Path:
     """A standard Hugging Face causal-LM folder, written beside and renamed in when complete.
-    `state_dict`: the weights to write instead of the model's own (gathered from ZeRO-3 shards)."""
+    `state_dict`: the weights to write instead of the model's own (gathered from the engine's shards)."""
     import shutil
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -176,7 +176,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], seeds: list[int], ge
             new = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=gen.temperature,
                 top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, eos_token_id=stops, pad_token_id=pad,
-                synced_gpus=False,  # every process holds the sampler whole (transformers assumes shards under ZeRO-3)
+                synced_gpus=False,  # every process holds the sampler whole: no process waits for another
             )[:, width:].tolist()  # fmt: skip
             for row, seq in enumerate(new):
                 end = next((i for i, tok in enumerate(seq) if tok in stops), None)

@@ -415,7 +415,7 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
 
     runlog = open_run_folder(engine, output_dir, recipe)
 
-    # Every process holds the judge and the sampler whole (under ZeRO-3 only the optimised copy is sharded).
+    # Every process holds the judge and the sampler whole (where the engine shards weights, only the optimised copy is).
     net = engine.build(lambda: load_model(judge_path, dtype=recipe.judge.dtype, device=device))
     encoder = SequenceEncoder(load_tokenizer(str(judge_path)), recipe.judge.max_length, net.head.eos, net.head.gate_prompt, "right")
     judge = Scorer(net, encoder, recipe.judge.batch_size, device)

@@ -4,7 +4,7 @@ The recipe, top to bottom (nothing in output_dir is written or deleted before st
   0. check the recipe against the run it resumes (`check_resumed_recipe`) and the files it names
   1. read and tokenise the preference pairs (held-out split by prompt when no eval file is given)
   2. build the model (float32 weights under mixed precision), the optimizer and schedule, and hand them to
-     the engine (gpmctl.engine: one process, DDP or DeepSpeed ZeRO, from the launcher's environment)
+     the engine (gpmctl.engine: one process or several, as the launcher set them up)
   3. load the checkpoint to resume (the one before it if it does not read back)
   4. lock and prepare the run folder (resolved recipe, environment report)
   5. the loop (gpmctl.train.loop.fit) over batches of pairs, each ONE forward pass over [chosen; rejected]:
