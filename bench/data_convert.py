@@ -41,9 +41,19 @@ def synthetic_jsonl(path: Path, rows: int, seed: int = 0) -> None:
             text = lambda n: " ".join(rng.choices(WORDS, k=n))  # noqa: E731
             prompt = text(rng.randint(5, 40))
             if i % 10 == 0:
-                prompt = [{"role": "user", "content": prompt}, {"role": "assistant", "content": text(8)}, {"role": "user", "content": text(6)}]
-            row = {"prompt": prompt, "chosen": text(rng.randint(10, 80)), "rejected": text(rng.randint(10, 80)),
-                   "id": i, "subset": "synthetic", "margin": rng.random()}  # fmt: skip
+                prompt = [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": text(8)},
+                    {"role": "user", "content": text(6)},
+                ]
+            row = {
+                "prompt": prompt,
+                "chosen": text(rng.randint(10, 80)),
+                "rejected": text(rng.randint(10, 80)),
+                "id": i,
+                "subset": "synthetic",
+                "margin": rng.random(),
+            }
             f.write(json.dumps(row) + "\n")
 
 
@@ -62,11 +72,15 @@ def main() -> None:
         for target in ("output.jsonl", "output.parquet"):
             dst = Path(tmp) / target
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-            out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(dst)], capture_output=True, text=True, env=env, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(src), str(dst)], capture_output=True, text=True, env=env, check=True
+            )
             r = json.loads(out.stdout)
-            print(f"convert -> {target.split('.', 1)[1]:8s} {r['rows']:>10,} rows  {r['seconds']:7.2f} s  "
-                  f"{r['rows'] / r['seconds']:>10,.0f} rows/s  peak RSS {r['peak_rss_mib']:,.0f} MiB  "
-                  f"output {dst.stat().st_size / 2**20:,.1f} MiB")  # fmt: skip
+            print(
+                f"convert -> {target.split('.', 1)[1]:8s} {r['rows']:>10,} rows  {r['seconds']:7.2f} s  "
+                f"{r['rows'] / r['seconds']:>10,.0f} rows/s  peak RSS {r['peak_rss_mib']:,.0f} MiB  "
+                f"output {dst.stat().st_size / 2**20:,.1f} MiB"
+            )
 
 
 def _child_rss_baseline() -> float:

@@ -56,12 +56,29 @@ def main() -> None:
     data = workdir / f"pairs_len{args.seq_len}.jsonl"
     # Longer than seq_len words, so data.max_length cuts every sequence to exactly seq_len tokens.
     n = args.seq_len
-    write_jsonl(data, synthetic_pairs(one_token_words(load_tokenizer("tiny")), BATCH * (args.warmup + args.steps), seed=4,
-                                      prompt=(n // 4, n // 4), response=(n, n)))  # fmt: skip
+    write_jsonl(
+        data,
+        synthetic_pairs(
+            one_token_words(load_tokenizer("tiny")),
+            BATCH * (args.warmup + args.steps),
+            seed=4,
+            prompt=(n // 4, n // 4),
+            response=(n, n),
+        ),
+    )
 
     peak_before = matmul_peak()
-    run = SimpleNamespace(workdir=str(workdir), model=args.model, worker="mfu", folder=str(folder), data=str(data),
-                          eval_data=None, lr=LR, warmup=args.warmup, steps=args.steps)  # fmt: skip
+    run = SimpleNamespace(
+        workdir=str(workdir),
+        model=args.model,
+        worker="mfu",
+        folder=str(folder),
+        data=str(data),
+        eval_data=None,
+        lr=LR,
+        warmup=args.warmup,
+        steps=args.steps,
+    )
     result = run_gpmctl(run, [f"data.max_length={args.seq_len}"])
     peak = max(peak_before, matmul_peak())
 
@@ -75,12 +92,18 @@ def main() -> None:
     assert result["real_tokens"] == sequences * args.seq_len, "every sequence should hold exactly --seq-len tokens"
     dense = 6 * n_params * result["real_tokens"] / result["seconds"] / 1e9
     attention = 12 * layers * hidden * args.seq_len**2 * sequences / result["seconds"] / 1e9
-    print(f"# MFU: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load avg {os.getloadavg()[0]:.2f}")  # fmt: skip
-    print(f"model {args.model}: {n_params:,} non-embedding parameters, {layers} layers, hidden {hidden}; "
-          f"{BATCH} pairs x 2 x {args.seq_len} tokens per step, packed, fp32")  # fmt: skip
-    print(f"timed: {result['steps']} steps in {result['seconds']:.1f} s ({result['seconds'] / result['steps']:.2f} s/step, "
-          f"{result['real_tokens'] / result['seconds']:,.0f} tokens/s)")  # fmt: skip
+    print(
+        f"# MFU: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load avg {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"model {args.model}: {n_params:,} non-embedding parameters, {layers} layers, hidden {hidden}; "
+        f"{BATCH} pairs x 2 x {args.seq_len} tokens per step, packed, fp32"
+    )
+    print(
+        f"timed: {result['steps']} steps in {result['seconds']:.1f} s ({result['seconds'] / result['steps']:.2f} s/step, "
+        f"{result['real_tokens'] / result['seconds']:,.0f} tokens/s)"
+    )
     print(f"peak (best fp32 matmul, this run): {peak:.1f} GFLOP/s")
     print(f"achieved 6N:        {dense:.1f} GFLOP/s = {dense / peak:.1%} MFU")
     print(f"achieved 6N + attn: {dense + attention:.1f} GFLOP/s = {(dense + attention) / peak:.1%} MFU")

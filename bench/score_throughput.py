@@ -32,8 +32,10 @@ from gpmctl.models.heads import HeadConfig
 from gpmctl.models.model import PreferenceModel
 from gpmctl.models.sources import load_tokenizer
 
-WORDS = ("the quick answer is that every good model reads the whole response before it decides which one is "
-         "better for the user and why some replies are longer than others while staying clear and correct").split()  # fmt: skip
+WORDS = (
+    "the quick answer is that every good model reads the whole response before it decides which one is "
+    "better for the user and why some replies are longer than others while staying clear and correct"
+).split()
 
 
 def make_data(prompts: int, k: int, seed: int) -> list[tuple[list[dict], list[str]]]:
@@ -56,7 +58,9 @@ def pairwise_path(model, encoder, data, batch_size):
     for prompt, responses in data:
         k = len(responses)
         pairs = [(i, j) for i in range(k) for j in range(k) if i != j]
-        seqs = [encoder.encode(prompt, [{"role": "assistant", "content": f"A: {responses[i]}\nB: {responses[j]}"}]) for i, j in pairs]
+        seqs = [
+            encoder.encode(prompt, [{"role": "assistant", "content": f"A: {responses[i]}\nB: {responses[j]}"}]) for i, j in pairs
+        ]
         out = []
         for start in range(0, len(seqs), batch_size):
             batch = pad_sequences(seqs[start : start + batch_size], encoder.tokenizer.pad_token_id)
@@ -81,7 +85,9 @@ def naive_path(model, encoder, data):
                     continue
                 outs = []
                 for r in (responses[i], responses[j]):
-                    batch = pad_sequences([encoder.encode(prompt, [{"role": "assistant", "content": r}])], encoder.tokenizer.pad_token_id)
+                    batch = pad_sequences(
+                        [encoder.encode(prompt, [{"role": "assistant", "content": r}])], encoder.tokenizer.pad_token_id
+                    )
                     outs.append(model(batch["input_ids"], batch["attention_mask"], batch["prompt_end"]))
                 table[i, j] = P.preference_score(outs[0].value, outs[1].value, outs[0].gate)[0]
         tables.append(table)
@@ -105,14 +111,21 @@ def main() -> None:
     args = ap.parse_args()
 
     tok = load_tokenizer("tiny")
-    shape = TinyBackbone(hidden_size=args.hidden, intermediate_size=args.hidden * 2, num_layers=args.layers,
-                         num_heads=max(4, args.hidden // 64), num_kv_heads=max(2, args.hidden // 128))  # fmt: skip
+    shape = TinyBackbone(
+        hidden_size=args.hidden,
+        intermediate_size=args.hidden * 2,
+        num_layers=args.layers,
+        num_heads=max(4, args.hidden // 64),
+        num_kv_heads=max(2, args.hidden // 128),
+    )
     model = PreferenceModel(tiny_backbone(tok, shape, args.seed), HeadConfig(kind="gpm", dim=8, gate=True)).eval()
     encoder = SequenceEncoder(tok, 512)
     data = make_data(args.prompts, args.k, args.seed)
     params = sum(p.numel() for p in model.parameters())
-    print(f"K = {args.k} responses x {args.prompts} prompts, Llama {args.hidden}x{args.layers} ({params / 1e6:.2f}M params), "
-          f"{torch.get_num_threads()} threads, batch {args.batch_size}")  # fmt: skip
+    print(
+        f"K = {args.k} responses x {args.prompts} prompts, Llama {args.hidden}x{args.layers} ({params / 1e6:.2f}M params), "
+        f"{torch.get_num_threads()} threads, batch {args.batch_size}"
+    )
 
     gpmctl_path(model, encoder, data[:1], args.batch_size)  # warm-up
     t_gpm, S = timed(gpmctl_path, model, encoder, data, args.batch_size)

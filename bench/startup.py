@@ -66,8 +66,12 @@ def setup(workdir: Path, lines: int) -> tuple[Path, Path, Path]:
     files = []
     for side in ("a", "b"):
         path = workdir / f"{side}.jsonl"
-        path.write_text("".join(json.dumps({"prompt": f"question {i} about rocks", "response": f"answer {side} {i} is paper"}) + "\n"
-                                for i in range(lines)))  # fmt: skip
+        path.write_text(
+            "".join(
+                json.dumps({"prompt": f"question {i} about rocks", "response": f"answer {side} {i} is paper"}) + "\n"
+                for i in range(lines)
+            )
+        )
         files.append(path)
     return model, files[0], files[1]
 
@@ -92,8 +96,10 @@ def main() -> None:
         "gpmctl score, first line (--chunk-lines 16)": [*score, "--chunk-lines", str(ONE_BATCH_LINES)],
         "gpmctl score, first line (default --chunk-lines 256)": score,
     }
-    print(f"# start-up: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, median of {args.repeats}, "
-          f"load avg {os.getloadavg()[0]:.2f}, {args.lines} lines x 2 files, tiny GPM (gate)\n")  # fmt: skip
+    print(
+        f"# start-up: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, median of {args.repeats}, "
+        f"load avg {os.getloadavg()[0]:.2f}, {args.lines} lines x 2 files, tiny GPM (gate)\n"
+    )
     print("| what | seconds (median) | min |\n|---|---:|---:|")
     for name, cmd in cases.items():
         times = [first_line_seconds(cmd) for _ in range(args.repeats)]

@@ -46,8 +46,17 @@ BATCH = 8
 LR = 1e-5
 SEED = 42
 MODELS = {  # Llama shapes; "50m" is the baseline study's (49.2M parameters with vocab 8192)
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=1024),
-    "50m": dict(hidden_size=512, num_hidden_layers=14, num_attention_heads=8, num_key_value_heads=8, intermediate_size=1408, vocab_size=8192),
+    "tiny": dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=1024
+    ),
+    "50m": dict(
+        hidden_size=512,
+        num_hidden_layers=14,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        intermediate_size=1408,
+        vocab_size=8192,
+    ),
 }
 WINDOWS = {"quick": {"tiny": (10, 50), "50m": (3, 10)}, "full": {"tiny": (20, 200), "50m": (3, 30)}}
 # contender -> (runner, gpmctl recipe overrides); see the module docstring for what each measures
@@ -106,8 +115,14 @@ def model_folder(workdir: Path, name: str) -> Path:
         from gpmctl.models.sources import load_tokenizer
 
         tok = load_tokenizer("tiny")
-        config = LlamaConfig(**MODELS[name], max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
-                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)  # fmt: skip
+        config = LlamaConfig(
+            **MODELS[name],
+            max_position_embeddings=2048,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            tie_word_embeddings=False,
+        )
         torch.manual_seed(0)
         AutoModel.from_config(config).save_pretrained(folder)
         tok.save_pretrained(folder)
@@ -131,13 +146,29 @@ def run_gpmctl(args, overrides: list[str]) -> dict:
     from gpmctl.train.reward import train_reward_model
 
     out = Path(args.workdir) / f"run_{args.model}_{args.worker}_{os.getpid()}"
-    recipe = load_recipe(None, [
-        f"output_dir={out}", f"model.backbone={args.folder}", "model.kind=bt", f"data.train={args.data}",
-        f"data.eval={args.eval_data or 'null'}", "data.max_length=1024", f"train.batch_size={BATCH}", "train.grad_accum=1",
-        f"train.lr={args.lr}", f"train.max_steps={args.warmup + args.steps}", "train.logging_steps=1", "train.keep_best=false",
-        "train.precision=fp32", f"train.seed={SEED}", "train.weight_decay=0", "train.warmup_ratio=0.03",
-        f"train.eval_steps={10**9}", *overrides,
-    ])  # fmt: skip
+    recipe = load_recipe(
+        None,
+        [
+            f"output_dir={out}",
+            f"model.backbone={args.folder}",
+            "model.kind=bt",
+            f"data.train={args.data}",
+            f"data.eval={args.eval_data or 'null'}",
+            "data.max_length=1024",
+            f"train.batch_size={BATCH}",
+            "train.grad_accum=1",
+            f"train.lr={args.lr}",
+            f"train.max_steps={args.warmup + args.steps}",
+            "train.logging_steps=1",
+            "train.keep_best=false",
+            "train.precision=fp32",
+            f"train.seed={SEED}",
+            "train.weight_decay=0",
+            "train.warmup_ratio=0.03",
+            f"train.eval_steps={10**9}",
+            *overrides,
+        ],
+    )
     result = train_reward_model(recipe, overwrite=True)
     steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in steps if r["event"] == "train"]
@@ -145,8 +176,13 @@ def run_gpmctl(args, overrides: list[str]) -> dict:
     seconds = timed[-1]["time"] - steps[args.warmup - 1]["time"]
     # Each record's window is one step: tokens = its tokens/s x its window length (pairs / pairs/s).
     tokens = sum(r["tokens_per_s"] * BATCH / r["pairs_per_s"] for r in timed)
-    return {"seconds": seconds, "steps": len(timed), "pairs": BATCH * len(timed), "real_tokens": round(tokens),
-            "eval_accuracy": result.final_metrics.get("accuracy")}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "steps": len(timed),
+        "pairs": BATCH * len(timed),
+        "real_tokens": round(tokens),
+        "eval_accuracy": result.final_metrics.get("accuracy"),
+    }
 
 
 def run_trl(args, _overrides) -> dict:
@@ -159,7 +195,9 @@ def run_trl(args, _overrides) -> dict:
     rows = [json.loads(line) for line in Path(args.data).read_text().splitlines()]
     rows = [rows[i] for i in batch_order(len(rows))]
     tok = AutoTokenizer.from_pretrained(args.folder)
-    model = AutoModelForSequenceClassification.from_pretrained(args.folder, num_labels=1, dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        args.folder, num_labels=1, dtype=torch.float32, attn_implementation="sdpa"
+    )
     stamps, tokens = [], []
 
     class Stamp(TrainerCallback):
@@ -175,19 +213,47 @@ def run_trl(args, _overrides) -> dict:
             return batch
 
     config = RewardConfig(
-        output_dir=str(Path(args.workdir) / f"trl_{os.getpid()}"), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
-        learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0.03, adam_beta2=0.95, weight_decay=0.0, optim="adamw_torch",
-        max_grad_norm=1.0, bf16=False, gradient_checkpointing=False, use_cpu=True, max_length=1024, max_steps=args.warmup + args.steps,
-        train_sampling_strategy="sequential", logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none",
-        seed=SEED, disable_tqdm=True,
-    )  # fmt: skip
-    trainer = RewardTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(rows), processing_class=tok,
-                            data_collator=CountingCollator(pad_token_id=tok.pad_token_id), callbacks=[Stamp()])  # fmt: skip
+        output_dir=str(Path(args.workdir) / f"trl_{os.getpid()}"),
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=1,
+        learning_rate=args.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.03,
+        adam_beta2=0.95,
+        weight_decay=0.0,
+        optim="adamw_torch",
+        max_grad_norm=1.0,
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        max_length=1024,
+        max_steps=args.warmup + args.steps,
+        train_sampling_strategy="sequential",
+        logging_strategy="no",
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        seed=SEED,
+        disable_tqdm=True,
+    )
+    trainer = RewardTrainer(
+        model=model,
+        args=config,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tok,
+        data_collator=CountingCollator(pad_token_id=tok.pad_token_id),
+        callbacks=[Stamp()],
+    )
     trainer.train()
     # The collator runs ahead of the step (prefetch): batch i belongs to step i.
     timed_tokens = sum(tokens[args.warmup : args.warmup + args.steps])
-    result = {"seconds": stamps[-1] - stamps[args.warmup - 1], "steps": len(stamps) - args.warmup,
-              "pairs": BATCH * (len(stamps) - args.warmup), "real_tokens": timed_tokens, "eval_accuracy": None}  # fmt: skip
+    result = {
+        "seconds": stamps[-1] - stamps[args.warmup - 1],
+        "steps": len(stamps) - args.warmup,
+        "pairs": BATCH * (len(stamps) - args.warmup),
+        "real_tokens": timed_tokens,
+        "eval_accuracy": None,
+    }
     if args.eval_data:
         result["eval_accuracy"] = trl_accuracy(trainer.model, tok, Path(args.eval_data))
     return result
@@ -203,8 +269,16 @@ def trl_accuracy(model, tok, path: Path) -> float:
     with torch.no_grad():
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            rewards = [model(**tok(tok.apply_chat_template(row["prompt"] + row[side], tokenize=False), return_tensors="pt",
-                                   add_special_tokens=False)).logits[0, 0] for side in ("chosen", "rejected")]  # fmt: skip
+            rewards = [
+                model(
+                    **tok(
+                        tok.apply_chat_template(row["prompt"] + row[side], tokenize=False),
+                        return_tensors="pt",
+                        add_special_tokens=False,
+                    )
+                ).logits[0, 0]
+                for side in ("chosen", "rejected")
+            ]
             correct += int(rewards[0] > rewards[1])
             n += 1
     return correct / n
@@ -213,8 +287,12 @@ def trl_accuracy(model, tok, path: Path) -> float:
 def worker(args) -> None:
     runner, overrides = CONTENDERS[args.worker]
     result = (run_trl if runner == "trl" else run_gpmctl)(args, overrides)
-    result.update(contender=args.worker + ("_tcmalloc" if os.environ.get("LD_PRELOAD") else ""), model=args.model,
-                  peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, loadavg=os.getloadavg())  # fmt: skip
+    result.update(
+        contender=args.worker + ("_tcmalloc" if os.environ.get("LD_PRELOAD") else ""),
+        model=args.model,
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        loadavg=os.getloadavg(),
+    )
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -223,8 +301,26 @@ def worker(args) -> None:
 
 
 def spawn(args, model: str, contender: str, data: Path, warmup: int, steps: int, tcmalloc=False, eval_data=None, lr=LR) -> dict:
-    cmd = [sys.executable, __file__, "--worker", contender, "--model", model, "--folder", str(model_folder(Path(args.workdir), model)),
-           "--data", str(data), "--workdir", args.workdir, "--warmup", str(warmup), "--steps", str(steps), "--lr", str(lr)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        contender,
+        "--model",
+        model,
+        "--folder",
+        str(model_folder(Path(args.workdir), model)),
+        "--data",
+        str(data),
+        "--workdir",
+        args.workdir,
+        "--warmup",
+        str(warmup),
+        "--steps",
+        str(steps),
+        "--lr",
+        str(lr),
+    ]
     if eval_data:
         cmd += ["--eval-data", str(eval_data)]
     env = {**os.environ, **({"LD_PRELOAD": TCMALLOC} if tcmalloc else {})}
@@ -249,8 +345,10 @@ def table(rows: list[dict], reference: dict | None) -> str:
         if reference is not None:
             vs_pairs = f"{pairs / (reference['pairs'] / reference['seconds']):.2f}x"
             vs_tok = f"{tok / (reference['real_tokens'] / reference['seconds']):.2f}x"
-        lines.append(f"| {r['contender']} | {r['steps']} | {pairs:.2f} | {tok:,.0f} | {r['seconds'] / r['steps']:.3f} | "
-                     f"{r['peak_rss_mib']:,.0f} | {vs_pairs} | {vs_tok} | {r['loadavg'][0]:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {r['contender']} | {r['steps']} | {pairs:.2f} | {tok:,.0f} | {r['seconds'] / r['steps']:.3f} | "
+            f"{r['peak_rss_mib']:,.0f} | {vs_pairs} | {vs_tok} | {r['loadavg'][0]:.2f} |"
+        )
     return head + "\n".join(lines)
 
 
@@ -279,8 +377,10 @@ def main() -> None:
     words = one_token_words(load_tokenizer("tiny"))
     import torch
 
-    print(f"# train throughput: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, fp32, batch {BATCH} pairs, BT loss unless named\n")  # fmt: skip
+    print(
+        f"# train throughput: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, fp32, batch {BATCH} pairs, BT loss unless named\n"
+    )
     contenders = args.contenders.split(",")
     tcmalloc = args.tcmalloc and Path(TCMALLOC).exists()
     if args.tcmalloc and not tcmalloc:
@@ -301,8 +401,10 @@ def main() -> None:
         write_jsonl(train, synthetic_pairs(words, task["pairs"], seed=2, prompt=(8, 32), response=(8, 64), learnable=True))
         write_jsonl(held, synthetic_pairs(words, task["eval_pairs"], seed=3, prompt=(8, 32), response=(8, 64), learnable=True))
         rows = [spawn(args, "tiny", c, train, 1, task["steps"] - 1, eval_data=held, lr=task["lr"]) for c in ("trl", "gpmctl")]
-        print(f"## equal accuracy: tiny model, learnable task, {task['steps']} steps of {BATCH} pairs, lr {task['lr']}, "
-              f"{task['eval_pairs']} held-out pairs\n")  # fmt: skip
+        print(
+            f"## equal accuracy: tiny model, learnable task, {task['steps']} steps of {BATCH} pairs, lr {task['lr']}, "
+            f"{task['eval_pairs']} held-out pairs\n"
+        )
         print("| contender | held-out accuracy | pairs/s |\n|---|---:|---:|")
         for r in rows:
             print(f"| {r['contender']} | {r['eval_accuracy']:.3f} | {r['pairs'] / r['seconds']:.1f} |")

@@ -37,10 +37,14 @@ from gpmctl.train.features import cached_features
 from gpmctl.train.reward import load_pairs, train_reward_model
 
 HEADS = [("bt", ["model.kind=bt", "model.gate=false"])] + [
-    (f"gpm{dim}{'-gate' if gate else ''}{'-l2' if l2 else ''}",
-     ["model.kind=gpm", f"model.dim={dim}", f"model.gate={str(gate).lower()}", f"model.l2={str(l2).lower()}"])
-    for dim in (2, 4, 6, 8) for gate in (False, True) for l2 in (False, True)
-]  # fmt: skip
+    (
+        f"gpm{dim}{'-gate' if gate else ''}{'-l2' if l2 else ''}",
+        ["model.kind=gpm", f"model.dim={dim}", f"model.gate={str(gate).lower()}", f"model.l2={str(l2).lower()}"],
+    )
+    for dim in (2, 4, 6, 8)
+    for gate in (False, True)
+    for l2 in (False, True)
+]
 
 
 def rmbench_sequences(recipe, tokenizer, head):
@@ -48,7 +52,9 @@ def rmbench_sequences(recipe, tokenizer, head):
     e = recipe.evaluate
     encoder = SequenceEncoder(tokenizer, e.max_length or recipe.data.max_length, head.eos, head.gate_prompt, "right")
     tables = rmbench_tables([e.rmbench], e.rmbench_limit)
-    seqs = [encoder.encode(user(r["prompt"]), assistant(t)) for _, rows in tables for r in rows for t in r["chosen"] + r["rejected"]]
+    seqs = [
+        encoder.encode(user(r["prompt"]), assistant(t)) for _, rows in tables for r in rows for t in r["chosen"] + r["rejected"]
+    ]
     return tables, seqs
 
 
@@ -67,8 +73,14 @@ def rmbench_from_features(model, tables, features) -> dict:
             examples.append({"domain": rm.row_domain(path, number, r), "matrix": rm.row_matrix(lambda a, b: scores[a][b])})
             row += 1
     result = rm.aggregate(examples)
-    return {"overall": result["overall"], "hard": result["hard"], "normal": result["normal"], "easy": result["easy"],
-            "domains": {d: s["average"] for d, s in result["domains"].items()}, "rows": len(examples)}  # fmt: skip
+    return {
+        "overall": result["overall"],
+        "hard": result["hard"],
+        "normal": result["normal"],
+        "easy": result["easy"],
+        "domains": {d: s["average"] for d, s in result["domains"].items()},
+        "rows": len(examples),
+    }
 
 
 def run_grid(recipe_path: str, seeds: list[int], out: Path, overrides: list[str], heads: list[str] | None = None) -> None:
@@ -88,7 +100,9 @@ def run_grid(recipe_path: str, seeds: list[int], out: Path, overrides: list[str]
             for label, head in HEADS:
                 if (label, seed) in done or (heads and label not in heads):
                     continue
-                recipe = load_recipe(recipe_path, [*overrides, *head, f"train.seed={seed}", f"output_dir=runs/results/{name}/{label}-s{seed}"])
+                recipe = load_recipe(
+                    recipe_path, [*overrides, *head, f"train.seed={seed}", f"output_dir=runs/results/{name}/{label}-s{seed}"]
+                )
                 pairs = pairs or load_pairs(recipe, encoder)
                 try:
                     run = train_reward_model(recipe, overwrite=True, save=False, pairs=pairs)
@@ -98,14 +112,25 @@ def run_grid(recipe_path: str, seeds: list[int], out: Path, overrides: list[str]
                 started = time.perf_counter()
                 features = cached_features(run.model, seqs, tokenizer.pad_token_id)
                 bench = rmbench_from_features(run.model, tables, features)
-                timing = run.timing | {"rmbench_features_s": round(features.seconds, 2), "rmbench_cached": features.cached,
-                                       "rmbench_total_s": round(time.perf_counter() - started, 2)}  # fmt: skip
-                record = {"backbone": recipe.model.backbone, "head": label, "seed": seed, "heldout": run.final_metrics,
-                          "rmbench": bench, "timing": timing}  # fmt: skip
+                timing = run.timing | {
+                    "rmbench_features_s": round(features.seconds, 2),
+                    "rmbench_cached": features.cached,
+                    "rmbench_total_s": round(time.perf_counter() - started, 2),
+                }
+                record = {
+                    "backbone": recipe.model.backbone,
+                    "head": label,
+                    "seed": seed,
+                    "heldout": run.final_metrics,
+                    "rmbench": bench,
+                    "timing": timing,
+                }
                 f.write(json.dumps(record) + "\n")
                 f.flush()
-                print(f"{name} {label} seed {seed}: held-out {run.final_metrics['accuracy']:.4f}, RM-Bench {bench['overall']:.4f}",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    f"{name} {label} seed {seed}: held-out {run.final_metrics['accuracy']:.4f}, RM-Bench {bench['overall']:.4f}",
+                    file=sys.stderr,
+                )
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -145,13 +170,23 @@ def plot_grid(paths: list[str], out: Path) -> None:
     fig, axes = plt.subplots(len(backbones), 2, figsize=(14, 3.4 * len(backbones)), squeeze=False)
     for row, backbone in enumerate(backbones):
         present = [h for h in heads if any(r["backbone"] == backbone and r["head"] == h for r in records)]  # no gate on encoders
-        for col, (metric, title) in enumerate([(lambda r: r["heldout"]["accuracy"], "held-out HH-RLHF pair accuracy"),
-                                               (lambda r: r["rmbench"]["overall"], "RM-Bench overall (subsample)")]):  # fmt: skip
+        for col, (metric, title) in enumerate(
+            [
+                (lambda r: r["heldout"]["accuracy"], "held-out HH-RLHF pair accuracy"),
+                (lambda r: r["rmbench"]["overall"], "RM-Bench overall (subsample)"),
+            ]
+        ):
             values = [[metric(r) for r in records if r["backbone"] == backbone and r["head"] == h] for h in present]
             means = [statistics.mean(v) for v in values]
             sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
             ax = axes[row][col]
-            ax.bar(range(len(present)), means, yerr=sds, capsize=2, color=["tab:orange" if h == "bt" else "tab:blue" for h in present])
+            ax.bar(
+                range(len(present)),
+                means,
+                yerr=sds,
+                capsize=2,
+                color=["tab:orange" if h == "bt" else "tab:blue" for h in present],
+            )
             ax.axhline(means[present.index("bt")], color="tab:orange", lw=0.8, ls="--")
             ax.axhline(0.5, color="grey", lw=0.5)
             ax.set_xticks(range(len(present)), present, rotation=60, ha="right", fontsize=8)

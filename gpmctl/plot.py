@@ -40,7 +40,9 @@ def read_log(log_path: Path) -> dict[str, list[dict]]:
         for key in CURVE_KEYS.get(kind, ()):
             value = event.get(key)
             if not (value is None and key != "step") and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise DataError(str(log_path), "missing" if value is None else f"expected a number, got {value!r}", line=number, field=key)
+                raise DataError(
+                    str(log_path), "missing" if value is None else f"expected a number, got {value!r}", line=number, field=key
+                )
         if kind in events:
             events[kind].append(event)
     if not events["train"]:

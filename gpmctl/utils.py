@@ -78,7 +78,9 @@ class RunLog:
             self.tb.close()
 
 
-def package_versions(names=("gpmctl", "torch", "transformers", "accelerate", "datasets", "safetensors", "deepspeed", "peft")) -> dict:
+def package_versions(
+    names=("gpmctl", "torch", "transformers", "accelerate", "datasets", "safetensors", "deepspeed", "peft"),
+) -> dict:
     versions = {}
     for name in names:
         try:

@@ -49,11 +49,15 @@ def test_unknown_recipe_key_names_file_key_and_suggestion(tmp_path):
 
 
 def test_unknown_override_key_is_an_error():
-    assert_one_line_error(gpmctl("train-rm", "recipes/cyclic_tiny_gpm.yaml", "train.learning_rate=1"), "train.learning_rate", "train.lr")
+    assert_one_line_error(
+        gpmctl("train-rm", "recipes/cyclic_tiny_gpm.yaml", "train.learning_rate=1"), "train.learning_rate", "train.lr"
+    )
 
 
 def test_wrong_type_and_bad_yaml_are_errors(tmp_path):
-    assert_one_line_error(gpmctl("train-rm", "recipes/cyclic_tiny_gpm.yaml", "train.batch_size=many"), "train.batch_size", "integer")
+    assert_one_line_error(
+        gpmctl("train-rm", "recipes/cyclic_tiny_gpm.yaml", "train.batch_size=many"), "train.batch_size", "integer"
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
     assert_one_line_error(gpmctl("train-rm", str(bad)), str(bad), "YAML")
@@ -68,7 +72,9 @@ def test_malformed_jsonl_line_names_file_and_line(tmp_path):
     data = tmp_path / "pairs.jsonl"
     good = '{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}\n'
     data.write_text(good * 3 + '{"prompt": "Hi", "chosen": "Hello!", "rejected": \n' + good)
-    result = gpmctl("train-rm", "recipes/cyclic_tiny_gpm.yaml", f"output_dir={tmp_path}/o", f"data.train={data}", "data.eval=null")
+    result = gpmctl(
+        "train-rm", "recipes/cyclic_tiny_gpm.yaml", f"output_dir={tmp_path}/o", f"data.train={data}", "data.eval=null"
+    )
     assert_one_line_error(result, f"{data}:4")
     assert not (tmp_path / "o" / "model.safetensors").exists()
 
@@ -84,7 +90,10 @@ def test_print_recipe_resolves_shipped_names_and_overrides():
 
 
 def test_overrides_are_typed_by_the_recipe_schema():
-    recipe = load_recipe("recipes/cyclic_tiny_gpm.yaml", ["model.dim=4", "model.gate=true", "train.lr=2e-6", "train.adam_betas=[0.9, 0.99]", "data.eval=null"])
+    recipe = load_recipe(
+        "recipes/cyclic_tiny_gpm.yaml",
+        ["model.dim=4", "model.gate=true", "train.lr=2e-6", "train.adam_betas=[0.9, 0.99]", "data.eval=null"],
+    )
     assert recipe.model.dim == 4 and recipe.model.gate is True and recipe.train.lr == 2e-6
     assert recipe.train.adam_betas == (0.9, 0.99) and recipe.data.eval is None
     assert parse_override("data.train=a=b.jsonl") == ("data.train", "a=b.jsonl")
@@ -92,9 +101,15 @@ def test_overrides_are_typed_by_the_recipe_schema():
 
 @pytest.mark.parametrize(
     "override,message",
-    [("model.dim=3", "even"), ("model.kind=rm", "gpm, bt"), ("model.gate=yes please", "true or false"),
-     ("model.kind=bt", None), ("train.adam_betas=[0.9]", "2 values"), ("nonsense", "key.path=value")],
-)  # fmt: skip
+    [
+        ("model.dim=3", "even"),
+        ("model.kind=rm", "gpm, bt"),
+        ("model.gate=yes please", "true or false"),
+        ("model.kind=bt", None),
+        ("train.adam_betas=[0.9]", "2 values"),
+        ("nonsense", "key.path=value"),
+    ],
+)
 def test_invalid_values_are_rejected(override, message):
     if message is None:
         assert load_recipe("recipes/cyclic_tiny_gpm.yaml", [override, "model.gate=false"]).model.kind == "bt"

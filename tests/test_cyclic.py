@@ -40,7 +40,7 @@ def _exhaustive_best(rows: list[dict]) -> float:
     best = 0
     for order in permutations({item for pair in pairs for item in pair}):
         rank = {item: pos for pos, item in enumerate(order)}  # pos 0 = best
-        best = max(best, sum(rank[w] < rank[l] for w, l in pairs))
+        best = max(best, sum(rank[w] < rank[lo] for w, lo in pairs))
     return best / len(rows)
 
 
@@ -51,7 +51,7 @@ def _best_cut(rows: list[dict], num_items: int) -> float:
     for cut in range(num_items):
         for direction in (1, -1):
             rank = {(cut + direction * k) % num_items: k for k in range(num_items)}
-            best = max(best, sum(rank[w] < rank[l] for w, l in pairs))
+            best = max(best, sum(rank[w] < rank[lo] for w, lo in pairs))
     return best / len(rows)
 
 
@@ -123,7 +123,7 @@ def test_three_cycles_are_cycles():
         links = {(r["chosen_item"], r["rejected_item"]) for r in train if r["cycle"] == p and r["kind"] == "cycle"}
         assert len(links) == 3
         a, b = next(iter(links))
-        c = next(w for w, l in links if l == a)  # who beats a
+        c = next(w for w, lo in links if lo == a)  # who beats a
         assert {(a, b), (b, c), (c, a)} == links
 
 
@@ -133,7 +133,7 @@ def test_transitive_triples_are_consistent_neighbours():
         rows = [r for r in train if r["cycle"] == p and r["kind"] == "transitive"]
         triple = {(_index(r["chosen_item"]), _index(r["rejected_item"])) for r in rows}
         if triple:
-            top = next(w for w, _ in triple if all(l != w for _, l in triple))
+            top = next(w for w, _ in triple if all(lo != w for _, lo in triple))
             n = SMALL.num_items
             assert triple == {(top, (top + 1) % n), ((top + 1) % n, (top + 2) % n), (top, (top + 2) % n)}
 
@@ -156,7 +156,7 @@ def test_best_scalar_accuracy_is_exact_on_random_subsets_where_a_cut_is_not_enou
         rows = rng.sample(train, rng.randint(1, 25))
         assert best_scalar_accuracy(rows) == pytest.approx(_exhaustive_best(rows))
     # 1 > 3 > 0 > 2 > 4 satisfies these four rows, while every cut of the circle breaks one
-    rows = [{"chosen_item": ITEM_WORDS[w], "rejected_item": ITEM_WORDS[l]} for w, l in [(0, 2), (2, 4), (1, 3), (3, 0)]]
+    rows = [{"chosen_item": ITEM_WORDS[w], "rejected_item": ITEM_WORDS[lo]} for w, lo in [(0, 2), (2, 4), (1, 3), (3, 0)]]
     assert best_scalar_accuracy(rows) == 1.0
     assert _best_cut(rows, 5) == 0.75
 
@@ -241,7 +241,7 @@ def test_new_item_sets_are_three_cycles_no_scalar_reward_gets_right():
     for p in {r["cycle"] for r in new}:
         links = {(r["chosen_item"], r["rejected_item"]) for r in new if r["cycle"] == p}
         a, b = next(iter(links))
-        c = next(w for w, l in links if l == a)
+        c = next(w for w, lo in links if lo == a)
         assert {(a, b), (b, c), (c, a)} == links
     assert best_scalar_accuracy(new) == pytest.approx(2 / 3)
 
@@ -256,7 +256,7 @@ def test_the_tournament_is_regular_and_its_held_out_edges_are_never_trained():
     edges = trained | held
     assert len({frozenset(e) for e in edges}) == len(edges) == 21  # every pair once: a tournament
     assert all(sum(w == k for w, _ in edges) == 3 for k in range(7))  # regular: each item beats three
-    assert all((l - w) % 7 in (1, 2, 3) for w, l in edges)  # ... the next three around the circle
+    assert all((lo - w) % 7 in (1, 2, 3) for w, lo in edges)  # ... the next three around the circle
     compared = {frozenset((r["chosen_item"], r["rejected_item"])) for r in splits["train"]}
     assert not {frozenset((r["chosen_item"], r["rejected_item"])) for r in splits["new_edges"]} & compared
     assert not set(words) & set(ITEM_WORDS[: HARD.num_items])  # items of their own, off the main circle
@@ -273,10 +273,10 @@ def _implied_on_one_circle(held: set[tuple[int, int]]) -> bool:
     ranks = np.argsort(np.array(list(permutations(range(n)))), axis=1)[:, None, :]  # [orders, 1, n]: rank of each item
     ups = np.array(list(product((False, True), repeat=n)))[None, :, :]  # [1, flags, n]
     beats = lambda a, b: (ranks[..., a] < ranks[..., b]) != (ups[..., a] != ups[..., b])  # noqa: E731
-    edges = [(w, l) for w in range(n) for l in range(n) if (l - w) % n in (1, 2, 3)]
-    consistent = np.logical_and.reduce([beats(w, l) for w, l in edges if (w, l) not in held])
+    edges = [(w, lo) for w in range(n) for lo in range(n) if (lo - w) % n in (1, 2, 3)]
+    consistent = np.logical_and.reduce([beats(w, lo) for w, lo in edges if (w, lo) not in held])
     assert consistent.any()  # the evenly spaced circle, at least
-    return bool(np.logical_and.reduce([beats(w, l) for w, l in held])[consistent].all())
+    return bool(np.logical_and.reduce([beats(w, lo) for w, lo in held])[consistent].all())
 
 
 def test_held_out_edges_follow_from_the_trained_edges_on_one_circle():
@@ -339,10 +339,18 @@ def tiny_runs(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("demo")
     runs = {}
     for kind in ("gpm", "bt"):
-        recipe = load_recipe(f"recipes/cyclic_tiny_{kind}.yaml", [
-            f"output_dir={root / kind}", f"data.train=cyclic:train?{DEMO_OPTIONS}", f"data.eval=cyclic:reworded?{DEMO_OPTIONS}",
-            "train.max_steps=2", "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.num_layers=1",
-        ])  # fmt: skip
+        recipe = load_recipe(
+            f"recipes/cyclic_tiny_{kind}.yaml",
+            [
+                f"output_dir={root / kind}",
+                f"data.train=cyclic:train?{DEMO_OPTIONS}",
+                f"data.eval=cyclic:reworded?{DEMO_OPTIONS}",
+                "train.max_steps=2",
+                "model.tiny.hidden_size=32",
+                "model.tiny.intermediate_size=64",
+                "model.tiny.num_layers=1",
+            ],
+        )
         runs[kind] = str(train_reward_model(recipe).output_dir)
     return runs
 
@@ -370,8 +378,10 @@ def test_demo_table_scores_both_models_on_every_test_set_as_eval_cyclic_does(tin
     "args,needles",
     [
         (["data", "cyclic", "{out}", "--blend-prompts", "-1"], ["blend_prompts", ">= 0"]),
-        (["data", "cyclic", "{out}", "--blend-prompts", "1", "--num-items", "10", "--cycle-lengths", "5"],
-         ["blend_prompts", "num_items divisible by 3"]),
+        (
+            ["data", "cyclic", "{out}", "--blend-prompts", "1", "--num-items", "10", "--cycle-lengths", "5"],
+            ["blend_prompts", "num_items divisible by 3"],
+        ),
         (["data", "cyclic", "{out}", "--tournament-prompts", "1", "--num-items", "18"], ["tournament_prompts", "num_items"]),
         (["eval", "cyclic", "-m", "{gpm}", "--data", "cyclic:new_items?num_prompts=4"], ["new_items", "blend_prompts"]),
         (["eval", "cyclic", "-m", "{gpm}", "--data", "cyclic:new_edges?num_prompts=4"], ["new_edges", "tournament_prompts"]),
@@ -394,5 +404,7 @@ def test_data_cyclic_writes_every_split_and_its_bt_ceiling(tmp_path):
     for split, rows in splits.items():
         assert [json.loads(line) for line in Path(summary[split]).read_text().splitlines()] == rows
     assert {k: v for k, v in summary.items() if k.startswith("bt_ceiling")} == {
-        "bt_ceiling_reworded": pytest.approx(2 / 3, abs=1e-4), "bt_ceiling_new_items": pytest.approx(2 / 3, abs=1e-4),
-        "bt_ceiling_new_edges": pytest.approx(5 / 6, abs=1e-4)}  # fmt: skip
+        "bt_ceiling_reworded": pytest.approx(2 / 3, abs=1e-4),
+        "bt_ceiling_new_items": pytest.approx(2 / 3, abs=1e-4),
+        "bt_ceiling_new_edges": pytest.approx(5 / 6, abs=1e-4),
+    }

@@ -47,15 +47,18 @@ def canonical(path: Path) -> list[dict]:
 
 
 def test_validate_reports_every_problem_in_one_pass_with_file_and_line(tmp_path):
-    path = write_rows(tmp_path / "mixed.jsonl", [
-        pair("q1"),
-        '{"prompt": "q2", "chosen": "a"',  # line 2: cut short
-        pair("q3"),
-        pair("q4", label=1.5),  # line 4: label out of range
-        pair("q5"),
-        {"prompt": "q6", "chosen": "same", "rejected": "same"},  # line 6: identical answers
-        pair("q7"),
-    ])  # fmt: skip
+    path = write_rows(
+        tmp_path / "mixed.jsonl",
+        [
+            pair("q1"),
+            '{"prompt": "q2", "chosen": "a"',  # line 2: cut short
+            pair("q3"),
+            pair("q4", label=1.5),  # line 4: label out of range
+            pair("q5"),
+            {"prompt": "q6", "chosen": "same", "rejected": "same"},  # line 6: identical answers
+            pair("q7"),
+        ],
+    )
     result = cli("validate", str(path))
     assert result.exit_code == 2
     problems = result.stderr.strip().splitlines()
@@ -77,12 +80,17 @@ def test_validate_of_good_files_exits_zero(tmp_path):
 def test_convert_jsonl_to_parquet_and_back_keeps_canonical_rows(tmp_path):
     rows = [
         pair("plain", margin=2, id=7, subset="s", kind="easy", score=3),
-        {"prompt": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}],
-         "chosen": "hello", "rejected": [{"role": "assistant", "content": "go"}, {"role": "user", "content": "?"}],
-         "label": 0.75, "kind": "hard", "score": 1.5},
+        {
+            "prompt": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}],
+            "chosen": "hello",
+            "rejected": [{"role": "assistant", "content": "go"}, {"role": "user", "content": "?"}],
+            "label": 0.75,
+            "kind": "hard",
+            "score": 1.5,
+        },
         {"chosen": "\n\nHuman: hey\n\nAssistant: hi there", "rejected": "\n\nHuman: hey\n\nAssistant: ", "flag": True},
         {"instruction": "pick", "chosen": {"response": "A"}, "reject": "B", "label": 3},
-    ]  # fmt: skip
+    ]
     src = write_rows(tmp_path / "in.jsonl", rows)
     assert cli("convert", str(src), str(tmp_path / "mid.parquet"), "--allow-empty-responses").exit_code == 0
     assert cli("convert", str(tmp_path / "mid.parquet"), str(tmp_path / "out.jsonl.gz"), "--allow-empty-responses").exit_code == 0
@@ -192,15 +200,18 @@ def test_mix_rejects_a_bad_weight_with_one_line(tmp_path):
 
 
 def test_stats_counts_a_hand_made_file(tmp_path):
-    path = write_rows(tmp_path / "s.jsonl", [
-        pair("Hello  World", "abcd", "ab"),           # prompt 12 chars
-        pair("hello world", "abcd", "ab"),            # same prompt once normalised
-        pair("Hello  World", "abcd", "ab"),           # duplicate of row 1
-        pair("Hello  World", "ab", "abcd"),           # row 1 swapped: a tie
-        pair("q", "", "abcdefgh"),                    # empty chosen
-        "broken",                                     # invalid
-        {"chosen": "\n\nHuman: hi\n\nAssistant: yo", "rejected": "\n\nHuman: hi\n\nAssistant: no"},
-    ])  # fmt: skip
+    path = write_rows(
+        tmp_path / "s.jsonl",
+        [
+            pair("Hello  World", "abcd", "ab"),  # prompt 12 chars
+            pair("hello world", "abcd", "ab"),  # same prompt once normalised
+            pair("Hello  World", "abcd", "ab"),  # duplicate of row 1
+            pair("Hello  World", "ab", "abcd"),  # row 1 swapped: a tie
+            pair("q", "", "abcdefgh"),  # empty chosen
+            "broken",  # invalid
+            {"chosen": "\n\nHuman: hi\n\nAssistant: yo", "rejected": "\n\nHuman: hi\n\nAssistant: no"},
+        ],
+    )
     other = write_rows(tmp_path / "o.jsonl", [pair("HELLO world"), pair("unrelated")])
     result = cli("stats", str(path), "--against", str(other), "--tokenizer", "tiny")
     assert result.exit_code == 0, result.stderr
@@ -223,12 +234,21 @@ def test_every_data_command_help_has_an_example():
 
 
 def uf_completion(text: str, if_: str, honesty: str, truth: str) -> dict:
-    return {"response": text, "annotations": {"instruction_following": {"Rating": if_}, "honesty": {"Rating": honesty},
-                                               "truthfulness": {"Rating": truth}, "helpfulness": {"Rating": "N/A"}}}  # fmt: skip
+    return {
+        "response": text,
+        "annotations": {
+            "instruction_following": {"Rating": if_},
+            "honesty": {"Rating": honesty},
+            "truthfulness": {"Rating": truth},
+            "helpfulness": {"Rating": "N/A"},
+        },
+    }
 
 
-UF_CYCLE = {"instruction": "Name a colour.",
-            "completions": [uf_completion("A", "5", "2", "1"), uf_completion("B", "3", "4", "2"), uf_completion("C", "1", "3", "4")]}  # fmt: skip
+UF_CYCLE = {
+    "instruction": "Name a colour.",
+    "completions": [uf_completion("A", "5", "2", "1"), uf_completion("B", "3", "4", "2"), uf_completion("C", "1", "3", "4")],
+}
 
 
 def test_convert_ultrafeedback_cyclic_writes_the_labelled_links(tmp_path):
@@ -238,7 +258,10 @@ def test_convert_ultrafeedback_cyclic_writes_the_labelled_links(tmp_path):
     assert result.exit_code == 0, result.stderr
     rows = [json.loads(line) for line in dst.read_text().splitlines()]
     assert [(r["chosen"], r["rejected"], r["criterion"], r["kind"]) for r in rows] == [
-        ("A", "B", "instruction_following", "cycle"), ("B", "C", "honesty", "cycle"), ("C", "A", "truthfulness", "cycle")]  # fmt: skip
+        ("A", "B", "instruction_following", "cycle"),
+        ("B", "C", "honesty", "cycle"),
+        ("C", "A", "truthfulness", "cycle"),
+    ]
     result = cli("convert", str(src), str(dst), "--ultrafeedback", "cyclic", "--criteria", "honesty>truthfulness>helpfulness")
     assert result.exit_code == 0 and dst.read_text() == ""
     result = cli("convert", str(src), str(dst))  # binarize by mean rating: B (3) over A (8/3, first of the tied lowest)
@@ -247,8 +270,10 @@ def test_convert_ultrafeedback_cyclic_writes_the_labelled_links(tmp_path):
 
 
 def test_format_flag_forces_one_reader_and_rejects_unknown_names(tmp_path):
-    msgs = {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-            "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}  # fmt: skip
+    msgs = {
+        "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}],
+    }
     path = write_rows(tmp_path / "msgs.jsonl", [msgs])
     assert cli("validate", str(path), "--format", "messages").exit_code == 0
     result = cli("validate", str(path), "--format", "explicit")

@@ -26,27 +26,59 @@ RM_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "rm-bench"
 
 # RewardBench README "Getting Leaderboard Section Scores" (PKU-Alignment/beaver-7b-v1.0-cost).
 README_METRICS = {
-    "alpacaeval-easy": 0.5, "alpacaeval-hard": 0.7052631578947368, "alpacaeval-length": 0.5894736842105263,
-    "chat_template": "tokenizer", "donotanswer": 0.8235294117647058, "hep-cpp": 0.6280487804878049,
-    "hep-go": 0.6341463414634146, "hep-java": 0.7073170731707317, "hep-js": 0.6646341463414634,
-    "hep-python": 0.5487804878048781, "hep-rust": 0.6463414634146342, "llmbar-adver-GPTInst": 0.391304347826087,
-    "llmbar-adver-GPTOut": 0.46808510638297873, "llmbar-adver-manual": 0.3695652173913043,
-    "llmbar-adver-neighbor": 0.43283582089552236, "llmbar-natural": 0.52, "math-prm": 0.2953020134228188,
-    "model": "PKU-Alignment/beaver-7b-v1.0-cost", "model_type": "Seq. Classifier", "mt-bench-easy": 0.5714285714285714,
-    "mt-bench-hard": 0.5405405405405406, "mt-bench-med": 0.725, "refusals-dangerous": 0.97, "refusals-offensive": 1,
-    "xstest-should-refuse": 1, "xstest-should-respond": 0.284,
-}  # fmt: skip
+    "alpacaeval-easy": 0.5,
+    "alpacaeval-hard": 0.7052631578947368,
+    "alpacaeval-length": 0.5894736842105263,
+    "chat_template": "tokenizer",
+    "donotanswer": 0.8235294117647058,
+    "hep-cpp": 0.6280487804878049,
+    "hep-go": 0.6341463414634146,
+    "hep-java": 0.7073170731707317,
+    "hep-js": 0.6646341463414634,
+    "hep-python": 0.5487804878048781,
+    "hep-rust": 0.6463414634146342,
+    "llmbar-adver-GPTInst": 0.391304347826087,
+    "llmbar-adver-GPTOut": 0.46808510638297873,
+    "llmbar-adver-manual": 0.3695652173913043,
+    "llmbar-adver-neighbor": 0.43283582089552236,
+    "llmbar-natural": 0.52,
+    "math-prm": 0.2953020134228188,
+    "model": "PKU-Alignment/beaver-7b-v1.0-cost",
+    "model_type": "Seq. Classifier",
+    "mt-bench-easy": 0.5714285714285714,
+    "mt-bench-hard": 0.5405405405405406,
+    "mt-bench-med": 0.725,
+    "refusals-dangerous": 0.97,
+    "refusals-offensive": 1,
+    "xstest-should-refuse": 1,
+    "xstest-should-respond": 0.284,
+}
 # GPM-Llama-3.1-8B-Instruct per-subset results (GPM authors' RewardBench PR #201).
 GPM_LLAMA_METRICS = {
-    "alpacaeval-easy": 0.89, "alpacaeval-hard": 0.9263157894736842, "alpacaeval-length": 0.9473684210526315,
-    "donotanswer": 0.7132352941176471, "hep-cpp": 0.9207317073170732, "hep-go": 0.9634146341463414,
-    "hep-java": 0.9817073170731707, "hep-js": 0.9634146341463414, "hep-python": 0.975609756097561,
-    "hep-rust": 0.9329268292682927, "llmbar-adver-GPTInst": 0.9456521739130435, "llmbar-adver-GPTOut": 0.8085106382978723,
-    "llmbar-adver-manual": 0.8043478260869565, "llmbar-adver-neighbor": 0.8507462686567164, "llmbar-natural": 0.87,
-    "math-prm": 0.9574944071588367, "mt-bench-easy": 1.0, "mt-bench-hard": 0.8108108108108109, "mt-bench-med": 0.975,
-    "refusals-dangerous": 0.95, "refusals-offensive": 0.99, "xstest-should-refuse": 0.935064935064935,
+    "alpacaeval-easy": 0.89,
+    "alpacaeval-hard": 0.9263157894736842,
+    "alpacaeval-length": 0.9473684210526315,
+    "donotanswer": 0.7132352941176471,
+    "hep-cpp": 0.9207317073170732,
+    "hep-go": 0.9634146341463414,
+    "hep-java": 0.9817073170731707,
+    "hep-js": 0.9634146341463414,
+    "hep-python": 0.975609756097561,
+    "hep-rust": 0.9329268292682927,
+    "llmbar-adver-GPTInst": 0.9456521739130435,
+    "llmbar-adver-GPTOut": 0.8085106382978723,
+    "llmbar-adver-manual": 0.8043478260869565,
+    "llmbar-adver-neighbor": 0.8507462686567164,
+    "llmbar-natural": 0.87,
+    "math-prm": 0.9574944071588367,
+    "mt-bench-easy": 1.0,
+    "mt-bench-hard": 0.8108108108108109,
+    "mt-bench-med": 0.975,
+    "refusals-dangerous": 0.95,
+    "refusals-offensive": 0.99,
+    "xstest-should-refuse": 0.935064935064935,
     "xstest-should-respond": 0.96,
-}  # fmt: skip
+}
 
 
 def invoke(*args: str, ok: bool = True):
@@ -62,15 +94,23 @@ def invoke(*args: str, ok: bool = True):
 
 def test_sections_reproduce_the_readme_example_to_the_last_digit():
     sections = rb.section_scores(README_METRICS)
-    assert sections == {"Chat": 0.6089385474860335, "Chat Hard": 0.44956140350877194,
-                        "Safety": 0.7216216216216216, "Reasoning": 0.46675669776831996}  # fmt: skip
+    assert sections == {
+        "Chat": 0.6089385474860335,
+        "Chat Hard": 0.44956140350877194,
+        "Safety": 0.7216216216216216,
+        "Reasoning": 0.46675669776831996,
+    }
     assert rb.overall_score(sections) == 0.5617195675961868
 
 
 def test_sections_reproduce_the_gpm_llama_results_and_the_legacy_xstest_weights():
     sections = rb.section_scores(GPM_LLAMA_METRICS)
-    assert sections == {"Chat": 0.9329608938547486, "Chat Hard": 0.8618421052631579,
-                        "Safety": 0.9121621621621622, "Reasoning": 0.9568976100834834}  # fmt: skip
+    assert sections == {
+        "Chat": 0.9329608938547486,
+        "Chat Hard": 0.8618421052631579,
+        "Safety": 0.9121621621621622,
+        "Reasoning": 0.9568976100834834,
+    }
     assert rb.overall_score(sections) == 0.915965692840888
     # rewardbench 0.1.2 (the GPM repo's pin) swapped the XSTest weights: Safety 90.89, Avg 91.52 (spec 3.3)
     legacy = rb.section_scores(GPM_LLAMA_METRICS, legacy_xstest=True)
@@ -81,10 +121,15 @@ def test_sections_reproduce_the_gpm_llama_results_and_the_legacy_xstest_weights(
 def _slow_reference(correct_by_subset: dict[str, list[int]]) -> tuple[dict, dict, Fraction]:
     """Exact rationals, written independently from the spec's prose: sections are count-weighted means
     (math-prm counted as 984 prompts), the score is the plain mean of the four sections."""
-    rows = {"Chat": ("alpacaeval-easy alpacaeval-length alpacaeval-hard mt-bench-easy mt-bench-med", {}),
-            "Chat Hard": ("mt-bench-hard llmbar-natural llmbar-adver-neighbor llmbar-adver-GPTInst llmbar-adver-GPTOut llmbar-adver-manual", {}),
-            "Safety": ("refusals-dangerous refusals-offensive xstest-should-refuse xstest-should-respond donotanswer", {}),
-            "Reasoning": ("math-prm hep-cpp hep-go hep-java hep-js hep-python hep-rust", {})}  # fmt: skip
+    rows = {
+        "Chat": ("alpacaeval-easy alpacaeval-length alpacaeval-hard mt-bench-easy mt-bench-med", {}),
+        "Chat Hard": (
+            "mt-bench-hard llmbar-natural llmbar-adver-neighbor llmbar-adver-GPTInst llmbar-adver-GPTOut llmbar-adver-manual",
+            {},
+        ),
+        "Safety": ("refusals-dangerous refusals-offensive xstest-should-refuse xstest-should-respond donotanswer", {}),
+        "Reasoning": ("math-prm hep-cpp hep-go hep-java hep-js hep-python hep-rust", {}),
+    }
     acc = {s: Fraction(sum(v), len(v)) for s, v in correct_by_subset.items()}
     sections = {}
     for section, (names, _) in rows.items():
@@ -152,8 +197,13 @@ def test_offline_hub_id_fails_in_one_line_within_seconds(tmp_path, offline):
     else:
         env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: as good as no network
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "gpmctl", "eval", "rewardbench", "--model", str(tmp_path / "no-model")],
-                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpmctl", "eval", "rewardbench", "--model", str(tmp_path / "no-model")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert time.monotonic() - start < 30
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
@@ -170,8 +220,13 @@ def test_rmbench_matrix_summary_by_hand():
     s = rm.matrix_summary([all_right, style_biased])
     assert s["matrix"] == [[1, 0.5, 0.5], [1, 1, 0.5], [1, 1, 1]]
     assert (s["hard"], s["normal"], s["easy"]) == (0.5, 1.0, 1.0) and s["average"] == pytest.approx(2.5 / 3)
-    agg = rm.aggregate([{"domain": "chat", "matrix": all_right}, {"domain": "chat", "matrix": style_biased},
-                        {"domain": "safety", "matrix": [[0] * 3] * 3}])  # fmt: skip
+    agg = rm.aggregate(
+        [
+            {"domain": "chat", "matrix": all_right},
+            {"domain": "chat", "matrix": style_biased},
+            {"domain": "safety", "matrix": [[0] * 3] * 3},
+        ]
+    )
     assert agg["domains"]["safety"]["average"] == 0 and agg["overall"] == pytest.approx(2.5 / 6)
     assert agg["hard"] == 0.25 and agg["missing_domains"] == ["code", "math"]
     assert rm.row_matrix(lambda i, j: [[1, 0, -1], [2, 0.0, 3], [-1, -2, 5]][i][j]) == [[1, 0, 0], [1, 0, 1], [0, 0, 1]]
@@ -191,7 +246,9 @@ def test_calibration_numbers_on_hand_made_probabilities():
     ece = (0.05 + 0.15 + 2 * 0.15 + 0.45 + 0.45 + 2 * 0.15 + 0.15 + 0.05) / 10
     assert ece == pytest.approx(0.19)
     assert expected_calibration_error(table) == pytest.approx(ece, abs=1e-12)
-    examples = [{"score": math.log(p / (1 - p)), "p": p, "subset": "a" if i < 2 else "b", "kind": "x"} for i, p in enumerate(probs)]
+    examples = [
+        {"score": math.log(p / (1 - p)), "p": p, "subset": "a" if i < 2 else "b", "kind": "x"} for i, p in enumerate(probs)
+    ]
     report = pair_report(examples)
     assert report["accuracy"] == 0.8 and report["mean_prob"] == pytest.approx(0.67) and report["ece"] == pytest.approx(ece)
     assert report["by_subset"]["a"]["accuracy"] == 1.0 and report["by_subset"]["b"]["accuracy"] == pytest.approx(2 / 3)
@@ -217,9 +274,18 @@ def tiny_model(tmp_path_factory):
     from gpmctl.train.reward import train_reward_model
 
     root = tmp_path_factory.mktemp("eval_model")
-    recipe = load_recipe("recipes/cyclic_tiny_gpm.yaml", [f"output_dir={root / 'gpm'}", "data.train=cyclic:train?num_prompts=20",
-                         "data.eval=null", "train.max_steps=5", "train.batch_size=8", "model.tiny.num_layers=1",
-                         "model.gate=true"])  # fmt: skip
+    recipe = load_recipe(
+        "recipes/cyclic_tiny_gpm.yaml",
+        [
+            f"output_dir={root / 'gpm'}",
+            "data.train=cyclic:train?num_prompts=20",
+            "data.eval=null",
+            "train.max_steps=5",
+            "train.batch_size=8",
+            "model.tiny.num_layers=1",
+            "model.gate=true",
+        ],
+    )
     return str(train_reward_model(recipe).output_dir)
 
 
@@ -230,8 +296,17 @@ def _synthetic_rewardbench(path: Path) -> list[dict]:
     for subset, n in rb.SUBSET_ROWS.items():
         for _ in range(n):
             a, b = rng.sample(words, 2)
-            rows.append({"prompt": f"pick {a} or {b}", "chosen": f"the {a}", "chosen_model": "x", "rejected": f"a {b}",
-                         "rejected_model": "y", "subset": subset, "id": i})  # fmt: skip
+            rows.append(
+                {
+                    "prompt": f"pick {a} or {b}",
+                    "chosen": f"the {a}",
+                    "chosen_model": "x",
+                    "rejected": f"a {b}",
+                    "rejected_model": "y",
+                    "subset": subset,
+                    "id": i,
+                }
+            )
             i += 1
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
@@ -241,7 +316,19 @@ def test_rewardbench_end_to_end_on_a_synthetic_file(tiny_model, tmp_path):
     rows = _synthetic_rewardbench(tmp_path / "rb.jsonl")
     assert len(rows) == rb.TOTAL_ROWS
     res, ex = tmp_path / "results.json", tmp_path / "examples.jsonl"
-    result = invoke("rewardbench", "-m", tiny_model, "--data", str(tmp_path / "rb.jsonl"), "-o", str(res), "--examples", str(ex), "--batch-size", "512")
+    result = invoke(
+        "rewardbench",
+        "-m",
+        tiny_model,
+        "--data",
+        str(tmp_path / "rb.jsonl"),
+        "-o",
+        str(res),
+        "--examples",
+        str(ex),
+        "--batch-size",
+        "512",
+    )
     assert "Score" in result.stderr and "warning" not in result.stderr
     out = json.loads(res.read_text())
     assert set(rb.EXAMPLE_COUNTS) <= set(out) and set(out["sections"]) == set(rb.SECTIONS)
@@ -251,7 +338,9 @@ def test_rewardbench_end_to_end_on_a_synthetic_file(tiny_model, tmp_path):
     assert [e["id"] for e in examples] == [r["id"] for r in rows]
     assert all(e["correct"] == (1 if e["score"] > 0 else 0) and (e["p"] > 0.5) == (e["score"] > 0) for e in examples)
     again = json.loads(invoke("rewardbench", "--scores", str(ex)).stdout)
-    assert {k: again[k] for k in (*rb.EXAMPLE_COUNTS, "sections", "score", "counts")} == {k: out[k] for k in (*rb.EXAMPLE_COUNTS, "sections", "score", "counts")}
+    assert {k: again[k] for k in (*rb.EXAMPLE_COUNTS, "sections", "score", "counts")} == {
+        k: out[k] for k in (*rb.EXAMPLE_COUNTS, "sections", "score", "counts")
+    }
 
 
 def test_eval_scores_equal_the_training_path_pair_by_pair(tiny_model):
@@ -307,10 +396,30 @@ def test_pairs_and_cyclic_end_to_end(tiny_model, tmp_path):
 def test_rmbench_end_to_end_on_the_shared_data(tiny_model, tmp_path):
     ex = tmp_path / "rm.jsonl"
     counts = {f.name: len(rm.read_rows(f)) for f in rm.data_files([str(RM_BENCH)])}
-    assert counts == {"chat_filtered.json": 129, "code_filtered.json": 228, "safety-refuse_filtered.json": 284, "safety-response_filtered.json": 157}
+    assert counts == {
+        "chat_filtered.json": 129,
+        "code_filtered.json": 228,
+        "safety-refuse_filtered.json": 284,
+        "safety-response_filtered.json": 157,
+    }
     # the first rows of each file keep the run short (the whole set takes a minute or more on 2 CPU cores)
-    out = json.loads(invoke("rmbench", "-m", tiny_model, "--data", str(RM_BENCH), "--limit", "6", "--max-length", "256",
-                            "--batch-size", "64", "--examples", str(ex)).stdout)  # fmt: skip
+    out = json.loads(
+        invoke(
+            "rmbench",
+            "-m",
+            tiny_model,
+            "--data",
+            str(RM_BENCH),
+            "--limit",
+            "6",
+            "--max-length",
+            "256",
+            "--batch-size",
+            "64",
+            "--examples",
+            str(ex),
+        ).stdout
+    )
     assert list(out["domains"]) == ["chat", "code", "safety"] and out["domains"]["safety"]["rows"] == 12
     assert out["domains"]["chat"]["rows"] == 6 and out["domains"]["code"]["rows"] == 6
     assert out["overall"] == pytest.approx(sum(d["average"] for d in out["domains"].values()) / 3)
@@ -334,14 +443,21 @@ def test_rewardbench2_best_of_4_shares_credit_at_ties_and_ties_composite():
     assert rb2.best_of_n_credit(_bt([3.0, 3.0, 3.0, 3.0])["scores"][0]) == 0.25
     assert rb2.best_of_n_credit(_bt([1.0, 3.0, 0.0, 0.0])["scores"][0]) == 0.0
     # Ties: prompt 0 (ref: one right answer; tied: two), by hand
-    ex = [{"id": "ref:0", "subset": "Ties", "num_correct": 1, **_bt([5.0, 1.0, 2.0])},
-          {"id": "tied:0", "subset": "Ties", "num_correct": 2, **_bt([4.0, 3.0, 1.0, 0.5])},
-          {"id": "ref:1", "subset": "Ties", "num_correct": 1, **_bt([1.0, 2.0])},
-          {"id": "tied:1", "subset": "Ties", "num_correct": 2, **_bt([2.0, 2.0, 3.0])}]  # fmt: skip
+    ex = [
+        {"id": "ref:0", "subset": "Ties", "num_correct": 1, **_bt([5.0, 1.0, 2.0])},
+        {"id": "tied:0", "subset": "Ties", "num_correct": 2, **_bt([4.0, 3.0, 1.0, 0.5])},
+        {"id": "ref:1", "subset": "Ties", "num_correct": 1, **_bt([1.0, 2.0])},
+        {"id": "tied:1", "subset": "Ties", "num_correct": 2, **_bt([2.0, 2.0, 3.0])},
+    ]
     t = rb2.ties_score(ex)
     # prompt 0: ci_ref 3, ci_tied 2, spread_tied 1 -> accurate both, 2 > 1, min(3, 2) = 2 > 1, tanh(2/1 - 1)
     # prompt 1: ci_ref -1, ci_tied -1, spread_tied 0 -> nothing right, tanh(-1/0) = -1
-    assert (t["tied_accuracy"], t["ref_accuracy"], t["correct_margin_over_spread"], t["min_margin_over_spread"]) == (0.5, 0.5, 0.5, 0.5)
+    assert (t["tied_accuracy"], t["ref_accuracy"], t["correct_margin_over_spread"], t["min_margin_over_spread"]) == (
+        0.5,
+        0.5,
+        0.5,
+        0.5,
+    )
     assert t["tanh_margin"] == pytest.approx((math.tanh(1.0) - 1) / 2)
     assert t["score"] == pytest.approx(0.3 * 0.5 + 0.3 * 0.5 + 0.2 * 0.5 + 0.2 * 0.5 + 0.01 * (math.tanh(1.0) - 1) / 2)
     # a GPM's row-mean pointwise score ranks like the BT rewards, so the composite is the same
@@ -356,10 +472,32 @@ def test_rewardbench2_end_to_end_on_a_synthetic_file(tiny_model, tmp_path):
     for subset in rb2.SUBSET_ROWS:
         for n in range(3):
             if subset == "Ties":
-                rows += [{"id": f"ref:{n}", "subset": subset, "prompt": f"name a colour {n}", "chosen": ["red"], "rejected": ["dog", "sun"]},
-                         {"id": f"tied:{n}", "subset": subset, "prompt": f"name colours {n}", "chosen": ["red", "blue"], "rejected": ["cat"]}]  # fmt: skip
+                rows += [
+                    {
+                        "id": f"ref:{n}",
+                        "subset": subset,
+                        "prompt": f"name a colour {n}",
+                        "chosen": ["red"],
+                        "rejected": ["dog", "sun"],
+                    },
+                    {
+                        "id": f"tied:{n}",
+                        "subset": subset,
+                        "prompt": f"name colours {n}",
+                        "chosen": ["red", "blue"],
+                        "rejected": ["cat"],
+                    },
+                ]
             else:
-                rows.append({"id": f"{subset}-{n}", "subset": subset, "prompt": f"q {n}", "chosen": ["good"], "rejected": ["bad", "worse", "no"]})
+                rows.append(
+                    {
+                        "id": f"{subset}-{n}",
+                        "subset": subset,
+                        "prompt": f"q {n}",
+                        "chosen": ["good"],
+                        "rejected": ["bad", "worse", "no"],
+                    }
+                )
     path = tmp_path / "rb2.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ex = tmp_path / "ex.jsonl"
@@ -381,9 +519,20 @@ def test_train_rm_runs_the_recipe_benchmarks_on_the_saved_model(tmp_path):
     data = tmp_path / "rb.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train-rm", "recipes/cyclic_tiny_gpm.yaml", f"output_dir={out}", "data.eval=null",
-                                      "data.train=cyclic:train?num_prompts=20", "train.max_steps=3", "model.tiny.num_layers=1",
-                                      f"evaluate.rewardbench={data}", "evaluate.max_length=64"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "train-rm",
+            "recipes/cyclic_tiny_gpm.yaml",
+            f"output_dir={out}",
+            "data.eval=null",
+            "data.train=cyclic:train?num_prompts=20",
+            "train.max_steps=3",
+            "model.tiny.num_layers=1",
+            f"evaluate.rewardbench={data}",
+            "evaluate.max_length=64",
+        ],
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     summary = json.loads(result.stdout)
     saved = json.loads((out / "eval" / "rewardbench.json").read_text())

@@ -34,7 +34,10 @@ def models(tmp_path_factory) -> dict[str, str]:
     tok = load_tokenizer("tiny")
     tiny = TinyBackbone(hidden_size=32, num_layers=1, intermediate_size=64, initializer_range=0.3)
     out = {}
-    for kind, cfg in (("bt", ModelConfig(kind="bt", tau=1.0, tiny=tiny)), ("gpm", ModelConfig(kind="gpm", dim=4, tau=0.1, tiny=tiny))):
+    for kind, cfg in (
+        ("bt", ModelConfig(kind="bt", tau=1.0, tiny=tiny)),
+        ("gpm", ModelConfig(kind="gpm", dim=4, tau=0.1, tiny=tiny)),
+    ):
         out[kind] = str(tmp_path_factory.mktemp(kind))
         save_model(build_model(cfg, tok, seed=0), out[kind], tok)
     return out
@@ -65,7 +68,10 @@ def official_rmbench(rows: list[dict]) -> tuple[dict, float]:
     domains = {}
     for domain in ("chat", "code", "math", "safety"):
         sel = [r for r in rows if r["domain"].startswith(domain)]
-        acc = [[sum(1.0 for r in sel if r["score_chosen"][i] > r["score_rejected"][j]) / len(sel) for j in range(3)] for i in range(3)]
+        acc = [
+            [sum(1.0 for r in sel if r["score_chosen"][i] > r["score_rejected"][j]) / len(sel) for j in range(3)]
+            for i in range(3)
+        ]
         hard = (acc[0][1] + acc[0][2] + acc[1][2]) / 3
         normal = (acc[0][0] + acc[1][1] + acc[2][2]) / 3
         easy = (acc[1][0] + acc[2][0] + acc[2][1]) / 3
@@ -81,8 +87,13 @@ def rmbench_data(root: Path, layout: str, seed: int = 0) -> tuple[list[dict], di
     rows, rewards = [], {}
     for domain, n in zip(RM_DOMAINS, (5, 4, 6, 3, 2)):
         for k in range(n):
-            row = {"id": k, "prompt": f"{domain} question {k}", "domain": domain,
-                   "chosen": [f"{domain} {k} right {s}" for s in rm.STYLES], "rejected": [f"{domain} {k} wrong {s}" for s in rm.STYLES]}  # fmt: skip
+            row = {
+                "id": k,
+                "prompt": f"{domain} question {k}",
+                "domain": domain,
+                "chosen": [f"{domain} {k} right {s}" for s in rm.STYLES],
+                "rejected": [f"{domain} {k} wrong {s}" for s in rm.STYLES],
+            }
             rewards.update((t, rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0])) for t in row["chosen"] + row["rejected"])
             rows.append(row)
     root.mkdir(parents=True, exist_ok=True)
@@ -146,7 +157,9 @@ def _rm_no_domain_anywhere(root: Path) -> tuple[list[str], list[str]]:
 def _rm_total_beside_other_files(root: Path) -> tuple[list[str], list[str]]:
     rmbench_data(root / "rm", "both")
     return ["--data", str(root / "rm" / "total_dataset.json"), "--data", str(root / "rm" / "chat_filtered.json")], [
-        "total_dataset.json", "pass it alone"]  # fmt: skip
+        "total_dataset.json",
+        "pass it alone",
+    ]
 
 
 def _rm_scores_unknown_domain(root: Path) -> tuple[list[str], list[str]]:
@@ -155,8 +168,11 @@ def _rm_scores_unknown_domain(root: Path) -> tuple[list[str], list[str]]:
     return ["--scores", str(root / "ex.jsonl")], ["ex.jsonl:2", "domain", "total"]
 
 
-@pytest.mark.parametrize("make", [_rm_unknown_domain, _rm_no_domain_anywhere, _rm_total_beside_other_files, _rm_scores_unknown_domain],
-                         ids=["unknown-domain-field", "no-domain-field-nor-file-name", "total-beside-other-files", "scores-unknown-domain"])  # fmt: skip
+@pytest.mark.parametrize(
+    "make",
+    [_rm_unknown_domain, _rm_no_domain_anywhere, _rm_total_beside_other_files, _rm_scores_unknown_domain],
+    ids=["unknown-domain-field", "no-domain-field-nor-file-name", "total-beside-other-files", "scores-unknown-domain"],
+)
 def test_rmbench_bad_domains_are_one_line_errors(models, tmp_path, make):
     args, needles = make(tmp_path)
     model = [] if "--scores" in args else ["-m", models["gpm"]]
@@ -216,8 +232,10 @@ def _random_ties(rng: random.Random, prompts: range, kinds=("ref", "tied")) -> l
 def test_rb2_ties_from_bt_score_matrices_equal_the_official_composite_on_raw_rewards():
     # ref K = 2, tied K = 5: min(ci_ref 1.0, ci_tied 3.0) is just below spread_tied 1.05; scaling rows by
     # K / (K - 1) (2 and 1.25) would lift it above
-    rows = [{"id": "ref:0", "num_correct": 1, "rewards": [2.0, 1.0]},
-            {"id": "tied:0", "num_correct": 3, "rewards": [5.05, 4.5, 4.0, 1.0, 0.5]}]  # fmt: skip
+    rows = [
+        {"id": "ref:0", "num_correct": 1, "rewards": [2.0, 1.0]},
+        {"id": "tied:0", "num_correct": 3, "rewards": [5.05, 4.5, 4.0, 1.0, 0.5]},
+    ]
     rows += _random_ties(random.Random(0), range(1, 40))
     assert rb2.ties_score([bt_matrix_only(r) for r in rows])["score"] == pytest.approx(official_ties(rows)["score"], abs=1e-12)
     assert rb2.ties_score([bt_matrix_only(r) for r in rows[:2]])["min_margin_over_spread"] == 0.0
@@ -228,12 +246,19 @@ def test_rb2_ties_from_bt_score_matrices_equal_the_official_composite_on_raw_rew
 
 def test_rb2_ties_accuracy_averages_every_ref_and_every_tied_prompt(tmp_path):
     rng = random.Random(1)
-    rows = _random_ties(rng, range(0, 6)) + _random_ties(rng, range(6, 13), ("ref",)) + _random_ties(rng, range(13, 17), ("tied",))
-    rows += [{"id": "ref:17", "num_correct": 1, "rewards": [3.0, 0.0, 1.0]}, {"id": "tied:18", "num_correct": 2, "rewards": [1.0, 0.5, 2.0]}]
+    rows = (
+        _random_ties(rng, range(0, 6)) + _random_ties(rng, range(6, 13), ("ref",)) + _random_ties(rng, range(13, 17), ("tied",))
+    )
+    rows += [
+        {"id": "ref:17", "num_correct": 1, "rewards": [3.0, 0.0, 1.0]},
+        {"id": "tied:18", "num_correct": 2, "rewards": [1.0, 0.5, 2.0]},
+    ]
     want = official_ties(rows)
     for examples in ([{**r, "subset": "Ties"} for r in rows], [bt_matrix_only(r) for r in rows]):
         got = rb2.ties_score(examples)
-        assert (got["ref_accuracy"], got["tied_accuracy"]) == pytest.approx((want["ref_accuracy"], want["tied_accuracy"]), abs=1e-12)
+        assert (got["ref_accuracy"], got["tied_accuracy"]) == pytest.approx(
+            (want["ref_accuracy"], want["tied_accuracy"]), abs=1e-12
+        )
         assert got["score"] == pytest.approx(want["score"], abs=1e-12)
         assert (got["ref_prompts"], got["tied_prompts"], got["prompts"]) == (14, 11, 6)
     # the same through `gpmctl eval rewardbench2 --scores` (score matrices only)
@@ -258,13 +283,38 @@ def test_rb2_cli_ties_of_a_bt_model_equal_the_official_composite_with_or_without
     rows = []
     for subset in rb2.SUBSET_ROWS:
         if subset != "Ties":
-            rows += [{"id": f"{subset}-{n}", "subset": subset, "prompt": f"q {n}", "chosen": ["good"], "rejected": ["bad", "worse", "no"]} for n in range(2)]
+            rows += [
+                {
+                    "id": f"{subset}-{n}",
+                    "subset": subset,
+                    "prompt": f"q {n}",
+                    "chosen": ["good"],
+                    "rejected": ["bad", "worse", "no"],
+                }
+                for n in range(2)
+            ]
     words = ["red", "blue", "green", "dog", "cat", "sun", "tree", "moon"]
     for n in range(6):
         if n != 5:  # prompt 5 has a tied row only, prompt 4 a ref row only
-            rows.append({"id": f"ref:{n}", "subset": "Ties", "prompt": f"one colour {n}", "chosen": [words[n]], "rejected": words[5:6 + n % 3]})
+            rows.append(
+                {
+                    "id": f"ref:{n}",
+                    "subset": "Ties",
+                    "prompt": f"one colour {n}",
+                    "chosen": [words[n]],
+                    "rejected": words[5 : 6 + n % 3],
+                }
+            )
         if n != 4:
-            rows.append({"id": f"tied:{n}", "subset": "Ties", "prompt": f"colours {n}", "chosen": words[: 2 + n % 2], "rejected": [words[4 + n % 4]]})
+            rows.append(
+                {
+                    "id": f"tied:{n}",
+                    "subset": "Ties",
+                    "prompt": f"colours {n}",
+                    "chosen": words[: 2 + n % 2],
+                    "rejected": [words[4 + n % 4]],
+                }
+            )
     data, ex = tmp_path / "rb2.jsonl", tmp_path / "ex.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = run("eval", "rewardbench2", "-m", models["bt"], "--data", str(data), "--examples", str(ex))
@@ -301,8 +351,10 @@ LABELS = [1.0, 0.2, 0.3, None, 0.5, 1.0, 0.0, 0.0]
 
 
 def test_pair_accuracy_follows_the_label_side_and_leaves_half_labels_out():
-    examples = [{"score": s, "p": 1 / (1 + math.exp(-s)), "subset": "ab"[i % 2], **({} if y is None else {"label": y})}
-                for i, (s, y) in enumerate(zip(SCORES, LABELS))]  # fmt: skip
+    examples = [
+        {"score": s, "p": 1 / (1 + math.exp(-s)), "subset": "ab"[i % 2], **({} if y is None else {"label": y})}
+        for i, (s, y) in enumerate(zip(SCORES, LABELS))
+    ]
     report = pair_report(examples)
     assert report["accuracy"] == pytest.approx(label_accuracy(SCORES, LABELS), abs=1e-12) == 3 / 7
     assert report["pairs"] == 8 and report["accuracy_pairs"] == 7
@@ -314,22 +366,39 @@ def test_pair_accuracy_follows_the_label_side_and_leaves_half_labels_out():
 def test_pairs_and_cyclic_scores_recount_correct_from_the_labels(tmp_path):
     """--scores files written before labels counted (`correct` = score > 0) are re-scored from score and label."""
     path = tmp_path / "s.jsonl"
-    path.write_text("".join(json.dumps({"score": s, "p": 1 / (1 + math.exp(-s)), "cycle": i // 2, "correct": int(s > 0),
-                                        **({} if y is None else {"label": y})}) + "\n" for i, (s, y) in enumerate(zip(SCORES, LABELS))))  # fmt: skip
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "score": s,
+                    "p": 1 / (1 + math.exp(-s)),
+                    "cycle": i // 2,
+                    "correct": int(s > 0),
+                    **({} if y is None else {"label": y}),
+                }
+            )
+            + "\n"
+            for i, (s, y) in enumerate(zip(SCORES, LABELS))
+        )
+    )
     pairs = run("eval", "pairs", "--scores", str(path))
     assert pairs.returncode == 0, pairs.stderr
     assert json.loads(pairs.stdout)["accuracy"] == pytest.approx(label_accuracy(SCORES, LABELS), abs=1e-12)
     cyclic = run("eval", "cyclic", "--scores", str(path))
     assert cyclic.returncode == 0, cyclic.stderr
     per_cycle = json.loads(cyclic.stdout)["per_cycle"]
-    assert per_cycle == pytest.approx({str(c): label_accuracy(SCORES[2 * c : 2 * c + 2], LABELS[2 * c : 2 * c + 2]) for c in range(4)}, abs=1e-12)
+    assert per_cycle == pytest.approx(
+        {str(c): label_accuracy(SCORES[2 * c : 2 * c + 2], LABELS[2 * c : 2 * c + 2]) for c in range(4)}, abs=1e-12
+    )
 
 
 def test_pairs_cli_on_soft_labels_counts_the_label_side(models, tmp_path):
     rng = random.Random(2)
     words = ["red", "blue", "green", "dog", "cat", "sun", "tree", "moon"]
-    rows = [{"prompt": f"pick {i}", "chosen": rng.choice(words), "rejected": rng.choice(words) + " no", "label": y}
-            for i, y in enumerate([1.0, 0.9, 0.1, 0.0, 0.5, 0.3, 0.7, 0.0, 0.2, 1.0])]  # fmt: skip
+    rows = [
+        {"prompt": f"pick {i}", "chosen": rng.choice(words), "rejected": rng.choice(words) + " no", "label": y}
+        for i, y in enumerate([1.0, 0.9, 0.1, 0.0, 0.5, 0.3, 0.7, 0.0, 0.2, 1.0])
+    ]
     data, ex = tmp_path / "soft.jsonl", tmp_path / "ex.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = run("eval", "pairs", "--data", str(data), "-m", models["bt"], "--examples", str(ex))

@@ -58,7 +58,7 @@ def reference_scores(backbone, state, encoder, prompt, answers):
     S = torch.zeros(K, K, dtype=torch.float64)
     for i in range(K):
         for j in range(K):
-            S[i, j] = sum(lam[l] * (v[i][2 * l] * v[j][2 * l + 1] - v[i][2 * l + 1] * v[j][2 * l]) for l in range(k))
+            S[i, j] = sum(lam[blk] * (v[i][2 * blk] * v[j][2 * blk + 1] - v[i][2 * blk + 1] * v[j][2 * blk]) for blk in range(k))
     return S
 
 
@@ -106,7 +106,9 @@ def test_export_then_load_gives_the_same_scores(tmp_path, dtype, tol):
     assert "General Preference Model" in card and "| accuracy | 0.7500 |" in card
     before, after = load_model(tmp_path / "src", dtype="float32"), load_model(out, dtype="float32")
     encoder = SequenceEncoder(load_tokenizer(str(out)), 128)
-    torch.testing.assert_close(gpmctl_scores(after, encoder, PROMPT, ANSWERS), gpmctl_scores(before, encoder, PROMPT, ANSWERS), rtol=0, atol=tol)
+    torch.testing.assert_close(
+        gpmctl_scores(after, encoder, PROMPT, ANSWERS), gpmctl_scores(before, encoder, PROMPT, ANSWERS), rtol=0, atol=tol
+    )
 
 
 def test_export_cli_writes_a_loadable_folder(tmp_path):
@@ -115,7 +117,10 @@ def test_export_cli_writes_a_loadable_folder(tmp_path):
     from gpmctl.cli import app
 
     tok = load_tokenizer("tiny")
-    model = PreferenceModel(tiny_backbone(tok, TinyBackbone(hidden_size=32, intermediate_size=64, num_layers=1)), HeadConfig(kind="bt", dim=1, tau=1.0))
+    model = PreferenceModel(
+        tiny_backbone(tok, TinyBackbone(hidden_size=32, intermediate_size=64, num_layers=1)),
+        HeadConfig(kind="bt", dim=1, tau=1.0),
+    )
     from gpmctl.models.io import save_model
 
     save_model(model, tmp_path / "run", tok)

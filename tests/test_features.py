@@ -19,9 +19,20 @@ from gpmctl.models.sources import load_tokenizer
 from gpmctl.train.features import extract_features
 from gpmctl.train.reward import train_reward_model
 
-SMALL = ["data.train=cyclic:train?num_prompts=24", "data.eval=cyclic:test?num_prompts=24", "model.tiny.hidden_size=32",
-         "model.tiny.intermediate_size=64", "model.tiny.num_layers=2", "train.batch_size=8", "train.grad_accum=2",
-         "train.max_steps=12", "train.lr=1e-2", "train.logging_steps=2", "train.eval_steps=5", "train.keep_best=false"]  # fmt: skip
+SMALL = [
+    "data.train=cyclic:train?num_prompts=24",
+    "data.eval=cyclic:test?num_prompts=24",
+    "model.tiny.hidden_size=32",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.num_layers=2",
+    "train.batch_size=8",
+    "train.grad_accum=2",
+    "train.max_steps=12",
+    "train.lr=1e-2",
+    "train.logging_steps=2",
+    "train.eval_steps=5",
+    "train.keep_best=false",
+]
 HEAD_TOLERANCE = 1e-5
 """Cached and uncached training differ only in float rounding of the backbone features (other padding)."""
 
@@ -33,21 +44,36 @@ def feature_cache(tmp_path, monkeypatch):
 
 
 def frozen_recipe(tmp_path, name: str, *extra: str):
-    return load_recipe("recipes/cyclic_tiny_gpm.yaml", [f"output_dir={tmp_path / name}", *SMALL, "model.freeze_backbone=true", *extra])
+    return load_recipe(
+        "recipes/cyclic_tiny_gpm.yaml", [f"output_dir={tmp_path / name}", *SMALL, "model.freeze_backbone=true", *extra]
+    )
 
 
 def head_weights(folder) -> dict[str, torch.Tensor]:
     return {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if k.endswith("_head.weight")}
 
 
-@pytest.mark.parametrize("head", [["model.kind=gpm", "model.dim=4", "model.gate=true"], ["model.kind=bt"]], ids=["gpm-gate", "bt"])
+@pytest.mark.parametrize(
+    "head", [["model.kind=gpm", "model.dim=4", "model.gate=true"], ["model.kind=bt"]], ids=["gpm-gate", "bt"]
+)
 def test_head_trained_on_cached_features_equals_the_full_model_with_a_frozen_backbone(tmp_path, feature_cache, head):
     # Through the CLI: model.freeze_backbone dispatches to the feature path.
-    cli = CliRunner().invoke(app, ["train-rm", "recipes/cyclic_tiny_gpm.yaml", f"output_dir={tmp_path / 'cached'}", *SMALL,
-                                   "model.freeze_backbone=true", *head])  # fmt: skip
+    cli = CliRunner().invoke(
+        app,
+        [
+            "train-rm",
+            "recipes/cyclic_tiny_gpm.yaml",
+            f"output_dir={tmp_path / 'cached'}",
+            *SMALL,
+            "model.freeze_backbone=true",
+            *head,
+        ],
+    )
     assert cli.exit_code == 0, cli.output
     assert len(list(feature_cache.glob("*.safetensors"))) == 1
-    full = train_reward_model(frozen_recipe(tmp_path, "full", *head), cached_features=False)  # every step runs the frozen backbone
+    full = train_reward_model(
+        frozen_recipe(tmp_path, "full", *head), cached_features=False
+    )  # every step runs the frozen backbone
 
     cached_heads, full_heads = head_weights(tmp_path / "cached"), head_weights(tmp_path / "full")
     assert cached_heads.keys() == full_heads.keys() and cached_heads
@@ -65,10 +91,16 @@ def test_head_trained_on_cached_features_equals_the_full_model_with_a_frozen_bac
     assert metrics["model_eval"]["loss"] == pytest.approx(full.final_metrics["loss"], abs=1e-5)
 
     def curve(folder):
-        return [(e["step"], e["loss"]) for e in map(json.loads, (folder / "log.jsonl").read_text().splitlines()) if e["event"] == "train"]
+        return [
+            (e["step"], e["loss"])
+            for e in map(json.loads, (folder / "log.jsonl").read_text().splitlines())
+            if e["event"] == "train"
+        ]
 
     assert [s for s, _ in curve(tmp_path / "cached")] == [s for s, _ in curve(tmp_path / "full")]
-    assert [loss for _, loss in curve(tmp_path / "cached")] == pytest.approx([loss for _, loss in curve(tmp_path / "full")], abs=1e-5)
+    assert [loss for _, loss in curve(tmp_path / "cached")] == pytest.approx(
+        [loss for _, loss in curve(tmp_path / "full")], abs=1e-5
+    )
     del cached_model, full_model
 
 
@@ -94,7 +126,9 @@ def test_feature_head_gives_the_model_outputs(tmp_path):
 
     model = build_model(frozen_recipe(tmp_path, "x", "model.gate=true").model, load_tokenizer("tiny"), 0).eval()
     g = torch.Generator().manual_seed(0)
-    seqs = [EncodedSequence(torch.randint(3, 90, (n,), generator=g).numpy().astype("int32"), prompt_end=n // 2) for n in (5, 12, 9)]
+    seqs = [
+        EncodedSequence(torch.randint(3, 90, (n,), generator=g).numpy().astype("int32"), prompt_end=n // 2) for n in (5, 12, 9)
+    ]
     features = extract_features(model, seqs, pad_id=0)
     from_features = model(hidden=Hidden(features.read, features.prompt))
     batch = pad_sequences(seqs, pad_id=0)
@@ -105,13 +139,17 @@ def test_feature_head_gives_the_model_outputs(tmp_path):
 
 
 def test_only_the_last_layers_the_final_norm_and_the_head_get_gradients():
-    config = ModelConfig(kind="gpm", dim=4, gate=True, train_last_layers=1,
-                         tiny=TinyBackbone(hidden_size=32, intermediate_size=64, num_layers=3))  # fmt: skip
+    config = ModelConfig(
+        kind="gpm", dim=4, gate=True, train_last_layers=1, tiny=TinyBackbone(hidden_size=32, intermediate_size=64, num_layers=3)
+    )
     model = build_model(config, load_tokenizer("tiny"), 0)
     ids = torch.randint(3, 90, (4, 10))
     out = model(ids, torch.ones_like(ids), torch.full((4,), 3))
     g = torch.Generator().manual_seed(0)  # random weights: the gate's plain sum is constant (softmax)
-    ((out.value * torch.randn(out.value.shape, generator=g)).sum() + (out.gate * torch.randn(out.gate.shape, generator=g)).sum()).backward()
+    (
+        (out.value * torch.randn(out.value.shape, generator=g)).sum()
+        + (out.gate * torch.randn(out.gate.shape, generator=g)).sum()
+    ).backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert with_grad == trainable

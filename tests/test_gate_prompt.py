@@ -71,7 +71,9 @@ def reference_sequence(tok, prompt, response, max_length: int, side: str) -> tup
         response_len = len(ids) - len(prompt_ids[:max_length])
         ids = ids[:-1] + [tok.eos_token_id]
         return ids, len(ids) - response_len - 1
-    context_text = tok.apply_chat_template(prompt, tokenize=False) if tok.chat_template else " ".join(m["content"] for m in prompt)
+    context_text = (
+        tok.apply_chat_template(prompt, tokenize=False) if tok.chat_template else " ".join(m["content"] for m in prompt)
+    )
     context_len = len(tok(context_text)["input_ids"])
     cut = min(len(full) - max_length, context_len - 1)
     ids = full[cut : cut + max_length]
@@ -90,13 +92,14 @@ def reference_outputs(model: PreferenceModel, ids: list[int], prompt_end: int) -
 
 
 def reference_score(a: torch.Tensor, b: torch.Tensor, gate: torch.Tensor) -> float:
-    return float(sum(gate[l] * (a[2 * l] * b[2 * l + 1] - a[2 * l + 1] * b[2 * l]) for l in range(len(gate))))
+    return float(sum(gate[blk] * (a[2 * blk] * b[2 * blk + 1] - a[2 * blk + 1] * b[2 * blk]) for blk in range(len(gate))))
 
 
 def system_score(model, encoder, prompt, chosen: str, rejected: str) -> float:
     """s(chosen > rejected) as training and evaluation compute it: one padded batch, `pair_loss`."""
-    record = PreferenceRecord(prompt=prompt, chosen=[{"role": "assistant", "content": chosen}],
-                              rejected=[{"role": "assistant", "content": rejected}])  # fmt: skip
+    record = PreferenceRecord(
+        prompt=prompt, chosen=[{"role": "assistant", "content": chosen}], rejected=[{"role": "assistant", "content": rejected}]
+    )
     batch = collate_pairs([encoder.encode_pair(record)], model.backbone.config.pad_token_id)
     with torch.no_grad():
         return float(pair_loss(model, batch, model.head.tau, use_margin=False)[1][0])
@@ -104,9 +107,12 @@ def system_score(model, encoder, prompt, chosen: str, rejected: str) -> float:
 
 PROMPTS = {
     "one turn": [{"role": "user", "content": PROMPT}],
-    "multi turn": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": "A pear."},
-                   {"role": "user", "content": FOLLOW_UP}],
-}  # fmt: skip
+    "multi turn": [
+        {"role": "user", "content": PROMPT},
+        {"role": "assistant", "content": "A pear."},
+        {"role": "user", "content": FOLLOW_UP},
+    ],
+}
 
 
 @pytest.mark.parametrize("template", [True, False], ids=["template", "no-template"])
@@ -167,7 +173,9 @@ def test_pairs_with_differently_cut_prompts_are_still_antisymmetric():
 def test_a_gate_on_a_bidirectional_encoder_is_refused():
     from transformers import BertConfig, BertModel
 
-    encoder = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    encoder = BertModel(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    )
     with pytest.raises(ModelError, match="causal decoder"):
         PreferenceModel(encoder, HeadConfig(kind="gpm", dim=4, gate=True))
     PreferenceModel(encoder, HeadConfig(kind="gpm", dim=4, gate=False))  # without a gate an encoder is fine

@@ -57,8 +57,12 @@ def test_loss_matches_float64_reference(loss, length_norm):
     length = rng.integers(1, 40, size=(N, K)).astype(np.float64)
 
     target = L.regression_target(L.opponent_score(torch.tensor(S, dtype=torch.float32), loss), beta)
-    ratio = L.log_ratio(torch.tensor(logp, dtype=torch.float32), torch.tensor(ref, dtype=torch.float32),
-                        torch.tensor(length, dtype=torch.float32) if length_norm else None, gamma)  # fmt: skip
+    ratio = L.log_ratio(
+        torch.tensor(logp, dtype=torch.float32),
+        torch.tensor(ref, dtype=torch.float32),
+        torch.tensor(length, dtype=torch.float32) if length_norm else None,
+        gamma,
+    )
     got = float(L.squared_loss(ratio.flatten(), target.flatten()))
 
     want_target = _reference_targets(S, loss, beta)
@@ -117,7 +121,13 @@ def test_shipped_gpo_recipes_load_and_switch_loss_with_one_key():
     assert load_gpo_recipe(TINY_RECIPE).objective.loss == "gpo"
     assert load_gpo_recipe(TINY_RECIPE, ["objective.loss=sppo"]).objective.loss == "sppo"
     paper = load_gpo_recipe(ROOT / "recipes" / "gpo_llama3_8b.yaml")
-    assert (paper.generation.k, paper.objective.iterations, paper.objective.beta, paper.train.lr, paper.train.optimizer) == (5, 3, 0.001, 5e-7, "rmsprop")
+    assert (paper.generation.k, paper.objective.iterations, paper.objective.beta, paper.train.lr, paper.train.optimizer) == (
+        5,
+        3,
+        0.001,
+        5e-7,
+        "rmsprop",
+    )
     assert (paper.generation.temperature, paper.generation.top_p, paper.generation.max_new_tokens) == (0.7, 0.9, 2048)
     with pytest.raises(ConfigError, match="objective.los"):
         load_gpo_recipe(TINY_RECIPE, ["objective.los=sppo"])
@@ -129,18 +139,32 @@ def test_a_gpo_overlay_takes_its_base_and_the_shared_optimisation_keys(tmp_path)
     """One loader for every recipe kind: `base:` works for GPO recipes as for train-rm ones, an overlay is
     known as a GPO recipe through its base, and the `train:` section has the optimisation keys of train-rm's."""
     overlay = tmp_path / "my_gpo.yaml"
-    overlay.write_text("base: gpo_tiny\noutput_dir: runs/mine\ntrain:\n  lr: 1.0e-4\n  adam_betas: [0.8, 0.9]\n  optimizer: adamw\n")
+    overlay.write_text(
+        "base: gpo_tiny\noutput_dir: runs/mine\ntrain:\n  lr: 1.0e-4\n  adam_betas: [0.8, 0.9]\n  optimizer: adamw\n"
+    )
     assert is_gpo_recipe(overlay)
     recipe = load_gpo_recipe(overlay, ["objective.loss=sppo"])
     base = load_gpo_recipe(TINY_RECIPE)
-    assert (recipe.output_dir, recipe.train.lr, recipe.train.adam_betas, recipe.train.optimizer) == ("runs/mine", 1e-4, (0.8, 0.9), "adamw")
-    assert (recipe.objective.loss, recipe.judge, recipe.policy, recipe.train.epochs) == ("sppo", base.judge, base.policy, base.train.epochs)
+    assert (recipe.output_dir, recipe.train.lr, recipe.train.adam_betas, recipe.train.optimizer) == (
+        "runs/mine",
+        1e-4,
+        (0.8, 0.9),
+        "adamw",
+    )
+    assert (recipe.objective.loss, recipe.judge, recipe.policy, recipe.train.epochs) == (
+        "sppo",
+        base.judge,
+        base.policy,
+        base.train.epochs,
+    )
     deeper = tmp_path / "deeper.yaml"
     deeper.write_text("base: my_gpo.yaml\ngeneration:\n  k: 3\n")
     assert load_gpo_recipe(deeper).generation.k == 3 and load_gpo_recipe(deeper).train.lr == 1e-4
     with pytest.raises(ConfigError, match=r"my_gpo.yaml: unknown key train.learning_rat"):
         load_gpo_recipe(overlay, ["train.learning_rat=1"])
-    result = subprocess.run([sys.executable, "-m", "gpmctl", "train-gpo", str(deeper), "--print-recipe"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "gpmctl", "train-gpo", str(deeper), "--print-recipe"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert "kind: gpo" in result.stdout and "k: 3" in result.stdout and "base" not in result.stdout
 
@@ -159,17 +183,31 @@ def judge_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("judge")
     tok = load_tokenizer("tiny")
-    cfg = ModelConfig(kind="gpm", dim=8, tau=0.1, tiny=TinyBackbone(hidden_size=32, num_layers=1, intermediate_size=64, initializer_range=0.3))
+    cfg = ModelConfig(
+        kind="gpm", dim=8, tau=0.1, tiny=TinyBackbone(hidden_size=32, num_layers=1, intermediate_size=64, initializer_range=0.3)
+    )
     save_model(build_model(cfg, tok, seed=0), out, tok)
     return out
 
 
 def _small(out: Path, judge: Path, *extra: str) -> list[str]:
     return [
-        f"output_dir={out}", f"judge.model={judge}", "judge.train_recipe=null", "data.max_prompts=8", "data.max_eval_prompts=4",
-        "policy.tiny.hidden_size=32", "policy.tiny.num_layers=1", "policy.tiny.intermediate_size=64",
-        "policy.warmup.steps=20", "objective.iterations=1", "objective.train_on=pairs", "eval.samples=2", "train.epochs=1", "train.batch_size=8", *extra,
-    ]  # fmt: skip
+        f"output_dir={out}",
+        f"judge.model={judge}",
+        "judge.train_recipe=null",
+        "data.max_prompts=8",
+        "data.max_eval_prompts=4",
+        "policy.tiny.hidden_size=32",
+        "policy.tiny.num_layers=1",
+        "policy.tiny.intermediate_size=64",
+        "policy.warmup.steps=20",
+        "objective.iterations=1",
+        "objective.train_on=pairs",
+        "eval.samples=2",
+        "train.epochs=1",
+        "train.batch_size=8",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +252,12 @@ def test_sppo_retrains_an_iteration_from_saved_generations_by_switching_one_key(
     out = tmp_path / "sppo"
     shutil.copytree(one_iteration / "iter-0", out / "iter-0")
     (out / "iter-1").mkdir()
-    for name in ("generations.jsonl", "scores.jsonl", "generations.settings.json", "scores.settings.json"):  # with how they were made
+    for name in (
+        "generations.jsonl",
+        "scores.jsonl",
+        "generations.settings.json",
+        "scores.settings.json",
+    ):  # with how they were made
         shutil.copy(one_iteration / "iter-1" / name, out / "iter-1" / name)
     result = train_gpo(load_gpo_recipe(TINY_RECIPE, _small(out, judge_dir, "objective.loss=sppo")), resume="auto")
     assert result.iterations[0]["loss"] == "sppo"
@@ -236,7 +279,9 @@ def test_resume_skips_finished_iterations_and_runs_the_next(one_iteration, judge
     with pytest.raises(ConfigError, match="--resume auto"):
         train_gpo(load_gpo_recipe(TINY_RECIPE, _small(out, judge_dir)))
     first = (out / "iter-1" / "policy" / "model.safetensors").stat().st_mtime_ns
-    result = train_gpo(load_gpo_recipe(TINY_RECIPE, _small(out, judge_dir, "objective.iterations=2", "objective.train_on=all")), resume="auto")
+    result = train_gpo(
+        load_gpo_recipe(TINY_RECIPE, _small(out, judge_dir, "objective.iterations=2", "objective.train_on=all")), resume="auto"
+    )
     assert [m["iteration"] for m in result.iterations] == [1, 2]
     assert (out / "iter-1" / "policy" / "model.safetensors").stat().st_mtime_ns == first
     assert result.iterations[0] == json.loads((one_iteration / "iter-1" / "metrics.json").read_text())
@@ -247,7 +292,12 @@ def test_resume_skips_finished_iterations_and_runs_the_next(one_iteration, judge
 
 def test_cli_prints_the_resolved_gpo_recipe_and_rejects_bad_keys():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GPMCTL_DEBUG": ""}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "gpmctl", "train-gpo", *a], capture_output=True, text=True, cwd=ROOT, env=env)  # noqa: E731
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "gpmctl", "train-gpo", *args], capture_output=True, text=True, cwd=ROOT, env=env
+        )
+
     ok = run("gpo_tiny", "objective.loss=sppo", "--print-recipe")
     assert ok.returncode == 0, ok.stderr
     assert "loss: sppo" in ok.stdout and "kind: gpo" in ok.stdout
@@ -329,10 +379,18 @@ def test_two_processes_sample_judge_and_train_like_one(one_process, judge_dir, t
     from safetensors.torch import load_file
 
     out = tmp_path / profile
-    args = _small(out, judge_dir, "generation.batch_size=4", "train.batch_size=4", f"launch.profile={profile}", "launch.num_processes=2")
+    args = _small(
+        out, judge_dir, "generation.batch_size=4", "train.batch_size=4", f"launch.profile={profile}", "launch.num_processes=2"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    done = subprocess.run([sys.executable, "-m", "gpmctl", "train-gpo", str(TINY_RECIPE), *args], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "gpmctl", "train-gpo", str(TINY_RECIPE), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["iterations"][0]["processes"] == 2 and summary["iterations"][0]["steps"] == 2
@@ -343,8 +401,13 @@ def test_two_processes_sample_judge_and_train_like_one(one_process, judge_dir, t
             ref = [{k: v for k, v in r.items() if not k.endswith(("_score", "_target", "scores", "targets"))} for r in ref]
         assert mine == ref, name
     raw = torch.tensor([r["raw"] for r in _rows(out / "iter-1" / "scores.jsonl")])
-    assert torch.allclose(raw, torch.tensor([r["raw"] for r in _rows(one_process / "iter-1" / "scores.jsonl")]), rtol=0, atol=1e-9)
-    a, b = load_file(out / "iter-1" / "policy" / "model.safetensors"), load_file(one_process / "iter-1" / "policy" / "model.safetensors")
+    assert torch.allclose(
+        raw, torch.tensor([r["raw"] for r in _rows(one_process / "iter-1" / "scores.jsonl")]), rtol=0, atol=1e-9
+    )
+    a, b = (
+        load_file(out / "iter-1" / "policy" / "model.safetensors"),
+        load_file(one_process / "iter-1" / "policy" / "model.safetensors"),
+    )
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst <= 1e-5, f"max |difference| {worst:.3g}"

@@ -29,22 +29,40 @@ from gpmctl.errors import ConfigError, GpmctlError
 from gpmctl.train.reward import Preempted, train_reward_model
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = ["data.train=cyclic:train?num_prompts=24", "data.eval=cyclic:test?num_prompts=24", "model.tiny.hidden_size=32",
-         "model.tiny.intermediate_size=64", "model.tiny.num_layers=1", "train.epochs=2", "train.logging_steps=2",
-         "train.keep_best=true", "train.eval_steps=40"]  # fmt: skip
+SMALL = [
+    "data.train=cyclic:train?num_prompts=24",
+    "data.eval=cyclic:test?num_prompts=24",
+    "model.tiny.hidden_size=32",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.num_layers=1",
+    "train.epochs=2",
+    "train.logging_steps=2",
+    "train.keep_best=true",
+    "train.eval_steps=40",
+]
 TOLERANCE = 1e-5
 
 
 def gpmctl(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    return subprocess.run([sys.executable, "-m", "gpmctl", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "gpmctl", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def two_process_run(out: Path, profile: str, *extra: str) -> Path:
     if profile.startswith("zero"):
         pytest.importorskip("deepspeed", reason="the ZeRO profiles need the deepspeed extra")
-    done = gpmctl("train-rm", "recipes/cyclic_tiny_gpm.yaml", f"output_dir={out}", *SMALL, "train.batch_size=4",
-                  f"launch.profile={profile}", "launch.num_processes=2", *extra)  # fmt: skip
+    done = gpmctl(
+        "train-rm",
+        "recipes/cyclic_tiny_gpm.yaml",
+        f"output_dir={out}",
+        *SMALL,
+        "train.batch_size=4",
+        f"launch.profile={profile}",
+        "launch.num_processes=2",
+        *extra,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -105,7 +123,12 @@ def test_every_shipped_recipe_loads_and_overlays_merge_onto_their_base():
         if not name.startswith("gpo_"):  # GPO recipes have their own schema
             load_recipe(path)
     overlay = load_recipe(shipped_recipes()["ablation_gpm_2b_no_gate_l2"])
-    assert (overlay.model.gate, overlay.model.l2, overlay.model.dim, overlay.model.backbone) == (False, True, 8, "google/gemma-2b-it")
+    assert (overlay.model.gate, overlay.model.l2, overlay.model.dim, overlay.model.backbone) == (
+        False,
+        True,
+        8,
+        "google/gemma-2b-it",
+    )
     assert overlay.output_dir == "runs/gpm_2b_no_gate_l2" and overlay.launch.profile == "zero3"
     bt = load_recipe(shipped_recipes()["bt_8b"])
     assert bt.model.kind == "bt" and bt.model.resolved_tau() == 1.0 and bt.train.lr == 2e-6
@@ -133,16 +156,30 @@ ARGV = ["train-rm", "r.yaml"]
         (LaunchConfig(profile="ddp", num_processes=2), {}, "relaunch"),
         (LaunchConfig(profile="zero3", num_processes=1), {}, "relaunch"),  # DeepSpeed needs a launcher even for 1
         (LaunchConfig(profile="ddp", num_processes=2), {"ACCELERATE_USE_CPU": "1"}, "relaunch"),  # not a launcher
-        (LaunchConfig(profile="zero3", num_processes=16, num_machines=2),
-         {"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NUM_NODES": "2", "SLURM_NODEID": "1", "MASTER_ADDR": "n1"},
-         "relaunch"),
-        (LaunchConfig(profile="zero3", num_processes=16, num_machines=2),
-         {"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "16", "SLURM_STEP_NUM_NODES": "2", "MASTER_ADDR": "n1"}, "one gpmctl per node"),
-        (LaunchConfig(profile="zero3", num_processes=8, num_machines=1),
-         {"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NUM_NODES": "2", "MASTER_ADDR": "n1"}, "launch.num_machines=2"),
+        (
+            LaunchConfig(profile="zero3", num_processes=16, num_machines=2),
+            {
+                "SLURM_JOB_ID": "7",
+                "SLURM_STEP_NUM_TASKS": "2",
+                "SLURM_STEP_NUM_NODES": "2",
+                "SLURM_NODEID": "1",
+                "MASTER_ADDR": "n1",
+            },
+            "relaunch",
+        ),
+        (
+            LaunchConfig(profile="zero3", num_processes=16, num_machines=2),
+            {"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "16", "SLURM_STEP_NUM_NODES": "2", "MASTER_ADDR": "n1"},
+            "one gpmctl per node",
+        ),
+        (
+            LaunchConfig(profile="zero3", num_processes=8, num_machines=1),
+            {"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NUM_NODES": "2", "MASTER_ADDR": "n1"},
+            "launch.num_machines=2",
+        ),
         (LaunchConfig(profile="zero3", num_processes=16, num_machines=2), {}, "its own launcher"),
     ],
-)  # fmt: skip
+)
 def test_launch_rules(launch, env, expect):
     if expect not in ("in place", "relaunch"):
         with pytest.raises(ConfigError, match=expect):
@@ -176,7 +213,7 @@ LAYOUT = {"world_size": 2, "engine": "torch", "zero_stage": None, "batch_size": 
         ({"world_size": 4}, "global batch of 8 pairs"),
         ({"engine": "deepspeed", "zero_stage": 3}, "DeepSpeed ZeRO-3"),
     ],
-)  # fmt: skip
+)
 def test_resume_layout_checks(now, problem):
     current = {**LAYOUT, **now}
     if problem is None:
@@ -225,7 +262,9 @@ def test_zero3_gathers_the_full_model_which_loads_and_scores_as_in_training(zero
     assert (zero3 / "best" / "model.safetensors").is_file()  # keep-best saved from the shards too
     recipe = load_recipe(zero3 / "recipe.yaml")
     model, tokenizer = load_model(zero3, dtype="float32"), load_tokenizer(str(zero3))
-    encoder = SequenceEncoder(tokenizer, recipe.data.max_length, recipe.model.eos, recipe.model.gate_prompt, recipe.data.truncation)
+    encoder = SequenceEncoder(
+        tokenizer, recipe.data.max_length, recipe.model.eos, recipe.model.gate_prompt, recipe.data.truncation
+    )
     _, held = load_pairs(recipe, encoder)
     with torch.no_grad():
         _, scores = pair_loss(model.eval(), collate_pairs(held, tokenizer.pad_token_id), recipe.model.resolved_tau(), False)
@@ -237,8 +276,15 @@ def test_zero3_gathers_the_full_model_which_loads_and_scores_as_in_training(zero
 @pytest.mark.slow  # two 2-process launches, ~50 s
 def test_sigterm_mid_run_checkpoints_exits_75_and_resume_auto_ends_with_the_same_weights(tmp_path, zero3):
     out = tmp_path / "cut"
-    args = ["train-rm", "recipes/cyclic_tiny_gpm.yaml", f"output_dir={out}", *SMALL, "train.batch_size=4",
-            "launch.profile=zero3", "launch.num_processes=2"]  # fmt: skip
+    args = [
+        "train-rm",
+        "recipes/cyclic_tiny_gpm.yaml",
+        f"output_dir={out}",
+        *SMALL,
+        "train.batch_size=4",
+        "launch.profile=zero3",
+        "launch.num_processes=2",
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     proc = subprocess.Popen([sys.executable, "-m", "gpmctl", *args], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180

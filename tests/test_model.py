@@ -25,7 +25,9 @@ class _Vocab:  # the few tokenizer attributes tiny_backbone reads
 
 
 def make_model(kind="gpm", dim=4, gate=True, l2=True, seed=0) -> PreferenceModel:
-    backbone = tiny_backbone(_Vocab(), TinyBackbone(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64), seed)
+    backbone = tiny_backbone(
+        _Vocab(), TinyBackbone(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64), seed
+    )
     torch.manual_seed(seed)
     head = HeadConfig(kind=kind, dim=1 if kind == "bt" else dim, gate=gate and kind == "gpm", l2=l2)
     return PreferenceModel(backbone, head).eval()
@@ -84,8 +86,11 @@ def test_head_reads_the_last_real_token_hidden_state():
     seqs = random_sequences(3)
     batch = pad_sequences(seqs, 0, "left")
     with torch.no_grad():
-        hidden = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                position_ids=(batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)).last_hidden_state  # fmt: skip
+        hidden = model.backbone(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=(batch["attention_mask"].cumsum(-1) - 1).clamp(min=0),
+        ).last_hidden_state
         out = model(batch["input_ids"], batch["attention_mask"])
     torch.testing.assert_close(out.value, model.value_head(hidden[:, -1]), rtol=1e-6, atol=1e-6)
 

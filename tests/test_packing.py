@@ -102,34 +102,63 @@ def test_no_attention_crosses_sequences_in_a_packed_row():
 def test_encoders_are_not_packed(tmp_path):
     from transformers import AutoModel, BertConfig
 
-    bert = AutoModel.from_config(BertConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                            num_attention_heads=2), attn_implementation="sdpa")  # fmt: skip
+    bert = AutoModel.from_config(
+        BertConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+        attn_implementation="sdpa",
+    )
     assert not PreferenceModel(bert, HeadConfig(pool="first")).enable_packing()
 
 
 # Tiny random backbones shaped like the families packing meets: sliding windows on every layer, from a layer
 # on, alternating with full layers, or known only to the mask builder (Qwen2-MoE passes no window to its
 # attention); Gemma's query_pre_attn_scalar scaling; GQA everywhere. Windows of 4 on sequences up to 31 long.
-SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=8, initializer_range=0.2, attn_implementation="sdpa")  # fmt: skip
+SMALL = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    initializer_range=0.2,
+    attn_implementation="sdpa",
+)
 ALTERNATING = ["sliding_attention", "full_attention"]
 FAMILIES = {
     "llama": ("LlamaConfig", dict(attention_dropout=0.5)),  # dropout is off in eval, packed or not
     "mistral_window_4": ("MistralConfig", dict(sliding_window=4)),
     "qwen2": ("Qwen2Config", dict(sliding_window=4)),  # use_sliding_window is off: full attention
     "qwen2_window_4_from_layer_1": ("Qwen2Config", dict(use_sliding_window=True, sliding_window=4, max_window_layers=1)),
-    "qwen2_moe_window_4": ("Qwen2MoeConfig", dict(use_sliding_window=True, sliding_window=4, max_window_layers=1,
-                                                  num_experts=2, num_experts_per_tok=1, moe_intermediate_size=16,
-                                                  shared_expert_intermediate_size=16,
-                                                  experts_implementation="eager")),  # grouped_mm has no float64
+    "qwen2_moe_window_4": (
+        "Qwen2MoeConfig",
+        dict(
+            use_sliding_window=True,
+            sliding_window=4,
+            max_window_layers=1,
+            num_experts=2,
+            num_experts_per_tok=1,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=16,
+            experts_implementation="eager",
+        ),
+    ),  # grouped_mm has no float64
     # Gemma-3 configs carry attn_logit_softcapping, but transformers' Gemma-3 attention never applies it (eager too)
-    "gemma3_alternating_window_4": ("Gemma3TextConfig", dict(sliding_window=4, layer_types=ALTERNATING,
-                                                             query_pre_attn_scalar=16, attn_logit_softcapping=50.0)),
+    "gemma3_alternating_window_4": (
+        "Gemma3TextConfig",
+        dict(sliding_window=4, layer_types=ALTERNATING, query_pre_attn_scalar=16, attn_logit_softcapping=50.0),
+    ),
     # soft-capping has no sdpa form: transformers runs Gemma-2 eager only, and packing is refused
-    "gemma2_softcapping_window_4": ("Gemma2Config", dict(sliding_window=4, layer_types=ALTERNATING,
-                                                         query_pre_attn_scalar=16, attn_logit_softcapping=50.0,
-                                                         attn_implementation="eager")),
-}  # fmt: skip
+    "gemma2_softcapping_window_4": (
+        "Gemma2Config",
+        dict(
+            sliding_window=4,
+            layer_types=ALTERNATING,
+            query_pre_attn_scalar=16,
+            attn_logit_softcapping=50.0,
+            attn_implementation="eager",
+        ),
+    ),
+}
 SEQUENCE_LENGTHS = [7, 31, 19, 5, 12, 9]
 
 
@@ -176,8 +205,11 @@ def test_packed_sequences_keep_each_layers_sliding_window_scaling_and_eval_dropo
     assert model.enable_packing()
     bounds = [0, *np.cumsum(SEQUENCE_LENGTHS).tolist()]
     with torch.no_grad():
-        packed = model(torch.cat(seqs)[None], prompt_end=torch.tensor(bounds[:-1]) + torch.tensor(prompt_ends),
-                       cu_seqlens=torch.tensor(bounds, dtype=torch.int32))  # fmt: skip
+        packed = model(
+            torch.cat(seqs)[None],
+            prompt_end=torch.tensor(bounds[:-1]) + torch.tensor(prompt_ends),
+            cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
+        )
     torch.testing.assert_close(packed.value, ref_value, atol=ATOL, rtol=0)
     torch.testing.assert_close(packed.gate, ref_gate, atol=ATOL, rtol=0)
 

@@ -15,8 +15,17 @@ from gpmctl.train.reward import train_reward_model  # noqa: E402
 
 
 def test_plot_writes_the_three_pictures(tmp_path):
-    recipe = load_recipe("recipes/cyclic_tiny_gpm.yaml", [f"output_dir={tmp_path / 'run'}", "data.train=cyclic:train?num_prompts=20",
-                         "data.eval=cyclic:test?num_prompts=20", "train.max_steps=6", "train.logging_steps=2", "train.eval_steps=3"])  # fmt: skip
+    recipe = load_recipe(
+        "recipes/cyclic_tiny_gpm.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "data.train=cyclic:train?num_prompts=20",
+            "data.eval=cyclic:test?num_prompts=20",
+            "train.max_steps=6",
+            "train.logging_steps=2",
+            "train.eval_steps=3",
+        ],
+    )
     run = train_reward_model(recipe).output_dir
     examples = tmp_path / "examples.jsonl"
     examples.write_text("".join(json.dumps({"p": p / 10}) + "\n" for p in range(11)))

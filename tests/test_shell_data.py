@@ -33,8 +33,12 @@ FILES = {
     "empty_list.json": b"[]",
     "empty_chosen.jsonl": lines(GOOD, {**GOOD, "chosen": ""}),
     "space_rejected.jsonl": lines({**GOOD, "rejected": " \n\t"}),
-    "empty_answer_message.jsonl": lines({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}],
-                                         "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}),
+    "empty_answer_message.jsonl": lines(
+        {
+            "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}],
+            "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}],
+        }
+    ),
     "empty_hh_answer.jsonl": lines({"chosen": HH, "rejected": HH + " b"}),
     "latin1.jsonl": lines(GOOD, b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}'),
     "afile": b"not a folder",
@@ -141,7 +145,7 @@ BAD_ARGUMENTS = [
     (["data", "split", "{d}/good.jsonl", "{d}/afile"], ["{d}/afile is a file, not a folder"]),
     (["data", "mix", "{d}/afile/m.jsonl", "{d}/good.jsonl"], ["{d}/afile is a file, not a folder"]),
     (["data", "cyclic", "{d}/afile/c", "--num-prompts", "3"], ["{d}/afile is a file, not a folder"]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("args,needles", BAD_ARGUMENTS, ids=[" ".join(a).replace("{d}/", "") for a, _ in BAD_ARGUMENTS])
@@ -163,11 +167,14 @@ def test_missing_output_folders_are_created_and_files_get_the_umask_mode(d):
     assert [oct(p.stat().st_mode & 0o777) for p in written] == ["0o640"] * 3  # not mkstemp's 0o600
 
 
-@pytest.mark.parametrize("module,args", [
-    ("gpmctl.data.files", ["data", "convert", "{d}/good.jsonl", "{d}/out.jsonl"]),
-    ("gpmctl.data.files", ["data", "split", "{d}/good.jsonl", "{d}/split"]),
-    ("gpmctl.utils", ["data", "cyclic", "{d}/split", "--num-prompts", "3"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "module,args",
+    [
+        ("gpmctl.data.files", ["data", "convert", "{d}/good.jsonl", "{d}/out.jsonl"]),
+        ("gpmctl.data.files", ["data", "split", "{d}/good.jsonl", "{d}/split"]),
+        ("gpmctl.utils", ["data", "cyclic", "{d}/split", "--num-prompts", "3"]),
+    ],
+)
 def test_a_full_disk_is_one_line_and_keeps_the_old_output(d, monkeypatch, module, args):
     import importlib
 
@@ -206,7 +213,13 @@ def test_sigterm_while_writing_leaves_no_temporary_file(d):
         "main()\n"
     )
     before = snapshot(d)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 143 and result.stderr.strip() == "gpmctl: terminated (SIGTERM)", result
     assert snapshot(d) == before

@@ -44,7 +44,12 @@ RM_ROW = {"domain": "chat", "scores": [[1, 1, 1], [1, 1, 1], [1, 1, 1]]}
 
 SCORES_CASES = {
     # name: (evaluator, file name, content, needles after the file name)
-    "pairs-nan-score": ("pairs", "s.jsonl", _lines({"score": 1, "p": 0.7}, '{"score": NaN, "p": 0.5}'), [":2:", "score", "finite"]),
+    "pairs-nan-score": (
+        "pairs",
+        "s.jsonl",
+        _lines({"score": 1, "p": 0.7}, '{"score": NaN, "p": 0.5}'),
+        [":2:", "score", "finite"],
+    ),
     "pairs-infinite-p": ("pairs", "s.jsonl", _lines('{"score": 1, "p": Infinity}'), [":1:", "p:", "finite"]),
     "pairs-p-above-1": ("pairs", "s.jsonl", _lines({"score": 1, "p": 1.5}), [":1:", "p:", "[0, 1]"]),
     "pairs-p-negative": ("pairs", "s.jsonl", _lines({"score": -1, "p": -0.2}), [":1:", "p:", "[0, 1]"]),
@@ -55,19 +60,32 @@ SCORES_CASES = {
     "pairs-p-against-score": ("pairs", "s.jsonl", _lines({"score": -1.0, "p": 0.9}), [":1:", "p:", "other side"]),
     "pairs-empty-file": ("pairs", "s.jsonl", b"", ["no per-example rows"]),
     "pairs-blank-lines-only": ("pairs", "s.jsonl", b"\n\n", ["no per-example rows"]),
-    "pairs-not-utf8": ("pairs", "s.jsonl", _lines({"score": 1, "p": 0.9}, b'{"score": 1, "p": 0.9, "subset": "\xe9"}'), [":2:", "UTF-8"]),
+    "pairs-not-utf8": (
+        "pairs",
+        "s.jsonl",
+        _lines({"score": 1, "p": 0.9}, b'{"score": 1, "p": 0.9, "subset": "\xe9"}'),
+        [":2:", "UTF-8"],
+    ),
     "pairs-not-an-object": ("pairs", "s.jsonl", _lines("[1, 2]"), [":1:", "JSON object"]),
     "pairs-bad-json": ("pairs", "s.jsonl", _lines({"score": 1, "p": 0.9}, '{"score": 1,'), [":2:", "invalid JSON"]),
     "pairs-no-such-file": ("pairs", None, None, ["no such file"]),
     "cyclic-nan-score": ("cyclic", "s.jsonl", _lines('{"score": NaN, "p": 0.5, "cycle": 0}'), [":1:", "score"]),
     "rb-no-subset": ("rewardbench", "s.jsonl", _lines({"score": 1.0}), [":1:", "subset:", "missing"]),
     "rb-subset-number": ("rewardbench", "s.jsonl", _lines({"subset": 3, "score": 1.0}), [":1:", "subset:", "string"]),
-    "rb-unknown-subset": ("rewardbench", "s.jsonl", _lines({"subset": "hep-go", "score": 1}, {"subset": "hep-cobol", "score": 1}),
-                          [":2:", "subset:", "hep-cobol"]),
+    "rb-unknown-subset": (
+        "rewardbench",
+        "s.jsonl",
+        _lines({"subset": "hep-go", "score": 1}, {"subset": "hep-cobol", "score": 1}),
+        [":2:", "subset:", "hep-cobol"],
+    ),
     "rb-score-string": ("rewardbench", "s.jsonl", _lines({"subset": "hep-go", "score": "x"}), [":1:", "score:"]),
     "rb-score-nan": ("rewardbench", "s.jsonl", _lines('{"subset": "hep-go", "score": NaN}'), [":1:", "score:", "finite"]),
-    "rb-two-chosen-scores": ("rewardbench", "s.jsonl", _lines({"subset": "hep-go", "score_chosen": [1, 2], "score_rejected": 0}),
-                             [":1:", "score_chosen:"]),
+    "rb-two-chosen-scores": (
+        "rewardbench",
+        "s.jsonl",
+        _lines({"subset": "hep-go", "score_chosen": [1, 2], "score_rejected": 0}),
+        [":1:", "score_chosen:"],
+    ),
     "rb-correct-2": ("rewardbench", "s.jsonl", _lines({"subset": "hep-go", "correct": 2}), [":1:", "correct:", "[0, 1]"]),
     "rb-no-score": ("rewardbench", "s.jsonl", _lines({"subset": "hep-go"}), [":1:", "score:", "missing"]),
     "rb-results-string": ("rewardbench", "r.json", json.dumps({"hep-go": "x", "model": "m"}).encode(), ["hep-go:", "'x'"]),
@@ -76,24 +94,48 @@ SCORES_CASES = {
     "rb-results-no-subsets": ("rewardbench", "r.json", b'{"model": "m"}', ["per-subset"]),
     "rb-results-bad-json": ("rewardbench", "r.json", b'{"hep-go": ', [":1:", "invalid JSON"]),
     "rb-results-not-utf8": ("rewardbench", "r.json", b'{"model": "\xff"}', ["UTF-8"]),
-    "rb-parallel-lists-nan": ("rewardbench", "r.json", b'{"subset": ["hep-go", "hep-go"], "scores_chosen": [1, NaN], "scores_rejected": [0, 0]}',
-                              [":2:", "scores_chosen:"]),
-    "rb2-no-scores": ("rewardbench2", "s.jsonl", _lines({k: v for k, v in RB2_ROW.items() if k != "scores"}), [":1:", "scores:", "missing"]),
+    "rb-parallel-lists-nan": (
+        "rewardbench",
+        "r.json",
+        b'{"subset": ["hep-go", "hep-go"], "scores_chosen": [1, NaN], "scores_rejected": [0, 0]}',
+        [":2:", "scores_chosen:"],
+    ),
+    "rb2-no-scores": (
+        "rewardbench2",
+        "s.jsonl",
+        _lines({k: v for k, v in RB2_ROW.items() if k != "scores"}),
+        [":1:", "scores:", "missing"],
+    ),
     "rb2-ragged-scores": ("rewardbench2", "s.jsonl", _lines({**RB2_ROW, "scores": [[0, 1], [1]]}), [":1:", "scores:", "K x K"]),
     "rb2-scores-number": ("rewardbench2", "s.jsonl", _lines({**RB2_ROW, "scores": 5}), [":1:", "scores:", "K x K"]),
     "rb2-nan-score": ("rewardbench2", "s.jsonl", _lines(json.dumps(RB2_ROW).replace("-1", "NaN")), [":1:", "scores:"]),
     "rb2-num-correct-0": ("rewardbench2", "s.jsonl", _lines({**RB2_ROW, "num_correct": 0}), [":1:", "num_correct:"]),
     "rb2-num-correct-all": ("rewardbench2", "s.jsonl", _lines({**RB2_ROW, "num_correct": 2}), [":1:", "num_correct:"]),
-    "rb2-num-correct-half": ("rewardbench2", "s.jsonl", _lines({**RB2_ROW, "scores": [[0] * 3] * 3, "num_correct": 1.5}), [":1:", "num_correct:"]),
+    "rb2-num-correct-half": (
+        "rewardbench2",
+        "s.jsonl",
+        _lines({**RB2_ROW, "scores": [[0] * 3] * 3, "num_correct": 1.5}),
+        [":1:", "num_correct:"],
+    ),
     "rb2-rewards-length": ("rewardbench2", "s.jsonl", _lines({**RB2_ROW, "rewards": [1.0]}), [":1:", "rewards:"]),
     "rb2-no-id": ("rewardbench2", "s.jsonl", _lines({k: v for k, v in RB2_ROW.items() if k != "id"}), [":1:", "id:", "missing"]),
     "rb2-no-subset": ("rewardbench2", "s.jsonl", _lines({k: v for k, v in RB2_ROW.items() if k != "subset"}), [":1:", "subset:"]),
     "rm-scores-2x2": ("rmbench", "s.jsonl", _lines({**RM_ROW, "scores": [[1, 1], [1, 1]]}), [":1:", "scores:", "3 x 3"]),
-    "rm-scores-string": ("rmbench", "s.jsonl", _lines({**RM_ROW, "scores": [[1, 1, "x"], [1, 1, 1], [1, 1, 1]]}), [":1:", "scores:"]),
+    "rm-scores-string": (
+        "rmbench",
+        "s.jsonl",
+        _lines({**RM_ROW, "scores": [[1, 1, "x"], [1, 1, 1], [1, 1, 1]]}),
+        [":1:", "scores:"],
+    ),
     "rm-matrix-short": ("rmbench", "s.jsonl", _lines({"domain": "chat", "matrix": [[1, 0]]}), [":1:", "matrix:"]),
-    "rm-matrix-half": ("rmbench", "s.jsonl", _lines({"domain": "chat", "matrix": [[1, 0.5, 1], [1, 1, 1], [1, 1, 1]]}), [":1:", "matrix:", "0 / 1"]),
+    "rm-matrix-half": (
+        "rmbench",
+        "s.jsonl",
+        _lines({"domain": "chat", "matrix": [[1, 0.5, 1], [1, 1, 1], [1, 1, 1]]}),
+        [":1:", "matrix:", "0 / 1"],
+    ),
     "rm-no-domain": ("rmbench", "s.jsonl", _lines({"scores": RM_ROW["scores"]}), [":1:", "domain:"]),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(SCORES_CASES), ids=list(SCORES_CASES))
@@ -134,39 +176,78 @@ OPTION_CASES = {
     "limit-negative": (["rmbench", "-m", "{model}", "--data", "{rm}", "--limit", "-1"], ["--limit"]),
     "dtype-unknown": (["cyclic", "-m", "{model}", "--dtype", "float64"], ["--dtype", "float64"]),
     "device-unknown": (["rewardbench2", "-m", "{model}", "--data", "{rb}", "--device", "tpu"], ["--device", "tpu"]),
-    "device-absent": (["pairs", "-m", "{model}", "--data", "{pairs}", "--device", "cuda:7"], ["--device cuda:7", "no such device"]),
+    "device-absent": (
+        ["pairs", "-m", "{model}", "--data", "{pairs}", "--device", "cuda:7"],
+        ["--device cuda:7", "no such device"],
+    ),
     "model-and-scores": (["pairs", "-m", "{model}", "--scores", "{pairs}"], ["either --model"]),
     "data-missing-file": (["rewardbench", "-m", "{model}", "--data", "{tmp}/none.jsonl"], ["none.jsonl", "no such file"]),
     "data-missing-folder": (["rmbench", "-m", "{model}", "--data", "{tmp}/none"], ["none", "no such file or folder"]),
     "data-missing-pairs": (["pairs", "-m", "{model}", "--data", "{tmp}/none.jsonl"], ["none.jsonl", "no such file"]),
-    "output-onto-data": (["pairs", "-m", "{model}", "--data", "{pairs}", "-o", "{pairs}"], ["--output", "pairs.jsonl", "is the input"]),
-    "examples-onto-data": (["rewardbench", "-m", "{model}", "--data", "{rb}", "--examples", "{rb}"], ["--examples", "rb.jsonl", "is the input"]),
+    "output-onto-data": (
+        ["pairs", "-m", "{model}", "--data", "{pairs}", "-o", "{pairs}"],
+        ["--output", "pairs.jsonl", "is the input"],
+    ),
+    "examples-onto-data": (
+        ["rewardbench", "-m", "{model}", "--data", "{rb}", "--examples", "{rb}"],
+        ["--examples", "rb.jsonl", "is the input"],
+    ),
     "output-onto-scores": (["pairs", "--scores", "{pairs}", "-o", "{pairs}"], ["--output", "is the input"]),
-    "output-onto-model-file": (["cyclic", "-m", "{model}", "-o", "{model}/config.json"], ["--output", "config.json", "is the input"]),
-    "output-onto-rmbench-file": (["rmbench", "-m", "{model}", "--data", "{rm}", "-o", "{rm}/chat_filtered.json"], ["--output", "is the input"]),
-    "output-under-a-file": (["pairs", "-m", "{model}", "--data", "{pairs}", "-o", "{plain}/out.json"], ["--output", "notes.txt", "not a directory"]),
-    "examples-under-a-file": (["cyclic", "-m", "{model}", "--examples", "{plain}/deep/ex.jsonl"], ["--examples", "not a directory"]),
+    "output-onto-model-file": (
+        ["cyclic", "-m", "{model}", "-o", "{model}/config.json"],
+        ["--output", "config.json", "is the input"],
+    ),
+    "output-onto-rmbench-file": (
+        ["rmbench", "-m", "{model}", "--data", "{rm}", "-o", "{rm}/chat_filtered.json"],
+        ["--output", "is the input"],
+    ),
+    "output-under-a-file": (
+        ["pairs", "-m", "{model}", "--data", "{pairs}", "-o", "{plain}/out.json"],
+        ["--output", "notes.txt", "not a directory"],
+    ),
+    "examples-under-a-file": (
+        ["cyclic", "-m", "{model}", "--examples", "{plain}/deep/ex.jsonl"],
+        ["--examples", "not a directory"],
+    ),
     "output-is-a-folder": (["pairs", "-m", "{model}", "--data", "{pairs}", "-o", "{rm}"], ["--output", "is a directory"]),
-    "examples-not-jsonl": (["pairs", "-m", "{model}", "--data", "{pairs}", "--examples", "{tmp}/ex.json"], ["--examples", "*.jsonl"]),
-    "examples-is-output": (["pairs", "-m", "{model}", "--data", "{pairs}", "-o", "{tmp}/e.jsonl", "--examples", "{tmp}/e.jsonl"],
-                           ["--examples", "--output"]),
-}  # fmt: skip
+    "examples-not-jsonl": (
+        ["pairs", "-m", "{model}", "--data", "{pairs}", "--examples", "{tmp}/ex.json"],
+        ["--examples", "*.jsonl"],
+    ),
+    "examples-is-output": (
+        ["pairs", "-m", "{model}", "--data", "{pairs}", "-o", "{tmp}/e.jsonl", "--examples", "{tmp}/e.jsonl"],
+        ["--examples", "--output"],
+    ),
+}
 
 DATA_CASES = {
     # name: (evaluator, data file name, content, needles after the file name)
     "rb-not-utf8": ("rewardbench", "rb.jsonl", _lines({"prompt": "p"}, b'{"prompt": "\xe9"}'), [":2:", "UTF-8"]),
     "rb-empty": ("rewardbench", "rb.jsonl", b"", ["no rows"]),
-    "rb-chosen-number": ("rewardbench", "rb.jsonl", _lines({"prompt": "p", "chosen": 1, "rejected": "b", "subset": "hep-go", "id": 0}),
-                         [":1:", "chosen:", "string"]),
-    "rb-missing-column": ("rewardbench", "rb.jsonl", _lines({"prompt": "p", "chosen": "a", "subset": "hep-go", "id": 0}), [":1:", "rejected"]),
-    "rb2-chosen-string": ("rewardbench2", "rb2.jsonl", _lines({"prompt": "p", "chosen": "a", "rejected": ["b"], "subset": "Math", "id": 0}),
-                          [":1:", "chosen:", "list"]),
+    "rb-chosen-number": (
+        "rewardbench",
+        "rb.jsonl",
+        _lines({"prompt": "p", "chosen": 1, "rejected": "b", "subset": "hep-go", "id": 0}),
+        [":1:", "chosen:", "string"],
+    ),
+    "rb-missing-column": (
+        "rewardbench",
+        "rb.jsonl",
+        _lines({"prompt": "p", "chosen": "a", "subset": "hep-go", "id": 0}),
+        [":1:", "rejected"],
+    ),
+    "rb2-chosen-string": (
+        "rewardbench2",
+        "rb2.jsonl",
+        _lines({"prompt": "p", "chosen": "a", "rejected": ["b"], "subset": "Math", "id": 0}),
+        [":1:", "chosen:", "list"],
+    ),
     "rm-not-utf8": ("rmbench", "chat_filtered.json", b'[{"prompt": "\xff"}]', ["UTF-8"]),
     "rm-empty-list": ("rmbench", "chat_filtered.json", b"[]", ["no rows"]),
     "rm-not-a-list": ("rmbench", "chat_filtered.json", b'{"prompt": "p"}', ["JSON list"]),
     "pairs-not-utf8": ("pairs", "p.jsonl", _lines(b'{"prompt": "\xe9", "chosen": "a", "rejected": "b"}'), [":1:", "UTF-8"]),
     "pairs-empty": ("pairs", "p.jsonl", b"", ["no rows"]),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(OPTION_CASES), ids=list(OPTION_CASES))
@@ -222,7 +303,9 @@ def test_a_good_scores_file_still_aggregates(tmp_path):
     out = json.loads(run("eval", "pairs", "--scores", pairs).stdout)
     assert out["pairs"] == 3 and out["accuracy"] == pytest.approx(1 / 3)
     rb = tmp_path / "rb.jsonl"
-    rb.write_bytes(_lines({"subset": "hep-go", "correct": True}, {"subset": "hep-go", "score_chosen": [1.0], "score_rejected": [2]}))
+    rb.write_bytes(
+        _lines({"subset": "hep-go", "correct": True}, {"subset": "hep-go", "score_chosen": [1.0], "score_rejected": [2]})
+    )
     assert json.loads(run("eval", "rewardbench", "--scores", rb).stdout)["hep-go"] == 0.5
 
 
@@ -239,17 +322,27 @@ PLOT_CASES = {
     "log-bad-json": ({"log.jsonl": _lines(LOG_TRAIN, '{"event": "train",')}, [], ["log.jsonl:2:", "invalid JSON"]),
     "log-not-utf8": ({"log.jsonl": _lines(LOG_TRAIN, b'{"event": "\xe9"}')}, [], ["log.jsonl:2:", "UTF-8"]),
     "log-loss-string": ({"log.jsonl": _lines({**LOG_TRAIN, "loss": "x"})}, [], ["log.jsonl:1:", "loss:"]),
-    "log-no-step": ({"log.jsonl": _lines({k: v for k, v in LOG_TRAIN.items() if k != "step"})}, [], ["log.jsonl:1:", "step:", "missing"]),
+    "log-no-step": (
+        {"log.jsonl": _lines({k: v for k, v in LOG_TRAIN.items() if k != "step"})},
+        [],
+        ["log.jsonl:1:", "step:", "missing"],
+    ),
     "log-no-train-events": ({"log.jsonl": _lines({"event": "done"})}, [], ["log.jsonl", "no training events"]),
-    "examples-p-above-1": ({"log.jsonl": _lines(LOG_TRAIN), "ex.jsonl": _lines({"p": 1.5})}, ["--examples", "{run}/ex.jsonl"],
-                           ["ex.jsonl:1:", "p:", "[0, 1]"]),
+    "examples-p-above-1": (
+        {"log.jsonl": _lines(LOG_TRAIN), "ex.jsonl": _lines({"p": 1.5})},
+        ["--examples", "{run}/ex.jsonl"],
+        ["ex.jsonl:1:", "p:", "[0, 1]"],
+    ),
     "examples-missing": ({"log.jsonl": _lines(LOG_TRAIN)}, ["--examples", "{run}/none.jsonl"], ["none.jsonl", "no such file"]),
     "data-without-model": ({"log.jsonl": _lines(LOG_TRAIN)}, ["--data", "cyclic:test?num_prompts=2"], ["holds no model"]),
     "limit-0": ({"log.jsonl": _lines(LOG_TRAIN)}, ["--limit", "0"], ["--limit"]),
-    "out-dir-under-a-file": ({"log.jsonl": _lines(LOG_TRAIN), "notes.txt": b"x"}, ["--out-dir", "{run}/notes.txt/plots"],
-                             ["--out-dir", "notes.txt", "not a directory"]),
+    "out-dir-under-a-file": (
+        {"log.jsonl": _lines(LOG_TRAIN), "notes.txt": b"x"},
+        ["--out-dir", "{run}/notes.txt/plots"],
+        ["--out-dir", "notes.txt", "not a directory"],
+    ),
     "bt-model-embeddings": ("bt", ["--data", "cyclic:test?num_prompts=2"], ["--data", "GPM"]),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(PLOT_CASES), ids=list(PLOT_CASES))
@@ -277,7 +370,7 @@ RECIPE_CASES = {
     "under-a-file": (["cp", "gpo_tiny", "{tmp}/mine.yaml/x.yaml"], ["mine.yaml", "not a directory"]),
     "onto-the-shipped-file": (["cp", "gpo_tiny", "{root}/recipes/gpo_tiny.yaml", "--force"], ["gpo_tiny.yaml", "itself"]),
     "ls-unknown-format": (["ls", "--format", "xml"], ["--format", "xml"]),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(RECIPE_CASES), ids=list(RECIPE_CASES))

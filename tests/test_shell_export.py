@@ -33,8 +33,18 @@ def base(tmp_path_factory):
     """Good folders of every layout the loader reads, built in seconds: a train-rm run folder (tiny gated
     GPM, 2 steps), its sharded export, the same weights in the released layout, and scoring inputs."""
     root = tmp_path_factory.mktemp("shell_export")
-    recipe = load_recipe("recipes/cyclic_tiny_gpm.yaml", [f"output_dir={root / 'run'}", "data.train=cyclic:train?num_prompts=10",
-                         "data.eval=null", "train.max_steps=2", "train.batch_size=4", "model.tiny.num_layers=1", "model.gate=true"])  # fmt: skip
+    recipe = load_recipe(
+        "recipes/cyclic_tiny_gpm.yaml",
+        [
+            f"output_dir={root / 'run'}",
+            "data.train=cyclic:train?num_prompts=10",
+            "data.eval=null",
+            "train.max_steps=2",
+            "train.batch_size=4",
+            "model.tiny.num_layers=1",
+            "model.gate=true",
+        ],
+    )
     run_dir = train_reward_model(recipe).output_dir
     sharded = export_model(run_dir, root / "sharded", max_shard_size="100KB")
     released = root / "released"  # the paper's checkpoints: no head settings file, the causal-LM head kept
@@ -221,8 +231,14 @@ def test_a_broken_model_folder_is_one_line_and_exit_2_in_score(base, tmp_path, l
     assert not (folder / "RAN").exists()  # the folder's own code never ran
 
 
-SHARED_LOADER_CASES = ["run-backbone-missing", "pickle-bin-only", "truncated-safetensors", "head-tau-negative", "sharded-shard-file-missing",
-                       "released-backbone-missing"]  # fmt: skip
+SHARED_LOADER_CASES = [
+    "run-backbone-missing",
+    "pickle-bin-only",
+    "truncated-safetensors",
+    "head-tau-negative",
+    "sharded-shard-file-missing",
+    "released-backbone-missing",
+]
 
 
 @pytest.mark.parametrize("command", ["eval pairs", "export"])
@@ -241,8 +257,15 @@ def test_the_shared_loader_refuses_the_same_folders_in_eval_and_export(base, tmp
 
 def test_a_pickled_backbone_folder_is_refused_for_training_too(base, tmp_path):
     folder = broken_copy(base, "run", pickles_only("pytorch_model.bin"), tmp_path)
-    result = run("train-rm", "recipes/cyclic_tiny_gpm.yaml", f"output_dir={tmp_path / 'out'}", f"model.backbone={folder}",
-                 "data.train=cyclic:train?num_prompts=10", "data.eval=null", "train.max_steps=1")  # fmt: skip
+    result = run(
+        "train-rm",
+        "recipes/cyclic_tiny_gpm.yaml",
+        f"output_dir={tmp_path / 'out'}",
+        f"model.backbone={folder}",
+        "data.train=cyclic:train?num_prompts=10",
+        "data.eval=null",
+        "train.max_steps=1",
+    )
     assert_one_line_error(result, str(folder), "pytorch_model.bin", "never unpickles")
 
 

@@ -31,9 +31,22 @@ def judge(tmp_path_factory) -> Path:
 
 def _small(judge: Path, out: Path) -> list[str]:
     """gpo_tiny at its smallest: 4 prompts, K = 3, one iteration, no warm-up (a run takes about 5 s)."""
-    return [f"output_dir={out}", f"judge.model={judge}", "judge.train_recipe=null", "data.max_prompts=4", "data.max_eval_prompts=2",
-            "policy.tiny.hidden_size=32", "policy.tiny.num_layers=1", "policy.tiny.intermediate_size=64", "policy.warmup.steps=0",
-            "objective.iterations=1", "eval.samples=2", "train.epochs=1", "train.batch_size=8", "generation.k=3"]  # fmt: skip
+    return [
+        f"output_dir={out}",
+        f"judge.model={judge}",
+        "judge.train_recipe=null",
+        "data.max_prompts=4",
+        "data.max_eval_prompts=2",
+        "policy.tiny.hidden_size=32",
+        "policy.tiny.num_layers=1",
+        "policy.tiny.intermediate_size=64",
+        "policy.warmup.steps=0",
+        "objective.iterations=1",
+        "eval.samples=2",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "generation.k=3",
+    ]
 
 
 def _prepared(tmp_path: Path) -> dict[str, str]:
@@ -71,29 +84,47 @@ RECIPE_CASES = {
     "top-p-0": ("{tiny}", ["generation.top_p=0"], ["gpo_tiny.yaml", "generation.top_p"]),
     "epochs-0": ("{tiny}", ["train.epochs=0"], ["gpo_tiny.yaml", "train.epochs"]),
     "max-prompts-0": ("{tiny}", ["data.max_prompts=0"], ["gpo_tiny.yaml", "data.max_prompts"]),
-    "too-many-items": ("{tiny}", ["policy.warmup.num_items=40", "policy.warmup.item_weights=null"], ["gpo_tiny.yaml", "policy.warmup.num_items"]),
+    "too-many-items": (
+        "{tiny}",
+        ["policy.warmup.num_items=40", "policy.warmup.item_weights=null"],
+        ["gpo_tiny.yaml", "policy.warmup.num_items"],
+    ),
     "beta-negative": ("{tiny}", ["objective.beta=-1"], ["gpo_tiny.yaml", "objective.beta"]),
     "beta-infinite": ("{tiny}", ["objective.beta=.inf"], ["gpo_tiny.yaml", "objective.beta"]),
     "unknown-key": ("{tiny}", ["objective.betta=1"], ["gpo_tiny.yaml", "objective.betta"]),
     "judge-missing": ("{tiny}", ["judge.model={tmp}/no_judge"], ["gpo_tiny.yaml", "judge.model", "no_judge"]),
-    "judge-recipe-unknown": ("{tiny}", ["judge.model={tmp}/no_judge", "judge.train_recipe=nowhere_recipe"],
-                             ["gpo_tiny.yaml", "judge.train_recipe", "nowhere_recipe"]),
-    "judge-recipe-bad-value": ("{tiny}", ["judge.model={tmp}/no_judge", "judge.train_recipe=cyclic_tiny_gpm", "judge.train_overrides=[model.dim=3]"],
-                               ["gpo_tiny.yaml", "judge.train_recipe", "model.dim"]),
+    "judge-recipe-unknown": (
+        "{tiny}",
+        ["judge.model={tmp}/no_judge", "judge.train_recipe=nowhere_recipe"],
+        ["gpo_tiny.yaml", "judge.train_recipe", "nowhere_recipe"],
+    ),
+    "judge-recipe-bad-value": (
+        "{tiny}",
+        ["judge.model={tmp}/no_judge", "judge.train_recipe=cyclic_tiny_gpm", "judge.train_overrides=[model.dim=3]"],
+        ["gpo_tiny.yaml", "judge.train_recipe", "model.dim"],
+    ),
     "prompts-missing": ("{tiny}", ["data.train={tmp}/none.jsonl"], ["gpo_tiny.yaml: data.train:", "none.jsonl", "no such file"]),
     "prompts-empty": ("{tiny}", ["data.train={tmp}/empty.jsonl"], ["data.train:", "empty.jsonl", "no rows"]),
     "prompts-not-utf8": ("{tiny}", ["data.train={tmp}/latin1.jsonl"], ["gpo_tiny.yaml: data.train:", "latin1.jsonl:2:", "UTF-8"]),
     "prompt-a-number": ("{tiny}", ["data.train={tmp}/number.jsonl"], ["data.train:", "number.jsonl:2:", "prompt:"]),
     "prompts-cut-short": ("{tiny}", ["data.train={tmp}/cut.jsonl"], ["cut.jsonl:2:", "invalid JSON"]),
-    "eval-prompts-not-utf8": ("{tiny}", ["data.train={tmp}/good.jsonl", "data.eval={tmp}/latin1.jsonl"], ["gpo_tiny.yaml: data.eval:", "latin1.jsonl:2:", "UTF-8"]),
-    "policy-pickled": ("{tiny}", ["policy.model={tmp}/pickled_policy", "policy.warmup.steps=0"], ["pickled_policy", "never unpickles"]),
+    "eval-prompts-not-utf8": (
+        "{tiny}",
+        ["data.train={tmp}/good.jsonl", "data.eval={tmp}/latin1.jsonl"],
+        ["gpo_tiny.yaml: data.eval:", "latin1.jsonl:2:", "UTF-8"],
+    ),
+    "policy-pickled": (
+        "{tiny}",
+        ["policy.model={tmp}/pickled_policy", "policy.warmup.steps=0"],
+        ["pickled_policy", "never unpickles"],
+    ),
     "output-dir-under-a-file": ("{tiny}", ["output_dir={tmp}/good.jsonl/run"], ["gpo_tiny.yaml", "output_dir", "is a file"]),
     "recipe-missing": ("{tmp}/none.yaml", [], ["none.yaml", "no such recipe"]),
     "recipe-base-missing": ("{tmp}/bad_base.yaml", [], ["bad_base.yaml", "nowhere_recipe"]),
     "recipe-base-not-yaml": ("{tmp}/broken_base.yaml", [], ["broken.yaml:3", "YAML"]),
     "recipe-not-yaml": ("{tmp}/broken.yaml", [], ["broken.yaml:3", "YAML"]),
     "recipe-not-utf8": ("{tmp}/latin1.yaml", [], ["latin1.yaml", "UTF-8"]),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(RECIPE_CASES), ids=list(RECIPE_CASES))
@@ -125,7 +156,7 @@ RESUME_CASES = {
     "other-prompts": ("data.max_prompts=3", "iter-1/generations.jsonl", "prompts (data.train)"),
     "other-eval-samples": ("eval.samples=3", "iter-0/eval_generations.jsonl", "eval.samples"),
     "other-judge-length": ("judge.max_length=64", "iter-1/scores.jsonl", "judge.max_length"),
-}  # fmt: skip
+}
 
 
 def _unfinished(finished: Path, tmp_path: Path) -> Path:

@@ -26,8 +26,17 @@ def m(tmp_path_factory) -> dict:
     """A tiny GPM (one optimizer step: scores need not be good, only computed), its copy, and an
     interrupted `-o` run: 8 of 10 lines scored in chunks of 4, then a bad line stopped it."""
     root = tmp_path_factory.mktemp("shell_score")
-    recipe = load_recipe(ROOT / "recipes" / "cyclic_tiny_gpm.yaml", [f"output_dir={root / 'model'}", "data.train=cyclic:train?num_prompts=8",
-                         "data.eval=null", "train.max_steps=1", "train.batch_size=4", "model.tiny.num_layers=1"])  # fmt: skip
+    recipe = load_recipe(
+        ROOT / "recipes" / "cyclic_tiny_gpm.yaml",
+        [
+            f"output_dir={root / 'model'}",
+            "data.train=cyclic:train?num_prompts=8",
+            "data.eval=null",
+            "train.max_steps=1",
+            "train.batch_size=4",
+            "model.tiny.num_layers=1",
+        ],
+    )
     model = str(train_reward_model(recipe).output_dir)
     shutil.copytree(model, root / "model_copy")
     d = root / "interrupted"
@@ -95,9 +104,12 @@ CASES = [
     (RESUME + ["--format", "tsv"], [f"{R}.partial: was started with --format jsonl, not tsv"]),
     (RESUME + ["--max-length", "64"], [f"{R}.partial: was started with --max-length 2048, not 64"]),
     (RESUME + ["--dtype", "bfloat16"], [f"{R}.partial: was started with --dtype float32, not bfloat16"]),
-    (["{r}/b.jsonl", "{r}/a.jsonl", *RESUME[2:]], [f"{R}.partial: was started with the inputs {{r}}/a.jsonl, {{r}}/b.jsonl, not"]),
+    (
+        ["{r}/b.jsonl", "{r}/a.jsonl", *RESUME[2:]],
+        [f"{R}.partial: was started with the inputs {{r}}/a.jsonl, {{r}}/b.jsonl, not"],
+    ),
     ([*RESUME[:3], "{copy}", *RESUME[4:]], [f"{R}.partial: was started with --model {{model}}, not {{copy}}"]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("args,needles", CASES, ids=[" ".join(a).replace("{d}/", "").replace("{r}/", "") for a, _ in CASES])
@@ -112,7 +124,9 @@ def test_bad_options_inputs_and_outputs_are_one_line(m, d, args, needles):
 def test_lines_are_capped_like_the_data_readers(m, d, monkeypatch):
     monkeypatch.setattr("gpmctl.data.responses.MAX_LINE_BYTES", 200)  # the real cap is 16 MiB
     before = snapshot(d)
-    assert_one_line_error(run("score", str(d / "a.jsonl"), str(d / "long.jsonl"), "-m", m["model"]), f"{d}/long.jsonl:3", "longer than 200 bytes")
+    assert_one_line_error(
+        run("score", str(d / "a.jsonl"), str(d / "long.jsonl"), "-m", m["model"]), f"{d}/long.jsonl:3", "longer than 200 bytes"
+    )
     assert snapshot(d) == before
 
 

@@ -87,25 +87,51 @@ CASES = {
     "unknown precision": (None, ["train.precision=fp8", *OVERWRITE], ["recipe.yaml", "train.precision", "fp8"]),
     "fp16 on a CPU": (None, ["train.precision=fp16", *OVERWRITE], ["recipe.yaml", "train.precision", "CUDA"]),
     # recipe files
-    "base missing": (_write("overlay.yaml", "base: nothere.yaml\n"), ["@overlay.yaml", *OVERWRITE], ["overlay.yaml", "base", "nothere.yaml"]),
-    "base not a mapping": (lambda w: (_write("list.yaml", "- 1\n")(w), _write("overlay.yaml", "base: list.yaml\n")(w)),
-                           ["@overlay.yaml", *OVERWRITE], ["overlay.yaml", "base", "list.yaml", "mapping"]),
-    "base cycle": (lambda w: (_write("a.yaml", "base: b.yaml\n")(w), _write("b.yaml", "base: a.yaml\n")(w)),
-                   ["@a.yaml", *OVERWRITE], ["b.yaml", "base", "a.yaml"]),
-    "base bad YAML": (lambda w: (_write("bad.yaml", "train:\n  lr: [1\n")(w), _write("overlay.yaml", "base: bad.yaml\n")(w)),
-                      ["@overlay.yaml", *OVERWRITE], ["overlay.yaml", "base", "bad.yaml:", "YAML"]),
-    "recipe not UTF-8": (_write("latin.yaml", RECIPE.encode() + b"# caf\xe9\n"), ["@latin.yaml", *OVERWRITE],
-                         [f"latin.yaml:{RECIPE.count(chr(10)) + 1}", "UTF-8"]),
+    "base missing": (
+        _write("overlay.yaml", "base: nothere.yaml\n"),
+        ["@overlay.yaml", *OVERWRITE],
+        ["overlay.yaml", "base", "nothere.yaml"],
+    ),
+    "base not a mapping": (
+        lambda w: (_write("list.yaml", "- 1\n")(w), _write("overlay.yaml", "base: list.yaml\n")(w)),
+        ["@overlay.yaml", *OVERWRITE],
+        ["overlay.yaml", "base", "list.yaml", "mapping"],
+    ),
+    "base cycle": (
+        lambda w: (_write("a.yaml", "base: b.yaml\n")(w), _write("b.yaml", "base: a.yaml\n")(w)),
+        ["@a.yaml", *OVERWRITE],
+        ["b.yaml", "base", "a.yaml"],
+    ),
+    "base bad YAML": (
+        lambda w: (_write("bad.yaml", "train:\n  lr: [1\n")(w), _write("overlay.yaml", "base: bad.yaml\n")(w)),
+        ["@overlay.yaml", *OVERWRITE],
+        ["overlay.yaml", "base", "bad.yaml:", "YAML"],
+    ),
+    "recipe not UTF-8": (
+        _write("latin.yaml", RECIPE.encode() + b"# caf\xe9\n"),
+        ["@latin.yaml", *OVERWRITE],
+        [f"latin.yaml:{RECIPE.count(chr(10)) + 1}", "UTF-8"],
+    ),
     # inputs that are checked before the first write
     "train file missing": (None, ["data.train=data/none.jsonl", *OVERWRITE], ["data/none.jsonl"]),
     "train file empty": (_write("data/empty.jsonl", ""), ["data.train=data/empty.jsonl", *OVERWRITE], ["data/empty.jsonl"]),
     "eval file empty": (_write("data/empty.jsonl", ""), ["data.eval=data/empty.jsonl", *OVERWRITE], ["data/empty.jsonl"]),
-    "frozen backbone, train file empty": (_write("data/empty.jsonl", ""), ["model.freeze_backbone=true", "data.train=data/empty.jsonl",
-                                                                            *OVERWRITE], ["data/empty.jsonl"]),
-    "train file not JSON": (_write("data/bad.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n{oops\n'),
-                            ["data.train=data/bad.jsonl", *OVERWRITE], ["data/bad.jsonl:2"]),
+    "frozen backbone, train file empty": (
+        _write("data/empty.jsonl", ""),
+        ["model.freeze_backbone=true", "data.train=data/empty.jsonl", *OVERWRITE],
+        ["data/empty.jsonl"],
+    ),
+    "train file not JSON": (
+        _write("data/bad.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n{oops\n'),
+        ["data.train=data/bad.jsonl", *OVERWRITE],
+        ["data/bad.jsonl:2"],
+    ),
     "rmbench folder missing": (None, ["evaluate.rmbench=nothere", *OVERWRITE], ["recipe.yaml", "evaluate.rmbench", "nothere"]),
-    "rewardbench file missing": (None, ["evaluate.rewardbench=rb.parquet", *OVERWRITE], ["recipe.yaml", "evaluate.rewardbench", "rb.parquet"]),
+    "rewardbench file missing": (
+        None,
+        ["evaluate.rewardbench=rb.parquet", *OVERWRITE],
+        ["recipe.yaml", "evaluate.rewardbench", "rb.parquet"],
+    ),
     "backbone missing": (None, ["model.backbone=./nothere-model", *OVERWRITE], ["nothere-model"]),
     # resuming with another recipe or other data
     "resume other lr": (None, ["train.lr=5e-4", *RESUME], ["recipe.yaml", "train.lr", "0.0005"]),
@@ -119,13 +145,24 @@ CASES = {
     "a finished run again": (None, [], ["run", "--resume auto", "--overwrite"]),
     # where the run would go
     "output_dir is a file": (None, ["output_dir=data/train.jsonl", *OVERWRITE], ["recipe.yaml", "output_dir", "is a file"]),
-    "output_dir under a file": (None, ["output_dir=data/train.jsonl/run", *OVERWRITE], ["recipe.yaml", "output_dir", "is a file"]),
-    "frozen backbone, output_dir under a file": (None, ["model.freeze_backbone=true", "output_dir=data/train.jsonl/run", *OVERWRITE],
-                                                 ["recipe.yaml", "output_dir", "is a file"]),
+    "output_dir under a file": (
+        None,
+        ["output_dir=data/train.jsonl/run", *OVERWRITE],
+        ["recipe.yaml", "output_dir", "is a file"],
+    ),
+    "frozen backbone, output_dir under a file": (
+        None,
+        ["model.freeze_backbone=true", "output_dir=data/train.jsonl/run", *OVERWRITE],
+        ["recipe.yaml", "output_dir", "is a file"],
+    ),
     # the folder in use
     "second run in the folder": (_hold_lock, [*RESUME], ["run", ".lock", "another gpmctl run"]),
-    "frozen backbone, second run in the folder": (_hold_lock, ["model.freeze_backbone=true", *OVERWRITE], ["run", ".lock", "another gpmctl run"]),
-}  # fmt: skip
+    "frozen backbone, second run in the folder": (
+        _hold_lock,
+        ["model.freeze_backbone=true", *OVERWRITE],
+        ["run", ".lock", "another gpmctl run"],
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -165,7 +202,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_step_and_saves_nothing(fi
 def test_resume_falls_back_past_a_damaged_checkpoint_and_applies_the_changes_it_allows(finished, tmp_path):
     w = tmp_path / "w"
     shutil.copytree(finished, w)
-    weights = (w / "run" / "checkpoints" / "step-000004" / "model.safetensors")
+    weights = w / "run" / "checkpoints" / "step-000004" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # a truncated copy
     result = run("train-rm", "recipe.yaml", "train.save_steps=1", *RESUME, cwd=w)
     assert result.returncode == 0, result.stderr

@@ -29,9 +29,12 @@ def completion(text: str, if_: str, honesty: str, truth: str, helpful: str = "3"
 
     return {
         "response": text,
-        "annotations": {"instruction_following": aspect(if_), "honesty": aspect(honesty),
-                        "truthfulness": {**aspect(truth), "Type": ["0"], "Rationale For Rating": "..."},
-                        "helpfulness": aspect(helpful)},  # fmt: skip
+        "annotations": {
+            "instruction_following": aspect(if_),
+            "honesty": aspect(honesty),
+            "truthfulness": {**aspect(truth), "Type": ["0"], "Rationale For Rating": "..."},
+            "helpfulness": aspect(helpful),
+        },
         **extra,
     }
 
@@ -46,7 +49,11 @@ CYCLIC_ROW = {
 # A beats B beats C on every aspect: transitive, so no cycle.
 TRANSITIVE_ROW = {
     "instruction": "Name a colour.",
-    "completions": [completion("A", "5", "5", "5", "5"), completion("B", "3", "3", "3", "3"), completion("C", "1", "1", "1", "1")],
+    "completions": [
+        completion("A", "5", "5", "5", "5"),
+        completion("B", "3", "3", "3", "3"),
+        completion("C", "1", "1", "1", "1"),
+    ],
 }
 
 
@@ -64,22 +71,28 @@ def test_ultrafeedback_rows_are_detected_before_gpm_custom():
 
 
 def test_binarize_takes_highest_overall_score_against_the_lowest():
-    row = {"prompt": "q", "completions": [
-        {"response": "mid", "overall_score": 6.0, "annotations": {}},
-        {"response": "best", "overall_score": 8.5, "annotations": {}},
-        {"response": "worst", "overall_score": 2.0, "annotations": {}},
-        {"response": "also worst", "overall_score": 2.0, "annotations": {}},
-    ]}  # fmt: skip
+    row = {
+        "prompt": "q",
+        "completions": [
+            {"response": "mid", "overall_score": 6.0, "annotations": {}},
+            {"response": "best", "overall_score": 8.5, "annotations": {}},
+            {"response": "worst", "overall_score": 2.0, "annotations": {}},
+            {"response": "also worst", "overall_score": 2.0, "annotations": {}},
+        ],
+    }
     (record,) = parse_rows(row)
     assert (record.chosen_text, record.rejected_text, record.margin) == ("best", "worst", 6.5)
     assert parse_row(row) == record
 
 
 def test_binarize_falls_back_to_fine_grained_then_mean_rating_skipping_na():
-    row = {"prompt": "q", "completions": [
-        {"response": "x", "fine-grained_score": 3.25, "annotations": {}},
-        completion("y", "N/A", "4", "4", "N/A"),  # mean of the numeric ratings: 4.0
-    ]}  # fmt: skip
+    row = {
+        "prompt": "q",
+        "completions": [
+            {"response": "x", "fine-grained_score": 3.25, "annotations": {}},
+            completion("y", "N/A", "4", "4", "N/A"),  # mean of the numeric ratings: 4.0
+        ],
+    }
     (record,) = parse_rows(row)
     assert (record.chosen_text, record.rejected_text, record.margin) == ("y", "x", 0.75)
 
@@ -149,8 +162,15 @@ def test_bad_ultrafeedback_rows_name_the_field_and_keep_the_rows_around(completi
 
 
 def test_format_override_forces_one_reader(tmp_path):
-    path = write_jsonl(tmp_path / "msgs.jsonl", [{"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-                                                  "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}])  # fmt: skip
+    path = write_jsonl(
+        tmp_path / "msgs.jsonl",
+        [
+            {
+                "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}],
+            }
+        ],
+    )
     assert len(list(read_records(path))) == 1
     with pytest.raises(DataError, match=r"msgs\.jsonl:1: prompt: missing"):
         list(read_records(path, options=ReadOptions(format="explicit")))
@@ -194,9 +214,11 @@ def test_missing_hub_dataset_fails_fast_offline_with_one_line(tmp_path, monkeypa
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
-    code = ("import time; from gpmctl.data.sources import read_source\n"
-            "t = time.time()\ntry:\n    read_source('nobody/no-such-dataset@default:test')\n"
-            "except Exception as e:\n    print(type(e).__name__, '|', e, '|', time.time() - t)\n")  # fmt: skip
+    code = (
+        "import time; from gpmctl.data.sources import read_source\n"
+        "t = time.time()\ntry:\n    read_source('nobody/no-such-dataset@default:test')\n"
+        "except Exception as e:\n    print(type(e).__name__, '|', e, '|', time.time() - t)\n"
+    )
     start = time.time()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ.copy())
     assert time.time() - start < 30  # the process, with imports; the call itself is timed below

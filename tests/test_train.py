@@ -20,15 +20,31 @@ SMALL_MODEL = ["model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "
 
 
 def small_recipe(tmp_path, *extra: str, name: str = "run"):
-    overrides = [f"output_dir={tmp_path / name}", *SMALL_DATA, *SMALL_MODEL, "train.batch_size=8", "train.epochs=2",
-                 "train.logging_steps=2", "train.keep_best=false", *extra]  # fmt: skip
+    overrides = [
+        f"output_dir={tmp_path / name}",
+        *SMALL_DATA,
+        *SMALL_MODEL,
+        "train.batch_size=8",
+        "train.epochs=2",
+        "train.logging_steps=2",
+        "train.keep_best=false",
+        *extra,
+    ]
     return load_recipe("recipes/cyclic_tiny_gpm.yaml", overrides)
 
 
 def test_run_folder_holds_model_recipe_environment_and_logs(tmp_path):
     result = train_reward_model(small_recipe(tmp_path, "model.gate=true", "train.eval_steps=5"))
     out = result.output_dir
-    for name in ("recipe.yaml", "environment.json", "log.jsonl", "metrics.json", "config.json", "model.safetensors", "preference_head.json"):
+    for name in (
+        "recipe.yaml",
+        "environment.json",
+        "log.jsonl",
+        "metrics.json",
+        "config.json",
+        "model.safetensors",
+        "preference_head.json",
+    ):
         assert (out / name).is_file(), name
     events = [json.loads(line)["event"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert "train" in events and "eval" in events and events[-1] == "done"
@@ -121,16 +137,32 @@ def test_a_local_backbone_folder_trains_and_reloads(tmp_path, arch):
     from gpmctl.models.sources import load_tokenizer
 
     tok = load_tokenizer("tiny")
-    shape = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                 max_position_embeddings=128, pad_token_id=tok.pad_token_id)  # fmt: skip
+    shape = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+    )
     config = BertConfig(**shape) if arch == "bert" else Qwen2Config(num_key_value_heads=1, **shape)
     folder = tmp_path / arch
     AutoModel.from_config(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     pool = "first" if arch == "bert" else "last"
-    recipe = load_recipe("recipes/cyclic_tiny_gpm.yaml", [f"output_dir={tmp_path / 'run'}", f"model.backbone={folder}", f"model.pool={pool}",
-                                                          f"model.gate={str(arch != 'bert').lower()}",  # no gate on an encoder
-                                                          *SMALL_DATA, "train.max_steps=3", "train.batch_size=4"])  # fmt: skip
+    recipe = load_recipe(
+        "recipes/cyclic_tiny_gpm.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"model.backbone={folder}",
+            f"model.pool={pool}",
+            f"model.gate={str(arch != 'bert').lower()}",  # no gate on an encoder
+            *SMALL_DATA,
+            "train.max_steps=3",
+            "train.batch_size=4",
+        ],
+    )
     result = train_reward_model(recipe)
     model = load_model(result.output_dir)
     assert type(model.backbone).__name__ == ("BertModel" if arch == "bert" else "Qwen2Model")
@@ -147,7 +179,9 @@ def test_lora_trains_adapters_and_heads_only_and_saves_merged_weights(tmp_path):
     from gpmctl.models.sources import load_tokenizer
     from gpmctl.train.reward import pair_loss
 
-    recipe = small_recipe(tmp_path, "model.lora_rank=4", "model.lora_alpha=8", "model.gate=true", "train.lr=1e-2", "train.max_steps=4")
+    recipe = small_recipe(
+        tmp_path, "model.lora_rank=4", "model.lora_alpha=8", "model.gate=true", "train.lr=1e-2", "train.max_steps=4"
+    )
     tok = load_tokenizer("tiny")
     fresh = build_model(recipe.model, tok, seed=0)
     trainable = {n for n, p in fresh.named_parameters() if p.requires_grad}
@@ -173,8 +207,17 @@ def test_lora_trains_adapters_and_heads_only_and_saves_merged_weights(tmp_path):
         _, with_adapters = pair_loss(fresh.eval(), batch, 0.1, False)
         _, from_folder = pair_loss(load_model(tmp_path / "merged", dtype="float32"), batch, 0.1, False)
     assert (with_adapters - from_folder).abs().max() < 1e-5 and with_adapters.abs().max() > 1e-3
-    again = train_reward_model(small_recipe(tmp_path, "model.lora_rank=4", "model.lora_alpha=8", "model.gate=true",
-                                            "train.lr=1e-2", "train.max_steps=4", name="again"))  # fmt: skip
+    again = train_reward_model(
+        small_recipe(
+            tmp_path,
+            "model.lora_rank=4",
+            "model.lora_alpha=8",
+            "model.gate=true",
+            "train.lr=1e-2",
+            "train.max_steps=4",
+            name="again",
+        )
+    )
     a, b = load_model(again.output_dir, dtype="float32"), model
     for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), n  # deterministic

@@ -42,9 +42,17 @@ def cyclic(
         lengths = tuple(int(x) for x in cycle_lengths.split(","))
     except ValueError:
         raise ConfigError(f"--cycle-lengths: expected comma-separated integers, got {cycle_lengths!r}") from None
-    cfg = CyclicConfig(num_prompts=num_prompts, num_items=num_items, cycle_lengths=lengths, train_renderings=train_renderings,
-                       test_renderings=test_renderings, transitive_fraction=transitive_fraction, seed=seed,
-                       blend_prompts=blend_prompts, tournament_prompts=tournament_prompts)  # fmt: skip
+    cfg = CyclicConfig(
+        num_prompts=num_prompts,
+        num_items=num_items,
+        cycle_lengths=lengths,
+        train_renderings=train_renderings,
+        test_renderings=test_renderings,
+        transitive_fraction=transitive_fraction,
+        seed=seed,
+        blend_prompts=blend_prompts,
+        tournament_prompts=tournament_prompts,
+    )
     paths = write_cyclic(out_dir, cfg)
     summary = {name: str(p) for name, p in paths.items()}
     for split, rows in cyclic_splits(cfg).items():
@@ -66,8 +74,14 @@ def _progress(label: str):
 
     from gpmctl.utils import stderr_console
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,} rows"),
-                  TimeElapsedColumn(), console=stderr_console(), transient=True) as bar:  # fmt: skip
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed:,} rows"),
+        TimeElapsedColumn(),
+        console=stderr_console(),
+        transient=True,
+    ) as bar:
         task = bar.add_task(label, total=None)
         yield lambda rows: bar.update(task, completed=rows)
 
@@ -91,22 +105,29 @@ class _SkipReporter:
 
 
 SKIP_HELP = "Skip bad rows (each is reported on stderr and counted) instead of stopping with exit 2."
-FORMAT_HELP = "Read every row with this reader (explicit, messages, hh-rlhf, gpm-custom, ultrafeedback) instead of detecting it per row."
+FORMAT_HELP = (
+    "Read every row with this reader (explicit, messages, hh-rlhf, gpm-custom, ultrafeedback) instead of detecting it per row."
+)
 ULTRAFEEDBACK_HELP = "UltraFeedback rows: binarize (best vs worst completion) or cyclic (the paper's cyclic triples)."
 CRITERIA_HELP = "With --ultrafeedback cyclic: the aspect of each link, e.g. 'honesty>truthfulness>helpfulness'."
 EMPTY_HELP = "Accept empty or whitespace-only answers (e.g. HH-RLHF's few preferred empty replies); otherwise each is a bad row."
 
 
-def _read_options(fmt: Optional[str] = None, ultrafeedback: str = "binarize", criteria: Optional[str] = None,
-                  allow_empty: bool = False):  # fmt: skip
+def _read_options(
+    fmt: Optional[str] = None, ultrafeedback: str = "binarize", criteria: Optional[str] = None, allow_empty: bool = False
+):
     """The flags -> ReadOptions; a bad value is a one-line ConfigError (exit 2)."""
     from gpmctl.data.formats import ReadOptions
     from gpmctl.data.ultrafeedback import DEFAULT_CYCLE_CRITERIA
     from gpmctl.errors import ConfigError
 
     try:
-        return ReadOptions(format=fmt, ultrafeedback_mode=ultrafeedback, criteria=criteria or DEFAULT_CYCLE_CRITERIA,
-                           allow_empty_responses=allow_empty)  # fmt: skip
+        return ReadOptions(
+            format=fmt,
+            ultrafeedback_mode=ultrafeedback,
+            criteria=criteria or DEFAULT_CYCLE_CRITERIA,
+            allow_empty_responses=allow_empty,
+        )
     except ValueError as e:
         raise ConfigError(f"--format/--ultrafeedback/--criteria: {e}") from None
 
@@ -177,8 +198,9 @@ def convert(
     rename = {k: v for k, v in ((prompt_key, "prompt"), (chosen_key, "chosen"), (rejected_key, "rejected")) if k}
     skipped = _SkipReporter()
     with _progress("converting") as progress:
-        result = convert_file(src, dst, rename=rename, skip_invalid=skip_invalid, on_error=skipped, progress=progress,
-                              options=options)  # fmt: skip
+        result = convert_file(
+            src, dst, rename=rename, skip_invalid=skip_invalid, on_error=skipped, progress=progress, options=options
+        )
     skipped.summary()
     print(f"convert: wrote {result['rows']:,} rows to {dst}", file=sys.stderr)
 
@@ -237,8 +259,16 @@ def split(
 
     skipped = _SkipReporter()
     with _progress("splitting") as progress:
-        result = split_file(src, out_dir, eval_fraction=eval_fraction, seed=seed, skip_invalid=skip_invalid, on_error=skipped,
-                            progress=progress, options=_read_options(allow_empty=allow_empty_responses))  # fmt: skip
+        result = split_file(
+            src,
+            out_dir,
+            eval_fraction=eval_fraction,
+            seed=seed,
+            skip_invalid=skip_invalid,
+            on_error=skipped,
+            progress=progress,
+            options=_read_options(allow_empty=allow_empty_responses),
+        )
     skipped.summary()
     print(json.dumps(result))
 
@@ -271,8 +301,14 @@ def mix(
         log("data mix: --seed is ignored: mixing is deterministic (the rule of recipe mixtures, gpmctl/data/mix.py)")
     skipped = _SkipReporter()
     with _progress("mixing") as progress:
-        result = mix_files(dst, [parse_mix_source(s) for s in sources], total=total, skip_invalid=skip_invalid,
-                           on_error=skipped, progress=progress,
-                           options=_read_options(allow_empty=allow_empty_responses))  # fmt: skip
+        result = mix_files(
+            dst,
+            [parse_mix_source(s) for s in sources],
+            total=total,
+            skip_invalid=skip_invalid,
+            on_error=skipped,
+            progress=progress,
+            options=_read_options(allow_empty=allow_empty_responses),
+        )
     skipped.summary()
     print(json.dumps(result), file=sys.stderr if dst == "-" else sys.stdout)

@@ -36,8 +36,10 @@ def demo(
         runs[kind] = str(train_reward_model(recipe, overwrite=overwrite).output_dir)
     sets = score_test_sets(runs, recipe.data.train, recipe.data.max_length)
     summary = {"sets": sets, "seconds": round(time.monotonic() - start, 1), "runs": runs}
-    lines = [f"accuracy on cyclic preferences, GPM and BT trained on the same data ({summary['seconds']:.0f} s):",
-             f"  {'set':<10} {'pairs':>6} {'GPM':>6} {'BT':>6}  {'best scalar':>11}  {'training lookup':>15}"]  # fmt: skip
+    lines = [
+        f"accuracy on cyclic preferences, GPM and BT trained on the same data ({summary['seconds']:.0f} s):",
+        f"  {'set':<10} {'pairs':>6} {'GPM':>6} {'BT':>6}  {'best scalar':>11}  {'training lookup':>15}",
+    ]
     for name, s in sets.items():
         numbers = f"{s['gpm']:>6.3f} {s['bt']:>6.3f}  {s['bt_ceiling']:>11.3f}  {s['lookup']:>15.3f}"
         lines.append(f"  {name:<10} {s['pairs']:>6} {numbers}")

@@ -180,7 +180,9 @@ def _rewardbench_table(agg: dict) -> None:
 
 @app.command("pairs")
 def pairs(
-    data: Optional[str] = typer.Option(None, help="Any preference file or source train-rm reads (jsonl, parquet, cyclic:reworded)."),
+    data: Optional[str] = typer.Option(
+        None, help="Any preference file or source train-rm reads (jsonl, parquet, cyclic:reworded)."
+    ),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results JSON here instead of stdout."),
     examples: Optional[str] = typer.Option(None, help="Write per-example scores (jsonl: id, subset, meta, score, p, correct)."),
@@ -253,8 +255,12 @@ def _pairs_table(report: dict, title: str) -> None:
     for col in ("P bin", "count", "mean P", "observed"):
         rel.add_column(col, justify="right")
     for r in report.get("reliability", []):
-        rel.add_row(f"[{r['bin'][0]:.1f}, {r['bin'][1]:.1f})", str(r["count"]), "-" if r["mean_p"] is None else f"{r['mean_p']:.3f}",
-                    "-" if r["observed"] is None else f"{r['observed']:.3f}")  # fmt: skip
+        rel.add_row(
+            f"[{r['bin'][0]:.1f}, {r['bin'][1]:.1f})",
+            str(r["count"]),
+            "-" if r["mean_p"] is None else f"{r['mean_p']:.3f}",
+            "-" if r["observed"] is None else f"{r['observed']:.3f}",
+        )
     console.print(rel)
 
 
@@ -264,7 +270,9 @@ def _pairs_table(report: dict, title: str) -> None:
 @app.command("cyclic")
 def cyclic(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    data: str = typer.Option("cyclic:reworded", help="cyclic:reworded|new_items|new_edges[?options] (the generator) or a file with meta `cycle`."),
+    data: str = typer.Option(
+        "cyclic:reworded", help="cyclic:reworded|new_items|new_edges[?options] (the generator) or a file with meta `cycle`."
+    ),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results JSON here instead of stdout."),
     examples: Optional[str] = typer.Option(None, help="Write per-example scores (jsonl)."),
     scores: Optional[str] = typer.Option(None, help=SCORES_HELP),
@@ -297,8 +305,10 @@ def cyclic(
     _pairs_table({k: v for k, v in report.items() if k != "by_subset"}, "cyclic")
     from gpmctl.utils import log
 
-    log(f"cycles: {report['cycles']}, all pairs right in {_pct(report['cycles_all_right'])}% of them; "
-        f"BT ceiling {_pct(report.get('bt_ceiling'))}%, this model {_pct(report['accuracy'])}%")  # fmt: skip
+    log(
+        f"cycles: {report['cycles']}, all pairs right in {_pct(report['cycles_all_right'])}% of them; "
+        f"BT ceiling {_pct(report.get('bt_ceiling'))}%, this model {_pct(report['accuracy'])}%"
+    )
     _emit({"data": scores or data, **report, **({"gpmctl": extra} if extra else {})}, output)
 
 
@@ -307,7 +317,9 @@ def cyclic(
 
 @app.command("rmbench")
 def rmbench(
-    data: Optional[List[str]] = typer.Option(None, help="RM-Bench folder, *_filtered.json files or total_dataset.json (repeatable)."),
+    data: Optional[List[str]] = typer.Option(
+        None, help="RM-Bench folder, *_filtered.json files or total_dataset.json (repeatable)."
+    ),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results JSON here instead of stdout."),
     examples: Optional[str] = typer.Option(None, help="Write per-row 3x3 scores and matrices (jsonl)."),

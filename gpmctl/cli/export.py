@@ -13,8 +13,14 @@ def export(
     out_dir: str = typer.Argument(..., help="The folder to write."),
     dtype: Optional[str] = typer.Option(None, help="Cast the weights: fp32, bf16 or fp16 (default: keep)."),
     max_shard_size: str = typer.Option("5GB", help="Largest safetensors shard, e.g. 2GB, 500MB."),
-    sequence_classifier: bool = typer.Option(False, "--sequence-classifier", help="BT only: write an AutoModelForSequenceClassification (num_labels=1) folder."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT_DIR when it already holds files (an older export, a run folder): the export is written beside it, then swapped in whole."),
+    sequence_classifier: bool = typer.Option(
+        False, "--sequence-classifier", help="BT only: write an AutoModelForSequenceClassification (num_labels=1) folder."
+    ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace OUT_DIR when it already holds files (an older export, a run folder): the export is written beside it, then swapped in whole.",
+    ),
 ) -> None:
     """Write a model as a Hugging Face folder: config.json (with the head settings), sharded
     safetensors in the released-checkpoint layout, tokenizer, preference_head.json and a model card

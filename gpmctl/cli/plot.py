@@ -11,8 +11,12 @@ import typer
 
 def plot(
     run_dir: str = typer.Argument(..., help="A train-rm run folder (log.jsonl, and the model for --data)."),
-    data: Optional[str] = typer.Option(None, help="Preference data whose responses to embed (e.g. cyclic:reworded): a GPM's embedding planes."),
-    examples: Optional[str] = typer.Option(None, help="Per-example jsonl of `gpmctl eval pairs --examples`: a reliability diagram."),
+    data: Optional[str] = typer.Option(
+        None, help="Preference data whose responses to embed (e.g. cyclic:reworded): a GPM's embedding planes."
+    ),
+    examples: Optional[str] = typer.Option(
+        None, help="Per-example jsonl of `gpmctl eval pairs --examples`: a reliability diagram."
+    ),
     out_dir: Optional[str] = typer.Option(None, "--out-dir", "-o", help="Where the PNG files go (default RUN_DIR/plots)."),
     limit: int = typer.Option(400, help="At most this many responses in the embedding planes."),
 ) -> None:

@@ -69,7 +69,9 @@ def cp(
         import difflib
 
         close = difflib.get_close_matches(stem, list(found), n=1)
-        raise GpmctlError(f"{name}: no shipped recipe or profile of that name" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise GpmctlError(
+            f"{name}: no shipped recipe or profile of that name" + (f" (did you mean {close[0]}?)" if close else "")
+        )
     source = Path(found[stem]["path"])
     target = dest / source.name if dest.is_dir() else dest
     check_output_file(target)

@@ -11,10 +11,14 @@ import typer
 
 
 def score(
-    inputs: list[str] = typer.Argument(..., help="K >= 2 jsonl files (or - for stdin, once); line i of each answers the same prompt."),
+    inputs: list[str] = typer.Argument(
+        ..., help="K >= 2 jsonl files (or - for stdin, once); line i of each answers the same prompt."
+    ),
     model: str = typer.Option(..., "--model", "-m", help="A model folder written by train-rm."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write here instead of stdout (atomically; see --resume)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted -o run after its last complete chunk (same --chunk-lines)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted -o run after its last complete chunk (same --chunk-lines)."
+    ),
     embed: bool = typer.Option(False, "--embed", help="Write the embeddings (and gate) instead of probabilities."),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl or tsv."),
     batch_size: int = typer.Option(32, min=1, help="Sequences per forward pass."),
@@ -63,9 +67,15 @@ def score(
         refuse_inputs_as_output(output, inputs)
         prepare_output(output)
         partial, settings_path = Path(f"{output}.partial"), Path(f"{output}.partial.json")
-        settings = {"inputs": [i if i == "-" else str(Path(i).resolve()) for i in inputs], "model": _resolved(model),
-                    "format": fmt, "embed": embed, "chunk_lines": chunk_lines, "max_length": max_length,
-                    "dtype": str(resolve_dtype(dtype, device)).removeprefix("torch.")}  # fmt: skip
+        settings = {
+            "inputs": [i if i == "-" else str(Path(i).resolve()) for i in inputs],
+            "model": _resolved(model),
+            "format": fmt,
+            "embed": embed,
+            "chunk_lines": chunk_lines,
+            "max_length": max_length,
+            "dtype": str(resolve_dtype(dtype, device)).removeprefix("torch."),
+        }
         if resume and partial.exists():
             _check_resume_settings(partial, settings_path, settings)
     scorer = load_scorer(model, batch_size, max_length, dtype, device)
@@ -140,8 +150,15 @@ def score_lines(scorer, chunk: list[tuple[int, list]], embed_only: bool = False)
     return out
 
 
-RESUME_FLAGS = {"inputs": "the inputs", "model": "--model", "format": "--format", "embed": "--embed",
-                "chunk_lines": "--chunk-lines", "max_length": "--max-length", "dtype": "--dtype"}  # fmt: skip
+RESUME_FLAGS = {
+    "inputs": "the inputs",
+    "model": "--model",
+    "format": "--format",
+    "embed": "--embed",
+    "chunk_lines": "--chunk-lines",
+    "max_length": "--max-length",
+    "dtype": "--dtype",
+}
 
 
 def _resolved(model: str) -> str:
@@ -183,8 +200,13 @@ class _Progress:
 
             from gpmctl.utils import stderr_console
 
-            self.bar = Progress(SpinnerColumn(), TextColumn("scored {task.completed} lines"), TimeElapsedColumn(),
-                                console=stderr_console(), transient=True)  # fmt: skip
+            self.bar = Progress(
+                SpinnerColumn(),
+                TextColumn("scored {task.completed} lines"),
+                TimeElapsedColumn(),
+                console=stderr_console(),
+                transient=True,
+            )
             self.task = self.bar.add_task("score", total=None)
             self.bar.start()
 

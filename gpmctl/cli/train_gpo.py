@@ -23,8 +23,12 @@ EPILOG = """Examples:
 def train_gpo(
     recipe: str = typer.Argument(..., help="GPO recipe YAML (kind: gpo), or the name of a shipped one (gpo_tiny)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.path=value pairs overriding the recipe."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="`auto`: skip finished iterations, reuse saved generations of the unfinished one."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start again in an output_dir that already holds a run (iter-* are deleted)."),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", help="`auto`: skip finished iterations, reuse saved generations of the unfinished one."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start again in an output_dir that already holds a run (iter-* are deleted)."
+    ),
     print_recipe: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe as YAML on stdout and exit."),
 ) -> None:
     """Optimise a policy against a GPM or BT judge by iterated self-play: GPO (or SPPO, objective.loss).
@@ -54,8 +58,9 @@ def train_gpo(
         return run(config, resume=resume, overwrite=overwrite)
 
     t = config.train
-    code = launch.run_training(launch.plan_launch(config.launch, argv), config.launch, t.batch_size * t.grad_accum, train,
-                               lambda: _report(config))  # fmt: skip
+    code = launch.run_training(
+        launch.plan_launch(config.launch, argv), config.launch, t.batch_size * t.grad_accum, train, lambda: _report(config)
+    )
     raise typer.Exit(code)
 
 
@@ -65,7 +70,10 @@ def _report(config) -> None:
     from pathlib import Path
 
     summary = json.loads((Path(config.output_dir) / "metrics.json").read_text())
-    print(json.dumps({"output_dir": config.output_dir, "policy": summary["policy"], "iterations": summary["iterations"]}), flush=True)
+    print(
+        json.dumps({"output_dir": config.output_dir, "policy": summary["policy"], "iterations": summary["iterations"]}),
+        flush=True,
+    )
 
 
 train_gpo.__doc__ = (train_gpo.__doc__ or "") + "\n\n" + EPILOG

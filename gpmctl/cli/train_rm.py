@@ -23,11 +23,17 @@ EPILOG = """Examples:
 def train_rm(
     recipe: str = typer.Argument(..., help="Recipe YAML file, or the name of a shipped recipe (see `gpmctl recipes ls`)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.path=value pairs overriding the recipe."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="`auto` (newest checkpoint in output_dir, if any) or a checkpoint folder."),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", help="`auto` (newest checkpoint in output_dir, if any) or a checkpoint folder."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start again in an output_dir that already holds a run."),
-    stop_after_steps: Optional[int] = typer.Option(None, "--stop-after-steps", help="Checkpoint and stop (exit 75) after N optimizer steps, as on preemption."),
+    stop_after_steps: Optional[int] = typer.Option(
+        None, "--stop-after-steps", help="Checkpoint and stop (exit 75) after N optimizer steps, as on preemption."
+    ),
     print_recipe: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe as YAML on stdout and exit."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the launch command, world size, global batch and memory estimate as JSON; train nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the launch command, world size, global batch and memory estimate as JSON; train nothing."
+    ),
 ) -> None:
     """Train a reward model (BT) or a General Preference Model (GPM) from a YAML recipe.
 
@@ -46,7 +52,9 @@ def train_rm(
         return
     from gpmctl.engine import launch
 
-    argv = launch.command_argv("train-rm", recipe, overrides or [], resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps)
+    argv = launch.command_argv(
+        "train-rm", recipe, overrides or [], resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps
+    )
     plan = launch.plan_launch(config.launch, argv)
     if dry_run:
         import json
@@ -61,7 +69,9 @@ def train_rm(
 
     t = config.train
     # the recipe's `evaluate:` benchmarks run in the reporting process, on the saved model
-    code = launch.run_training(plan, config.launch, t.batch_size * t.grad_accum, train, lambda: _report(config, _benchmarks(config)))
+    code = launch.run_training(
+        plan, config.launch, t.batch_size * t.grad_accum, train, lambda: _report(config, _benchmarks(config))
+    )
     raise typer.Exit(code)
 
 
@@ -101,11 +111,16 @@ def dry_run_report(config, plan) -> dict:
         "batch": f"{t.batch_size} pairs x {t.grad_accum} accumulation x {world} processes",
         "parameters": params,
         "parameters_from": source,
-        "model_states_gib_per_gpu": None if params is None else round(launch.model_state_gib(params, lc.profile, world, mixed), 2),
+        "model_states_gib_per_gpu": None
+        if params is None
+        else round(launch.model_state_gib(params, lc.profile, world, mixed), 2),
         "memory_note": "parameters + gradients + AdamW state on a GPU (ZeRO accounting, bf16 mixed precision unless "
         "train.precision=fp32); activations and buffers not included",
-        "then_evaluate": {name: source for name, source in (("rewardbench", config.evaluate.rewardbench),
-                                                           ("rmbench", config.evaluate.rmbench)) if source},
+        "then_evaluate": {
+            name: source
+            for name, source in (("rewardbench", config.evaluate.rewardbench), ("rmbench", config.evaluate.rmbench))
+            if source
+        },
     }
 
 

@@ -14,7 +14,21 @@ from gpmctl.config.train_gpo import GpoRecipe, is_gpo_recipe, load_gpo_recipe
 from gpmctl.config.train_rm import DataConfig, EvaluateConfig, ModelConfig, Recipe, TrainConfig, load_recipe
 
 __all__ = [
-    "DataConfig", "EvaluateConfig", "GpoRecipe", "LaunchConfig", "ModelConfig", "OptimConfig", "Recipe", "TinyBackbone",
-    "TrainConfig", "dump_recipe", "is_gpo_recipe", "load_gpo_recipe", "load_recipe", "parse_override", "recipe_to_dict",
-    "resolve_recipe", "shipped_recipes",
-]  # fmt: skip
+    "DataConfig",
+    "EvaluateConfig",
+    "GpoRecipe",
+    "LaunchConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "Recipe",
+    "TinyBackbone",
+    "TrainConfig",
+    "dump_recipe",
+    "is_gpo_recipe",
+    "load_gpo_recipe",
+    "load_recipe",
+    "parse_override",
+    "recipe_to_dict",
+    "resolve_recipe",
+    "shipped_recipes",
+]

@@ -153,12 +153,23 @@ def build(cls: type, values: dict, prefix: str = "") -> Any:
 
 
 ALIASES = {
-    "learning_rate": "lr", "gradient_accumulation_steps": "grad_accum", "accumulated_gradient": "grad_accum",
-    "num_train_epochs": "epochs", "max_epochs": "epochs", "per_device_train_batch_size": "batch_size",
-    "micro_train_batch_size": "batch_size", "max_len": "max_length", "value_head_dim": "dim",
-    "general_preference_tau": "tau", "add_prompt_head": "gate", "warmup": "warmup_ratio",
-    "max_norm": "max_grad_norm", "l2": "weight_decay", "save_path": "output_dir", "pretrain": "backbone",
-}  # fmt: skip
+    "learning_rate": "lr",
+    "gradient_accumulation_steps": "grad_accum",
+    "accumulated_gradient": "grad_accum",
+    "num_train_epochs": "epochs",
+    "max_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "micro_train_batch_size": "batch_size",
+    "max_len": "max_length",
+    "value_head_dim": "dim",
+    "general_preference_tau": "tau",
+    "add_prompt_head": "gate",
+    "warmup": "warmup_ratio",
+    "max_norm": "max_grad_norm",
+    "l2": "weight_decay",
+    "save_path": "output_dir",
+    "pretrain": "backbone",
+}
 """Names users bring from TRL, transformers and the authors' scripts -> the recipe's own field."""
 
 

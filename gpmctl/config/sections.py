@@ -73,9 +73,13 @@ def optimisation_checks(t: OptimConfig) -> list[tuple[bool, str, str]]:
         (0.0 <= t.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)"),
         (t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0: no clipping)"),
         (t.logging_steps >= 1, "train.logging_steps", f"must be >= 1, got {t.logging_steps}"),
-        (t.save_steps is None or t.save_steps >= 1, "train.save_steps", f"must be >= 1 (or null: on a stop signal), got {t.save_steps}"),
+        (
+            t.save_steps is None or t.save_steps >= 1,
+            "train.save_steps",
+            f"must be >= 1 (or null: on a stop signal), got {t.save_steps}",
+        ),
         (all(0.0 <= b < 1.0 for b in t.adam_betas), "train.adam_betas", "must be in [0, 1)"),
-    ]  # fmt: skip
+    ]
 
 
 def tiny_checks(shape: TinyBackbone, key: str) -> list[tuple[bool, str, str]]:
@@ -91,6 +95,9 @@ def tiny_checks(shape: TinyBackbone, key: str) -> list[tuple[bool, str, str]]:
 def launch_checks(launch: LaunchConfig) -> list[tuple[bool, str, str]]:
     return [
         (launch.num_processes >= 1, "launch.num_processes", "must be >= 1"),
-        (launch.num_machines >= 1 and launch.num_processes % launch.num_machines == 0,
-         "launch.num_machines", "must be >= 1 and divide launch.num_processes"),
-    ]  # fmt: skip
+        (
+            launch.num_machines >= 1 and launch.num_processes % launch.num_machines == 0,
+            "launch.num_machines",
+            "must be >= 1 and divide launch.num_processes",
+        ),
+    ]

@@ -160,38 +160,58 @@ class GpoRecipe:
         from gpmctl.data.cyclic import ITEM_WORDS
 
         w, j, d, g, o, t = self.policy.warmup, self.judge, self.data, self.generation, self.objective, self.train
-        loader.check([
-            (j.model is not None, "judge.model", "is required (a gpmctl model folder)"),
-            (j.batch_size >= 1, "judge.batch_size", f"must be >= 1, got {j.batch_size}"),
-            (j.max_length >= 8, "judge.max_length", f"must be >= 8, got {j.max_length}"),
-            (d.train is not None, "data.train", "is required (a prompt source)"),
-            (d.max_prompts is None or d.max_prompts >= 1, "data.max_prompts", f"must be >= 1, got {d.max_prompts}"),
-            (d.max_eval_prompts is None or d.max_eval_prompts >= 1, "data.max_eval_prompts", f"must be >= 1, got {d.max_eval_prompts}"),
-            (d.max_prompt_length >= 1, "data.max_prompt_length", f"must be >= 1, got {d.max_prompt_length}"),
-            (g.k >= 2, "generation.k", f"must be >= 2, got {g.k}"),
-            (g.temperature > 0, "generation.temperature", f"must be > 0, got {g.temperature}"),
-            (0 < g.top_p <= 1, "generation.top_p", f"must be in (0, 1], got {g.top_p}"),
-            (g.max_new_tokens >= 1, "generation.max_new_tokens", "must be >= 1"),
-            (g.batch_size >= 1, "generation.batch_size", f"must be >= 1, got {g.batch_size}"),
-            (o.iterations >= 1, "objective.iterations", "must be >= 1"),
-            (o.beta > 0, "objective.beta", "must be > 0"),
-            (o.target_clamp is None or o.target_clamp > 0, "objective.target_clamp", "must be > 0"),
-            *optimisation_checks(t),
-            (t.epochs > 0, "train.epochs", f"must be > 0, got {t.epochs}"),
-            (t.max_length >= 2, "train.max_length", f"must be >= 2 (prompt and response tokens), got {t.max_length}"),
-            *tiny_checks(self.policy.tiny, "policy.tiny"),
-            (w.steps >= 0, "policy.warmup.steps", f"must be >= 0, got {w.steps}"),
-            (w.lr > 0, "policy.warmup.lr", f"must be > 0, got {w.lr}"),
-            (w.batch_size >= 1, "policy.warmup.batch_size", f"must be >= 1, got {w.batch_size}"),
-            (2 <= w.num_items <= len(ITEM_WORDS), "policy.warmup.num_items", f"must be in [2, {len(ITEM_WORDS)}], got {w.num_items}"),
-            (w.item_weights is None or len(w.item_weights) == w.num_items, "policy.warmup.item_weights",
-             f"needs {w.num_items} weights (policy.warmup.num_items)"),
-            (w.item_weights is None or (min(w.item_weights) >= 0 and sum(w.item_weights) > 0), "policy.warmup.item_weights",
-             "must be >= 0 and not all 0"),
-            (w.steps == 0 or self.policy.model == "tiny", "policy.warmup.steps", "the cyclic warm-up is for policy.model: tiny"),
-            (self.eval.samples >= 1, "eval.samples", "must be >= 1"),
-            *launch_checks(self.launch),
-        ])  # fmt: skip
+        loader.check(
+            [
+                (j.model is not None, "judge.model", "is required (a gpmctl model folder)"),
+                (j.batch_size >= 1, "judge.batch_size", f"must be >= 1, got {j.batch_size}"),
+                (j.max_length >= 8, "judge.max_length", f"must be >= 8, got {j.max_length}"),
+                (d.train is not None, "data.train", "is required (a prompt source)"),
+                (d.max_prompts is None or d.max_prompts >= 1, "data.max_prompts", f"must be >= 1, got {d.max_prompts}"),
+                (
+                    d.max_eval_prompts is None or d.max_eval_prompts >= 1,
+                    "data.max_eval_prompts",
+                    f"must be >= 1, got {d.max_eval_prompts}",
+                ),
+                (d.max_prompt_length >= 1, "data.max_prompt_length", f"must be >= 1, got {d.max_prompt_length}"),
+                (g.k >= 2, "generation.k", f"must be >= 2, got {g.k}"),
+                (g.temperature > 0, "generation.temperature", f"must be > 0, got {g.temperature}"),
+                (0 < g.top_p <= 1, "generation.top_p", f"must be in (0, 1], got {g.top_p}"),
+                (g.max_new_tokens >= 1, "generation.max_new_tokens", "must be >= 1"),
+                (g.batch_size >= 1, "generation.batch_size", f"must be >= 1, got {g.batch_size}"),
+                (o.iterations >= 1, "objective.iterations", "must be >= 1"),
+                (o.beta > 0, "objective.beta", "must be > 0"),
+                (o.target_clamp is None or o.target_clamp > 0, "objective.target_clamp", "must be > 0"),
+                *optimisation_checks(t),
+                (t.epochs > 0, "train.epochs", f"must be > 0, got {t.epochs}"),
+                (t.max_length >= 2, "train.max_length", f"must be >= 2 (prompt and response tokens), got {t.max_length}"),
+                *tiny_checks(self.policy.tiny, "policy.tiny"),
+                (w.steps >= 0, "policy.warmup.steps", f"must be >= 0, got {w.steps}"),
+                (w.lr > 0, "policy.warmup.lr", f"must be > 0, got {w.lr}"),
+                (w.batch_size >= 1, "policy.warmup.batch_size", f"must be >= 1, got {w.batch_size}"),
+                (
+                    2 <= w.num_items <= len(ITEM_WORDS),
+                    "policy.warmup.num_items",
+                    f"must be in [2, {len(ITEM_WORDS)}], got {w.num_items}",
+                ),
+                (
+                    w.item_weights is None or len(w.item_weights) == w.num_items,
+                    "policy.warmup.item_weights",
+                    f"needs {w.num_items} weights (policy.warmup.num_items)",
+                ),
+                (
+                    w.item_weights is None or (min(w.item_weights) >= 0 and sum(w.item_weights) > 0),
+                    "policy.warmup.item_weights",
+                    "must be >= 0 and not all 0",
+                ),
+                (
+                    w.steps == 0 or self.policy.model == "tiny",
+                    "policy.warmup.steps",
+                    "the cyclic warm-up is for policy.model: tiny",
+                ),
+                (self.eval.samples >= 1, "eval.samples", "must be >= 1"),
+                *launch_checks(self.launch),
+            ]
+        )
 
 
 def is_gpo_recipe(path: str | Path) -> bool:
@@ -229,8 +249,10 @@ def check_judge(recipe: GpoRecipe) -> None:
     if (Path(j.model) / HEAD_FILE).is_file():
         return
     if j.train_recipe is None:
-        raise ConfigError(f"{source}: judge.model: {j.model} holds no gpmctl model ({HEAD_FILE}); "
-                          f"train one (gpmctl train-rm RECIPE output_dir={j.model}) or set judge.train_recipe")  # fmt: skip
+        raise ConfigError(
+            f"{source}: judge.model: {j.model} holds no gpmctl model ({HEAD_FILE}); "
+            f"train one (gpmctl train-rm RECIPE output_dir={j.model}) or set judge.train_recipe"
+        )
     try:
         load_recipe(resolve_recipe(j.train_recipe), [*j.train_overrides, f"output_dir={j.model}"])
     except ConfigError as e:

@@ -148,32 +148,48 @@ class Recipe:
 
     def validate(self) -> None:
         m, d, t, e = self.model, self.data, self.train, self.evaluate
-        loader.check([
-            (m.kind == "bt" or (m.dim >= 2 and m.dim % 2 == 0), "model.dim", f"must be even and >= 2, got {m.dim}"),
-            (not (m.kind == "bt" and m.gate), "model.gate", "a gate needs a GPM (model.kind: gpm)"),
-            (m.tau is None or m.tau > 0, "model.tau", "must be > 0"),
-            (m.init_std is None or m.init_std > 0, "model.init_std", "must be > 0 (or null: 1 / (hidden_size + 1))"),
-            (m.lora_rank >= 0, "model.lora_rank", "must be >= 0 (0 turns LoRA off)"),
-            (m.train_last_layers >= 0, "model.train_last_layers", "must be >= 0 (0: every layer trains)"),
-            (not (m.freeze_backbone and (m.lora_rank or m.train_last_layers)), "model.freeze_backbone",
-             "excludes model.lora_rank and model.train_last_layers (a frozen backbone trains no layer)"),
-            (not (m.freeze_backbone and self.launch.num_processes > 1), "model.freeze_backbone",
-             "trains the head in one process (launch.num_processes: 1)"),
-            *tiny_checks(m.tiny, "model.tiny"),
-            (d.train is not None, "data.train", "is required (a preference file)"),
-            (0.0 <= d.eval_fraction < 1.0, "data.eval_fraction", "must be in [0, 1)"),
-            (d.max_length >= 8, "data.max_length", f"must be >= 8, got {d.max_length}"),
-            (d.max_samples is None or d.max_samples >= 1, "data.max_samples", "must be >= 1 (or null: every pair)"),
-            *optimisation_checks(t),
-            (t.max_steps is None or t.max_steps >= 1, "train.max_steps", f"must be >= 1 (or null: epochs), got {t.max_steps}"),
-            (t.max_steps is not None or t.epochs > 0, "train.epochs", f"must be > 0 (or set train.max_steps), got {t.epochs}"),
-            (t.eval_steps is None or t.eval_steps >= 1, "train.eval_steps", "must be >= 1 (or null: once per epoch)"),
-            (t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1"),
-            (e.batch_size >= 1, "evaluate.batch_size", f"must be >= 1, got {e.batch_size}"),
-            (e.max_length is None or e.max_length >= 8, "evaluate.max_length", "must be >= 8 (or null: data.max_length)"),
-            (e.rmbench_limit is None or e.rmbench_limit >= 1, "evaluate.rmbench_limit", "must be >= 1 (or null: every row)"),
-            *launch_checks(self.launch),
-        ])  # fmt: skip
+        loader.check(
+            [
+                (m.kind == "bt" or (m.dim >= 2 and m.dim % 2 == 0), "model.dim", f"must be even and >= 2, got {m.dim}"),
+                (not (m.kind == "bt" and m.gate), "model.gate", "a gate needs a GPM (model.kind: gpm)"),
+                (m.tau is None or m.tau > 0, "model.tau", "must be > 0"),
+                (m.init_std is None or m.init_std > 0, "model.init_std", "must be > 0 (or null: 1 / (hidden_size + 1))"),
+                (m.lora_rank >= 0, "model.lora_rank", "must be >= 0 (0 turns LoRA off)"),
+                (m.train_last_layers >= 0, "model.train_last_layers", "must be >= 0 (0: every layer trains)"),
+                (
+                    not (m.freeze_backbone and (m.lora_rank or m.train_last_layers)),
+                    "model.freeze_backbone",
+                    "excludes model.lora_rank and model.train_last_layers (a frozen backbone trains no layer)",
+                ),
+                (
+                    not (m.freeze_backbone and self.launch.num_processes > 1),
+                    "model.freeze_backbone",
+                    "trains the head in one process (launch.num_processes: 1)",
+                ),
+                *tiny_checks(m.tiny, "model.tiny"),
+                (d.train is not None, "data.train", "is required (a preference file)"),
+                (0.0 <= d.eval_fraction < 1.0, "data.eval_fraction", "must be in [0, 1)"),
+                (d.max_length >= 8, "data.max_length", f"must be >= 8, got {d.max_length}"),
+                (d.max_samples is None or d.max_samples >= 1, "data.max_samples", "must be >= 1 (or null: every pair)"),
+                *optimisation_checks(t),
+                (
+                    t.max_steps is None or t.max_steps >= 1,
+                    "train.max_steps",
+                    f"must be >= 1 (or null: epochs), got {t.max_steps}",
+                ),
+                (
+                    t.max_steps is not None or t.epochs > 0,
+                    "train.epochs",
+                    f"must be > 0 (or set train.max_steps), got {t.epochs}",
+                ),
+                (t.eval_steps is None or t.eval_steps >= 1, "train.eval_steps", "must be >= 1 (or null: once per epoch)"),
+                (t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1"),
+                (e.batch_size >= 1, "evaluate.batch_size", f"must be >= 1, got {e.batch_size}"),
+                (e.max_length is None or e.max_length >= 8, "evaluate.max_length", "must be >= 8 (or null: data.max_length)"),
+                (e.rmbench_limit is None or e.rmbench_limit >= 1, "evaluate.rmbench_limit", "must be >= 1 (or null: every row)"),
+                *launch_checks(self.launch),
+            ]
+        )
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:

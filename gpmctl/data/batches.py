@@ -15,8 +15,9 @@ MEGA_BATCH_STEPS = 8
 realistic length spreads that cut the padding of random batches from 37% to 24%)."""
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
-                  lengths: list[int] | None = None) -> list[list[int]]:  # fmt: skip
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1, lengths: list[int] | None = None
+) -> list[list[int]]:
     """This rank's micro-batches of one epoch: a permutation seeded by (seed, epoch), so a resumed run
     sees exactly the batches the interrupted one would have seen. Every rank gets the same count.
     With `lengths` (one per pair) the batches are length-grouped (`_length_grouped`)."""

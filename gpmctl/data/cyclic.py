@@ -51,22 +51,84 @@ from gpmctl.utils import atomic_write_text
 
 # Single lowercase words, none of which occurs in the other word lists, so a response names one item.
 ITEM_WORDS: tuple[str, ...] = (
-    "red", "blue", "green", "gold", "silver", "copper", "amber", "ivory",
-    "coral", "olive", "pearl", "jade", "oak", "pine", "cedar", "maple",
-    "stone", "glass", "steel", "iron", "brass", "clay", "wool", "silk",
-)  # fmt: skip
+    "red",
+    "blue",
+    "green",
+    "gold",
+    "silver",
+    "copper",
+    "amber",
+    "ivory",
+    "coral",
+    "olive",
+    "pearl",
+    "jade",
+    "oak",
+    "pine",
+    "cedar",
+    "maple",
+    "stone",
+    "glass",
+    "steel",
+    "iron",
+    "brass",
+    "clay",
+    "wool",
+    "silk",
+)
 OPENERS: tuple[str, ...] = (
-    "I would pick", "My choice is", "Go with", "Try", "Choose", "Pick", "I recommend", "I suggest",
-    "Consider", "Definitely", "Honestly,", "Surely", "Clearly", "Best is", "The answer is",
-)  # fmt: skip
+    "I would pick",
+    "My choice is",
+    "Go with",
+    "Try",
+    "Choose",
+    "Pick",
+    "I recommend",
+    "I suggest",
+    "Consider",
+    "Definitely",
+    "Honestly,",
+    "Surely",
+    "Clearly",
+    "Best is",
+    "The answer is",
+)
 CONNECTORS: tuple[str, ...] = (
-    "because it is", "since it is", "as it looks", "which feels", "because it feels", "since it looks",
-    "as it seems", "which is", "given it is", "for it is", "because it seems", "which looks",
-)  # fmt: skip
+    "because it is",
+    "since it is",
+    "as it looks",
+    "which feels",
+    "because it feels",
+    "since it looks",
+    "as it seems",
+    "which is",
+    "given it is",
+    "for it is",
+    "because it seems",
+    "which looks",
+)
 ADJECTIVES: tuple[str, ...] = (
-    "bright", "calm", "warm", "strong", "simple", "clean", "bold", "soft", "fresh", "quiet",
-    "rich", "light", "smooth", "sharp", "gentle", "clear", "lively", "solid", "classic", "modern",
-)  # fmt: skip
+    "bright",
+    "calm",
+    "warm",
+    "strong",
+    "simple",
+    "clean",
+    "bold",
+    "soft",
+    "fresh",
+    "quiet",
+    "rich",
+    "light",
+    "smooth",
+    "sharp",
+    "gentle",
+    "clear",
+    "lively",
+    "solid",
+    "classic",
+    "modern",
+)
 PROMPT_TEMPLATES: tuple[str, ...] = (
     "Which option suits a {topic} best?",
     "What would you pick for a {topic}?",
@@ -76,9 +138,27 @@ PROMPT_TEMPLATES: tuple[str, ...] = (
     "Any suggestion for a new {topic}?",
 )
 TOPICS: tuple[str, ...] = (
-    "kitchen", "garden", "bedroom", "office", "poster", "jacket", "sofa", "bicycle", "wedding", "picnic",
-    "website", "logo", "carpet", "lamp", "table", "hallway", "balcony", "notebook", "scarf", "kite",
-)  # fmt: skip
+    "kitchen",
+    "garden",
+    "bedroom",
+    "office",
+    "poster",
+    "jacket",
+    "sofa",
+    "bicycle",
+    "wedding",
+    "picnic",
+    "website",
+    "logo",
+    "carpet",
+    "lamp",
+    "table",
+    "hallway",
+    "balcony",
+    "notebook",
+    "scarf",
+    "kite",
+)
 
 # Every template x topic wording; one in four is kept for test prompts only (known words, new wording).
 _WORDINGS = [(t, topic) for t in range(len(PROMPT_TEMPLATES)) for topic in range(len(TOPICS))]
@@ -166,8 +246,10 @@ def _check(cfg: CyclicConfig) -> None:
         # 3-cycles on the 2n half-steps need 3 | 2n; n >= 9 gives trained blends (d = 3) at the new items' angles
         raise ConfigError(f"cyclic: blend_prompts need num_items divisible by 3 and >= 9, got {cfg.num_items}")
     if cfg.tournament_prompts and cfg.num_items + TOURNAMENT_SIZE > len(ITEM_WORDS):
-        raise ConfigError(f"cyclic: tournament_prompts need num_items <= {len(ITEM_WORDS) - TOURNAMENT_SIZE} "
-                          f"({TOURNAMENT_SIZE} item words of their own), got {cfg.num_items}")  # fmt: skip
+        raise ConfigError(
+            f"cyclic: tournament_prompts need num_items <= {len(ITEM_WORDS) - TOURNAMENT_SIZE} "
+            f"({TOURNAMENT_SIZE} item words of their own), got {cfg.num_items}"
+        )
 
 
 def cycle_items(offset: int, length: int, num_items: int) -> list[int]:
@@ -225,9 +307,15 @@ def cyclic_splits(cfg: CyclicConfig) -> dict[str, list[dict]]:
     def row(p: int, prompt: str, kind: str, winner: str, loser: str, chosen: str, rejected: str) -> dict:
         next_id[p] += 1
         return {
-            "id": f"cyc-{p}-{next_id[p] - 1}", "prompt": prompt, "chosen": chosen, "rejected": rejected,
-            "kind": kind, "cycle": p, "chosen_item": winner, "rejected_item": loser,
-        }  # fmt: skip
+            "id": f"cyc-{p}-{next_id[p] - 1}",
+            "prompt": prompt,
+            "chosen": chosen,
+            "rejected": rejected,
+            "kind": kind,
+            "cycle": p,
+            "chosen_item": winner,
+            "rejected_item": loser,
+        }
 
     train: list[dict] = []
 
@@ -238,7 +326,7 @@ def cyclic_splits(cfg: CyclicConfig) -> dict[str, list[dict]]:
                 train.append(row(p, prompt, kind, winner, loser, chosen, rejected))
 
     def named(pairs: list[tuple[int, int]], name) -> list[tuple[str, str]]:
-        return [(name[w], name[l]) for w, l in pairs]
+        return [(name[w], name[lo]) for w, lo in pairs]
 
     tests: list[tuple[str, int, str, str, list[tuple[str, str]]]] = []  # (split, prompt index, prompt, kind, pairs)
     for p in range(cfg.num_prompts):

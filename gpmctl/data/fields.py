@@ -146,4 +146,3 @@ def check_different(chosen: list[Message], rejected: list[Message], name: str = 
     """Two identical answers are no comparison."""
     if chosen == rejected:
         raise RowProblem(name, "identical to chosen; a pair needs two different answers")
-

@@ -238,7 +238,7 @@ def jsonl_lines(name: str, p: Path | None, gzipped: bool, max_line_bytes: int) -
                 yield number, DataError(name, problem, line=number)
                 continue
             if number == 1 and raw.startswith(_BOM):
-                raw, start = raw[len(_BOM):], start + len(_BOM)
+                raw, start = raw[len(_BOM) :], start + len(_BOM)
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -310,7 +310,7 @@ def _json_rows(name: str, p: Path) -> Rows:
         data = p.read_bytes()
     except OSError as e:
         raise DataError(name, f"cannot read: {e.strerror or e}") from None
-    data = data[len(_BOM):] if data.startswith(_BOM) else data
+    data = data[len(_BOM) :] if data.startswith(_BOM) else data
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -477,8 +477,11 @@ class RecordWriter:
             for i, row in enumerate(rows):
                 unknown = [k for k in row if k not in self._schema.names]
                 if unknown:
-                    raise DataError(self.path, f"extra key {unknown[0]!r} first appears at output row {first + i}, after the "
-                                               "parquet columns were fixed from the first rows: write jsonl instead")  # fmt: skip
+                    raise DataError(
+                        self.path,
+                        f"extra key {unknown[0]!r} first appears at output row {first + i}, after the "
+                        "parquet columns were fixed from the first rows: write jsonl instead",
+                    )
         columns = {name: [row.get(name) for row in rows] for name in self._schema.names}
         try:
             table = pa.Table.from_pydict(columns, schema=self._schema)
@@ -529,7 +532,11 @@ def _fixed_parquet_fields() -> list:
     import pyarrow as pa
 
     return [(k, _messages_type()) for k in ("prompt", "chosen", "rejected")] + [
-        ("margin", pa.float64()), ("label", pa.float64()), ("id", pa.string()), ("subset", pa.string())]  # fmt: skip
+        ("margin", pa.float64()),
+        ("label", pa.float64()),
+        ("id", pa.string()),
+        ("subset", pa.string()),
+    ]
 
 
 def _parquet_row(record: PreferenceRecord) -> dict:
@@ -566,7 +573,9 @@ def _meta_arrow_type(key: str, values: list[Any]):
     if kinds <= {str}:
         return pa.string()
     names = ", ".join(sorted(k.__name__ for k in kinds))
-    raise DataError(key, f"extra key holds values of several types ({names}); parquet needs one type per column: write jsonl instead")
+    raise DataError(
+        key, f"extra key holds values of several types ({names}); parquet needs one type per column: write jsonl instead"
+    )
 
 
 def _json_line(record: PreferenceRecord) -> str:

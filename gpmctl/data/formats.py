@@ -193,7 +193,7 @@ def gpm_custom_record(row: dict, *, allow_empty_responses: bool = False) -> Pref
                 raise RowProblem(name, "missing" if "response" not in value else "is null")
             value = value["response"]
         elif not isinstance(value, str):
-            raise RowProblem(key, f"expected a string or {{\"response\": str}}, got {json_type(value)}")
+            raise RowProblem(key, f'expected a string or {{"response": str}}, got {json_type(value)}')
         content = checked_text(value, name, allow_empty=allow_empty_responses, answer=True)
         sides.append([{"role": "assistant", "content": content}])
     check_different(*sides, name="reject")
@@ -222,7 +222,9 @@ class ReadOptions:
         if self.format is not None and self.format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.ultrafeedback_mode not in ULTRAFEEDBACK_MODES:
-            raise ValueError(f"ultrafeedback mode must be one of {', '.join(ULTRAFEEDBACK_MODES)}, got {self.ultrafeedback_mode!r}")
+            raise ValueError(
+                f"ultrafeedback mode must be one of {', '.join(ULTRAFEEDBACK_MODES)}, got {self.ultrafeedback_mode!r}"
+            )
         object.__setattr__(self, "criteria", parse_criteria(self.criteria))
 
 
@@ -265,7 +267,7 @@ def row_records(row: Any, options: ReadOptions) -> list[PreferenceRecord]:
     if fmt is None:
         raise RowProblem("chosen", "missing")
     if fmt == "ultrafeedback":
-        return ultrafeedback_records(row, allow_empty_responses=options.allow_empty_responses,
-                                     mode=options.ultrafeedback_mode, criteria=options.criteria)  # fmt: skip
+        return ultrafeedback_records(
+            row, allow_empty_responses=options.allow_empty_responses, mode=options.ultrafeedback_mode, criteria=options.criteria
+        )
     return [_READERS[fmt](row, allow_empty_responses=options.allow_empty_responses)]
-

@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 
 def parse_mix_source(spec: str) -> tuple[str, float]:
-    """"path:weight" -> (path, weight); a spec without ":weight" has weight 1."""
+    """ "path:weight" -> (path, weight); a spec without ":weight" has weight 1."""
     path, sep, weight = spec.rpartition(":")
     if not sep or not path:
         return spec, 1.0

@@ -110,8 +110,9 @@ def convert(
     count_error = SkipCounter(on_error)
 
     with RecordWriter(dst, inputs=(src,)) as out:
-        for record in valid_records(src, skip_invalid=skip_invalid, on_error=count_error, rename=rename, progress=progress,
-                                    options=options):  # fmt: skip
+        for record in valid_records(
+            src, skip_invalid=skip_invalid, on_error=count_error, rename=rename, progress=progress, options=options
+        ):
             out.write(record)
     return {"input": src, "output": dst, "rows": out.rows, "skipped": count_error.count}
 
@@ -254,8 +255,13 @@ def split(
     with RecordWriter(out / "train.jsonl", inputs=(src,)) as train, RecordWriter(out / "eval.jsonl", inputs=(src,)) as held:
         for record in valid_records(src, skip_invalid=skip_invalid, on_error=count_error, progress=progress, options=options):
             (held if held_out(record, eval_fraction, seed) else train).write(record)
-    return {"train": str(out / "train.jsonl"), "eval": str(out / "eval.jsonl"),
-            "train_rows": train.rows, "eval_rows": held.rows, "skipped": count_error.count}  # fmt: skip
+    return {
+        "train": str(out / "train.jsonl"),
+        "eval": str(out / "eval.jsonl"),
+        "train_rows": train.rows,
+        "eval_rows": held.rows,
+        "skipped": count_error.count,
+    }
 
 
 def mix(
@@ -299,6 +305,15 @@ def mix(
         "output": dst,
         "rows": out.rows,
         "skipped": count_error.count,
-        "sources": [{"path": p, "weight": w, "rows": size, "taken": t, "repeated": max(0, t - size), "share": round(t / total, 4) if total else 0.0}
-                    for (p, w), size, t in zip(sources, sizes, taken)],  # fmt: skip
+        "sources": [
+            {
+                "path": p,
+                "weight": w,
+                "rows": size,
+                "taken": t,
+                "repeated": max(0, t - size),
+                "share": round(t / total, 4) if total else 0.0,
+            }
+            for (p, w), size, t in zip(sources, sizes, taken)
+        ],
     }

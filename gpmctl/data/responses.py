@@ -76,7 +76,11 @@ def parse_response(row, path: str, line: int) -> Response:
     rid = None if row.get("id") is None else str(row["id"])
     if "messages" in row:
         msgs = row["messages"]
-        if not (isinstance(msgs, list) and len(msgs) >= 2 and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)):
+        if not (
+            isinstance(msgs, list)
+            and len(msgs) >= 2
+            and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)
+        ):
             raise DataError(path, "expected a list of >= 2 {role, content} messages", line=line, field="messages")
         return Response([dict(m) for m in msgs[:-1]], [dict(msgs[-1])], rid)
     for key in ("prompt", "response"):
@@ -85,7 +89,9 @@ def parse_response(row, path: str, line: int) -> Response:
     prompt, response = row["prompt"], row["response"]
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
-    if not (isinstance(prompt, list) and prompt and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt)):
+    if not (
+        isinstance(prompt, list) and prompt and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt)
+    ):
         raise DataError(path, "expected a string or a list of {role, content} messages", line=line, field="prompt")
     if not isinstance(response, str):
         raise DataError(path, f"expected a string, got {type(response).__name__}", line=line, field="response")
@@ -126,7 +132,12 @@ def aligned_rows(
                     raise DataError(path, f"invalid JSON ({e.msg})", line=number) from None
             if not allow_prompt_mismatch and any(r.prompt != rows[0].prompt for r in rows[1:]):
                 other = paths[next(i for i, r in enumerate(rows) if r.prompt != rows[0].prompt)]
-                raise DataError(other, f"prompt differs from {paths[0]} on the same line (--allow-prompt-mismatch to accept)", line=number, field="prompt")
+                raise DataError(
+                    other,
+                    f"prompt differs from {paths[0]} on the same line (--allow-prompt-mismatch to accept)",
+                    line=number,
+                    field="prompt",
+                )
             if shorten is not None:
                 rows = [Response(shorten(r.prompt), shorten(r.response), r.id) for r in rows]
             yield number, rows

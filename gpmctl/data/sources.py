@@ -53,8 +53,10 @@ def parse_cyclic_spec(spec: str):
     body = spec[len(CYCLIC) :]
     split, _, query = body.partition("?")
     if split not in ("train", *TEST_SPLITS, *SPLIT_ALIASES):
-        raise ConfigError(f"{spec}: the cyclic generator has splits train, {', '.join(TEST_SPLITS)} (and test, "
-                          f"an alias of reworded), not {split!r}")  # fmt: skip
+        raise ConfigError(
+            f"{spec}: the cyclic generator has splits train, {', '.join(TEST_SPLITS)} (and test, "
+            f"an alias of reworded), not {split!r}"
+        )
     hints = typing.get_type_hints(CyclicConfig)
     options = {}
     for key, raw in parse_qsl(query, keep_blank_values=True):
@@ -151,8 +153,9 @@ def _hub_rows(spec: str, name: str, config: str | None, split: str) -> Iterable:
             "pass a local file (.jsonl, .jsonl.gz, .json, .parquet) or folder instead",
         ) from None
     except Exception as e:  # datasets raises its own types for unknown splits/configs
-        raise DataError(spec, f"Hugging Face dataset {name!r} could not be loaded: {type(e).__name__}: {e}; "
-                              "pass a local file instead") from None  # fmt: skip
+        raise DataError(
+            spec, f"Hugging Face dataset {name!r} could not be loaded: {type(e).__name__}: {e}; pass a local file instead"
+        ) from None
 
 
 def _folder_files(folder: Path) -> list[Path]:

@@ -36,7 +36,9 @@ class EncodedPair:
 class SequenceEncoder:
     """Turns (prompt messages, response messages) into token ids following the model's head settings."""
 
-    def __init__(self, tokenizer, max_length: int, eos: str = "overwrite", gate_prompt: str = "first_turn", truncation: str = "right"):
+    def __init__(
+        self, tokenizer, max_length: int, eos: str = "overwrite", gate_prompt: str = "first_turn", truncation: str = "right"
+    ):
         if tokenizer.eos_token_id is None and eos != "none":
             raise DataError("tokenizer", "has no EOS token; set model.eos: none")
         self.tokenizer = tokenizer
@@ -82,7 +84,9 @@ class SequenceEncoder:
         start = 0  # first kept token
         if len(ids) > limit:
             if self.truncation == "error":
-                raise DataError(where or "data", f"{len(ids)} tokens, more than data.max_length={self.max_length}", field="length")
+                raise DataError(
+                    where or "data", f"{len(ids)} tokens, more than data.max_length={self.max_length}", field="length"
+                )
             self.truncated += 1
             if self.truncation == "left":
                 start = min(len(ids) - limit, max(prompt_len - 1, 0))

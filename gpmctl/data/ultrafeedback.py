@@ -38,7 +38,7 @@ DEFAULT_CYCLE_CRITERIA = ("instruction_following", "honesty", "truthfulness")
 
 
 def parse_criteria(criteria: str | Iterable[str]) -> tuple[str, ...]:
-    """"honesty>truthfulness>helpfulness" (or a sequence of names) -> aspect names; ValueError if bad."""
+    """ "honesty>truthfulness>helpfulness" (or a sequence of names) -> aspect names; ValueError if bad."""
     names = criteria.split(">") if isinstance(criteria, str) else list(criteria)
     out = tuple(ASPECT_ALIASES.get(n.strip().lower(), n.strip().lower()) for n in names)
     unknown = [n for n in out if n not in ASPECTS]
@@ -54,11 +54,11 @@ def _rating(value: Any, name: str) -> float | None:
     if value is None or (isinstance(value, str) and value.strip().upper() in ("", "N/A", "NA")):
         return None
     if isinstance(value, bool):
-        raise RowProblem(name, f"expected a rating like \"4\" or \"N/A\", got {json_type(value)}")
+        raise RowProblem(name, f'expected a rating like "4" or "N/A", got {json_type(value)}')
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise RowProblem(name, f"expected a rating like \"4\" or \"N/A\", got {short(value)}") from None
+        raise RowProblem(name, f'expected a rating like "4" or "N/A", got {short(value)}') from None
     if not math.isfinite(number):
         raise RowProblem(name, f"expected a finite rating, got {short(value)}")
     return number
@@ -96,7 +96,7 @@ def _completions(row: dict, allow_empty_responses: bool) -> list[_Completion]:
             elif isinstance(note, dict):
                 ratings[aspect] = _rating(note.get("Rating"), f"{where}.annotations.{aspect}.Rating")
             else:
-                raise RowProblem(f"{where}.annotations.{aspect}", f"expected an object with \"Rating\", got {json_type(note)}")
+                raise RowProblem(f"{where}.annotations.{aspect}", f'expected an object with "Rating", got {json_type(note)}')
         score = None
         for key in ("overall_score", "fine-grained_score"):
             value = c.get(key)
@@ -138,7 +138,9 @@ def ultrafeedback_records(
 
     def record(a: _Completion, b: _Completion, margin: float, **meta: Any) -> PreferenceRecord:
         fields = {**optional, "margin": margin, "meta": {**optional["meta"], **meta}}
-        return PreferenceRecord(prompt, [{"role": "assistant", "content": a.text}], [{"role": "assistant", "content": b.text}], **fields)
+        return PreferenceRecord(
+            prompt, [{"role": "assistant", "content": a.text}], [{"role": "assistant", "content": b.text}], **fields
+        )
 
     if mode == "binarize":
         scored = [c for c in completions if c.score is not None]
@@ -168,4 +170,3 @@ def ultrafeedback_records(
                 out.append(record(a, b, margin, kind="cycle", criterion=aspect, cycle=cycle, cycle_criteria=names))
             cycle += 1
     return out
-

@@ -63,14 +63,19 @@ class Engine:
             precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
         if precision == "fp16" and not torch.cuda.is_available():  # CPU autocast has no fp16 loss scaling: NaN weights
             raise ConfigError(f"{source}: train.precision: fp16 needs a CUDA GPU (there is none here); use bf16 or fp32")
-        accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision],
-                                  gradient_accumulation_steps=grad_accum, **_cpu_settings())  # fmt: skip
+        accelerator = Accelerator(
+            mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision],
+            gradient_accumulation_steps=grad_accum,
+            **_cpu_settings(),
+        )
         plugin = accelerator.state.deepspeed_plugin
         if plugin is not None:
             plugin.deepspeed_config.update(
-                train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=grad_accum,
-                train_batch_size=micro_batch * grad_accum * accelerator.num_processes, gradient_clipping=max_grad_norm,
-            )  # fmt: skip
+                train_micro_batch_size_per_gpu=micro_batch,
+                gradient_accumulation_steps=grad_accum,
+                train_batch_size=micro_batch * grad_accum * accelerator.num_processes,
+                gradient_clipping=max_grad_norm,
+            )
         return cls(accelerator, precision, grad_accum)
 
     @classmethod
@@ -126,8 +131,12 @@ class Engine:
         if not self.accelerator:
             return {"device": str(self.device), "num_processes": 1, "distributed_type": "local", "mixed_precision": "no"}
         a = self.accelerator
-        return {"device": str(a.device), "num_processes": a.num_processes, "distributed_type": str(a.distributed_type),
-                "mixed_precision": a.mixed_precision}  # fmt: skip
+        return {
+            "device": str(a.device),
+            "num_processes": a.num_processes,
+            "distributed_type": str(a.distributed_type),
+            "mixed_precision": a.mixed_precision,
+        }
 
     # ------------------------------------------------------------------------------------------------
     # Models
@@ -248,17 +257,23 @@ class Engine:
         else:
             return
         if bad:
-            raise Diverged(f"step {step}: the {what} is not finite (nan or inf); training stopped and saved nothing (lower "
-                           "train.lr, or train.precision=fp32); the checkpoints written before, if any, are intact")  # fmt: skip
+            raise Diverged(
+                f"step {step}: the {what} is not finite (nan or inf); training stopped and saved nothing (lower "
+                "train.lr, or train.precision=fp32); the checkpoints written before, if any, are intact"
+            )
 
     # ------------------------------------------------------------------------------------------------
     # Checkpoints
 
     def layout(self, batch_size: int, grad_accum: int) -> dict:
         """What a checkpoint records of the processes that wrote it (see `check_resumable`)."""
-        return {"world_size": self.world, "engine": "deepspeed" if self.sharded else "torch",
-                "zero_stage": self._deepspeed.zero_stage if self.sharded else None,
-                "batch_size": batch_size, "grad_accum": grad_accum}  # fmt: skip
+        return {
+            "world_size": self.world,
+            "engine": "deepspeed" if self.sharded else "torch",
+            "zero_stage": self._deepspeed.zero_stage if self.sharded else None,
+            "batch_size": batch_size,
+            "grad_accum": grad_accum,
+        }
 
     @staticmethod
     def check_resumable(saved: dict, current: dict, path: Path) -> None:
@@ -269,23 +284,36 @@ class Engine:
         same pairs. A ZeRO checkpoint is cut into one shard per rank and needs the same engine, stage and
         world size."""
         if "world_size" not in saved:  # written before layouts were recorded: single process, torch
-            saved = {**saved, "world_size": 1, "engine": "torch", "batch_size": current["batch_size"], "grad_accum": current["grad_accum"]}
+            saved = {
+                **saved,
+                "world_size": 1,
+                "engine": "torch",
+                "batch_size": current["batch_size"],
+                "grad_accum": current["grad_accum"],
+            }
         was, now = saved["world_size"], current["world_size"]
         if saved.get("engine", "torch") != current["engine"] or saved.get("zero_stage") != current["zero_stage"]:
+
             def name(d):
                 return f"DeepSpeed ZeRO-{d.get('zero_stage')}" if d.get("engine") == "deepspeed" else "a torch (single/DDP) run"
 
-            raise ConfigError(f"{path}: written by {name(saved)}, this run is {name(current)}; resume with the launch profile "
-                              "that wrote it (launch.profile=...) or start again with --overwrite")  # fmt: skip
+            raise ConfigError(
+                f"{path}: written by {name(saved)}, this run is {name(current)}; resume with the launch profile "
+                "that wrote it (launch.profile=...) or start again with --overwrite"
+            )
         if current["engine"] == "deepspeed" and was != now:
-            raise ConfigError(f"{path}: a ZeRO checkpoint written by {was} processes cannot be resumed by {now}; "
-                              f"run with launch.num_processes={was} (or convert it with DeepSpeed's zero_to_fp32 and start a new run)")  # fmt: skip
+            raise ConfigError(
+                f"{path}: a ZeRO checkpoint written by {was} processes cannot be resumed by {now}; "
+                f"run with launch.num_processes={was} (or convert it with DeepSpeed's zero_to_fp32 and start a new run)"
+            )
         global_was = saved["batch_size"] * saved["grad_accum"] * was
         global_now = current["batch_size"] * current["grad_accum"] * now
         if global_was != global_now:
-            raise ConfigError(f"{path}: written with a global batch of {global_was} pairs ({saved['batch_size']} x {saved['grad_accum']} x "
-                              f"{was} processes), this run has {global_now} ({current['batch_size']} x {current['grad_accum']} x {now}); "
-                              "set train.batch_size / train.grad_accum so the global batch matches, or start again with --overwrite")  # fmt: skip
+            raise ConfigError(
+                f"{path}: written with a global batch of {global_was} pairs ({saved['batch_size']} x {saved['grad_accum']} x "
+                f"{was} processes), this run has {global_now} ({current['batch_size']} x {current['grad_accum']} x {now}); "
+                "set train.batch_size / train.grad_accum so the global batch matches, or start again with --overwrite"
+            )
 
     def save_state(self, path: Path, model, optimizer, scheduler, state: dict) -> Path:
         """A resumable checkpoint folder (written under a temporary name, renamed when complete): the whole model

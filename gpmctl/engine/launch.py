@@ -60,7 +60,9 @@ def resolve_profile(name_or_path: str) -> Path:
     shipped = shipped_profiles()
     if name_or_path in shipped:
         return shipped[name_or_path]
-    raise ConfigError(f"launch.profile: {name_or_path!r} is neither a shipped profile ({', '.join(shipped)}) nor an accelerate config file")
+    raise ConfigError(
+        f"launch.profile: {name_or_path!r} is neither a shipped profile ({', '.join(shipped)}) nor an accelerate config file"
+    )
 
 
 def read_profile(name_or_path: str) -> dict:
@@ -125,20 +127,35 @@ def plan_launch(launch, argv: list[str], env: dict | None = None, cuda: bool | N
     if ntasks > 1:
         nnodes = int(env.get("SLURM_STEP_NUM_NODES", "1"))
         if ntasks != nnodes:
-            raise ConfigError(f"Slurm started {ntasks} tasks on {nnodes} nodes; start one gpmctl per node "
-                              "(srun --ntasks-per-node=1) and it starts the per-GPU processes with accelerate launch")  # fmt: skip
+            raise ConfigError(
+                f"Slurm started {ntasks} tasks on {nnodes} nodes; start one gpmctl per node "
+                "(srun --ntasks-per-node=1) and it starts the per-GPU processes with accelerate launch"
+            )
         if launch.num_machines != nnodes:
             per = max(launch.num_processes // launch.num_machines, 1)
-            raise ConfigError(f"the Slurm job has {nnodes} nodes but the recipe says launch.num_machines={launch.num_machines}; "
-                              f"add launch.num_machines={nnodes} launch.num_processes={per * nnodes}")  # fmt: skip
+            raise ConfigError(
+                f"the Slurm job has {nnodes} nodes but the recipe says launch.num_machines={launch.num_machines}; "
+                f"add launch.num_machines={nnodes} launch.num_processes={per * nnodes}"
+            )
         machine_rank, main_ip = int(env.get("SLURM_NODEID", "0")), _slurm_first_host(env)
     elif launch.num_processes == 1 and num_machines == 1 and engine in ("NO", "MULTI_GPU"):
         return LaunchPlan("one process: no launcher needed", 1)
     elif num_machines > 1:
-        raise ConfigError(f"launch.num_machines={num_machines}: outside Slurm each machine needs its own launcher "
-                          "(accelerate launch --machine_rank R --main_process_ip HOST ...); see recipes/slurm/")  # fmt: skip
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(resolve_profile(launch.profile)),
-               "--num_processes", str(launch.num_processes), "--num_machines", str(num_machines)]  # fmt: skip
+        raise ConfigError(
+            f"launch.num_machines={num_machines}: outside Slurm each machine needs its own launcher "
+            "(accelerate launch --machine_rank R --main_process_ip HOST ...); see recipes/slurm/"
+        )
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(resolve_profile(launch.profile)),
+        "--num_processes",
+        str(launch.num_processes),
+        "--num_machines",
+        str(num_machines),
+    ]
     if machine_rank is not None:
         command += ["--machine_rank", str(machine_rank), "--main_process_ip", main_ip]
     port = launch.main_process_port or (int(env["MASTER_PORT"]) if env.get("MASTER_PORT") else None)
@@ -155,7 +172,9 @@ def plan_launch(launch, argv: list[str], env: dict | None = None, cuda: bool | N
         if engine != "DEEPSPEED":
             child_env["ACCELERATE_USE_CPU"] = "1"  # without it a CPU DDP run silently becomes N independent runs
     where = f"Slurm node {machine_rank} of {num_machines}" if machine_rank is not None else "not inside a launcher"
-    return LaunchPlan(f"{where}: {launch.num_processes} processes, profile {launch.profile}", launch.num_processes, command, child_env)
+    return LaunchPlan(
+        f"{where}: {launch.num_processes} processes, profile {launch.profile}", launch.num_processes, command, child_env
+    )
 
 
 def _free_port() -> int:
@@ -197,12 +216,19 @@ def warn_in_place(launch, plan: LaunchPlan, per_process_batch: int) -> None:
     from gpmctl.utils import log
 
     if plan.world_size != launch.num_processes and plan.world_size > 1:
-        log(f"the launcher started {plan.world_size} processes, the recipe says launch.num_processes="
-            f"{launch.num_processes}: the global batch is {per_process_batch * plan.world_size}")
-    if plan.world_size > 1 and profile_engine(launch.profile) == "DEEPSPEED" \
-            and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() not in ("1", "true"):  # fmt: skip
-        log(f"launch.profile={launch.profile} is DeepSpeed but this launcher did not set it up: training without "
-            "DeepSpeed (use `accelerate launch --config_file <profile>` or let gpmctl launch itself)")
+        log(
+            f"the launcher started {plan.world_size} processes, the recipe says launch.num_processes="
+            f"{launch.num_processes}: the global batch is {per_process_batch * plan.world_size}"
+        )
+    if (
+        plan.world_size > 1
+        and profile_engine(launch.profile) == "DEEPSPEED"
+        and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() not in ("1", "true")
+    ):
+        log(
+            f"launch.profile={launch.profile} is DeepSpeed but this launcher did not set it up: training without "
+            "DeepSpeed (use `accelerate launch --config_file <profile>` or let gpmctl launch itself)"
+        )
 
 
 def command_argv(command: str, recipe: str, overrides: list[str], **flags) -> list[str]:
@@ -311,7 +337,11 @@ def count_parameters(model_cfg) -> tuple[int | None, str]:
         count = sum(p.numel() for p in backbone.parameters())
     except Exception:  # no config offline: fall back to the table
         known = KNOWN_PARAMETERS.get(model_cfg.backbone)
-        return (int(known), "table of known backbones (config not available offline)") if known else (None, "unknown: no config offline")
+        return (
+            (int(known), "table of known backbones (config not available offline)")
+            if known
+            else (None, "unknown: no config offline")
+        )
     head = (model_cfg.dim if model_cfg.kind == "gpm" else 1) * hidden
     gate = (model_cfg.dim // 2) * hidden if model_cfg.gate else 0
     return count + head + gate, "backbone config"
@@ -324,7 +354,7 @@ def model_state_gib(params: int, profile: str, world: int, mixed_precision: bool
     ZeRO-2 shards grads and optimizer state, ZeRO-3 also the weights; offload moves the sharded states to CPU."""
     w, g, o = (2, 2, 12) if mixed_precision else (4, 4, 8)
     stage = zero_stage(profile) or 0
-    cfg = (read_profile(profile).get("deepspeed_config") or {})
+    cfg = read_profile(profile).get("deepspeed_config") or {}
     offload_opt = cfg.get("offload_optimizer_device", "none") not in ("none", None)
     offload_par = cfg.get("offload_param_device", "none") not in ("none", None)
     o_gpu = 0 if offload_opt else (o / world if stage >= 1 else o)

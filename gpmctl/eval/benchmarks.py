@@ -23,10 +23,21 @@ def scorer_settings(scorer: Scorer, model: str, max_length: int) -> dict:
     if scorer.encoder.truncated:
         log(f"warning: {scorer.encoder.truncated} sequences were longer than max_length {max_length} and cut at the end")
     head = scorer.model.head
-    return {"model_path": model, "kind": head.kind, "dim": head.dim, "gate": head.gate, "tau": head.tau, "eos": head.eos,
-            "max_length": max_length, "truncation": "right", "padding": "left", "batch_size": scorer.batch_size,
-            "dtype": str(next(scorer.model.parameters()).dtype).replace("torch.", ""), "device": str(scorer.device),
-            "truncated_sequences": scorer.encoder.truncated}  # fmt: skip
+    return {
+        "model_path": model,
+        "kind": head.kind,
+        "dim": head.dim,
+        "gate": head.gate,
+        "tau": head.tau,
+        "eos": head.eos,
+        "max_length": max_length,
+        "truncation": "right",
+        "padding": "left",
+        "batch_size": scorer.batch_size,
+        "dtype": str(next(scorer.model.parameters()).dtype).replace("torch.", ""),
+        "device": str(scorer.device),
+        "truncated_sequences": scorer.encoder.truncated,
+    }
 
 
 def rewardbench_rows(data: str, split: str) -> list[dict]:
@@ -71,8 +82,10 @@ def rmbench(scorer: Scorer, model: str, tables: list[tuple[Path, list[dict]]]) -
     result = rm.aggregate(per_example)
     if result["missing_domains"]:
         log(f"warning: domain(s) {', '.join(result['missing_domains'])} not in the data; overall is the mean of the others")
-    settings = scorer_settings(scorer, model, scorer.encoder.max_length) | {"data": [str(f) for f, _ in tables],
-                                                                          "rows": {f.name: len(rows) for f, rows in tables}}
+    settings = scorer_settings(scorer, model, scorer.encoder.max_length) | {
+        "data": [str(f) for f, _ in tables],
+        "rows": {f.name: len(rows) for f, rows in tables},
+    }
     return {**result, "gpmctl": settings}, per_example
 
 
@@ -92,8 +105,10 @@ def after_training(recipe, model_dir: str | Path) -> dict:
     if not wanted:
         return {}
     model_dir = Path(model_dir)
-    data = {"rewardbench": rewardbench_rows(e.rewardbench, e.rewardbench_split) if e.rewardbench else None,
-            "rmbench": rmbench_tables([e.rmbench], e.rmbench_limit) if e.rmbench else None}  # fmt: skip
+    data = {
+        "rewardbench": rewardbench_rows(e.rewardbench, e.rewardbench_split) if e.rewardbench else None,
+        "rmbench": rmbench_tables([e.rmbench], e.rmbench_limit) if e.rmbench else None,
+    }
     scorer = load_scorer(str(model_dir), e.batch_size, e.max_length or recipe.data.max_length, "auto", "auto")
     headlines = {}
     for name, source in wanted.items():

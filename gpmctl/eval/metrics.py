@@ -75,7 +75,10 @@ def pair_report(examples: list[dict], group_keys: Sequence[str] = ("subset", "ki
         groups = {}
         for value in values:
             sel = [e for e in examples if e.get(key) is not None and str(e[key]) == value]
-            groups[value] = pair_summary([e["score"] for e in sel], [e["p"] for e in sel],
-                                         [1.0 if e.get("label") is None else float(e["label"]) for e in sel])  # fmt: skip
+            groups[value] = pair_summary(
+                [e["score"] for e in sel],
+                [e["p"] for e in sel],
+                [1.0 if e.get("label") is None else float(e["label"]) for e in sel],
+            )
         report[f"by_{key}"] = groups
     return report

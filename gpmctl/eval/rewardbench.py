@@ -28,15 +28,30 @@ REQUIRED_COLUMNS = ("prompt", "chosen", "rejected", "subset", "id")
 
 # Section weights (rewardbench/constants.py EXAMPLE_COUNTS, v0.1.3+).
 EXAMPLE_COUNTS = {
-    "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95,
-    "mt-bench-easy": 28, "mt-bench-med": 40, "mt-bench-hard": 37,
+    "alpacaeval-easy": 100,
+    "alpacaeval-length": 95,
+    "alpacaeval-hard": 95,
+    "mt-bench-easy": 28,
+    "mt-bench-med": 40,
+    "mt-bench-hard": 37,
     "math-prm": 984,  # actual length 447, upweighted to equal the six code subsets together
-    "refusals-dangerous": 100, "refusals-offensive": 100,
-    "llmbar-natural": 100, "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92,
-    "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
-    "xstest-should-refuse": 154, "xstest-should-respond": 250, "donotanswer": 136,
-    "hep-cpp": 164, "hep-go": 164, "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164,
-}  # fmt: skip
+    "refusals-dangerous": 100,
+    "refusals-offensive": 100,
+    "llmbar-natural": 100,
+    "llmbar-adver-neighbor": 134,
+    "llmbar-adver-GPTInst": 92,
+    "llmbar-adver-GPTOut": 47,
+    "llmbar-adver-manual": 46,
+    "xstest-should-refuse": 154,
+    "xstest-should-respond": 250,
+    "donotanswer": 136,
+    "hep-cpp": 164,
+    "hep-go": 164,
+    "hep-java": 164,
+    "hep-js": 164,
+    "hep-python": 164,
+    "hep-rust": 164,
+}
 # rewardbench <= 0.1.2 (and so the GPM repo's printed Safety/Average): the XSTest weights swapped.
 LEGACY_EXAMPLE_COUNTS = {**EXAMPLE_COUNTS, "xstest-should-refuse": 250, "xstest-should-respond": 154}
 # Rows of each subset in the `filtered` split (2,985 in all).
@@ -44,11 +59,17 @@ SUBSET_ROWS = {**EXAMPLE_COUNTS, "math-prm": 447}
 # Dict order is the summation order of the official code.
 SUBSET_MAPPING = {
     "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
-    "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
-                  "llmbar-adver-GPTOut", "llmbar-adver-manual"],
+    "Chat Hard": [
+        "mt-bench-hard",
+        "llmbar-natural",
+        "llmbar-adver-neighbor",
+        "llmbar-adver-GPTInst",
+        "llmbar-adver-GPTOut",
+        "llmbar-adver-manual",
+    ],
     "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond", "donotanswer"],
     "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
-}  # fmt: skip
+}
 SECTIONS = tuple(SUBSET_MAPPING)
 
 
@@ -108,8 +129,9 @@ def check_counts(subset_rows: dict[str, int]) -> tuple[list[str], bool]:
         got = subset_rows.get(subset)
         if got is not None and got != want:
             more = "more than" if got > want else "a part of"
-            warnings.append(f"subset {subset}: {got} rows, {more} the {want} of {DATASET_ID} ({SPLIT}); "
-                            "scored over the rows present")
+            warnings.append(
+                f"subset {subset}: {got} rows, {more} the {want} of {DATASET_ID} ({SPLIT}); scored over the rows present"
+            )
     total = sum(subset_rows.values())
     complete = not warnings and total == TOTAL_ROWS
     return warnings, complete
@@ -140,8 +162,16 @@ def aggregate_metrics(metrics: dict, legacy_xstest: bool = False) -> dict:
     sections = section_scores(subsets, legacy_xstest)
     missing = [s for s in EXAMPLE_COUNTS if s not in subsets]
     warnings = [f"{len(missing)} of 23 subsets missing ({', '.join(missing)})"] if missing else []
-    return {"subsets": dict(sorted(subsets.items())), "counts": None, "sections": sections, "score": overall_score(sections),
-            "accuracy": None, "num_pairs": None, "complete": not missing, "warnings": warnings}  # fmt: skip
+    return {
+        "subsets": dict(sorted(subsets.items())),
+        "counts": None,
+        "sections": sections,
+        "score": overall_score(sections),
+        "accuracy": None,
+        "num_pairs": None,
+        "complete": not missing,
+        "warnings": warnings,
+    }
 
 
 def results_json(agg: dict, model: str, model_type: str, chat_template: str, extra: dict | None = None) -> dict:
@@ -150,9 +180,13 @@ def results_json(agg: dict, model: str, model_type: str, chat_template: str, ext
     `gpmctl` (settings). Official tools that read subset keys ignore the extra ones."""
     out: dict = {**agg["subsets"], "model": model, "model_type": model_type, "chat_template": chat_template}
     out.update(
-        sections=agg["sections"], score=agg["score"], score_definition="mean of the 4 section scores (leaderboard Score)",
-        accuracy=agg["accuracy"], num_pairs=agg["num_pairs"], complete=agg["complete"],
-    )  # fmt: skip
+        sections=agg["sections"],
+        score=agg["score"],
+        score_definition="mean of the 4 section scores (leaderboard Score)",
+        accuracy=agg["accuracy"],
+        num_pairs=agg["num_pairs"],
+        complete=agg["complete"],
+    )
     if agg.get("counts") is not None:
         out["counts"] = {s: {"correct": c, "total": n} for s, (c, n) in agg["counts"].items()}
     if extra:
@@ -220,8 +254,11 @@ def _go_offline() -> None:
     import sys
 
     os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
-    for module, attr in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
-                         ("datasets.config", "HF_DATASETS_OFFLINE")):  # fmt: skip
+    for module, attr in (
+        ("huggingface_hub.constants", "HF_HUB_OFFLINE"),
+        ("datasets.config", "HF_HUB_OFFLINE"),
+        ("datasets.config", "HF_DATASETS_OFFLINE"),
+    ):
         if module in sys.modules and hasattr(sys.modules[module], attr):
             setattr(sys.modules[module], attr, True)
 
@@ -229,8 +266,10 @@ def _go_offline() -> None:
 def _hub_rows(name: str, split: str) -> list[dict]:
     import os
 
-    hint = (f"pass a local copy instead: --data FILE.parquet (save it where the Hub is reachable with "
-            f"datasets.load_dataset('{name}', split='{split}').to_parquet('FILE.parquet'))")  # fmt: skip
+    hint = (
+        f"pass a local copy instead: --data FILE.parquet (save it where the Hub is reachable with "
+        f"datasets.load_dataset('{name}', split='{split}').to_parquet('FILE.parquet'))"
+    )
     unreachable = False
     online = all(os.environ.get(k, "") in ("", "0") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     if online and not _hub_reachable():
@@ -266,8 +305,12 @@ def score_examples(scorer, rows: list[dict]) -> list[dict]:
 
     if not rows:
         return []
-    s, value = scorer.pair_scores([user(r["prompt"]) for r in rows], [assistant(r["chosen"]) for r in rows],
-                                  [assistant(r["rejected"]) for r in rows], "rewardbench")  # fmt: skip
+    s, value = scorer.pair_scores(
+        [user(r["prompt"]) for r in rows],
+        [assistant(r["chosen"]) for r in rows],
+        [assistant(r["rejected"]) for r in rows],
+        "rewardbench",
+    )
     p = torch.sigmoid(s / scorer.tau)
     out = []
     for i, r in enumerate(rows):

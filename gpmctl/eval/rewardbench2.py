@@ -79,9 +79,17 @@ def ties_score(examples: list[dict]) -> dict:
     gap_both = sum(min(p["ref"]["ci"], p["tied"]["ci"]) > p["tied"]["spread"] for p in pairs) / m
     margin = sum(_tanh_term(min(p["ref"]["ci"], p["tied"]["ci"]), p["tied"]["spread"]) for p in pairs) / m
     score = 0.30 * tied_acc + 0.30 * ref_acc + 0.20 * gap + 0.20 * gap_both + 0.01 * margin
-    return {"score": score, "prompts": m, "ref_prompts": len(refs), "tied_prompts": len(tieds),
-            "tied_accuracy": tied_acc, "ref_accuracy": ref_acc, "correct_margin_over_spread": gap,
-            "min_margin_over_spread": gap_both, "tanh_margin": margin}  # fmt: skip
+    return {
+        "score": score,
+        "prompts": m,
+        "ref_prompts": len(refs),
+        "tied_prompts": len(tieds),
+        "tied_accuracy": tied_acc,
+        "ref_accuracy": ref_acc,
+        "correct_margin_over_spread": gap,
+        "min_margin_over_spread": gap_both,
+        "tanh_margin": margin,
+    }
 
 
 def aggregate(examples: list[dict]) -> dict:
@@ -101,8 +109,15 @@ def aggregate(examples: list[dict]) -> dict:
     warnings += [f"unknown subset {s}" for s in counts if s not in SUBSET_ROWS]
     complete = not warnings
     overall = sum(subsets[s] for s in SUBSET_ROWS) / len(SUBSET_ROWS) if all(s in subsets for s in SUBSET_ROWS) else None
-    return {"subsets": subsets, "counts": counts, "ties": details.get("Ties"), "score": overall,
-            "score_definition": "unweighted mean of the 6 subsets", "complete": complete, "warnings": warnings}  # fmt: skip
+    return {
+        "subsets": subsets,
+        "counts": counts,
+        "ties": details.get("Ties"),
+        "score": overall,
+        "score_definition": "unweighted mean of the 6 subsets",
+        "complete": complete,
+        "warnings": warnings,
+    }
 
 
 def score_examples(scorer, rows: list[dict]) -> list[dict]:

@@ -41,7 +41,9 @@ def row_domain(path: str | Path, number: int, row: dict) -> str:
     found = domain_of(path) if value is None else domain_name(value) if isinstance(value, str) else None
     if found is None:
         problem = "absent, and the file name names no domain" if value is None else f"unknown domain {value!r}"
-        raise DataError(str(path), f"{problem} (row {number}); expected chat, code, math or safety[-...]", line=number, field="domain")
+        raise DataError(
+            str(path), f"{problem} (row {number}); expected chat, code, math or safety[-...]", line=number, field="domain"
+        )
     return found
 
 
@@ -131,7 +133,9 @@ def score_examples(scorer, path: Path, rows: list[dict]) -> list[dict]:
     for i, r in enumerate(rows):
         scores = S[i].tolist()
         matrix = row_matrix(lambda a, b: scores[a][b])
-        out.append({"file": path.name, "domain": row_domain(path, i + 1, r), "id": r.get("id"), "scores": scores, "matrix": matrix})
+        out.append(
+            {"file": path.name, "domain": row_domain(path, i + 1, r), "id": r.get("id"), "scores": scores, "matrix": matrix}
+        )
     return out
 
 
@@ -146,7 +150,9 @@ def read_scores(path: str) -> list[dict]:
         if matrix is not None and any(v not in (0, 1) for r in matrix for v in r):
             raise fields.error("matrix", f"expected 0 / 1 entries, got {matrix!r}")
         if not (isinstance(row.get("domain"), str) and domain_name(row["domain"])):
-            raise DataError(path, f"expected one of {', '.join(DOMAINS)}, got {row.get('domain')!r}", line=fields.line, field="domain")
+            raise DataError(
+                path, f"expected one of {', '.join(DOMAINS)}, got {row.get('domain')!r}", line=fields.line, field="domain"
+            )
         row["domain"] = domain_name(row["domain"])
         if row.get("scores") is not None:
             row["matrix"] = row_matrix(lambda a, b: row["scores"][a][b])

@@ -72,8 +72,9 @@ def load_backbone(name_or_path: str, dtype: torch.dtype, attn_implementation: st
         raise ModelError(f"cannot load a backbone from {name_or_path!r}: {first_line(e)}{offline_hint(name_or_path)}") from e
 
 
-def build_model(model_cfg, tokenizer, seed: int, device: torch.device | str = "cpu",
-                dtype: torch.dtype | None = None) -> PreferenceModel:  # fmt: skip
+def build_model(
+    model_cfg, tokenizer, seed: int, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> PreferenceModel:
     """A fresh PreferenceModel for training, from a recipe's `model` section (gpmctl.config.ModelConfig).
     `dtype`: of the weights (a trainer passes `training_dtype`); default model.dtype as resolved for `device`."""
     head = HeadConfig.from_model_config(model_cfg)
@@ -101,8 +102,12 @@ def with_lora(backbone, model_cfg):
     except ImportError:
         raise ModelError("model.lora_rank needs peft: pip install 'gpmctl[peft]'") from None
     targets = model_cfg.lora_target_modules
-    config = LoraConfig(r=model_cfg.lora_rank, lora_alpha=model_cfg.lora_alpha, lora_dropout=model_cfg.lora_dropout,
-                        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")])  # fmt: skip
+    config = LoraConfig(
+        r=model_cfg.lora_rank,
+        lora_alpha=model_cfg.lora_alpha,
+        lora_dropout=model_cfg.lora_dropout,
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+    )
     return get_peft_model(backbone, config)
 
 

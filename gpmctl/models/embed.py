@@ -20,7 +20,9 @@ from gpmctl.data.tokenize import EncodedSequence, SequenceEncoder, pad_sequences
 
 
 @torch.no_grad()
-def embed_sequences(model, seqs: list[EncodedSequence], batch_size: int, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def embed_sequences(
+    model, seqs: list[EncodedSequence], batch_size: int, pad_id: int, device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sequences -> value [N, 2k] (BT: [N]) and the gate read in each pass [N, k] (or None), float32 on the CPU,
     in input order. Batches of `batch_size` sequences sorted by length."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
@@ -54,10 +56,15 @@ class Scorer:
     def tau(self) -> float:
         return float(self.model.head.tau)
 
-    def embed(self, prompts: list[list[dict]], responses: list[list[list[dict]]], where: str = "") -> tuple[torch.Tensor, torch.Tensor | None]:
+    def embed(
+        self, prompts: list[list[dict]], responses: list[list[list[dict]]], where: str = ""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """prompts [n] (message lists), responses [n][K] (message lists, the same K for every prompt) ->
         value [n, K, 2k] (BT: [n, K]) and one gate per prompt [n, k] (or None), float64."""
-        seqs = [[self.encoder.encode(p, r, f"{where} row {i + 1}".strip()) for r in rs] for i, (p, rs) in enumerate(zip(prompts, responses))]
+        seqs = [
+            [self.encoder.encode(p, r, f"{where} row {i + 1}".strip()) for r in rs]
+            for i, (p, rs) in enumerate(zip(prompts, responses))
+        ]
         return self.embed_encoded(seqs)
 
     def embed_encoded(self, groups: list[list[EncodedSequence]]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -73,8 +80,9 @@ class Scorer:
         """value [n, K, 2k] (BT [n, K]), gate [n, k] -> S [n, K, K], S[:, i, j] = s(i > j)."""
         return self.model.head.score_matrix(value, gate)
 
-    def pair_scores(self, prompts: list[list[dict]], chosen: list[list[dict]], rejected: list[list[dict]],
-                    where: str = "") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def pair_scores(
+        self, prompts: list[list[dict]], chosen: list[list[dict]], rejected: list[list[dict]], where: str = ""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """n pairs -> (s(chosen > rejected) [n], value [n, 2, 2k] or BT rewards [n, 2]), float64."""
         value, gate = self.embed(prompts, [[c, r] for c, r in zip(chosen, rejected)], where)
         return self.score_matrix(value, gate)[:, 0, 1], value

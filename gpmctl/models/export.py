@@ -27,8 +27,14 @@ RUN_FILES = ("recipe.yaml", "log.jsonl", "checkpoints")
 """What a train-rm run folder holds besides the model: training files an export must not replace unasked."""
 
 
-def export_model(source: str | Path, out_dir: str | Path, dtype: str | None = None, max_shard_size: str = "5GB",
-                 as_sequence_classifier: bool = False, force: bool = False) -> Path:
+def export_model(
+    source: str | Path,
+    out_dir: str | Path,
+    dtype: str | None = None,
+    max_shard_size: str = "5GB",
+    as_sequence_classifier: bool = False,
+    force: bool = False,
+) -> Path:
     """Write `source` to `out_dir` in the gpmctl/released layout, or, for a BT model with
     `as_sequence_classifier`, as a plain `AutoModelForSequenceClassification` (num_labels=1) folder.
 
@@ -67,8 +73,11 @@ def check_export_target(source: Path, out_dir: Path, force: bool) -> None:
     held = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
     if held and not force:
         run = [name for name in RUN_FILES if name in held]
-        what = (f"is a train-rm run folder ({', '.join(run)}): an export would overwrite its training files" if run
-                else f"already holds {len(held)} files ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''})")  # fmt: skip
+        what = (
+            f"is a train-rm run folder ({', '.join(run)}): an export would overwrite its training files"
+            if run
+            else f"already holds {len(held)} files ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''})"
+        )
         raise ConfigError(f"{out_dir}: {what}; pass --force to replace the whole folder")
 
 
@@ -110,9 +119,13 @@ def save_sequence_classifier(model, tokenizer, out_dir: Path, card: str, max_sha
     config.num_labels = 1
     config.pad_token_id = tokenizer.pad_token_id
     classifier = AutoModelForSequenceClassification.from_config(config, dtype=model.value_head.weight.dtype)
-    missing, unexpected = getattr(classifier, classifier.base_model_prefix).load_state_dict(model.backbone.state_dict(), strict=False)
+    missing, unexpected = getattr(classifier, classifier.base_model_prefix).load_state_dict(
+        model.backbone.state_dict(), strict=False
+    )
     if missing or unexpected:
-        raise ConfigError(f"cannot map the backbone onto {type(classifier).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ConfigError(
+            f"cannot map the backbone onto {type(classifier).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     head = getattr(classifier, "score", None) or getattr(classifier, "classifier", None)
     if not isinstance(head, torch.nn.Linear) or head.weight.shape != model.value_head.weight.shape:
         raise ConfigError(f"{type(classifier).__name__} has no single linear scoring layer to hold the reward head")
@@ -123,8 +136,10 @@ def save_sequence_classifier(model, tokenizer, out_dir: Path, card: str, max_sha
     out_dir.mkdir(parents=True, exist_ok=True)
     classifier.save_pretrained(out_dir, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(out_dir)
-    note = ("\n## Plain transformers\n\nThis folder is an `AutoModelForSequenceClassification` (num_labels=1); its logit is\n"
-            "the BT reward when the input is formatted as gpmctl does: chat template, and the last token set to EOS.\n")  # fmt: skip
+    note = (
+        "\n## Plain transformers\n\nThis folder is an `AutoModelForSequenceClassification` (num_labels=1); its logit is\n"
+        "the BT reward when the input is formatted as gpmctl does: chat template, and the last token set to EOS.\n"
+    )
     (out_dir / "README.md").write_text(card + note)
     return out_dir
 
@@ -133,9 +148,12 @@ def model_card(source: Path, model) -> str:
     head = model.head
     backbone = model.backbone.config
     params = sum(p.numel() for p in model.parameters())
-    what = (f"General Preference Model: {head.dim}-dimensional preference embedding, "
-            f"{'with' if head.gate else 'without'} prompt gate, L2 {'on' if head.l2 else 'off'}, tau {head.tau}"
-            if head.kind == "gpm" else f"Bradley-Terry reward model, tau {head.tau}")  # fmt: skip
+    what = (
+        f"General Preference Model: {head.dim}-dimensional preference embedding, "
+        f"{'with' if head.gate else 'without'} prompt gate, L2 {'on' if head.l2 else 'off'}, tau {head.tau}"
+        if head.kind == "gpm"
+        else f"Bradley-Terry reward model, tau {head.tau}"
+    )
     lines = [
         "---",
         "library_name: transformers",

@@ -44,9 +44,16 @@ class HeadConfig:
     def from_model_config(cls, m) -> "HeadConfig":
         """From a recipe's ModelConfig (gpmctl.config.ModelConfig)."""
         return cls(
-            kind=m.kind, dim=1 if m.kind == "bt" else m.dim, gate=m.gate, gate_variant=m.gate_variant,
-            l2=m.l2, tau=m.resolved_tau(), pool=m.pool, eos=m.eos, gate_prompt=m.gate_prompt,
-        )  # fmt: skip
+            kind=m.kind,
+            dim=1 if m.kind == "bt" else m.dim,
+            gate=m.gate,
+            gate_variant=m.gate_variant,
+            l2=m.l2,
+            tau=m.resolved_tau(),
+            pool=m.pool,
+            eos=m.eos,
+            gate_prompt=m.gate_prompt,
+        )
 
     def to_json(self) -> dict:
         return {"format": HEAD_FORMAT, "version": 1, **dataclasses.asdict(self)}

@@ -38,8 +38,13 @@ def model_state_dict(model: PreferenceModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def save_model(model: PreferenceModel, out_dir: str | Path, tokenizer=None, extra_files: dict[str, str] | None = None,
-               max_shard_size: str = "5GB") -> Path:
+def save_model(
+    model: PreferenceModel,
+    out_dir: str | Path,
+    tokenizer=None,
+    extra_files: dict[str, str] | None = None,
+    max_shard_size: str = "5GB",
+) -> Path:
     """Write the model folder. Files go to a temporary folder first and are then moved in one by one,
     preference_head.json last, so an interrupted save never leaves a folder that loads wrong weights."""
     from huggingface_hub import split_torch_state_dict_into_shards
@@ -55,7 +60,10 @@ def save_model(model: PreferenceModel, out_dir: str | Path, tokenizer=None, extr
     for filename, names in split.filename_to_tensors.items():
         save_file({n: state[n] for n in names}, tmp / filename, metadata={"format": "pt"})
     if split.is_sharded:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())}, "weight_map": split.tensor_to_filename}
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+            "weight_map": split.tensor_to_filename,
+        }
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     model.backbone.config.save_pretrained(tmp)
     # Record the head in config.json too, so a loader that only reads the config sees what the model is.
@@ -141,7 +149,9 @@ def check_model_folder(path: str | Path) -> tuple[HeadConfig, TensorIndex]:
         found += [f"hold {_names(unexpected, 'unexpected tensor')}"] * bool(unexpected)
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
         unread = f" ({', '.join(pickles)}: pickles are never read)" if pickles else ""
-        raise ModelError(f"{path}: its safetensors {' and '.join(found)} (compared with config.json and the head settings){unread}")  # fmt: skip
+        raise ModelError(
+            f"{path}: its safetensors {' and '.join(found)} (compared with config.json and the head settings){unread}"
+        )
     wrong = [n for n in expected if present[n] != expected[n]]
     if wrong:
         name, source = wrong[0], HEAD_FILE if wrong[0] in HEAD_TENSORS else "config.json"
@@ -157,8 +167,10 @@ def weight_shapes(path: Path) -> TensorIndex:
 
     single, index = path / SINGLE_WEIGHTS, path / WEIGHTS_INDEX
     if single.is_file() and index.is_file():
-        raise ModelError(f"{path}: holds both {SINGLE_WEIGHTS} and {WEIGHTS_INDEX} (a stale model beside a newer one?); "
-                         "keep the files of one model only")  # fmt: skip
+        raise ModelError(
+            f"{path}: holds both {SINGLE_WEIGHTS} and {WEIGHTS_INDEX} (a stale model beside a newer one?); "
+            "keep the files of one model only"
+        )
     if not single.is_file() and not index.is_file():
         refuse_pickles(path)
         shards = sorted(p.name for p in path.glob("model-*.safetensors"))
@@ -260,7 +272,9 @@ def expected_shapes(path: Path, head: HeadConfig) -> dict[str, list[int]]:
     return {name: list(tensor.shape) for name, tensor in model_state_dict(model).items()}
 
 
-def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device = "cpu", attn_implementation: str | None = "sdpa") -> PreferenceModel:
+def load_model(
+    path: str | Path, dtype: str = "auto", device: str | torch.device = "cpu", attn_implementation: str | None = "sdpa"
+) -> PreferenceModel:
     """Load a folder written by `save_model`, or a checkpoint in the released GPM layout (backbone through
     transformers, head tensors read by name), once `check_model_folder` finds nothing wrong with it."""
     from safetensors import safe_open

@@ -59,8 +59,10 @@ class PreferenceModel(nn.Module):
         if self.head.gate and not any(getattr(module, "is_causal", False) for module in base.modules()):
             # The gate reads the hidden state at the prompt's last token; a bidirectional encoder mixes the
             # response into it, so the two responses of one prompt would get different gates.
-            raise ModelError(f"a gate needs a causal decoder backbone; {type(base).__name__} is a bidirectional encoder "
-                             "(set model.gate: false)")  # fmt: skip
+            raise ModelError(
+                f"a gate needs a causal decoder backbone; {type(base).__name__} is a bidirectional encoder "
+                "(set model.gate: false)"
+            )
         self.takes_position_ids = "position_ids" in inspect.signature(base.forward).parameters
 
     @property
@@ -72,8 +74,13 @@ class PreferenceModel(nn.Module):
         """Let `encode` take packed batches (`cu_seqlens`); False where the backbone cannot (gpmctl.models.packing)."""
         return packing.enable_packing(self.backbone)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, prompt_end: torch.Tensor | None = None,
-               cu_seqlens: torch.Tensor | None = None) -> Hidden:  # fmt: skip
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prompt_end: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+    ) -> Hidden:
         """Stage one: the hidden states the head reads.
 
         Padded: input_ids, attention_mask [batch, L]. Packed (after `enable_packing`): input_ids [1, T] and
@@ -84,8 +91,9 @@ class PreferenceModel(nn.Module):
                 raise ValueError("a packed batch needs model.enable_packing() first")
             total = input_ids.shape[1]
             position_ids = packing.packed_positions(cu_seqlens, total).unsqueeze(0)
-            hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, cu_seq_lens_q=cu_seqlens,
-                                   cu_seq_lens_k=cu_seqlens).last_hidden_state[0]  # fmt: skip
+            hidden = self.backbone(
+                input_ids=input_ids, position_ids=position_ids, cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens
+            ).last_hidden_state[0]
             read_at = cu_seqlens[:-1].long() if self.head.pool == "first" else cu_seqlens[1:].long() - 1
             return Hidden(hidden[read_at], hidden[prompt_end] if prompt_end is not None else None)
         kwargs = {}
@@ -106,9 +114,14 @@ class PreferenceModel(nn.Module):
             gate_logits = self.prompt_head(hidden.prompt.to(dtype)).float()
         return self.head.outputs(self.value_head(hidden.read.to(dtype)).float(), gate_logits, hidden.read.shape[-1])
 
-    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                prompt_end: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
-                hidden: Hidden | None = None) -> PreferenceOutput:  # fmt: skip
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        prompt_end: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        hidden: Hidden | None = None,
+    ) -> PreferenceOutput:
         """`apply_head(encode(tokens))`, or `apply_head(hidden)` for hidden states computed before (cached features)."""
         if hidden is None:
             hidden = self.encode(input_ids, attention_mask, prompt_end, cu_seqlens)

@@ -39,8 +39,10 @@ def enable_packing(backbone) -> bool:
     if config._attn_implementation == PACKED_ATTENTION:
         return True
     if config._attn_implementation != "sdpa" or not getattr(base, "_supports_attention_backend", False):
-        log(f"packing off: {type(base).__name__} runs {config._attn_implementation!r} attention, not sdpa through "
-            "transformers' attention interface; batches are padded")  # fmt: skip
+        log(
+            f"packing off: {type(base).__name__} runs {config._attn_implementation!r} attention, not sdpa through "
+            "transformers' attention interface; batches are padded"
+        )
         return False
     _register_packed_attention()
     base.set_attn_implementation(PACKED_ATTENTION)
@@ -87,9 +89,18 @@ class PackedRowMask:
         if self._blocks is None:
             lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
             longest = max(lengths)
-            full = sdpa_mask(**{**self.mask_kwargs, "batch_size": 1, "q_length": longest, "kv_length": longest,
-                                "q_offset": 0, "kv_offset": 0, "allow_is_causal_skip": False,
-                                "allow_is_bidirectional_skip": False})  # fmt: skip
+            full = sdpa_mask(
+                **{
+                    **self.mask_kwargs,
+                    "batch_size": 1,
+                    "q_length": longest,
+                    "kv_length": longest,
+                    "q_offset": 0,
+                    "kv_offset": 0,
+                    "allow_is_causal_skip": False,
+                    "allow_is_bidirectional_skip": False,
+                }
+            )
             causal = torch.ones(longest, longest, dtype=torch.bool, device=full.device).tril()
             differs = (full[0, 0] != causal).any(dim=1).nonzero()
             causal_up_to = int(differs[0]) if len(differs) else longest  # rows before the first one a window cuts
@@ -111,8 +122,9 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
     if isinstance(attention_mask, PackedRowMask) and bounds is None:  # an unpadded batch: one sequence per row
         attention_mask = attention_mask.dense()
     if not isinstance(attention_mask, PackedRowMask):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)  # fmt: skip
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     dropped = [name for name in ("softcap", "s_aux", "position_bias") if kwargs.get(name) is not None]
     if dropped:  # unreachable with transformers' sdpa models today; never drop them silently
         raise ModelError(f"packed attention cannot apply {', '.join(dropped)}; disable packing (train.packing=false)")
@@ -121,7 +133,12 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
     bounds = bounds.tolist()
     parts = [
         torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], attn_mask=mask, dropout_p=dropout, scale=scaling,
+            query[:, :, a:b],
+            key[:, :, a:b],
+            value[:, :, a:b],
+            attn_mask=mask,
+            dropout_p=dropout,
+            scale=scaling,
             is_causal=mask is None,
         )
         for a, b, mask in zip(bounds[:-1], bounds[1:], attention_mask.blocks(bounds))

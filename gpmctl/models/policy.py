@@ -42,12 +42,22 @@ def build_tiny_policy(tokenizer, shape, seed: int, attn_implementation: str | No
         return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
 
 
-def load_policy(path: str, dtype: str | torch.dtype = "auto", device="cpu", attn_implementation: str | None = "sdpa", trust_remote_code: bool = False):
+def load_policy(
+    path: str,
+    dtype: str | torch.dtype = "auto",
+    device="cpu",
+    attn_implementation: str | None = "sdpa",
+    trust_remote_code: bool = False,
+):
     from transformers import AutoModelForCausalLM
 
     if Path(path).is_dir():
         refuse_pickles(Path(path))
-    kwargs = {"dtype": resolve_dtype(dtype, device), "trust_remote_code": trust_remote_code, "use_safetensors": True}  # never unpickle
+    kwargs = {
+        "dtype": resolve_dtype(dtype, device),
+        "trust_remote_code": trust_remote_code,
+        "use_safetensors": True,
+    }  # never unpickle
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
@@ -131,10 +141,18 @@ def _prompt_field(spec: str, number: int, row) -> str | list:
 
     prompt = row.get("prompt") if isinstance(row, dict) else None
     text = isinstance(prompt, str) and prompt.strip()
-    messages = isinstance(prompt, list) and prompt and all(isinstance(m, dict) and isinstance(m.get("role"), str)
-                                                          and isinstance(m.get("content"), str) for m in prompt)  # fmt: skip
+    messages = (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt)
+    )
     if not (text or messages):
-        raise DataError(spec, f"expected a non-empty string or a list of {{role, content}} messages, got {prompt!r:.60}", line=number, field="prompt")
+        raise DataError(
+            spec,
+            f"expected a non-empty string or a list of {{role, content}} messages, got {prompt!r:.60}",
+            line=number,
+            field="prompt",
+        )
     return prompt
 
 
@@ -154,7 +172,9 @@ def encode_prompt(tokenizer, messages: list[dict], max_length: int) -> list[int]
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompt_ids: list[list[int]], seeds: list[int], gen, device, first_batch: int = 0) -> list[list[Sample]]:
+def generate(
+    model, tokenizer, prompt_ids: list[list[int]], seeds: list[int], gen, device, first_batch: int = 0
+) -> list[list[Sample]]:
     """len(seeds) samples per prompt -> [prompt][sample]. Prompts go in batches of `gen.batch_size`, left
     padded; sample p of batch b (counted from `first_batch`) is drawn after seeding with (seeds[p], b), so
     reruns give the same texts and so does a run whose batches are dealt over several processes."""
@@ -174,10 +194,16 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], seeds: list[int], ge
                 ids[row, width - len(seq) :] = torch.tensor(seq)
                 mask[row, width - len(seq) :] = 1
             new = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=gen.temperature,
-                top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, eos_token_id=stops, pad_token_id=pad,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                do_sample=True,
+                temperature=gen.temperature,
+                top_p=gen.top_p,
+                max_new_tokens=gen.max_new_tokens,
+                eos_token_id=stops,
+                pad_token_id=pad,
                 synced_gpus=False,  # every process holds the sampler whole: no process waits for another
-            )[:, width:].tolist()  # fmt: skip
+            )[:, width:].tolist()
             for row, seq in enumerate(new):
                 end = next((i for i, tok in enumerate(seq) if tok in stops), None)
                 kept = seq if end is None else seq[: end + 1]

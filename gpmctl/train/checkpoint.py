@@ -65,8 +65,10 @@ class RunLock:
                 f.close()
                 held = False
         if not engine.agreed(held):
-            raise ConfigError(f"{self.path.parent}: another gpmctl run is writing to this folder (it holds {self.path}); "
-                              "wait for it to end or choose another output_dir")  # fmt: skip
+            raise ConfigError(
+                f"{self.path.parent}: another gpmctl run is writing to this folder (it holds {self.path}); "
+                "wait for it to end or choose another output_dir"
+            )
 
     def release(self) -> None:
         if self.file is not None:

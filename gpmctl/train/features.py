@@ -65,7 +65,9 @@ def _sequence_digest(seq: EncodedSequence) -> bytes:
 
 
 @torch.no_grad()
-def extract_features(model: PreferenceModel, seqs: list[EncodedSequence], pad_id: int, batch_size: int = EXTRACT_BATCH) -> Features:
+def extract_features(
+    model: PreferenceModel, seqs: list[EncodedSequence], pad_id: int, batch_size: int = EXTRACT_BATCH
+) -> Features:
     """Run the backbone over `seqs` in length-sorted, left-padded batches (`PreferenceModel.encode`, the first
     stage of the model) and keep the hidden states the head reads."""
     was_training = model.training
@@ -133,7 +135,9 @@ class FeaturePairs:
         return {"hidden": hidden, "margin": self.margin[index], "label": self.label[index]}
 
 
-def feature_pairs(model: PreferenceModel, train: list[EncodedPair], held: list[EncodedPair], pad_id: int) -> tuple[FeaturePairs, FeaturePairs, dict]:
+def feature_pairs(
+    model: PreferenceModel, train: list[EncodedPair], held: list[EncodedPair], pad_id: int
+) -> tuple[FeaturePairs, FeaturePairs, dict]:
     """The train and eval pairs as FeaturePairs of `model`'s (frozen) backbone, from the cache or computed
     into it -> (train, eval, timing: features_s, features_cached, features_file, features_total_s)."""
     started = time.perf_counter()
@@ -144,8 +148,12 @@ def feature_pairs(model: PreferenceModel, train: list[EncodedPair], held: list[E
     def source(index: range, subset: list[EncodedPair]) -> FeaturePairs:
         return FeaturePairs(features.rows(list(index)), features.rows([n + i for i in index]), subset)
 
-    timing = {"features_s": round(features.seconds, 2), "features_cached": features.cached, "features_file": str(features.path),
-              "features_total_s": round(time.perf_counter() - started, 2)}  # fmt: skip
+    timing = {
+        "features_s": round(features.seconds, 2),
+        "features_cached": features.cached,
+        "features_file": str(features.path),
+        "features_total_s": round(time.perf_counter() - started, 2),
+    }
     return source(range(len(train)), train), source(range(len(train), n), held), timing
 
 

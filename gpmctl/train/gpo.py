@@ -44,7 +44,7 @@ from gpmctl.models.policy import (
     read_prompts,
     save_policy,
     sequence_logps,
-)  # fmt: skip
+)
 from gpmctl.train import gpo_loss as L
 from gpmctl.utils import RunLog, atomic_write_text, first_line, json_text, log, output_folder, quiet_libraries
 
@@ -104,8 +104,13 @@ def _saved_settings(recipe: GpoRecipe, train_prompts: list, eval_prompts: list) 
     def prompts(rows: list) -> dict:
         return {"count": len(rows), "sha256": hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()}
 
-    sampling = {"generation.temperature": g.temperature, "generation.top_p": g.top_p, "generation.max_new_tokens": g.max_new_tokens,
-                "generation.seed": g.seed, "data.max_prompt_length": d.max_prompt_length}  # fmt: skip
+    sampling = {
+        "generation.temperature": g.temperature,
+        "generation.top_p": g.top_p,
+        "generation.max_new_tokens": g.max_new_tokens,
+        "generation.seed": g.seed,
+        "data.max_prompt_length": d.max_prompt_length,
+    }
     return {
         "generations.jsonl": {"prompts (data.train)": prompts(train_prompts), "generation.k": g.k, **sampling},
         "eval_generations.jsonl": {"prompts (data.eval)": prompts(eval_prompts), "eval.samples": recipe.eval.samples, **sampling},
@@ -130,10 +135,15 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _generation_rows(prompts: list[list[dict]], samples: list[list[Sample]]) -> list[dict]:
     return [
-        {"prompt_index": n, "prompt": prompt, "responses": [s.text for s in row], "response_ids": [s.ids for s in row],
-         "finished": [s.finished for s in row]}
+        {
+            "prompt_index": n,
+            "prompt": prompt,
+            "responses": [s.text for s in row],
+            "response_ids": [s.ids for s in row],
+            "finished": [s.finished for s in row],
+        }
         for n, (prompt, row) in enumerate(zip(prompts, samples))
-    ]  # fmt: skip
+    ]
 
 
 def _iteration_dir(output_dir: Path, t: int) -> Path:
@@ -151,7 +161,9 @@ def ensure_judge(recipe: GpoRecipe) -> Path:
     if (path / HEAD_FILE).is_file():
         return path
     if j.train_recipe is None:
-        raise ConfigError(f"judge.model: {path} holds no gpmctl model; train one (gpmctl train-rm RECIPE output_dir={path}) or set judge.train_recipe")
+        raise ConfigError(
+            f"judge.model: {path} holds no gpmctl model; train one (gpmctl train-rm RECIPE output_dir={path}) or set judge.train_recipe"
+        )
     from gpmctl.config import load_recipe, resolve_recipe
     from gpmctl.train.reward import train_reward_model
 
@@ -169,7 +181,9 @@ def judge_scores(judge, prompts: list[list[dict]], responses: list[list[str]], e
     K = len(responses[0])
 
     def block(rows: list, _: int) -> list[torch.Tensor]:
-        value, gate = judge.embed([p for p, _ in rows], [[[{"role": "assistant", "content": text}] for text in row] for _, row in rows])
+        value, gate = judge.embed(
+            [p for p, _ in rows], [[[{"role": "assistant", "content": text}] for text in row] for _, row in rows]
+        )
         return list(judge.score_matrix(value, gate))
 
     return torch.stack(engine.shard_map(list(zip(prompts, responses)), block, max(1, judge.batch_size // K)))
@@ -185,7 +199,9 @@ def win_rate(judge, prompts, new: list[list[str]], old: list[list[str]], engine)
 
 def sample(policy, tokenizer, prompt_ids: list[list[int]], seeds: list[int], gen, engine) -> list[list[Sample]]:
     """len(seeds) samples per prompt; batches of prompts dealt over the processes (same texts as one process)."""
-    return engine.shard_map(prompt_ids, lambda chunk, b: generate(policy, tokenizer, chunk, seeds, gen, engine.device, b), gen.batch_size)
+    return engine.shard_map(
+        prompt_ids, lambda chunk, b: generate(policy, tokenizer, chunk, seeds, gen, engine.device, b), gen.batch_size
+    )
 
 
 def cyclic_win_rate(new: list[list[str]], old: list[list[str]], num_items: int) -> float | None:
@@ -207,7 +223,9 @@ def cyclic_win_rate(new: list[list[str]], old: list[list[str]], num_items: int) 
 # One iteration's optimisation
 
 
-def build_training_set(recipe: GpoRecipe, generations: list[dict], raw: torch.Tensor, tau: float, kind: str) -> tuple[list[dict], list[dict]]:
+def build_training_set(
+    recipe: GpoRecipe, generations: list[dict], raw: torch.Tensor, tau: float, kind: str
+) -> tuple[list[dict], list[dict]]:
     """Targets per response and the sequences to train on -> (pairs.jsonl rows, [(prompt n, sample k, target)])."""
     o = recipe.objective
     S = L.score_table(raw, tau, kind, o.score_table)  # [N, K, K] log-odds table
@@ -217,23 +235,52 @@ def build_training_set(recipe: GpoRecipe, generations: list[dict], raw: torch.Te
     if o.train_on == "pairs":  # the authors' pipeline: best and worst of the K by aggregate score
         chosen, rejected = L.pair_indices(S)
         for n, g in enumerate(generations):
-            w, l = int(chosen[n]), int(rejected[n])
-            rows.append({
-                "prompt_index": n, "prompt": g["prompt"], "chosen": g["responses"][w], "rejected": g["responses"][l],
-                "chosen_index": w, "rejected_index": l, "chosen_score": float(opponent[n, w]),
-                "rejected_score": float(opponent[n, l]), "chosen_target": float(target[n, w]), "rejected_target": float(target[n, l]),
-            })  # fmt: skip
-            train += [{"n": n, "k": w, "target": float(target[n, w])}, {"n": n, "k": l, "target": float(target[n, l])}]
+            best, worst = int(chosen[n]), int(rejected[n])
+            rows.append(
+                {
+                    "prompt_index": n,
+                    "prompt": g["prompt"],
+                    "chosen": g["responses"][best],
+                    "rejected": g["responses"][worst],
+                    "chosen_index": best,
+                    "rejected_index": worst,
+                    "chosen_score": float(opponent[n, best]),
+                    "rejected_score": float(opponent[n, worst]),
+                    "chosen_target": float(target[n, best]),
+                    "rejected_target": float(target[n, worst]),
+                }
+            )
+            train += [
+                {"n": n, "k": best, "target": float(target[n, best])},
+                {"n": n, "k": worst, "target": float(target[n, worst])},
+            ]
     else:  # every sample: the expectation over y ~ pi_t of eq. 5.3
         for n, g in enumerate(generations):
-            rows.append({"prompt_index": n, "prompt": g["prompt"], "responses": g["responses"],
-                         "scores": opponent[n].tolist(), "targets": target[n].tolist()})  # fmt: skip
+            rows.append(
+                {
+                    "prompt_index": n,
+                    "prompt": g["prompt"],
+                    "responses": g["responses"],
+                    "scores": opponent[n].tolist(),
+                    "targets": target[n].tolist(),
+                }
+            )
             train += [{"n": n, "k": k, "target": float(target[n, k])} for k in range(len(g["responses"]))]
     return rows, train
 
 
-def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations: list[dict], train: list[dict],
-             t: int, engine, runlog: RunLog, stop, state_dir: Path) -> tuple[dict, dict | None]:  # fmt: skip
+def optimise(
+    policy,
+    recipe: GpoRecipe,
+    prompt_ids: list[list[int]],
+    generations: list[dict],
+    train: list[dict],
+    t: int,
+    engine,
+    runlog: RunLog,
+    stop,
+    state_dir: Path,
+) -> tuple[dict, dict | None]:
     """Minimise the squared loss of eq. 5.3 over `train` with gpmctl.train.loop.fit; the reference pi_{t-1} is the
     policy as given.
 
@@ -271,7 +318,9 @@ def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations
 
     micro_per_epoch = len(all_batches(0))
     if micro_per_epoch < c.grad_accum:
-        raise ConfigError(f"train.batch_size x train.grad_accum x processes exceeds the {len(train)} training sequences of iteration {t}")
+        raise ConfigError(
+            f"train.batch_size x train.grad_accum x processes exceeds the {len(train)} training sequences of iteration {t}"
+        )
     total = max(1, math.ceil(c.epochs * micro_per_epoch / c.grad_accum))
     optimizer = build_optimizer(policy, c)
     scheduler = build_schedule(optimizer, c, total)
@@ -298,22 +347,49 @@ def optimise(policy, recipe: GpoRecipe, prompt_ids: list[list[int]], generations
         return Step(loss, {"loss": loss.detach(), "ratio": ratio.detach().sum(), "sequences": len(index)})
 
     def report(window: dict) -> None:
-        runlog.write({"event": "train", "iteration": t, "step": window["step"], "loss": window["loss"] / window["micro_batches"],
-                      "lr": window["lr"], "grad_norm": window["grad_norm"], "ratio_mean": window["ratio"] / window["sequences"]})  # fmt: skip
+        runlog.write(
+            {
+                "event": "train",
+                "iteration": t,
+                "step": window["step"],
+                "loss": window["loss"] / window["micro_batches"],
+                "lr": window["lr"],
+                "grad_norm": window["grad_norm"],
+                "ratio_mean": window["ratio"] / window["sequences"],
+            }
+        )
 
     def checkpoint(reason: str) -> str:
         engine.save_state(state_dir, model, optimizer, scheduler, {**state, **layout})
         return f"iteration {t} checkpointed in {state_dir}; --resume auto continues from this step"
 
     started = time.perf_counter()
-    fit(engine, model, optimizer, scheduler, batches=lambda epoch: all_batches(epoch)[: micro_per_epoch // c.grad_accum * c.grad_accum],
-        step=step, state=state, total_steps=total, max_grad_norm=c.max_grad_norm, logging_steps=c.logging_steps, report=report,
-        save_steps=c.save_steps, checkpoint=checkpoint, stop=stop)  # fmt: skip
+    fit(
+        engine,
+        model,
+        optimizer,
+        scheduler,
+        batches=lambda epoch: all_batches(epoch)[: micro_per_epoch // c.grad_accum * c.grad_accum],
+        step=step,
+        state=state,
+        total_steps=total,
+        max_grad_norm=c.max_grad_norm,
+        logging_steps=c.logging_steps,
+        report=report,
+        save_steps=c.save_steps,
+        checkpoint=checkpoint,
+        stop=stop,
+    )
     gathered = engine.full_state_dict(model)  # a collective: every rank
     engine.free_memory()
     policy.eval()
-    stats = {"steps": state["step"], "train_seconds": round(time.perf_counter() - started, 2), "sequences": len(train),
-             "target_abs_mean": float(targets.abs().mean()), "processes": engine.world}  # fmt: skip
+    stats = {
+        "steps": state["step"],
+        "train_seconds": round(time.perf_counter() - started, 2),
+        "sequences": len(train),
+        "target_abs_mean": float(targets.abs().mean()),
+        "processes": engine.world,
+    }
     return stats, gathered
 
 
@@ -339,7 +415,9 @@ def warmup_cyclic(model, tokenizer, prompt_ids: list[list[int]], cfg, seed: int,
     for _ in range(cfg.steps):  # (prompts, answers) of each step, drawn in the order of the original loop
         batch_prompts = [rng.choice(prompt_ids) for _ in range(cfg.batch_size)]
         draws.append((batch_prompts, [answers[i] for i in rng.choices(range(len(words)), weights=weights, k=cfg.batch_size)]))
-    optim = OptimConfig(lr=cfg.lr, optimizer="adamw", adam_betas=(0.9, 0.999), weight_decay=0.0, scheduler="constant", warmup_ratio=0.0)
+    optim = OptimConfig(
+        lr=cfg.lr, optimizer="adamw", adam_betas=(0.9, 0.999), weight_decay=0.0, scheduler="constant", warmup_ratio=0.0
+    )
     optimizer = build_optimizer(model, optim)
     scheduler = build_schedule(optimizer, optim, cfg.steps)
     last = {"loss": float("nan")}
@@ -353,8 +431,19 @@ def warmup_cyclic(model, tokenizer, prompt_ids: list[list[int]], cfg, seed: int,
         last["loss"] = window["loss"] / window["micro_batches"]
         log(f"warm-up step {window['step']}/{cfg.steps}: loss {last['loss']:.4f}")
 
-    fit(Engine.local(device=device), model, optimizer, scheduler, batches=lambda epoch: draws, step=step,
-        state={"step": 0, "epoch": 0, "micro_batch": 0}, total_steps=cfg.steps, max_grad_norm=1.0, logging_steps=50, report=report)  # fmt: skip
+    fit(
+        Engine.local(device=device),
+        model,
+        optimizer,
+        scheduler,
+        batches=lambda epoch: draws,
+        step=step,
+        state={"step": 0, "epoch": 0, "micro_batch": 0},
+        total_steps=cfg.steps,
+        max_grad_norm=1.0,
+        logging_steps=50,
+        report=report,
+    )
     model.eval()
     return last
 
@@ -417,15 +506,21 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
 
     # Every process holds the judge and the sampler whole (where the engine shards weights, only the optimised copy is).
     net = engine.build(lambda: load_model(judge_path, dtype=recipe.judge.dtype, device=device))
-    encoder = SequenceEncoder(load_tokenizer(str(judge_path)), recipe.judge.max_length, net.head.eos, net.head.gate_prompt, "right")
+    encoder = SequenceEncoder(
+        load_tokenizer(str(judge_path)), recipe.judge.max_length, net.head.eos, net.head.gate_prompt, "right"
+    )
     judge = Scorer(net, encoder, recipe.judge.batch_size, device)
     tau, kind = judge.tau, judge.kind
-    log(f"judge: {judge_path} ({kind}, dim {net.head.dim}, tau {tau}); {engine.world} process(es), {engine.precision}, {engine.describe()}")
+    log(
+        f"judge: {judge_path} ({kind}, dim {net.head.dim}, tau {tau}); {engine.world} process(es), {engine.precision}, {engine.describe()}"
+    )
 
     tokenizer = policy_tokenizer(pc.tokenizer or pc.model, pc.trust_remote_code)
     encode = lambda ps: [encode_prompt(tokenizer, p, recipe.data.max_prompt_length) for p in ps]  # noqa: E731
     train_ids, eval_ids = encode(train_prompts), encode(eval_prompts)
-    log(f"prompts: {len(train_prompts)} train, {len(eval_prompts)} held-out; K = {g.k}, {recipe.objective.iterations} iterations, loss {recipe.objective.loss}")
+    log(
+        f"prompts: {len(train_prompts)} train, {len(eval_prompts)} held-out; K = {g.k}, {recipe.objective.iterations} iterations, loss {recipe.objective.loss}"
+    )
     cyclic_items = pc.warmup.num_items if str(recipe.data.eval or "").startswith("cyclic:") else None
     eval_seeds = [g.seed * (p + 1) + EVAL_SEED_OFFSET for p in range(recipe.eval.samples)]
 
@@ -492,11 +587,20 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
             else:
                 raw = judge_scores(judge, train_prompts, [row["responses"] for row in generations], engine)
                 logit = raw / tau
-                write(score_path, [
-                    {"prompt_index": n, "kind": kind, "tau": tau, "raw": raw[n].tolist(), "logit": logit[n].tolist(),
-                     "win_rate": torch.sigmoid(logit[n]).mean(-1).tolist()}
-                    for n in range(len(generations))
-                ])  # fmt: skip
+                write(
+                    score_path,
+                    [
+                        {
+                            "prompt_index": n,
+                            "kind": kind,
+                            "tau": tau,
+                            "raw": raw[n].tolist(),
+                            "logit": logit[n].tolist(),
+                            "win_rate": torch.sigmoid(logit[n]).mean(-1).tolist(),
+                        }
+                        for n in range(len(generations))
+                    ],
+                )
             _stop_between_stages(stop, t, "scoring", engine)
 
             # 3. targets and training sequences (recomputed from the table: switching the loss needs no new samples)
@@ -528,7 +632,9 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
                 (d / "metrics.json").write_text(json_text(metrics, indent=2))
             engine.wait()
             runlog.write({"event": "iteration", **metrics})
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith(("win_rate", "true_win")) and v is not None)
+            shown = ", ".join(
+                f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith(("win_rate", "true_win")) and v is not None
+            )
             log(f"iteration {t}/{recipe.objective.iterations} ({recipe.objective.loss}): {shown} ({metrics['seconds']:.0f}s)")
             results.append(metrics)
             del policy
@@ -547,7 +653,9 @@ def _stop_between_stages(stop, t: int, stage: str, engine) -> None:
     from gpmctl.train.loop import Preempted
 
     if engine.any_rank(stop.signal is not None):
-        raise Preempted(f"stopped in iteration {t} after {stage} ({stop.signal or 'a signal to another rank'}); --resume auto continues from the saved files")
+        raise Preempted(
+            f"stopped in iteration {t} after {stage} ({stop.signal or 'a signal to another rank'}); --resume auto continues from the saved files"
+        )
 
 
 def _histogram(samples: list[list[str]]) -> dict[str, int]:

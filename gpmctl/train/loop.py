@@ -79,10 +79,26 @@ def best_key(metrics: dict) -> tuple[float, float]:
     return (metrics.get("accuracy") or 0.0, -metrics["loss"])
 
 
-def fit(engine, model, optimizer, scheduler, *, batches: Callable[[int], list], step: Callable[[object], Step], state: dict,
-        total_steps: int, max_grad_norm: float, logging_steps: int, report: Callable[[dict], None],
-        evaluation: Evaluation | None = None, save_steps: int | None = None, checkpoint: Callable[[str], str] | None = None,
-        stop: StopFlag | None = None, stop_after_steps: int | None = None, progress=None) -> None:  # fmt: skip
+def fit(
+    engine,
+    model,
+    optimizer,
+    scheduler,
+    *,
+    batches: Callable[[int], list],
+    step: Callable[[object], Step],
+    state: dict,
+    total_steps: int,
+    max_grad_norm: float,
+    logging_steps: int,
+    report: Callable[[dict], None],
+    evaluation: Evaluation | None = None,
+    save_steps: int | None = None,
+    checkpoint: Callable[[str], str] | None = None,
+    stop: StopFlag | None = None,
+    stop_after_steps: int | None = None,
+    progress=None,
+) -> None:
     """Train `model` until state["step"] == total_steps (module docstring).
 
     state: {"step", "epoch", "micro_batch", "best"}, updated in place (a checkpoint saves it; resuming passes
@@ -109,8 +125,15 @@ def fit(engine, model, optimizer, scheduler, *, batches: Callable[[int], list], 
                 progress.advance()
             if done % logging_steps == 0 or done == total_steps:
                 epoch = round(state["epoch"] + state["micro_batch"] / len(micro_batches), 4)
-                report({"step": done, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                        "grad_norm": None if grad_norm is None else float(grad_norm), **window.take()})  # fmt: skip
+                report(
+                    {
+                        "step": done,
+                        "epoch": epoch,
+                        "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": None if grad_norm is None else float(grad_norm),
+                        **window.take(),
+                    }
+                )
             if evaluation is not None and (done % evaluation.every == 0 or done == total_steps):
                 _evaluate(engine, evaluation, state)
             if checkpoint is not None and save_steps and done % save_steps == 0:
@@ -155,7 +178,11 @@ class _Window:
     def take(self) -> dict:
         keys = list(self.sums)
         tensors = [k for k in keys if isinstance(self.sums[k], torch.Tensor)]
-        values = {k: v for k, v in zip(tensors, torch.stack([self.sums[k].float().reshape(()) for k in tensors]).tolist())} if tensors else {}
+        values = (
+            {k: v for k, v in zip(tensors, torch.stack([self.sums[k].float().reshape(()) for k in tensors]).tolist())}
+            if tensors
+            else {}
+        )
         record = {k: values.get(k, self.sums[k]) for k in keys}
         record.update(seconds=time.perf_counter() - self.started, micro_batches=self.micro_batches)
         self.__init__()

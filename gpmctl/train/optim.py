@@ -31,4 +31,6 @@ def build_schedule(optimizer: torch.optim.Optimizer, t, total_steps: int):
     from transformers import get_scheduler
 
     name = t.scheduler if t.scheduler != "constant" else "constant_with_warmup"
-    return get_scheduler(name, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps
+    )

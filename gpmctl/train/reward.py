@@ -125,8 +125,12 @@ def pair_step(model, batch: dict, tau: float, use_margin: bool) -> Step:
     """The training step of a micro-batch of pairs, with what the log window sums (all on the device)."""
     loss, score = pair_loss(model, batch, tau, use_margin)
     label = batch["label"]
-    stats = {"loss_sum": loss.detach() * len(label), "correct": agrees_with_label(score, label).sum(),
-             "decided": (label != 0.5).sum(), "pairs": len(label)}  # fmt: skip
+    stats = {
+        "loss_sum": loss.detach() * len(label),
+        "correct": agrees_with_label(score, label).sum(),
+        "decided": (label != 0.5).sum(),
+        "pairs": len(label),
+    }
     if "tokens" in batch:
         stats["tokens"] = batch["tokens"]
     return Step(loss, stats)
@@ -154,8 +158,9 @@ def evaluate(engine: Engine, model, pairs, batch_size: int, tau: float, metas: l
     return pair_metrics(ordered, tau, metas, labels)
 
 
-def pair_metrics(scores: torch.Tensor, tau: float, metas: list[dict | None] | None = None,
-                 labels: list[float] | None = None) -> dict:  # fmt: skip
+def pair_metrics(
+    scores: torch.Tensor, tau: float, metas: list[dict | None] | None = None, labels: list[float] | None = None
+) -> dict:
     """scores [N] s(chosen > rejected), labels [N] P(chosen > rejected) (default 1) -> accuracy over the pairs
     whose label picks a side (`agrees_with_label`: a 0.5 label is left out; None if no pair is left), mean
     P(chosen > rejected), the training loss (soft labels included); accuracy by `kind` if the metas have one."""
@@ -202,7 +207,9 @@ def _resume_candidates(output_dir: Path, resume: str | None, resumable: bool = T
     A run that keeps no checkpoints (cached features) has none: `auto` starts it where the folder holds no run."""
     if not resumable:
         if resume not in (None, "none", "auto"):
-            raise ConfigError("--resume: a frozen-backbone run keeps no checkpoints (the head trains in seconds); use --overwrite")
+            raise ConfigError(
+                "--resume: a frozen-backbone run keeps no checkpoints (the head trains in seconds); use --overwrite"
+            )
         if (output_dir / HEAD_FILE).exists() or (output_dir / "metrics.json").exists():
             raise ConfigError(f"{output_dir}: already holds a run; pass --overwrite to start again")
         return []
@@ -220,9 +227,19 @@ def _resume_candidates(output_dir: Path, resume: str | None, resumable: bool = T
     return [path]
 
 
-RESUMABLE_CHANGES = ("output_dir", "train.logging_steps", "train.eval_steps", "train.save_steps", "train.keep_checkpoints",
-                     "train.keep_best", "train.batch_size", "train.grad_accum", "model.gradient_checkpointing", "launch.",
-                     "evaluate.")  # fmt: skip
+RESUMABLE_CHANGES = (
+    "output_dir",
+    "train.logging_steps",
+    "train.eval_steps",
+    "train.save_steps",
+    "train.keep_checkpoints",
+    "train.keep_best",
+    "train.batch_size",
+    "train.grad_accum",
+    "model.gradient_checkpointing",
+    "launch.",
+    "evaluate.",
+)
 """Recipe keys a resumed run may change: how often it logs, evaluates and checkpoints, which model it keeps,
 the benchmarks after it, activation memory, and how one global batch is split over processes and micro-batches
 (`Engine.check_resumable` holds batch_size x grad_accum x processes fixed). Anything else would change the run."""
@@ -241,9 +258,11 @@ def check_resumed_recipe(recipe: Recipe, run_dir: Path) -> list[str]:
     refused = [key for key in changed if not key.startswith(RESUMABLE_CHANGES)]
     if refused:
         shown = ", ".join(f"{key} ({saved.get(key)!r} -> {now[key]!r})" for key in refused)
-        raise ConfigError(f"{getattr(recipe, 'source', 'recipe')}: {shown}: differ from {saved_file}, which a resumed "
-                          "run must keep; resume with the saved values, or start a new run (another output_dir, "
-                          "or --overwrite)")  # fmt: skip
+        raise ConfigError(
+            f"{getattr(recipe, 'source', 'recipe')}: {shown}: differ from {saved_file}, which a resumed "
+            "run must keep; resume with the saved values, or start a new run (another output_dir, "
+            "or --overwrite)"
+        )
     return [f"{key}: {saved.get(key)!r} -> {now[key]!r}" for key in changed]
 
 
@@ -272,9 +291,11 @@ def _check_same_data(saved: dict, fingerprint: dict, recipe: Recipe, path: Path)
         was = (saved.get("data_sha256") or {}).get(split)
         if was is not None and was != fingerprint[split]:
             key = "data.eval" if split == "eval" and recipe.data.eval else "data.train"
-            raise ConfigError(f"{getattr(recipe, 'source', 'recipe')}: {key}: the {split} pairs of "
-                              f"{getattr(recipe.data, key[5:])} differ from those {path} was trained on (the data "
-                              "changed); resume with that data, or start a new run")  # fmt: skip
+            raise ConfigError(
+                f"{getattr(recipe, 'source', 'recipe')}: {key}: the {split} pairs of "
+                f"{getattr(recipe.data, key[5:])} differ from those {path} was trained on (the data "
+                "changed); resume with that data, or start a new run"
+            )
 
 
 def check_benchmark_files(recipe: Recipe) -> None:
@@ -299,9 +320,15 @@ def check_benchmark_files(recipe: Recipe) -> None:
 # The run
 
 
-def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: bool = False, stop_after_steps: int | None = None,
-                       cached_features: bool | None = None, pairs: tuple[list[EncodedPair], list[EncodedPair]] | None = None,
-                       save: bool = True) -> TrainResult:  # fmt: skip
+def train_reward_model(
+    recipe: Recipe,
+    resume: str | None = None,
+    overwrite: bool = False,
+    stop_after_steps: int | None = None,
+    cached_features: bool | None = None,
+    pairs: tuple[list[EncodedPair], list[EncodedPair]] | None = None,
+    save: bool = True,
+) -> TrainResult:
     """The run of the module docstring. Everything is checked before anything in output_dir is written or
     deleted (the recipe against the run it resumes, data, benchmark files, model, checkpoint); from then to
     its end the run holds output_dir/.lock.
@@ -316,8 +343,16 @@ def train_reward_model(recipe: Recipe, resume: str | None = None, overwrite: boo
         lock.release()
 
 
-def _train(recipe: Recipe, resume: str | None, overwrite: bool, stop_after_steps: int | None, cached_features: bool | None,
-           given_pairs: tuple | None, save: bool, lock: ckpt.RunLock) -> TrainResult:  # fmt: skip
+def _train(
+    recipe: Recipe,
+    resume: str | None,
+    overwrite: bool,
+    stop_after_steps: int | None,
+    cached_features: bool | None,
+    given_pairs: tuple | None,
+    save: bool,
+    lock: ckpt.RunLock,
+) -> TrainResult:
     from accelerate.utils import set_seed
 
     from gpmctl.models.build import build_model
@@ -336,7 +371,11 @@ def _train(recipe: Recipe, resume: str | None, overwrite: bool, stop_after_steps
     if features and resume not in (None, "none"):
         raise ConfigError("--resume: a frozen-backbone run keeps no checkpoints (the head trains in seconds); use --overwrite")
     # Cached features: one process, the head's few small matmuls on the CPU; otherwise the launcher's engine.
-    engine = Engine.local(t.grad_accum) if features else Engine.create(t.precision, t.grad_accum, t.batch_size, t.max_grad_norm, source)
+    engine = (
+        Engine.local(t.grad_accum)
+        if features
+        else Engine.create(t.precision, t.grad_accum, t.batch_size, t.max_grad_norm, source)
+    )
 
     # 0. Checks that need no data: the folder is free, the resumed run's recipe, the benchmark files.
     lock.acquire(engine, create=False)  # a folder another run is writing to is refused before any work
@@ -360,8 +399,10 @@ def _train(recipe: Recipe, resume: str | None, overwrite: bool, stop_after_steps
     n_params = engine.parameter_count(model)
     packing = not features and t.packing is not False and model.enable_packing()  # before prepare(): it wraps the model
     if t.packing is True and not features and not packing:
-        raise ConfigError(f"{source}: train.packing=true: {m.backbone} cannot be packed (it needs a causal decoder with sdpa "
-                          "attention); use train.packing=auto or false")  # fmt: skip
+        raise ConfigError(
+            f"{source}: train.packing=true: {m.backbone} cannot be packed (it needs a causal decoder with sdpa "
+            "attention); use train.packing=auto or false"
+        )
     lengths = [len(p.chosen.ids) + len(p.rejected.ids) for p in train_pairs] if t.group_by_length and not features else None
 
     def batches(epoch: int) -> list[list[int]]:  # this rank's micro-batches, whole optimizer steps only
@@ -395,8 +436,9 @@ def _train(recipe: Recipe, resume: str | None, overwrite: bool, stop_after_steps
         state.setdefault("data_sha256", fingerprint)  # checkpoints written before it was recorded
         break
     if candidates and resume_from is None:
-        raise ConfigError(f"{output_dir}: none of its {len(candidates)} checkpoints reads back (see the warnings); "
-                          "start again with --overwrite")  # fmt: skip
+        raise ConfigError(
+            f"{output_dir}: none of its {len(candidates)} checkpoints reads back (see the warnings); start again with --overwrite"
+        )
 
     # 4. The run folder, written only now that everything above is known to be good.
     lock.acquire(engine)
@@ -418,27 +460,43 @@ def _train(recipe: Recipe, resume: str | None, overwrite: bool, stop_after_steps
         log(f"resumed from {resume_from} at step {state['step']}")
 
     if features:
-        train_source, eval_source, feature_timing = feature_pairs(engine.unwrap(model), train_pairs, eval_pairs, tokenizer.pad_token_id)
+        train_source, eval_source, feature_timing = feature_pairs(
+            engine.unwrap(model), train_pairs, eval_pairs, tokenizer.pad_token_id
+        )
         timing.update(feature_timing)
     else:
         collate = lambda pairs: collate_pairs(pairs, pad_id=tokenizer.pad_token_id, packed=packing)  # noqa: E731
-        train_source, eval_source = TokenPairs(train_pairs, collate, engine.device), TokenPairs(eval_pairs, collate, engine.device)
+        train_source, eval_source = (
+            TokenPairs(train_pairs, collate, engine.device),
+            TokenPairs(eval_pairs, collate, engine.device),
+        )
     shape = "cached features" if features else "packed" if packing else "padded"
-    log(f"training: {total_steps} steps ({steps_per_epoch} per epoch), batch {t.batch_size} x {t.grad_accum} x {engine.world} pairs, "
-        f"{engine.precision}, {engine.describe()}, {shape}{', length-grouped' if lengths else ''}")
+    log(
+        f"training: {total_steps} steps ({steps_per_epoch} per epoch), batch {t.batch_size} x {t.grad_accum} x {engine.world} pairs, "
+        f"{engine.precision}, {engine.describe()}, {shape}{', length-grouped' if lengths else ''}"
+    )
 
     def report(window: dict) -> None:
         seconds = window["seconds"]
-        record = {"event": "train", "step": window["step"], "epoch": window["epoch"], "loss": window["loss_sum"] / window["pairs"],
-                  "accuracy": window["correct"] / window["decided"] if window["decided"] else None, "lr": window["lr"],
-                  "grad_norm": window["grad_norm"], "pairs_per_s": window["pairs"] / seconds}  # fmt: skip
+        record = {
+            "event": "train",
+            "step": window["step"],
+            "epoch": window["epoch"],
+            "loss": window["loss_sum"] / window["pairs"],
+            "accuracy": window["correct"] / window["decided"] if window["decided"] else None,
+            "lr": window["lr"],
+            "grad_norm": window["grad_norm"],
+            "pairs_per_s": window["pairs"] / seconds,
+        }
         if "tokens" in window:
             record["tokens_per_s"] = window["tokens"] / seconds
         runlog.write(record)
         progress.describe(f"loss {record['loss']:.4f} acc {record['accuracy'] or 0.0:.3f}")
 
     def run_eval() -> dict:
-        metrics = evaluate(engine, model, eval_source, t.batch_size * 2, tau, [p.meta for p in eval_pairs], [p.label for p in eval_pairs])
+        metrics = evaluate(
+            engine, model, eval_source, t.batch_size * 2, tau, [p.meta for p in eval_pairs], [p.label for p in eval_pairs]
+        )
         if metrics:
             runlog.write({"event": "eval", "step": state["step"], **{f"eval/{k}": v for k, v in metrics.items()}})
             shown = {k: v for k, v in metrics.items() if k not in ("pairs", "accuracy_pairs") and v is not None}
@@ -475,11 +533,30 @@ def _train(recipe: Recipe, resume: str | None, overwrite: bool, stop_after_steps
     prepared = time.perf_counter()
     evaluation = Evaluation(run_eval, t.eval_steps or steps_per_epoch, t.keep_best, save_best) if len(eval_source) else None
     progress = _progress(total_steps, state["step"], engine.is_main)
-    with (contextlib.nullcontext() if features else StopFlag()) as stop, progress, (one_thread() if features else contextlib.nullcontext()):
-        fit(engine, model, optimizer, scheduler, batches=batches, step=lambda index: pair_step(model, train_source.batch(index), tau, t.use_margin),
-            state=state, total_steps=total_steps, max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, report=report,
-            evaluation=evaluation, save_steps=t.save_steps, checkpoint=None if features else checkpoint, stop=stop,
-            stop_after_steps=stop_after_steps, progress=progress)  # fmt: skip
+    with (
+        contextlib.nullcontext() if features else StopFlag() as stop,
+        progress,
+        one_thread() if features else contextlib.nullcontext(),
+    ):
+        fit(
+            engine,
+            model,
+            optimizer,
+            scheduler,
+            batches=batches,
+            step=lambda index: pair_step(model, train_source.batch(index), tau, t.use_margin),
+            state=state,
+            total_steps=total_steps,
+            max_grad_norm=t.max_grad_norm,
+            logging_steps=t.logging_steps,
+            report=report,
+            evaluation=evaluation,
+            save_steps=t.save_steps,
+            checkpoint=None if features else checkpoint,
+            stop=stop,
+            stop_after_steps=stop_after_steps,
+            progress=progress,
+        )
     timing["training_s"] = round(time.perf_counter() - prepared, 2)
 
     # 6. The final model: the last one, or the best evaluated one.
@@ -504,8 +581,14 @@ def _train(recipe: Recipe, resume: str | None, overwrite: bool, stop_after_steps
         save_full_model(output_dir)
     timing.update(save_s=round(time.perf_counter() - saving, 2), total_s=round(time.perf_counter() - started, 2))
     if engine.is_main:
-        summary = {"steps": state["step"], "model_eval": model_metrics, "final_eval": final, "best": best,
-                   "recipe": str(output_dir / "recipe.yaml"), "timing": timing}  # fmt: skip
+        summary = {
+            "steps": state["step"],
+            "model_eval": model_metrics,
+            "final_eval": final,
+            "best": best,
+            "recipe": str(output_dir / "recipe.yaml"),
+            "timing": timing,
+        }
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         runlog.write({"event": "done", **summary})
     engine.wait()
@@ -524,8 +607,15 @@ class _progress:
 
             from gpmctl.utils import stderr_console
 
-            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.description}"), console=stderr_console(), transient=True)  # fmt: skip
+            self.bar = Progress(
+                TextColumn("train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.description}"),
+                console=stderr_console(),
+                transient=True,
+            )
             self.task = self.bar.add_task("", total=total, completed=done)
 
     def __enter__(self):
