@@ -1,3 +1,5 @@
+"""`python -m gpmctl`: the same as the `gpmctl` command."""
+
 from gpmctl.cli import main
 
 main()

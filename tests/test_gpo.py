@@ -288,6 +288,11 @@ def test_resume_skips_finished_iterations_and_runs_the_next(one_iteration, judge
     assert result.policy == out / "iter-2" / "policy"
     assert [len(row["targets"]) for row in _rows(out / "iter-2" / "pairs.jsonl")] == [5] * 8  # train_on: all K samples
     assert result.iterations[1]["sequences"] == 40
+    # keep-best, GPO's way: metrics.json names the iteration with the best held-out win rate against pi_0
+    best = json.loads((out / "metrics.json").read_text())["best"]
+    rates = [m["win_rate_vs_initial"] for m in result.iterations]
+    assert best["iteration"] == 1 + rates.index(max(rates)) and best["win_rate_vs_initial"] == max(rates)
+    assert best["policy"] == str(out / f"iter-{best['iteration']}" / "policy")
 
 
 def test_cli_prints_the_resolved_gpo_recipe_and_rejects_bad_keys():

@@ -65,15 +65,13 @@ def train_gpo(
 
 
 def _report(config) -> None:
-    """One JSON line on stdout: the run folder, the final policy and every iteration's metrics."""
+    """One JSON line on stdout: the run folder, the final policy, every iteration's metrics and the best iteration."""
     import json
     from pathlib import Path
 
     summary = json.loads((Path(config.output_dir) / "metrics.json").read_text())
-    print(
-        json.dumps({"output_dir": config.output_dir, "policy": summary["policy"], "iterations": summary["iterations"]}),
-        flush=True,
-    )
+    report = {"output_dir": config.output_dir, "policy": summary["policy"], "iterations": summary["iterations"]}
+    print(json.dumps(report | ({"best": summary["best"]} if "best" in summary else {})), flush=True)
 
 
 train_gpo.__doc__ = (train_gpo.__doc__ or "") + "\n\n" + EPILOG

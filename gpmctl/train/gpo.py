@@ -640,12 +640,29 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
             del policy
 
     final = _iteration_dir(output_dir, recipe.objective.iterations) / "policy"
+    best = best_iteration(results, output_dir)
+    if best is not None:
+        log(
+            f"best held-out policy: iteration {best['iteration']} (win rate vs pi_0 {best['win_rate_vs_initial']:.3f}), {best['policy']}"
+        )
+    summary = {"policy": str(final), "iterations": results, **({"best": best} if best else {})}
     if main:
-        (output_dir / "metrics.json").write_text(json_text({"policy": str(final), "iterations": results}, indent=2))
-    runlog.write({"event": "done", "policy": str(final)})
+        (output_dir / "metrics.json").write_text(json_text(summary, indent=2))
+    runlog.write({"event": "done", "policy": str(final), "best": best})
     runlog.close()
     engine.wait()
     return GpoResult(output_dir, final, results)
+
+
+def best_iteration(results: list[dict], output_dir: Path) -> dict | None:
+    """The iteration whose policy beat pi_0 most often on the held-out prompts (the first of equals): GPO's
+    counterpart of train-rm's keep-best. Every iteration's policy stays in its folder; `policy` is the last."""
+    scored = [r for r in results if r.get("win_rate_vs_initial") is not None]
+    if not scored:
+        return None
+    best = max(scored, key=lambda r: r["win_rate_vs_initial"])
+    policy = _iteration_dir(output_dir, best["iteration"]) / "policy"
+    return {"iteration": best["iteration"], "policy": str(policy), "win_rate_vs_initial": best["win_rate_vs_initial"]}
 
 
 def _stop_between_stages(stop, t: int, stage: str, engine) -> None:
