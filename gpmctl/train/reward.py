@@ -413,32 +413,9 @@ def _train(
     model, optimizer = engine.prepare(model, optimizer)
     tau = m.resolved_tau()
 
-    # 3. The checkpoint to continue from, newest first: with --resume auto an unreadable one falls back to the one before.
+    # 3. The checkpoint to continue from, if any.
     layout = engine.layout(t.batch_size, t.grad_accum)
-    state = {"step": 0, "epoch": 0, "micro_batch": 0, "best": None, "data_sha256": fingerprint}
-    resume_from = None
-    for path in candidates:
-        try:
-            saved = ckpt.read_trainer_state(path)
-            engine.check_resumable(saved, layout, path)
-            _check_same_data(saved, fingerprint, recipe, path)
-            state = engine.load_state(path, model, optimizer, scheduler)
-        except ckpt.UnreadableCheckpoint as e:
-            if resume != "auto":
-                raise
-            log(f"warning: {e}; trying the checkpoint before it")
-            continue
-        resume_from = path
-        # Same global batch, other split over processes: the same pairs make each step; keep the position.
-        state["micro_batch"] = state["micro_batch"] // saved.get("grad_accum", t.grad_accum) * t.grad_accum
-        for key in layout:
-            state.pop(key, None)
-        state.setdefault("data_sha256", fingerprint)  # checkpoints written before it was recorded
-        break
-    if candidates and resume_from is None:
-        raise ConfigError(
-            f"{output_dir}: none of its {len(candidates)} checkpoints reads back (see the warnings); start again with --overwrite"
-        )
+    state, resume_from = _resume_state(engine, candidates, resume, layout, fingerprint, recipe, (model, optimizer, scheduler))
 
     # 4. The run folder, written only now that everything above is known to be good.
     lock.acquire(engine)
@@ -595,6 +572,37 @@ def _train(
     runlog.close()
     in_memory = engine.unwrap(model) if engine.world == 1 and (features or not use_best) else None  # the saved model
     return TrainResult(output_dir, state["step"], model_metrics, best, model=in_memory, timing=timing)
+
+
+def _resume_state(
+    engine, candidates: list[Path], resume: str | None, layout: dict, fingerprint: dict, recipe: Recipe, objects: tuple
+) -> tuple[dict, Path | None]:
+    """The loop state to start from -> (state, the checkpoint it came from or None). The newest candidate that
+    reads back restores (model, optimizer, scheduler); with --resume auto an unreadable one falls back to the
+    one before it."""
+    t = recipe.train
+    for path in candidates:
+        try:
+            saved = ckpt.read_trainer_state(path)
+            engine.check_resumable(saved, layout, path)
+            _check_same_data(saved, fingerprint, recipe, path)
+            state = engine.load_state(path, *objects)
+        except ckpt.UnreadableCheckpoint as e:
+            if resume != "auto":
+                raise
+            log(f"warning: {e}; trying the checkpoint before it")
+            continue
+        # Same global batch, other split over processes: the same pairs make each step; keep the position.
+        state["micro_batch"] = state["micro_batch"] // saved.get("grad_accum", t.grad_accum) * t.grad_accum
+        for key in layout:
+            state.pop(key, None)
+        state.setdefault("data_sha256", fingerprint)  # checkpoints written before it was recorded
+        return state, path
+    if candidates:
+        raise ConfigError(
+            f"{recipe.output_dir}: none of its {len(candidates)} checkpoints reads back (see the warnings); start again with --overwrite"
+        )
+    return {"step": 0, "epoch": 0, "micro_batch": 0, "best": None, "data_sha256": fingerprint}, None
 
 
 class _progress:
