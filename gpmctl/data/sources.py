@@ -40,6 +40,7 @@ import yaml
 
 from gpmctl.data.mix import interleave, parse_mix_source
 from gpmctl.errors import ConfigError, DataError
+from gpmctl.utils import first_line
 
 CYCLIC = "cyclic:"
 ULTRAFEEDBACK = "ultrafeedback:"
@@ -145,7 +146,7 @@ def _hub_rows(spec: str, name: str, config: str | None, split: str) -> Iterable:
     try:
         return datasets.load_dataset(name, config, split=split)
     except (ConnectionError, OSError, ValueError, FileNotFoundError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         raise DataError(
             spec,
             f"no such local path, and Hugging Face dataset {name!r}"

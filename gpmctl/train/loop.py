@@ -165,6 +165,9 @@ class _Window:
     """Sums of the step statistics since the last log record; read (one host sync) by `take`."""
 
     def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
         self.sums: dict[str, torch.Tensor | float] = {}
         self.micro_batches = 0
         self.started = time.perf_counter()
@@ -176,14 +179,11 @@ class _Window:
             self.sums[key] = self.sums[key] + value if key in self.sums else value
 
     def take(self) -> dict:
-        keys = list(self.sums)
-        tensors = [k for k in keys if isinstance(self.sums[k], torch.Tensor)]
-        values = (
-            {k: v for k, v in zip(tensors, torch.stack([self.sums[k].float().reshape(()) for k in tensors]).tolist())}
-            if tensors
-            else {}
-        )
-        record = {k: values.get(k, self.sums[k]) for k in keys}
+        """The window's sums as Python numbers (tensors read in one stack), its seconds and micro-batches; then reset."""
+        record = dict(self.sums)
+        tensors = [k for k, v in self.sums.items() if isinstance(v, torch.Tensor)]
+        if tensors:
+            record.update(zip(tensors, torch.stack([self.sums[k].float().reshape(()) for k in tensors]).tolist()))
         record.update(seconds=time.perf_counter() - self.started, micro_batches=self.micro_batches)
-        self.__init__()
+        self.reset()
         return record

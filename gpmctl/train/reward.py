@@ -204,12 +204,9 @@ def optimisation(model: torch.nn.Module, t, micro_per_epoch: int, n_train: int) 
 
 def _resume_candidates(output_dir: Path, resume: str | None, resumable: bool = True) -> list[Path]:
     """The checkpoints to resume from, newest first: every complete one for `auto`, the one named, or none.
-    A run that keeps no checkpoints (cached features) has none: `auto` starts it where the folder holds no run."""
+    A run that keeps no checkpoints (cached features; `_train` refuses --resume for it) starts in a folder
+    that holds no run."""
     if not resumable:
-        if resume not in (None, "none", "auto"):
-            raise ConfigError(
-                "--resume: a frozen-backbone run keeps no checkpoints (the head trains in seconds); use --overwrite"
-            )
         if (output_dir / HEAD_FILE).exists() or (output_dir / "metrics.json").exists():
             raise ConfigError(f"{output_dir}: already holds a run; pass --overwrite to start again")
         return []
