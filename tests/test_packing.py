@@ -45,7 +45,7 @@ def tiny_model(kind: str, gate: bool):
 
 def outputs_and_grads(model, batch, tau: float):
     model.zero_grad(set_to_none=True)
-    out = model(batch["input_ids"], batch.get("attention_mask"), batch["prompt_end"], batch.get("cu_seqlens"))
+    out = model(batch["input_ids"], batch.get("attention_mask"), batch["prompt_end"], row=batch.get("row"))
     loss, _ = pair_loss(model, batch, tau, use_margin=False)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -126,6 +126,7 @@ SMALL = dict(
 ALTERNATING = ["sliding_attention", "full_attention"]
 FAMILIES = {
     "llama": ("LlamaConfig", dict(attention_dropout=0.5)),  # dropout is off in eval, packed or not
+    "gemma": ("GemmaConfig", {}),  # embeddings scaled by sqrt(hidden), GeGLU
     "mistral_window_4": ("MistralConfig", dict(sliding_window=4)),
     "qwen2": ("Qwen2Config", dict(sliding_window=4)),  # use_sliding_window is off: full attention
     "qwen2_window_4_from_layer_1": ("Qwen2Config", dict(use_sliding_window=True, sliding_window=4, max_window_layers=1)),
@@ -162,11 +163,11 @@ FAMILIES = {
 SEQUENCE_LENGTHS = [7, 31, 19, 5, 12, 9]
 
 
-def family_model(family: str) -> PreferenceModel:
+def family_model(family: str, vocab_size: int = 64) -> PreferenceModel:
     import transformers
 
     config_class, extra = FAMILIES[family]
-    config = getattr(transformers, config_class)(**{**SMALL, **extra})
+    config = getattr(transformers, config_class)(**{**SMALL, **extra, "vocab_size": vocab_size})
     torch.manual_seed(0)
     backbone = transformers.AutoModel.from_config(config)
     head = HeadConfig(kind="gpm", dim=8, gate=True)

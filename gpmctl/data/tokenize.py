@@ -4,8 +4,9 @@ A (prompt, response) becomes the chat-templated conversation, tokenised with the
 special tokens, with EOS at the read position (reference rule, `HeadConfig.eos`), and the index of the
 prompt's last token (where the gate reads the prompt). A pair is two such sequences; a batch of B pairs
 is ONE tensor of 2B sequences, chosen first, so a training step needs one forward pass: either padded
-to [2B, longest] (`collate_pairs`) or packed into one row of all real tokens with no padding
-(`pack_pairs`, for models that `enable_packing()`).
+to [2B, longest] or packed into one row of all real tokens with no padding, each pair's prompt computed
+once (`collate_pairs`; packing needs a model that `enable_packing()`). Groups of K responses to one prompt
+pack the same way (`pack_groups`).
 """
 
 from __future__ import annotations
@@ -124,28 +125,78 @@ def pad_sequences(seqs: list[EncodedSequence], pad_id: int, side: str = "left") 
     return {"input_ids": ids, "attention_mask": mask, "prompt_end": prompt_end}
 
 
-def pack_sequences(seqs: list[EncodedSequence]) -> dict[str, torch.Tensor]:
-    """Concatenate without padding: input_ids [1, T], cu_seqlens [n + 1] int32 (sequence i is tokens
-    cu_seqlens[i]:cu_seqlens[i+1]) and prompt_end [n] (in packed coordinates)."""
-    lengths = torch.tensor([len(s.ids) for s in seqs], dtype=torch.int32)
-    cu_seqlens = torch.zeros(len(seqs) + 1, dtype=torch.int32)
-    torch.cumsum(lengths, 0, out=cu_seqlens[1:])
-    ids = torch.from_numpy(np.concatenate([s.ids for s in seqs]).astype(np.int64)).unsqueeze(0)
-    prompt_end = cu_seqlens[:-1].long() + torch.tensor([s.prompt_end for s in seqs], dtype=torch.long)
-    return {"input_ids": ids, "cu_seqlens": cu_seqlens, "prompt_end": prompt_end}
+def shared_prefix_length(seqs: list[EncodedSequence]) -> int:
+    """How many first tokens all of `seqs` have in common (their prompt, when the template and truncation keep
+    it the same), leaving each sequence at least one token of its own: that token is where its value is read."""
+    longest = min(len(s.ids) for s in seqs) - 1
+    if len(seqs) < 2 or longest <= 0:
+        return 0
+    heads = np.stack([s.ids[:longest] for s in seqs])
+    differs = (heads != heads[0]).any(axis=0)
+    return int(differs.argmax()) if differs.any() else longest
 
 
-def collate_pairs(pairs: list[EncodedPair], pad_id: int, side: str = "left", packed: bool = False) -> dict[str, torch.Tensor]:
+def pack_groups(groups: list[list[EncodedSequence]], share_prompt: bool = True, member_major: bool = False) -> dict:
+    """Groups of sequences (the responses of one prompt) -> one packed row: input_ids [1, T], its `row`
+    (gpmctl.models.packing.PackedRow) and prompt_end [n] in row coordinates.
+
+    With `share_prompt`, a group's common first tokens (`shared_prefix_length`) are put in the row once and
+    each sequence continues them with its own tokens; the hidden states are those of each whole sequence
+    (packing.py). Truncation, the EOS rule and the gate position were applied per sequence before, so they
+    are exactly those of separate sequences. Sequences are read group by group (g0 s0, g0 s1, g1 s0, ...),
+    or member by member with `member_major` (g0 s0, g1 s0, ..., g0 s1, ...: chosen first, for pairs)."""
+    from gpmctl.models.packing import PackedRow
+
+    pieces, blocks, first, last, prompt_end = [], [], [], [], []
+    t = 0
+    for group in groups:
+        prefix = shared_prefix_length(group) if share_prompt else 0
+        prefix_start = t
+        if prefix:
+            pieces.append(group[0].ids[:prefix])
+            blocks.append((t, prefix, 0, 0))
+            t += prefix
+        for s in group:
+            own = len(s.ids) - prefix
+            pieces.append(s.ids[prefix:])
+            blocks.append((t, own, prefix_start, prefix))
+            first.append(prefix_start)
+            last.append(t + own - 1)
+            prompt_end.append(prefix_start + s.prompt_end if s.prompt_end < prefix else t + s.prompt_end - prefix)
+            t += own
+    row = PackedRow.of_blocks(blocks, first, last)
+    prompt_end = torch.tensor(prompt_end, dtype=torch.long)
+    if member_major:
+        size = len(groups[0])
+        if any(len(g) != size for g in groups):
+            raise ValueError("member_major needs groups of one size")
+        order = torch.arange(len(prompt_end)).view(len(groups), size).t().reshape(-1)
+        row, prompt_end = row.select(order), prompt_end[order]
+    ids = torch.from_numpy(np.concatenate(pieces).astype(np.int64)).unsqueeze(0)
+    return {"input_ids": ids, "row": row, "prompt_end": prompt_end}
+
+
+def pack_sequences(seqs: list[EncodedSequence]) -> dict:
+    """Concatenate without padding (`pack_groups` of one sequence each): input_ids [1, T], row, prompt_end [n]."""
+    return pack_groups([[s] for s in seqs], share_prompt=False)
+
+
+def collate_pairs(
+    pairs: list[EncodedPair], pad_id: int, side: str = "left", packed: bool = False, share_prompt: bool = False
+) -> dict[str, torch.Tensor]:
     """B pairs -> one batch of 2B sequences (0..B-1 chosen, B..2B-1 rejected) plus margin, label [B].
 
-    Padded to [2B, longest] by default; `packed` concatenates them into one row instead (`pack_sequences`)."""
-    seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    batch = pack_sequences(seqs) if packed else pad_sequences(seqs, pad_id, side)
+    Padded to [2B, longest] by default; `packed` puts them in one row instead, without padding, and
+    `share_prompt` computes each pair's prompt once in that row (`pack_groups`)."""
+    if packed:
+        batch = pack_groups([[p.chosen, p.rejected] for p in pairs], share_prompt, member_major=True)
+    else:
+        batch = pad_sequences([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, side)
     batch["margin"] = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
     batch["label"] = torch.tensor([p.label for p in pairs], dtype=torch.float32)
     return batch
 
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Non-pad tokens in a padded or packed batch."""
+    """Tokens a batch computes: non-pad tokens of a padded batch, the row of a packed one (a shared prompt once)."""
     return int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()

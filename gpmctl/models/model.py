@@ -9,8 +9,8 @@
     forward(...) = apply_head(encode(...)); forward(hidden=Hidden) skips the backbone
 
 Tokens reach `encode` padded ([batch, L], left or right: positions come from the attention mask, as in the
-reference) or packed into one row (input_ids [1, T] with cu_seqlens [batch + 1], after `enable_packing`:
-gpmctl/models/packing.py). Cached backbone features (gpmctl/train/features.py) are a third way to get the
+reference) or packed into one row (input_ids [1, T] with its PackedRow, after `enable_packing`: gpmctl/models/packing.py),
+where sequences that start with the same prompt can share its computation. Cached backbone features (gpmctl/train/features.py) are a third way to get the
 first stage's output. Scores of pairs and K x K matrices come from the head (gpmctl/models/heads.py).
 """
 
@@ -80,21 +80,28 @@ class PreferenceModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         prompt_end: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        row: packing.PackedRow | None = None,
     ) -> Hidden:
         """Stage one: the hidden states the head reads.
 
-        Padded: input_ids, attention_mask [batch, L]. Packed (after `enable_packing`): input_ids [1, T] and
-        cu_seqlens [batch + 1] (sequence i is tokens cu_seqlens[i]:cu_seqlens[i+1]), no attention_mask.
+        Padded: input_ids, attention_mask [batch, L]. Packed (after `enable_packing`): input_ids [1, T] with its
+        `row` (gpmctl.models.packing.PackedRow: sequences one after another, or groups sharing a prompt), or
+        with cu_seqlens [batch + 1] (sequence i is tokens cu_seqlens[i]:cu_seqlens[i+1]); no attention_mask.
         prompt_end [batch]: index of each prompt's last token, in the same (padded or packed) coordinates."""
         if cu_seqlens is not None:
+            row = packing.PackedRow.of_lengths(cu_seqlens.diff().tolist()).to(input_ids.device)
+        if row is not None:
             if not packing.is_packed(self.backbone):
                 raise ValueError("a packed batch needs model.enable_packing() first")
-            total = input_ids.shape[1]
-            position_ids = packing.packed_positions(cu_seqlens, total).unsqueeze(0)
+            # An all-ones mask: no padding, and transformers does not infer sequences from the position ids
+            # (its packed-sequence mask knows nothing of shared prompts); each block's mask comes from the row.
             hidden = self.backbone(
-                input_ids=input_ids, position_ids=position_ids, cu_seq_lens_q=cu_seqlens, cu_seq_lens_k=cu_seqlens
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                position_ids=row.position_ids,
+                gpmctl_row=row,
             ).last_hidden_state[0]
-            read_at = cu_seqlens[:-1].long() if self.head.pool == "first" else cu_seqlens[1:].long() - 1
+            read_at = row.first if self.head.pool == "first" else row.last
             return Hidden(hidden[read_at], hidden[prompt_end] if prompt_end is not None else None)
         kwargs = {}
         if self.takes_position_ids:  # positions count real tokens only, so left padding changes nothing
@@ -121,10 +128,11 @@ class PreferenceModel(nn.Module):
         prompt_end: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
         hidden: Hidden | None = None,
+        row: packing.PackedRow | None = None,
     ) -> PreferenceOutput:
         """`apply_head(encode(tokens))`, or `apply_head(hidden)` for hidden states computed before (cached features)."""
         if hidden is None:
-            hidden = self.encode(input_ids, attention_mask, prompt_end, cu_seqlens)
+            hidden = self.encode(input_ids, attention_mask, prompt_end, cu_seqlens, row)
         return self.apply_head(hidden)
 
     def gradient_checkpointing_enable(self) -> None:

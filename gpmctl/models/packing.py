@@ -1,20 +1,31 @@
-"""Padding-free packing: all sequences of a batch in one row, no pad tokens computed, every embedding equal
-to the padded one up to float rounding (tests/test_packing.py).
+"""Padding-free packing and shared prompts: the sequences of a batch in one row, no pad token computed, and a
+prompt that several sequences start with computed once. Every embedding equals the one-sequence-at-a-time one
+up to float rounding (tests/test_packing.py, tests/test_shared_prompt.py).
 
-    enable_packing(backbone) -> bool      switch a causal decoder's attention to `packed_sdpa_attention`
-    packed_positions(cu_seqlens, total)   positions restarting at 0 in each packed sequence
+    enable_packing(backbone) -> bool     switch a causal decoder's attention to `packed_sdpa_attention`
+    PackedRow.of_lengths([n_0, ...])     sequences one after another (the layout of plain packing)
+    gpmctl.data.tokenize.pack_groups     groups of sequences sharing a prompt -> a row and its PackedRow
 
-Then the backbone takes input_ids [1, T] with `cu_seq_lens_q/k` = cu_seqlens [n + 1] (sequence i is tokens
-cu_seqlens[i]:cu_seqlens[i+1]) and position ids restarting per sequence; attention never crosses a
-sequence boundary. transformers' own packed path (position_ids alone) is exact but builds a dense [T, T]
-mask (2 to 6x slower on CPU in a measured baseline); this one runs sdpa per sequence, with each layer's
-own mask (causal or sliding window) inside it.
+A row is a list of blocks of consecutive tokens. A block either starts a sequence or continues a prefix
+block (the shared prompt): its position ids continue from the prefix, and its queries see the prefix and
+its own earlier tokens, never another block. So a pair is [prompt | chosen' | rejected'] (chosen' the
+chosen sequence after the prompt), and each response's hidden states are exactly those of the whole
+(prompt, response) sequence run alone, while the prompt is computed once. Gradients reach the prompt's
+tokens from every response that reads it, as in separate passes.
+
+The backbone takes input_ids [1, T], position_ids [1, T], an all-ones attention mask and `gpmctl_row` (the
+PackedRow, forwarded by transformers to the attention function). transformers' own packed path builds a
+dense [T, T] mask (2 to 6x slower on CPU in a measured baseline) and infers sequences from position ids,
+which cannot say "continues the prompt"; this one runs sdpa per block, with each layer's own mask (causal
+or sliding window) taken at the block's positions.
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from gpmctl.errors import ModelError
@@ -53,42 +64,82 @@ def is_packed(backbone) -> bool:
     return backbone.config._attn_implementation == PACKED_ATTENTION
 
 
-def packed_positions(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """Position ids [total] of a packed row: 0, 1, ... restarting at each sequence start."""
-    lengths = cu_seqlens.diff()
-    starts = cu_seqlens[:-1].long()
-    return torch.arange(total, device=cu_seqlens.device) - starts.repeat_interleave(lengths, output_size=total)
-
-
 PACKED_ATTENTION = "gpmctl_packed_sdpa"
 
 
-class PackedRowMask:
-    """What `_packed_sdpa_mask` returns for an unpadded row instead of a dense [T, T] mask: the arguments
-    transformers built this layer type's mask from (its mask function: causal, sliding window, ...), so
-    that `packed_sdpa_attention`, which knows the sequence bounds, builds only each sequence's own block."""
+@dataclass
+class PackedRow:
+    """Where the sequences of one packed row sit.
 
-    def __init__(self, mask_kwargs: dict):
-        self.mask_kwargs = mask_kwargs
-        self._blocks = None  # one forward, one set of bounds: built once, shared by the layers of this type
+    blocks[b] = (start, length, prefix_start, prefix_length): tokens start:start+length, continuing the
+    prefix_length tokens at prefix_start (prefix_length 0: the block starts a sequence), in row order.
+    position_ids [1, T]; first, last [n]: the row index of each sequence's first and last token."""
+
+    blocks: list[tuple[int, int, int, int]]
+    position_ids: torch.Tensor
+    first: torch.Tensor
+    last: torch.Tensor
+
+    @classmethod
+    def of_lengths(cls, lengths: list[int]) -> "PackedRow":
+        """Sequences of these lengths one after another, positions restarting at 0 in each."""
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        return cls.of_blocks([(int(s), int(n), 0, 0) for s, n in zip(starts, lengths)], starts, starts + np.asarray(lengths) - 1)
+
+    @classmethod
+    def of_blocks(cls, blocks: list[tuple[int, int, int, int]], first, last) -> "PackedRow":
+        """`blocks` as in the class doc; first, last: each sequence's first and last token in the row."""
+        start, length, _, prefix = np.asarray(blocks, dtype=np.int64).reshape(-1, 4).T
+        total = int(length.sum())
+        positions = np.arange(total) - np.repeat(start - prefix, length)  # prefix + offset within the block
+        return cls(
+            blocks,
+            torch.from_numpy(positions).unsqueeze(0),
+            torch.as_tensor(np.asarray(first, dtype=np.int64)),
+            torch.as_tensor(np.asarray(last, dtype=np.int64)),
+        )
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the row computes."""
+        return self.position_ids.shape[1]
+
+    def select(self, order: torch.Tensor) -> "PackedRow":
+        """The same row with its sequences read in `order` (indices into the current order)."""
+        return PackedRow(self.blocks, self.position_ids, self.first[order], self.last[order])
+
+    def to(self, device) -> "PackedRow":
+        return PackedRow(self.blocks, self.position_ids.to(device), self.first.to(device), self.last.to(device))
+
+
+class PackedRowMask:
+    """What `_packed_sdpa_mask` returns instead of a dense mask: the arguments transformers built this layer
+    type's mask from (its mask function: causal, sliding window, ...). A padded batch gets transformers'
+    dense mask from it (`dense`); a packed row gets one small mask per block (`blocks`)."""
+
+    def __init__(self, attention_mask: torch.Tensor | None, mask_kwargs: dict):
+        self.attention_mask, self.mask_kwargs = attention_mask, mask_kwargs
+        self._dense, self._blocks = False, None  # built once per forward, shared by the layers of this type
 
     def dense(self) -> torch.Tensor | None:
-        """The mask transformers' sdpa would use for the whole row."""
+        """The mask transformers' sdpa would use for the whole batch (None: plain causal)."""
         from transformers.masking_utils import sdpa_mask
 
-        return sdpa_mask(**self.mask_kwargs)
+        if self._dense is False:
+            self._dense = sdpa_mask(attention_mask=self.attention_mask, **self.mask_kwargs)
+        return self._dense
 
-    def blocks(self, bounds: list[int]) -> list[torch.Tensor | None]:
-        """Sequence i's mask [1, 1, n_i, n_i] (tokens bounds[i]:bounds[i+1]), None where it is plain causal.
+    def blocks(self, row: PackedRow) -> list[torch.Tensor | None]:
+        """Block b's mask [1, 1, length, prefix + length], None where sdpa's own causal mask is the same.
 
-        Positions restart at 0 in every sequence, so sequence i's mask is the top-left n_i x n_i corner of
-        the mask of one sequence of the longest length: one mask per layer type and forward, not one per
-        sequence (building masks through transformers costs about a millisecond each)."""
+        A block's queries sit at positions prefix .. prefix + length - 1 and its keys (prefix, then itself)
+        at 0 .. prefix + length - 1, so its mask is rows prefix:prefix + length, columns :prefix + length of
+        the mask of ONE sequence of the longest such length: one mask per layer type and forward, not one
+        per block (building a mask through transformers costs about a millisecond)."""
         from transformers.masking_utils import sdpa_mask
 
         if self._blocks is None:
-            lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
-            longest = max(lengths)
+            longest = max(prefix + length for _, length, _, prefix in row.blocks)
             full = sdpa_mask(
                 **{
                     **self.mask_kwargs,
@@ -104,22 +155,25 @@ class PackedRowMask:
             causal = torch.ones(longest, longest, dtype=torch.bool, device=full.device).tril()
             differs = (full[0, 0] != causal).any(dim=1).nonzero()
             causal_up_to = int(differs[0]) if len(differs) else longest  # rows before the first one a window cuts
-            self._blocks = [None if n <= causal_up_to else full[:, :, :n, :n] for n in lengths]  # None: sdpa's fast kernel
+            self._blocks = [
+                None if prefix == 0 and length <= causal_up_to else full[:, :, prefix : prefix + length, : prefix + length]
+                for _, length, _, prefix in row.blocks
+            ]  # None: sdpa's causal kernel
         return self._blocks
 
 
 def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-    """transformers attention function: sdpa run separately on each packed sequence, under the same
-    mask as in a padded batch (causal, or the layer's sliding window), `scaling` and `dropout` as given.
+    """transformers attention function: sdpa run on each block of a packed row (`PackedRow`, forwarded by the
+    model as `gpmctl_row`), a block's keys being its prefix's and its own, under the mask it would have in a
+    padded batch (causal, or the layer's sliding window), `scaling` and `dropout` as given.
 
-    query [1, heads, T, d], key/value [1, kv_heads, T, d]; `cu_seq_lens_q` [n + 1] (forwarded by the
-    model from its forward kwargs) bounds the sequences. A padded batch (a tensor mask) goes to exactly
+    query [1, heads, T, d], key/value [1, kv_heads, T, d]. A batch without a row (padded) goes to exactly
     transformers' sdpa, so a model switched to it still runs every other command unchanged.
     Returns ([1, T, heads, d], None) as every transformers attention function does."""
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-    bounds = kwargs.get("cu_seq_lens_q")
-    if isinstance(attention_mask, PackedRowMask) and bounds is None:  # an unpadded batch: one sequence per row
+    row = kwargs.pop("gpmctl_row", None)
+    if isinstance(attention_mask, PackedRowMask) and row is None:  # a padded batch
         attention_mask = attention_mask.dense()
     if not isinstance(attention_mask, PackedRowMask):
         return sdpa_attention_forward(
@@ -130,30 +184,30 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
         raise ModelError(f"packed attention cannot apply {', '.join(dropped)}; disable packing (train.packing=false)")
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    bounds = bounds.tolist()
+
+    def keys(x: torch.Tensor, start: int, length: int, prefix_start: int, prefix: int) -> torch.Tensor:
+        own = x[:, :, start : start + length]
+        return torch.cat([x[:, :, prefix_start : prefix_start + prefix], own], dim=2) if prefix else own
+
     parts = [
         torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, a:b],
-            key[:, :, a:b],
-            value[:, :, a:b],
+            query[:, :, block[0] : block[0] + block[1]],
+            keys(key, *block),
+            keys(value, *block),
             attn_mask=mask,
             dropout_p=dropout,
             scale=scaling,
             is_causal=mask is None,
         )
-        for a, b, mask in zip(bounds[:-1], bounds[1:], attention_mask.blocks(bounds))
+        for block, mask in zip(row.blocks, attention_mask.blocks(row))
     ]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
 def _packed_sdpa_mask(attention_mask=None, **kwargs):
-    """Mask builder paired with `packed_sdpa_attention`: sdpa's mask for a padded batch; for a packed row
-    the arguments of that mask (`PackedRowMask`), where sdpa's builder would make a dense [T, T] one."""
-    if attention_mask is None:
-        return PackedRowMask(kwargs)
-    from transformers.masking_utils import sdpa_mask
-
-    return sdpa_mask(attention_mask=attention_mask, **kwargs)
+    """Mask builder paired with `packed_sdpa_attention`: the arguments of sdpa's mask (`PackedRowMask`),
+    built into a dense mask only for a padded batch."""
+    return PackedRowMask(attention_mask, kwargs)
 
 
 def _register_packed_attention() -> None:
