@@ -125,3 +125,17 @@ def test_misaligned_inputs_are_one_line_errors(trained, tmp_path):
         )
         assert result.returncode == 2, result.stderr
         assert needle in result.stderr and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["gpm", "bt"])
+def test_shared_prompt_rows_give_the_padded_scores(trained, kind):
+    """By default a line's K responses are one packed row with the prompt once; --share-prompt false pads
+    each sequence separately, as before. float32 forward passes: equal to rounding."""
+    models, f = trained
+    shared = run(f["a"], f["b"], f["c"], "-m", models[kind])
+    padded = run(f["a"], f["b"], f["c"], "-m", models[kind], "--share-prompt", "false", "--batch-size", "5")
+    assert len(shared) == len(padded) > 0
+    for x, y in zip(shared, padded):
+        assert sum(x["matrix"], []) == pytest.approx(sum(y["matrix"], []), abs=1e-5)
+    result = CliRunner().invoke(app, ["score", f["a"], f["b"], "-m", models[kind], "--share-prompt", "maybe"])
+    assert result.exit_code != 0 and "share_prompt: expected auto, true or false" in str(result.exception)

@@ -152,3 +152,28 @@ def test_gradient_checkpointing_keeps_packed_and_shared_rows_exact():
         torch.testing.assert_close(loss, ref_loss, atol=ATOL, rtol=0)
         for name in grads:
             torch.testing.assert_close(grads[name], ref_grads[name], atol=ATOL, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_the_scorer_embeds_each_prompt_once_with_the_padded_values(gate):
+    """Scorer.embed (score, eval, the GPO judge): shared-prompt rows and length-sorted padded batches agree,
+    for K = 4 responses per prompt and batches that end inside and between groups."""
+    from gpmctl.models.embed import Scorer, resolve_share_prompt
+    from gpmctl.models.heads import HeadConfig
+    from gpmctl.models.model import PreferenceModel
+
+    tok = load_tokenizer("tiny")
+    base = family_model("qwen2", vocab_size=len(tok))
+    model = PreferenceModel(base.backbone, HeadConfig(kind="gpm", dim=8, gate=gate), init_std=0.3).eval()
+    encoder = SequenceEncoder(tok, 64)
+    recs = records(6, seed=3)
+    prompts = [r.prompt for r in recs]
+    responses = [[r.chosen, r.rejected, r.chosen[:0] + [{"role": "assistant", "content": "ok"}], r.rejected] for r in recs]
+    padded = Scorer(model, encoder, 5, "cpu", share_prompt=False).embed(prompts, responses)
+    assert resolve_share_prompt(model, "auto", "test")
+    shared = Scorer(model, encoder, 5, "cpu", share_prompt=True).embed(prompts, responses)
+    torch.testing.assert_close(shared[0], padded[0], atol=ATOL, rtol=0)
+    if gate:
+        torch.testing.assert_close(shared[1], padded[1], atol=ATOL, rtol=0)
+    else:
+        assert shared[1] is None and padded[1] is None

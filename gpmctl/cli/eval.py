@@ -24,6 +24,9 @@ def _model_options():
         max_length=typer.Option(2048, help="Tokens per (prompt, response); longer ones are cut at the end."),
         dtype=typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
         device=typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
+        share_prompt=typer.Option(
+            "auto", help="auto, true, false: embed a prompt's responses as one packed row with the prompt once (causal decoders)."
+        ),
     )
 
 
@@ -116,6 +119,7 @@ def rewardbench(
     max_length: int = _O["max_length"],
     dtype: str = _O["dtype"],
     device: str = _O["device"],
+    share_prompt: str = _O["share_prompt"],
 ) -> None:
     """RewardBench v1 with the official scoring: 23 subsets, 4 sections, Score = mean of the sections.
 
@@ -145,7 +149,7 @@ def rewardbench(
         from gpmctl.models.embed import load_scorer
 
         rows = benchmarks.rewardbench_rows(data, split)
-        scorer = load_scorer(model, batch_size, max_length, dtype, device)
+        scorer = load_scorer(model, batch_size, max_length, dtype, device, share_prompt)
         result, per_example = benchmarks.rewardbench(scorer, model, rows, data, legacy_xstest)
         _write_examples(examples, per_example)
         agg = rb.aggregate(((e["subset"], e["correct"]) for e in per_example), legacy_xstest)
@@ -192,6 +196,7 @@ def pairs(
     max_length: int = _O["max_length"],
     dtype: str = _O["dtype"],
     device: str = _O["device"],
+    share_prompt: str = _O["share_prompt"],
 ) -> None:
     """Accuracy, mean P(chosen > rejected), expected calibration error and a 10-bin reliability table.
 
@@ -204,7 +209,7 @@ def pairs(
     from gpmctl.eval.metrics import pair_report
 
     _check_args(model, scores, output, examples, [data], batch_size, max_length, dtype, device, limit)
-    per_example, extra = _pair_examples(data, model, scores, limit, batch_size, max_length, dtype, device)
+    per_example, extra = _pair_examples(data, model, scores, limit, batch_size, max_length, dtype, device, share_prompt)
     if not scores:
         _write_examples(examples, per_example)
     report = pair_report(per_example, ev.GROUP_KEYS)
@@ -212,7 +217,7 @@ def pairs(
     _emit({"data": data or scores, **report, **({"gpmctl": extra} if extra else {})}, output)
 
 
-def _pair_examples(data, model, scores, limit, batch_size, max_length, dtype, device):
+def _pair_examples(data, model, scores, limit, batch_size, max_length, dtype, device, share_prompt):
     from gpmctl.errors import ConfigError, DataError
     from gpmctl.eval import pairs as ev
     from gpmctl.utils import log
@@ -227,7 +232,7 @@ def _pair_examples(data, model, scores, limit, batch_size, max_length, dtype, de
     records = list(read_source(data, limit=limit))
     if not records:
         raise DataError(data, "holds no preference pairs")
-    scorer = load_scorer(model, batch_size, max_length, dtype, device)
+    scorer = load_scorer(model, batch_size, max_length, dtype, device, share_prompt)
     log(f"{len(records)} pairs, {2 * len(records)} sequences to embed")
     return ev.score_records(scorer, records), _settings(scorer, model, max_length) | {"data": data}
 
@@ -280,6 +285,7 @@ def cyclic(
     max_length: int = _O["max_length"],
     dtype: str = _O["dtype"],
     device: str = _O["device"],
+    share_prompt: str = _O["share_prompt"],
 ) -> None:
     """Intransitive (cyclic) preferences: overall and per-cycle accuracy, and the BT ceiling.
 
@@ -292,7 +298,9 @@ def cyclic(
     from gpmctl.eval.metrics import pair_report
 
     _check_args(model, scores, output, examples, [data], batch_size, max_length, dtype, device)
-    per_example, extra = _pair_examples(None if scores else data, model, scores, None, batch_size, max_length, dtype, device)
+    per_example, extra = _pair_examples(
+        None if scores else data, model, scores, None, batch_size, max_length, dtype, device, share_prompt
+    )
     if not scores:
         _write_examples(examples, per_example)
     ceiling_rows = per_example
@@ -329,6 +337,7 @@ def rmbench(
     max_length: int = _O["max_length"],
     dtype: str = _O["dtype"],
     device: str = _O["device"],
+    share_prompt: str = _O["share_prompt"],
 ) -> None:
     """RM-Bench: per row a 3x3 matrix chosen style x rejected style; hard / normal / easy per domain.
 
@@ -356,7 +365,7 @@ def rmbench(
         from gpmctl.models.embed import load_scorer
 
         tables = benchmarks.rmbench_tables(data, limit)
-        scorer = load_scorer(model, batch_size, max_length, dtype, device)
+        scorer = load_scorer(model, batch_size, max_length, dtype, device, share_prompt)
         result, per_example = benchmarks.rmbench(scorer, model, tables)
         _write_examples(examples, per_example)
     _rmbench_table(result)
@@ -394,6 +403,7 @@ def rewardbench2(
     max_length: int = _O["max_length"],
     dtype: str = _O["dtype"],
     device: str = _O["device"],
+    share_prompt: str = _O["share_prompt"],
 ) -> None:
     """RewardBench 2: best-of-4 accuracy (shared credit at ties), the Ties composite, mean of six subsets.
 
@@ -415,7 +425,7 @@ def rewardbench2(
         from gpmctl.models.embed import load_scorer
 
         rows = rb2.load_rows(data, split)
-        scorer = load_scorer(model, batch_size, max_length, dtype, device)
+        scorer = load_scorer(model, batch_size, max_length, dtype, device, share_prompt)
         log(f"rewardbench2: {len(rows)} prompts, {sum(len(r['chosen']) + len(r['rejected']) for r in rows)} sequences to embed")
         per_example = rb2.score_examples(scorer, rows)
         _write_examples(examples, per_example)

@@ -27,6 +27,9 @@ def score(
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
     allow_prompt_mismatch: bool = typer.Option(False, help="Accept different prompts on the same line."),
+    share_prompt: str = typer.Option(
+        "auto", help="auto, true, false: embed a line's K responses as one packed row with the prompt once (causal decoders)."
+    ),
 ) -> None:
     """Score aligned responses with a GPM or BT model: each response is embedded once (K passes per prompt).
 
@@ -74,11 +77,12 @@ def score(
             "embed": embed,
             "chunk_lines": chunk_lines,
             "max_length": max_length,
+            "share_prompt": share_prompt,
             "dtype": str(resolve_dtype(dtype, device)).removeprefix("torch."),
         }
         if resume and partial.exists():
             _check_resume_settings(partial, settings_path, settings)
-    scorer = load_scorer(model, batch_size, max_length, dtype, device)
+    scorer = load_scorer(model, batch_size, max_length, dtype, device, share_prompt)
 
     skip = _complete_chunks(partial, chunk_lines) if resume and partial.exists() else 0
     if skip:

@@ -62,6 +62,9 @@ class JudgeConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = 64
     max_length: int = 2048
+    share_prompt: bool | Literal["auto"] = "auto"
+    """Embed each prompt's K samples as one packed row holding the prompt once (same scores up to float
+    rounding); auto: where the judge's backbone packs (causal decoders with sdpa attention)."""
 
 
 @dataclass

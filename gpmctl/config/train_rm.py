@@ -112,6 +112,10 @@ class TrainConfig(OptimConfig):
     """Padding-free batches: all sequences of a micro-batch in one row, positions restarting per sequence,
     attention kept inside each sequence (same embeddings as padding, no pad tokens computed). `auto`: on
     for causal decoders with sdpa attention (Llama, Qwen2, ...), padding for the others (e.g. BERT)."""
+    share_prompt: bool | Literal["auto"] = "auto"
+    """In packed batches, each pair's prompt computed once: the row holds the prompt, then each response with
+    positions continuing from it, each seeing the prompt and itself only (same values, gates, loss and
+    gradients as two separate sequences). auto: on wherever batches are packed; true needs packing."""
     group_by_length: bool = False
     """Batch pairs of similar length (sorted within shuffled mega-batches), so padded batches waste less;
     still deterministic in (seed, epoch), so resume stays exact."""

@@ -32,7 +32,7 @@ def scorer_settings(scorer: Scorer, model: str, max_length: int) -> dict:
         "eos": head.eos,
         "max_length": max_length,
         "truncation": "right",
-        "padding": "left",
+        "padding": "none (packed rows, each prompt once)" if scorer.share_prompt else "left",
         "batch_size": scorer.batch_size,
         "dtype": str(next(scorer.model.parameters()).dtype).replace("torch.", ""),
         "device": str(scorer.device),

@@ -6,8 +6,10 @@
     S = scorer.score_matrix(value, gate)             # [n, K, K], S[:, i, j] = s(y_i > y_j), float64
 
 K responses cost K forward passes, not K^2: the K x K scores are 2k-dimensional arithmetic on the embeddings
-(gpmctl.models.heads). Sequences go through the model in length-sorted padded batches, so little is spent
-on padding; the gate is one per prompt (`PreferenceHead.prompt_gate` of the K passes' gates).
+(gpmctl.models.heads). With `share_prompt` (causal decoders that pack, the default), a group's K sequences
+go through the model as one packed row holding their prompt once (`embed_groups`); otherwise in
+length-sorted padded batches (`embed_sequences`). The gate is one per prompt (`PreferenceHead.prompt_gate`
+of the K passes' gates).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gpmctl.data.tokenize import EncodedSequence, SequenceEncoder, pad_sequences
+from gpmctl.data.tokenize import EncodedSequence, SequenceEncoder, pack_groups, pad_sequences
 
 
 @torch.no_grad()
@@ -39,6 +41,26 @@ def embed_sequences(
     return torch.stack(values), None if gates[0] is None else torch.stack(gates)
 
 
+@torch.no_grad()
+def embed_groups(model, groups: list[list[EncodedSequence]], batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Groups of sequences sharing a prompt -> as `embed_sequences`, in group-major order. Whole groups go
+    into packed rows of about `batch_size` sequences, each group's common prompt computed once (`pack_groups`;
+    the model must `enable_packing()`)."""
+    values, gates = [], []
+    start = 0
+    while start < len(groups):
+        stop, sequences = start, 0
+        while stop < len(groups) and (sequences == 0 or sequences + len(groups[stop]) <= batch_size):
+            sequences += len(groups[stop])
+            stop += 1
+        batch = pack_groups(groups[start:stop])
+        out = model(batch["input_ids"].to(device), prompt_end=batch["prompt_end"].to(device), row=batch["row"].to(device))
+        values.append(out.value.float().cpu())
+        gates.append(None if out.gate is None else out.gate.float().cpu())
+        start = stop
+    return torch.cat(values), None if gates[0] is None else torch.cat(gates)
+
+
 @dataclass
 class Scorer:
     """A loaded preference model with its encoder (the model's token rules) and batch settings."""
@@ -47,6 +69,8 @@ class Scorer:
     encoder: SequenceEncoder
     batch_size: int
     device: str | torch.device
+    share_prompt: bool = False
+    """Embed each group as one packed row with its prompt once (the model must `enable_packing()`)."""
 
     @property
     def kind(self) -> str:
@@ -70,8 +94,11 @@ class Scorer:
     def embed_encoded(self, groups: list[list[EncodedSequence]]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encoded groups [n][K] (sequence k of group i: prompt i with its k-th response) -> as `embed`."""
         n, K = len(groups), len(groups[0])
-        flat = [s for group in groups for s in group]
-        value, gate = embed_sequences(self.model, flat, self.batch_size, self.encoder.tokenizer.pad_token_id, self.device)
+        if self.share_prompt:
+            value, gate = embed_groups(self.model, groups, self.batch_size, self.device)
+        else:
+            flat = [s for group in groups for s in group]
+            value, gate = embed_sequences(self.model, flat, self.batch_size, self.encoder.tokenizer.pad_token_id, self.device)
         value = value.double().view(n, K, *value.shape[1:])
         gate = self.model.head.prompt_gate(None if gate is None else gate.double().view(n, K, -1))
         return value, gate
@@ -88,9 +115,12 @@ class Scorer:
         return self.score_matrix(value, gate)[:, 0, 1], value
 
 
-def load_scorer(model: str, batch_size: int, max_length: int, dtype: str = "auto", device: str = "auto") -> Scorer:
+def load_scorer(
+    model: str, batch_size: int, max_length: int, dtype: str = "auto", device: str = "auto", share_prompt: bool | str = "auto"
+) -> Scorer:
     """Load a model folder with its tokenizer and an encoder built from the model's head settings (its EOS and
-    gate-position rules; right truncation at `max_length` tokens)."""
+    gate-position rules; right truncation at `max_length` tokens). `share_prompt`: auto (on where the
+    backbone packs: causal decoders with sdpa attention), true (an error where it cannot) or false."""
     from gpmctl.models.io import load_model
     from gpmctl.models.sources import load_tokenizer
     from gpmctl.utils import quiet_libraries, resolve_device
@@ -100,4 +130,23 @@ def load_scorer(model: str, batch_size: int, max_length: int, dtype: str = "auto
     net = load_model(model, dtype=dtype, device=device)
     tokenizer = load_tokenizer(model)
     encoder = SequenceEncoder(tokenizer, max_length, net.head.eos, net.head.gate_prompt, "right")
-    return Scorer(net, encoder, batch_size, device)
+    return Scorer(net, encoder, batch_size, device, resolve_share_prompt(net, share_prompt, model))
+
+
+def resolve_share_prompt(model, setting: bool | str, where: str) -> bool:
+    """`share_prompt` auto/true/false -> whether `model` (a PreferenceModel) embeds groups as shared-prompt rows;
+    packing is switched on for it. true on a backbone that cannot pack is an error naming `where`."""
+    from gpmctl.errors import ConfigError
+
+    setting = {"auto": "auto", "true": True, "false": False}.get(setting, setting) if isinstance(setting, str) else setting
+    if setting not in ("auto", True, False):
+        raise ConfigError(f"share_prompt: expected auto, true or false, got {setting!r}")
+    if setting is False:
+        return False
+    if model.enable_packing():
+        return True
+    if setting is True:
+        raise ConfigError(
+            f"{where}: share_prompt=true: the backbone cannot run packed rows (it needs a causal decoder with sdpa attention)"
+        )
+    return False

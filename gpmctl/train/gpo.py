@@ -474,7 +474,7 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     parallel through the engine (gpmctl.engine), and process 0 alone writes files."""
     from gpmctl.data.tokenize import SequenceEncoder
     from gpmctl.engine import Engine
-    from gpmctl.models.embed import Scorer
+    from gpmctl.models.embed import Scorer, resolve_share_prompt
     from gpmctl.models.io import load_model
     from gpmctl.models.sources import load_tokenizer
     from gpmctl.train.loop import StopFlag
@@ -509,10 +509,12 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     encoder = SequenceEncoder(
         load_tokenizer(str(judge_path)), recipe.judge.max_length, net.head.eos, net.head.gate_prompt, "right"
     )
-    judge = Scorer(net, encoder, recipe.judge.batch_size, device)
+    shared = resolve_share_prompt(net, recipe.judge.share_prompt, f"{getattr(recipe, 'source', 'recipe')}: judge")
+    judge = Scorer(net, encoder, recipe.judge.batch_size, device, shared)
     tau, kind = judge.tau, judge.kind
     log(
-        f"judge: {judge_path} ({kind}, dim {net.head.dim}, tau {tau}); {engine.world} process(es), {engine.precision}, {engine.describe()}"
+        f"judge: {judge_path} ({kind}, dim {net.head.dim}, tau {tau}{', each prompt once per K' if shared else ''}); "
+        f"{engine.world} process(es), {engine.precision}, {engine.describe()}"
     )
 
     tokenizer = policy_tokenizer(pc.tokenizer or pc.model, pc.trust_remote_code)

@@ -35,7 +35,7 @@ import torch
 from gpmctl.config import Recipe
 from gpmctl.data.batches import epoch_batches
 from gpmctl.data.split import split_by_prompt
-from gpmctl.data.tokenize import EncodedPair, SequenceEncoder, collate_pairs, real_tokens
+from gpmctl.data.tokenize import EncodedPair, SequenceEncoder, collate_pairs, real_tokens, shared_prefix_length
 from gpmctl.engine import Engine
 from gpmctl.errors import ConfigError, GpmctlError
 from gpmctl.eval.metrics import agrees_with_label
@@ -84,6 +84,12 @@ def load_pairs(recipe: Recipe, encoder: SequenceEncoder) -> tuple[list[EncodedPa
     if encoder.truncated:
         log(f"{encoder.truncated} sequences were longer than data.max_length={d.max_length} and were cut ({d.truncation})")
     return train, held
+
+
+def shared_fraction(pairs: list[EncodedPair]) -> float:
+    """The part of the pairs' tokens that shared-prompt rows compute once instead of twice."""
+    total = sum(len(p.chosen.ids) + len(p.rejected.ids) for p in pairs)
+    return sum(shared_prefix_length([p.chosen, p.rejected]) for p in pairs) / max(total, 1)
 
 
 class TokenPairs:
@@ -400,6 +406,11 @@ def _train(
             f"{source}: train.packing=true: {m.backbone} cannot be packed (it needs a causal decoder with sdpa "
             "attention); use train.packing=auto or false"
         )
+    if t.share_prompt is True and not packing:
+        raise ConfigError(
+            f"{source}: train.share_prompt=true needs packed batches ({'cached features' if features else 'packing is off'})"
+        )
+    share = packing and t.share_prompt is not False
     lengths = [len(p.chosen.ids) + len(p.rejected.ids) for p in train_pairs] if t.group_by_length and not features else None
 
     def batches(epoch: int) -> list[list[int]]:  # this rank's micro-batches, whole optimizer steps only
@@ -439,12 +450,14 @@ def _train(
         )
         timing.update(feature_timing)
     else:
-        collate = lambda pairs: collate_pairs(pairs, pad_id=tokenizer.pad_token_id, packed=packing)  # noqa: E731
+        collate = lambda pairs: collate_pairs(pairs, pad_id=tokenizer.pad_token_id, packed=packing, share_prompt=share)  # noqa: E731
         train_source, eval_source = (
             TokenPairs(train_pairs, collate, engine.device),
             TokenPairs(eval_pairs, collate, engine.device),
         )
     shape = "cached features" if features else "packed" if packing else "padded"
+    if share:
+        shape += f", each prompt once ({shared_fraction(train_pairs):.0%} of the tokens)"
     log(
         f"training: {total_steps} steps ({steps_per_epoch} per epoch), batch {t.batch_size} x {t.grad_accum} x {engine.world} pairs, "
         f"{engine.precision}, {engine.describe()}, {shape}{', length-grouped' if lengths else ''}"
