@@ -1,23 +1,35 @@
 """Reward-model training throughput: gpmctl train-rm vs TRL's RewardTrainer, side by side.
 
     pip install -e '.[bench]'                          # TRL 1.16 (benchmark-only extra)
-    python bench/train_throughput.py --quick           # 50M + tiny, short windows (about 25 min on 2 cores)
-    python bench/train_throughput.py                   # longer windows (tiny 20+200, 50M 3+30 steps)
+    python bench/train_throughput.py --quick           # 50M + tiny, short windows, 3 repeats, every profile
+    python bench/train_throughput.py --models 50m --profiles hh,hh_real --contenders trl,gpmctl_packed,gpmctl
     python bench/train_throughput.py --models tiny --tcmalloc
 
-Every contender runs in its own subprocess (so peak RSS is its own) on the same synthetic pairs, the
-same backbone weights (a Llama built from config and saved once), the same global batch (8 pairs),
-the same AdamW (lr 1e-5, betas 0.9/0.95, no weight decay, torch.optim.AdamW, clip 1.0, cosine with 3%
-warm-up), fp32, BT loss. The gpmctl rows run `gpmctl.train.reward.train_reward_model`, the code
-`gpmctl train-rm` runs, from a recipe; their timing comes from the wall-clock stamps of the per-step
-records in its log.jsonl. TRL runs `RewardTrainer` with a callback stamping each step end. Both
-windows span the same work: data collation, forward, backward, clipping, optimizer, schedule.
-TRL reads the pairs in gpmctl's epoch order (sequential sampler), so the non-grouped rows train on
-exactly the same batches and pairs/s compare directly; grouped rows see other batches, compare their
-real (non-pad) tokens/s. Both render the pairs with the same chat template.
+Every contender runs in its own subprocess (so peak RSS is its own) on the same pairs, the same backbone
+weights (a Llama built from config and saved once), the same global batch (8 pairs), the same AdamW
+(lr 1e-5, betas 0.9/0.95, no weight decay, torch.optim.AdamW, clip 1.0, cosine with 3% warm-up), fp32,
+BT loss. The gpmctl rows run `gpmctl.train.reward.train_reward_model`, the code `gpmctl train-rm` runs,
+from a recipe; their timing comes from the wall-clock stamps of the per-step records in its log.jsonl.
+TRL runs `RewardTrainer` with a callback stamping each step end. Both windows span the same work: data
+collation, forward, backward, clipping, optimizer, schedule. TRL reads the pairs in gpmctl's epoch order
+(sequential sampler), so the non-grouped rows train on exactly the same batches and pairs/s compare
+directly; grouped rows see other batches, compare their real tokens/s. Both render the pairs with the
+same chat template. Each window runs `--repeats` times (rounds interleave the contenders); the tables
+give the median and the spread (min-max) of pairs/s.
 
-Data: prompt ~U[16,128] words, responses ~U[16,384] words, each word one token of the tiny
-tokenizer (plus the chat template's tokens), as in ../shared/reference/trl_baseline.md.
+Columns: real tokens are the tokens of the pairs' sequences (a shared prompt counts twice: what
+separate sequences hold, without padding); computed tokens are what the backbone ran (padding
+included for TRL and padded rows, a shared prompt once for gpmctl). MFU (gpmctl rows): useful FLOPs
+per second over this machine's fp32 matmul peak measured in the same run (bench/mfu.py's convention:
+6 x non-embedding parameters x computed tokens, plus attention 12 x layers x hidden x query-key pairs,
+a block of n tokens after a prefix of p counting n x (p + n)).
+
+Profiles (`--profiles`):
+  synthetic  prompt ~U[16,128] words, responses ~U[16,384] words, each word one token of the tiny
+             tokenizer (plus the chat template's tokens), as in ../shared/reference/trl_baseline.md;
+  hh         the same one-token words, with (prompt, chosen, rejected) token counts drawn jointly from
+             the HH-RLHF file's own rows (the tiny tokenizer's counts): its long multi-turn prompts;
+  hh_real    the HH-RLHF file itself (../shared/data/hh-rlhf), in TRL's conversational format.
 
 Then GPM (dim 8, gate) against BT inside gpmctl (the head's overhead), and "at equal accuracy":
 the tiny model trained by both on a learnable synthetic task for the same steps, with both final
@@ -31,6 +43,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -42,6 +55,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+HH_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 BATCH = 8
 LR = 1e-5
 SEED = 42
@@ -64,7 +78,8 @@ CONTENDERS = {
     "trl": ("trl", []),
     "gpmctl_padded": ("gpmctl", ["train.packing=false"]),
     "gpmctl_padded_grouped": ("gpmctl", ["train.packing=false", "train.group_by_length=true"]),
-    "gpmctl": ("gpmctl", []),  # the defaults: packing (auto), no grouping
+    "gpmctl_packed": ("gpmctl", ["train.share_prompt=false"]),  # packed, each pair's prompt computed twice
+    "gpmctl": ("gpmctl", []),  # the defaults: packing and share_prompt (auto), no grouping
     "gpmctl_gpm_gate": ("gpmctl", ["model.kind=gpm", "model.dim=8", "model.gate=true"]),
 }
 ACCURACY_TASK = {"pairs": 600, "eval_pairs": 200, "steps": 60, "lr": 1e-3}
@@ -99,6 +114,50 @@ def synthetic_pairs(words: list[str], n: int, seed: int, prompt=(16, 128), respo
         }
         for _ in range(n)
     ]
+
+
+def hh_rows(path: Path = HH_FILE) -> list[dict]:
+    """The HH-RLHF file as TRL conversational rows (prompt messages, chosen, rejected), through gpmctl's reader."""
+    from gpmctl.data.formats import ReadOptions
+    from gpmctl.data.sources import read_source
+
+    return [
+        {"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected}
+        for r in read_source(str(path), options=ReadOptions(allow_empty_responses=True))
+    ]
+
+
+def hh_shaped_pairs(words: list[str], n: int, seed: int) -> list[dict]:
+    """Synthetic one-token words with (prompt, chosen, rejected) token counts drawn jointly from the HH rows,
+    counted by the tiny tokenizer on the message contents (a multi-turn prompt's turns kept as turns)."""
+    from gpmctl.models.sources import load_tokenizer
+
+    tok = load_tokenizer("tiny")
+    count = lambda text: max(1, len(tok(text, add_special_tokens=False)["input_ids"]))  # noqa: E731
+    rng = random.Random(seed)
+    rows = hh_rows()
+    text = lambda k: " ".join(rng.choice(words) for _ in range(k))  # noqa: E731
+    out = []
+    for _ in range(n):
+        row = rng.choice(rows)
+        prompt = [{"role": m["role"], "content": text(count(m["content"]))} for m in row["prompt"]]
+        out.append(
+            {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": text(count(row["chosen"][-1]["content"]))}],
+                "rejected": [{"role": "assistant", "content": text(count(row["rejected"][-1]["content"]))}],
+            }
+        )
+    return out
+
+
+def profile_pairs(profile: str, words: list[str], n: int) -> list[dict]:
+    if profile == "synthetic":
+        return synthetic_pairs(words, n, seed=1)
+    if profile == "hh":
+        return hh_shaped_pairs(words, n, seed=1)
+    rows = hh_rows()
+    return [rows[i % len(rows)] for i in range(n)]  # the file's first pairs; gpmctl's epoch order shuffles them
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -155,6 +214,7 @@ def run_gpmctl(args, overrides: list[str]) -> dict:
             f"data.train={args.data}",
             f"data.eval={args.eval_data or 'null'}",
             "data.max_length=1024",
+            "data.allow_empty_responses=true",  # HH-RLHF prefers a few empty replies
             f"train.batch_size={BATCH}",
             "train.grad_accum=1",
             f"train.lr={args.lr}",
@@ -175,14 +235,44 @@ def run_gpmctl(args, overrides: list[str]) -> dict:
     timed = steps[args.warmup :]
     seconds = timed[-1]["time"] - steps[args.warmup - 1]["time"]
     # Each record's window is one step: tokens = its tokens/s x its window length (pairs / pairs/s).
-    tokens = sum(r["tokens_per_s"] * BATCH / r["pairs_per_s"] for r in timed)
+    computed = sum(r["tokens_per_s"] * BATCH / r["pairs_per_s"] for r in timed)
+    real = sum(r["sequence_tokens_per_s"] * BATCH / r["pairs_per_s"] for r in timed)
     return {
         "seconds": seconds,
         "steps": len(timed),
         "pairs": BATCH * len(timed),
-        "real_tokens": round(tokens),
+        "real_tokens": round(real),
+        "computed_tokens": round(computed),
+        "attention_pairs": attention_pairs(
+            recipe, args.warmup, args.warmup + args.steps, "packing=false" not in " ".join(overrides)
+        ),
         "eval_accuracy": result.final_metrics.get("accuracy"),
     }
+
+
+def attention_pairs(recipe, first_step: int, end_step: int, packed: bool) -> int:
+    """Query-key pairs the timed steps' attention computed (no causal discount): per block of n tokens after
+    a prefix of p, n x (p + n); a padded batch is 2B rows of its longest length."""
+    from gpmctl.data.batches import epoch_batches
+    from gpmctl.data.tokenize import SequenceEncoder, shared_prefix_length
+    from gpmctl.models.sources import load_tokenizer
+    from gpmctl.train.reward import load_pairs
+
+    m, d, t = recipe.model, recipe.data, recipe.train
+    encoder = SequenceEncoder(load_tokenizer(m.backbone), d.max_length, m.eos, m.gate_prompt, d.truncation)
+    pairs, _ = load_pairs(recipe, encoder)
+    shared = packed and t.share_prompt is not False
+    total = 0
+    for batch in epoch_batches(len(pairs), BATCH, SEED, 0)[first_step:end_step]:
+        if not packed:
+            longest = max(max(len(pairs[i].chosen.ids), len(pairs[i].rejected.ids)) for i in batch)
+            total += 2 * len(batch) * longest**2
+            continue
+        for i in batch:
+            seqs = [pairs[i].chosen, pairs[i].rejected]
+            p = shared_prefix_length(seqs) if shared else 0
+            total += p * p + sum((len(s.ids) - p) * len(s.ids) for s in seqs)
+    return total
 
 
 def run_trl(args, _overrides) -> dict:
@@ -209,7 +299,7 @@ def run_trl(args, _overrides) -> dict:
 
         def torch_call(self, examples):
             batch = super().torch_call(examples)
-            tokens.append(int(batch["attention_mask"].sum()))
+            tokens.append((int(batch["attention_mask"].sum()), batch["input_ids"].numel()))
             return batch
 
     config = RewardConfig(
@@ -246,12 +336,13 @@ def run_trl(args, _overrides) -> dict:
     )
     trainer.train()
     # The collator runs ahead of the step (prefetch): batch i belongs to step i.
-    timed_tokens = sum(tokens[args.warmup : args.warmup + args.steps])
+    timed = tokens[args.warmup : args.warmup + args.steps]
     result = {
         "seconds": stamps[-1] - stamps[args.warmup - 1],
         "steps": len(stamps) - args.warmup,
         "pairs": BATCH * (len(stamps) - args.warmup),
-        "real_tokens": timed_tokens,
+        "real_tokens": sum(real for real, _ in timed),
+        "computed_tokens": sum(padded for _, padded in timed),
         "eval_accuracy": None,
     }
     if args.eval_data:
@@ -334,20 +425,60 @@ def spawn(args, model: str, contender: str, data: Path, warmup: int, steps: int,
     return result
 
 
+def flop_shape(folder: Path) -> dict:
+    """Non-embedding parameters, layers and hidden size of a model folder (for MFU)."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(folder)
+    model = AutoModel.from_config(config)
+    params = sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
+    return {"params": params, "layers": config.num_hidden_layers, "hidden": config.hidden_size}
+
+
+def summarise(runs: list[dict], shape: dict, peak_gflops: float) -> dict:
+    """The repeats of one contender -> medians, spread, peak RSS, MFU (gpmctl rows)."""
+    rate = lambda key: [r[key] / r["seconds"] for r in runs]  # noqa: E731
+    pairs = rate("pairs")
+    out = {
+        "contender": runs[0]["contender"],
+        "runs": len(runs),
+        "steps": runs[0]["steps"],
+        "pairs_per_s": statistics.median(pairs),
+        "spread": (min(pairs), max(pairs)),
+        "real_tok_s": statistics.median(rate("real_tokens")),
+        "computed_tok_s": statistics.median(rate("computed_tokens")),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        "loadavg": statistics.median(r["loadavg"][0] for r in runs),
+        "mfu": None,
+    }
+    if all("attention_pairs" in r for r in runs):
+        flops = [
+            (6 * shape["params"] * r["computed_tokens"] + 12 * shape["layers"] * shape["hidden"] * r["attention_pairs"])
+            / r["seconds"]
+            for r in runs
+        ]
+        out["mfu"] = statistics.median(flops) / (peak_gflops * 1e9)
+    return out
+
+
 def table(rows: list[dict], reference: dict | None) -> str:
-    """Markdown rows; the ratio columns compare with `reference` (TRL's row), "-" when TRL did not run."""
-    head = "| contender | steps | pairs/s | real tok/s | s/step | peak RSS MiB | pairs/s vs TRL | tok/s vs TRL | load avg (1 min) |\n"
-    head += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    """Markdown rows of `summarise`d contenders; the ratio columns compare medians with `reference` (TRL's)."""
+    head = (
+        "| contender | runs x steps | pairs/s (median) | spread | real tok/s | computed tok/s | MFU | peak RSS MiB "
+        "| pairs/s vs TRL | real tok/s vs TRL | load avg (1 min) |\n"
+    )
+    head += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     lines = []
     for r in rows:
-        pairs, tok = r["pairs"] / r["seconds"], r["real_tokens"] / r["seconds"]
         vs_pairs = vs_tok = "-"
         if reference is not None:
-            vs_pairs = f"{pairs / (reference['pairs'] / reference['seconds']):.2f}x"
-            vs_tok = f"{tok / (reference['real_tokens'] / reference['seconds']):.2f}x"
+            vs_pairs = f"{r['pairs_per_s'] / reference['pairs_per_s']:.2f}x"
+            vs_tok = f"{r['real_tok_s'] / reference['real_tok_s']:.2f}x"
+        mfu = f"{r['mfu']:.0%}" if r["mfu"] is not None else "-"
         lines.append(
-            f"| {r['contender']} | {r['steps']} | {pairs:.2f} | {tok:,.0f} | {r['seconds'] / r['steps']:.3f} | "
-            f"{r['peak_rss_mib']:,.0f} | {vs_pairs} | {vs_tok} | {r['loadavg'][0]:.2f} |"
+            f"| {r['contender']} | {r['runs']} x {r['steps']} | {r['pairs_per_s']:.2f} | {r['spread'][0]:.2f}-{r['spread'][1]:.2f} "
+            f"| {r['real_tok_s']:,.0f} | {r['computed_tok_s']:,.0f} | {mfu} | {r['peak_rss_mib']:,.0f} | {vs_pairs} | {vs_tok} "
+            f"| {r['loadavg']:.2f} |"
         )
     return head + "\n".join(lines)
 
@@ -359,6 +490,8 @@ def main() -> None:
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated, from: " + ", ".join(CONTENDERS))
     ap.add_argument("--tcmalloc", action="store_true", help=f"also run TRL and gpmctl with LD_PRELOAD={TCMALLOC}")
     ap.add_argument("--skip-accuracy", action="store_true", help="skip the equal-accuracy comparison")
+    ap.add_argument("--profiles", default="synthetic,hh,hh_real", help="comma-separated: synthetic, hh, hh_real")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each window (median and spread reported)")
     ap.add_argument("--workdir", default="/tmp/gpmctl_bench_train", help="data, model folders and run folders")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     for hidden in ("--model", "--folder", "--data", "--eval-data"):
@@ -385,15 +518,29 @@ def main() -> None:
     tcmalloc = args.tcmalloc and Path(TCMALLOC).exists()
     if args.tcmalloc and not tcmalloc:
         print(f"(no {TCMALLOC}: tcmalloc rows skipped; apt-get install libtcmalloc-minimal4)\n")
+    from mfu import matmul_peak
+
+    peak = matmul_peak()
+    print(f"fp32 matmul peak measured before the runs: {peak:.0f} GFLOP/s\n", flush=True)
     for model in args.models.split(","):
         warmup, steps = WINDOWS["quick" if args.quick else "full"][model]
-        data = workdir / f"pairs_{model}.jsonl"
-        write_jsonl(data, synthetic_pairs(words, BATCH * (warmup + steps), seed=1))
-        rows = [spawn(args, model, c, data, warmup, steps) for c in contenders]
-        if tcmalloc:
-            rows += [spawn(args, model, c, data, warmup, steps, tcmalloc=True) for c in ("trl", "gpmctl") if c in contenders]
-        print(f"## {model}: {warmup} warm-up + {steps} timed steps\n")
-        print(table(rows, next((r for r in rows if r["contender"] == "trl"), None)) + "\n", flush=True)
+        shape = flop_shape(model_folder(workdir, model))
+        for profile in args.profiles.split(","):
+            data = workdir / f"pairs_{model}_{profile}.jsonl"
+            write_jsonl(data, profile_pairs(profile, words, BATCH * (warmup + steps)))
+            runs: dict[str, list[dict]] = {}
+            for _ in range(args.repeats):  # rounds: each contender once per round
+                for c in contenders:
+                    r = spawn(args, model, c, data, warmup, steps)
+                    runs.setdefault(r["contender"], []).append(r)
+                for c in ("trl", "gpmctl") if tcmalloc else ():
+                    if c in contenders:
+                        r = spawn(args, model, c, data, warmup, steps, tcmalloc=True)
+                        runs.setdefault(r["contender"], []).append(r)
+            rows = [summarise(v, shape, peak) for v in runs.values()]
+            print(f"## {model}, {profile} profile: {warmup} warm-up + {steps} timed steps, {args.repeats} runs each\n")
+            print(table(rows, next((r for r in rows if r["contender"] == "trl"), None)) + "\n", flush=True)
+    print(f"fp32 matmul peak after the runs: {matmul_peak():.0f} GFLOP/s (MFU uses the one before)\n", flush=True)
 
     if not args.skip_accuracy:
         task = ACCURACY_TASK

@@ -103,9 +103,11 @@ class TokenPairs:
         return len(self.pairs)
 
     def batch(self, index: list[int]) -> dict:
-        batch = self.collate([self.pairs[i] for i in index])
+        pairs = [self.pairs[i] for i in index]
+        batch = self.collate(pairs)
         tokens = real_tokens(batch)  # counted on the CPU, before the move: no device sync
-        return {**{k: v.to(self.device) for k, v in batch.items()}, "tokens": tokens}
+        sequence_tokens = sum(len(p.chosen.ids) + len(p.rejected.ids) for p in pairs)
+        return {**{k: v.to(self.device) for k, v in batch.items()}, "tokens": tokens, "sequence_tokens": sequence_tokens}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -137,8 +139,9 @@ def pair_step(model, batch: dict, tau: float, use_margin: bool) -> Step:
         "decided": (label != 0.5).sum(),
         "pairs": len(label),
     }
-    if "tokens" in batch:
-        stats["tokens"] = batch["tokens"]
+    for key in ("tokens", "sequence_tokens"):  # computed; in the pairs' sequences (a shared prompt counts twice)
+        if key in batch:
+            stats[key] = batch[key]
     return Step(loss, stats)
 
 
@@ -475,8 +478,9 @@ def _train(
             "grad_norm": window["grad_norm"],
             "pairs_per_s": window["pairs"] / seconds,
         }
-        if "tokens" in window:
+        if "tokens" in window:  # tokens computed; sequence tokens: what separate sequences would compute
             record["tokens_per_s"] = window["tokens"] / seconds
+            record["sequence_tokens_per_s"] = window["sequence_tokens"] / seconds
         runlog.write(record)
         progress.describe(f"loss {record['loss']:.4f} acc {record['accuracy'] or 0.0:.3f}")
 
