@@ -25,16 +25,23 @@ import torch
 from train_throughput import BATCH, LR, MODELS, model_folder, one_token_words, run_gpmctl, synthetic_pairs, write_jsonl
 
 
-def matmul_peak(seconds: float = 3.0) -> float:
-    """Best fp32 GFLOP/s over a square and the 50M model's MLP- and attention-projection-shaped matmuls."""
+def matmul_peak(seconds: float = 3.0, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s over a square and the 50M model's MLP- and attention-projection-shaped matmuls (on a GPU,
+    also 8192-square ones, and each timing waits for the device)."""
+    shapes = [(2048, 2048, 2048), (8192, 512, 1408), (8192, 1408, 512), (8192, 512, 512)]
+    if device != "cpu":
+        shapes += [(8192, 8192, 8192)]
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     best = 0.0
-    for m, k, n in ((2048, 2048, 2048), (8192, 512, 1408), (8192, 1408, 512), (8192, 512, 512)):
-        a, b = torch.randn(m, k), torch.randn(k, n)
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
         torch.mm(a, b)  # warm-up
-        end = time.perf_counter() + seconds / 4
+        sync()
+        end = time.perf_counter() + seconds / len(shapes)
         while time.perf_counter() < end:
             start = time.perf_counter()
             torch.mm(a, b)
+            sync()
             best = max(best, 2 * m * k * n / (time.perf_counter() - start) / 1e9)
     return best
 
@@ -79,7 +86,7 @@ def main() -> None:
         warmup=args.warmup,
         steps=args.steps,
     )
-    result = run_gpmctl(run, [f"data.max_length={args.seq_len}"])
+    result = run_gpmctl(run, [f"data.max_length={args.seq_len}", "train.share_prompt=false"])  # every token computed
     peak = max(peak_before, matmul_peak())
 
     shape = MODELS[args.model]

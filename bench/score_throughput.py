@@ -41,7 +41,10 @@ from gpmctl.models.heads import HeadConfig  # noqa: E402
 from gpmctl.models.model import PreferenceModel  # noqa: E402
 from gpmctl.models.sources import load_tokenizer  # noqa: E402
 
-HH_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+HH_FILE = Path(
+    os.environ.get("GPMCTL_BENCH_HH")  # e.g. a copy carried to another machine
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+)
 SHAPES = {  # Llama shapes of bench/train_throughput.py (vocab: the tiny tokenizer's)
     "tiny": TinyBackbone(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2),
     "50m": TinyBackbone(hidden_size=512, intermediate_size=1408, num_layers=14, num_heads=8, num_kv_heads=8),

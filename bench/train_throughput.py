@@ -55,7 +55,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
-HH_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+HH_FILE = Path(
+    os.environ.get("GPMCTL_BENCH_HH")  # e.g. a copy carried to another machine
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+)
 BATCH = 8
 LR = 1e-5
 SEED = 42
@@ -71,8 +74,19 @@ MODELS = {  # Llama shapes; "50m" is the baseline study's (49.2M parameters with
         intermediate_size=1408,
         vocab_size=8192,
     ),
+    "1b": dict(  # Llama-3.2-1B's shape (a smaller vocabulary): for GPUs
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+        vocab_size=8192,
+    ),
 }
-WINDOWS = {"quick": {"tiny": (10, 50), "50m": (3, 10)}, "full": {"tiny": (20, 200), "50m": (3, 30)}}
+WINDOWS = {
+    "quick": {"tiny": (10, 50), "50m": (3, 10), "1b": (5, 20)},
+    "full": {"tiny": (20, 200), "50m": (3, 30), "1b": (10, 100)},
+}
 # contender -> (runner, gpmctl recipe overrides); see the module docstring for what each measures
 CONTENDERS = {
     "trl": ("trl", []),
@@ -183,7 +197,10 @@ def model_folder(workdir: Path, name: str) -> Path:
             tie_word_embeddings=False,
         )
         torch.manual_seed(0)
-        AutoModel.from_config(config).save_pretrained(folder)
+        model = AutoModel.from_config(config)
+        if name == "1b":
+            model.to(torch.bfloat16)  # for GPUs: half the bytes to write and read
+        model.save_pretrained(folder)
         tok.save_pretrained(folder)
     return folder
 
@@ -221,7 +238,7 @@ def run_gpmctl(args, overrides: list[str]) -> dict:
             f"train.max_steps={args.warmup + args.steps}",
             "train.logging_steps=1",
             "train.keep_best=false",
-            "train.precision=fp32",
+            f"train.precision={args.precision}",
             f"train.seed={SEED}",
             "train.weight_decay=0",
             "train.warmup_ratio=0.03",
@@ -229,7 +246,7 @@ def run_gpmctl(args, overrides: list[str]) -> dict:
             *overrides,
         ],
     )
-    result = train_reward_model(recipe, overwrite=True)
+    result = train_reward_model(recipe, overwrite=True, save=False)  # no model folder: the timing is in log.jsonl
     steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in steps if r["event"] == "train"]
     timed = steps[args.warmup :]
@@ -376,12 +393,15 @@ def trl_accuracy(model, tok, path: Path) -> float:
 
 
 def worker(args) -> None:
+    import torch
+
     runner, overrides = CONTENDERS[args.worker]
     result = (run_trl if runner == "trl" else run_gpmctl)(args, overrides)
     result.update(
         contender=args.worker + ("_tcmalloc" if os.environ.get("LD_PRELOAD") else ""),
         model=args.model,
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_gpu_mib=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         loadavg=os.getloadavg(),
     )
     print("RESULT " + json.dumps(result), flush=True)
@@ -411,6 +431,10 @@ def spawn(args, model: str, contender: str, data: Path, warmup: int, steps: int,
         str(steps),
         "--lr",
         str(lr),
+        "--batch",
+        str(BATCH),
+        "--precision",
+        args.precision,
     ]
     if eval_data:
         cmd += ["--eval-data", str(eval_data)]
@@ -448,6 +472,7 @@ def summarise(runs: list[dict], shape: dict, peak_gflops: float) -> dict:
         "real_tok_s": statistics.median(rate("real_tokens")),
         "computed_tok_s": statistics.median(rate("computed_tokens")),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        "peak_gpu_mib": max(r.get("peak_gpu_mib") or 0 for r in runs) or None,
         "loadavg": statistics.median(r["loadavg"][0] for r in runs),
         "mfu": None,
     }
@@ -464,7 +489,7 @@ def summarise(runs: list[dict], shape: dict, peak_gflops: float) -> dict:
 def table(rows: list[dict], reference: dict | None) -> str:
     """Markdown rows of `summarise`d contenders; the ratio columns compare medians with `reference` (TRL's)."""
     head = (
-        "| contender | runs x steps | pairs/s (median) | spread | real tok/s | computed tok/s | MFU | peak RSS MiB "
+        "| contender | runs x steps | pairs/s (median) | spread | real tok/s | computed tok/s | MFU | peak RSS (/ GPU) MiB "
         "| pairs/s vs TRL | real tok/s vs TRL | load avg (1 min) |\n"
     )
     head += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
@@ -475,15 +500,17 @@ def table(rows: list[dict], reference: dict | None) -> str:
             vs_pairs = f"{r['pairs_per_s'] / reference['pairs_per_s']:.2f}x"
             vs_tok = f"{r['real_tok_s'] / reference['real_tok_s']:.2f}x"
         mfu = f"{r['mfu']:.0%}" if r["mfu"] is not None else "-"
+        memory = f"{r['peak_rss_mib']:,.0f}" + (f" / {r['peak_gpu_mib']:,.0f}" if r["peak_gpu_mib"] else "")
         lines.append(
             f"| {r['contender']} | {r['runs']} x {r['steps']} | {r['pairs_per_s']:.2f} | {r['spread'][0]:.2f}-{r['spread'][1]:.2f} "
-            f"| {r['real_tok_s']:,.0f} | {r['computed_tok_s']:,.0f} | {mfu} | {r['peak_rss_mib']:,.0f} | {vs_pairs} | {vs_tok} "
+            f"| {r['real_tok_s']:,.0f} | {r['computed_tok_s']:,.0f} | {mfu} | {memory} | {vs_pairs} | {vs_tok} "
             f"| {r['loadavg']:.2f} |"
         )
     return head + "\n".join(lines)
 
 
 def main() -> None:
+    global BATCH
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short timing windows (tiny 10+50, 50M 3+10 steps)")
     ap.add_argument("--models", default="tiny,50m", help="comma-separated: tiny, 50m")
@@ -492,6 +519,8 @@ def main() -> None:
     ap.add_argument("--skip-accuracy", action="store_true", help="skip the equal-accuracy comparison")
     ap.add_argument("--profiles", default="synthetic,hh,hh_real", help="comma-separated: synthetic, hh, hh_real")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each window (median and spread reported)")
+    ap.add_argument("--batch", type=int, default=BATCH, help="pairs per step")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: on a GPU (gpmctl rows only)")
     ap.add_argument("--workdir", default="/tmp/gpmctl_bench_train", help="data, model folders and run folders")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     for hidden in ("--model", "--folder", "--data", "--eval-data"):
@@ -500,6 +529,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--lr", type=float, default=LR, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    BATCH = args.batch
     if args.worker:
         return worker(args)
 
@@ -512,7 +542,7 @@ def main() -> None:
 
     print(
         f"# train throughput: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, fp32, batch {BATCH} pairs, BT loss unless named\n"
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {args.precision}, batch {BATCH} pairs, BT loss unless named\n"
     )
     contenders = args.contenders.split(",")
     tcmalloc = args.tcmalloc and Path(TCMALLOC).exists()
@@ -520,8 +550,11 @@ def main() -> None:
         print(f"(no {TCMALLOC}: tcmalloc rows skipped; apt-get install libtcmalloc-minimal4)\n")
     from mfu import matmul_peak
 
-    peak = matmul_peak()
-    print(f"fp32 matmul peak measured before the runs: {peak:.0f} GFLOP/s\n", flush=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    peak = matmul_peak(device=device, dtype=dtype)
+    card = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    print(f"{args.precision} matmul peak measured before the runs ({card}): {peak:,.0f} GFLOP/s\n", flush=True)
     for model in args.models.split(","):
         warmup, steps = WINDOWS["quick" if args.quick else "full"][model]
         shape = flop_shape(model_folder(workdir, model))
@@ -540,7 +573,9 @@ def main() -> None:
             rows = [summarise(v, shape, peak) for v in runs.values()]
             print(f"## {model}, {profile} profile: {warmup} warm-up + {steps} timed steps, {args.repeats} runs each\n")
             print(table(rows, next((r for r in rows if r["contender"] == "trl"), None)) + "\n", flush=True)
-    print(f"fp32 matmul peak after the runs: {matmul_peak():.0f} GFLOP/s (MFU uses the one before)\n", flush=True)
+    print(
+        f"{args.precision} matmul peak after the runs: {matmul_peak(device=device, dtype=dtype):,.0f} GFLOP/s (MFU uses the one before)\n"
+    )
 
     if not args.skip_accuracy:
         task = ACCURACY_TASK
