@@ -177,3 +177,40 @@ def test_the_scorer_embeds_each_prompt_once_with_the_padded_values(gate):
         torch.testing.assert_close(shared[1], padded[1], atol=ATOL, rtol=0)
     else:
         assert shared[1] is None and padded[1] is None
+
+
+def test_encoders_fall_back_and_share_prompt_true_is_refused_for_them():
+    from transformers import AutoModel, BertConfig
+
+    from gpmctl.errors import ConfigError
+    from gpmctl.models.embed import resolve_share_prompt
+    from gpmctl.models.heads import HeadConfig
+    from gpmctl.models.model import PreferenceModel
+
+    bert = AutoModel.from_config(
+        BertConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+        attn_implementation="sdpa",
+    )
+    model = PreferenceModel(bert, HeadConfig(pool="first"))
+    assert resolve_share_prompt(model, "auto", "m") is False and resolve_share_prompt(model, "false", "m") is False
+    with pytest.raises(ConfigError, match="m: share_prompt=true: the backbone cannot run packed rows"):
+        resolve_share_prompt(model, "true", "m")
+
+
+def test_train_rm_refuses_share_prompt_true_without_packing(tmp_path):
+    from gpmctl.config import load_recipe
+    from gpmctl.errors import ConfigError
+    from gpmctl.train.reward import train_reward_model
+
+    recipe = load_recipe(
+        "recipes/cyclic_tiny_gpm.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "data.train=cyclic:train?num_prompts=10",
+            "train.packing=false",
+            "train.share_prompt=true",
+        ],
+    )
+    with pytest.raises(ConfigError, match="train.share_prompt=true needs packed batches"):
+        train_reward_model(recipe)
+    assert not (tmp_path / "run" / "log.jsonl").exists()
