@@ -106,11 +106,6 @@ class PackedRow:
         index = {start: b for b, (start, _, _, _) in enumerate(self.blocks)}
         return [index[prefix_start] if prefix else None for _, _, prefix_start, prefix in self.blocks]
 
-    @property
-    def tokens(self) -> int:
-        """Tokens the row computes."""
-        return self.position_ids.shape[1]
-
     def select(self, order: torch.Tensor) -> "PackedRow":
         """The same row with its sequences read in `order` (indices into the current order)."""
         return PackedRow(self.blocks, self.position_ids, self.first[order], self.last[order])
