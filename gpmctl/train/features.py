@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from gpmctl.data.tokenize import EncodedPair, EncodedSequence, pad_sequences
+from gpmctl.data.tokenize import EncodedPair, EncodedSequence, pack_groups, pad_sequences
 from gpmctl.models.model import Hidden, PreferenceModel
 from gpmctl.utils import log
 
@@ -68,26 +68,56 @@ def _sequence_digest(seq: EncodedSequence) -> bytes:
 def extract_features(
     model: PreferenceModel, seqs: list[EncodedSequence], pad_id: int, batch_size: int = EXTRACT_BATCH
 ) -> Features:
-    """Run the backbone over `seqs` in length-sorted, left-padded batches (`PreferenceModel.encode`, the first
-    stage of the model) and keep the hidden states the head reads."""
+    """Run the backbone over `seqs` (`PreferenceModel.encode`, the first stage of the model) and keep the
+    hidden states the head reads: where the backbone packs, sequences that start with the same prompt go
+    through it as shared-prompt rows (the prompt once, gpmctl.models.packing); otherwise in length-sorted,
+    left-padded batches."""
     was_training = model.training
     model.eval()
     hidden_size = model.value_head.in_features
     read, prompt = torch.empty(len(seqs), hidden_size), torch.empty(len(seqs), hidden_size)
     device = model.value_head.weight.device
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
     started, last_report = time.perf_counter(), time.perf_counter()
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in pad_sequences([seqs[i] for i in idx], pad_id).items()}
-        hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch["prompt_end"])
+    done = 0
+    for idx in _batches(seqs, batch_size, shared=model.enable_packing()):
+        if isinstance(idx[0], list):  # groups of sequences sharing a prompt
+            batch = pack_groups([[seqs[i] for i in group] for group in idx])
+            hidden = model.encode(
+                batch["input_ids"].to(device), prompt_end=batch["prompt_end"].to(device), row=batch["row"].to(device)
+            )
+            idx = [i for group in idx for i in group]
+        else:
+            batch = {k: v.to(device) for k, v in pad_sequences([seqs[i] for i in idx], pad_id).items()}
+            hidden = model.encode(batch["input_ids"], batch["attention_mask"], batch["prompt_end"])
         read[idx], prompt[idx] = hidden.read.float().cpu(), hidden.prompt.float().cpu()
+        done += len(idx)
         if time.perf_counter() - last_report > 60:
-            done = start + len(idx)
             log(f"features: {done}/{len(seqs)} sequences ({done / (time.perf_counter() - started):.2f}/s)")
             last_report = time.perf_counter()
     model.train(was_training)
     return Features(read, prompt, seconds=time.perf_counter() - started)
+
+
+def _batches(seqs: list[EncodedSequence], batch_size: int, shared: bool) -> list:
+    """Index batches of about `batch_size` sequences: length-sorted lists of indices, or (`shared`) lists of
+    groups, a group being the sequences with the same tokens up to the gate's prompt position (a pair's
+    two sequences, or more where several pairs share a prompt), at most `batch_size` long."""
+    if not shared:
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].ids))
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    by_prompt: dict[bytes, list[int]] = {}
+    for i, s in enumerate(seqs):
+        by_prompt.setdefault(s.ids[: s.prompt_end + 1].tobytes(), []).append(i)
+    groups = [g[start : start + batch_size] for g in by_prompt.values() for start in range(0, len(g), batch_size)]
+    groups.sort(key=lambda g: sum(len(seqs[i].ids) for i in g))
+    batches, current, size = [], [], 0
+    for group in groups:
+        if current and size + len(group) > batch_size:
+            batches.append(current)
+            current, size = [], 0
+        current.append(group)
+        size += len(group)
+    return batches + ([current] if current else [])
 
 
 def cached_features(model: PreferenceModel, seqs: list[EncodedSequence], pad_id: int, cache_dir: Path | None = None) -> Features:
