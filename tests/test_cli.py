@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gpmctl.config import is_gpo_recipe, load_gpo_recipe, load_recipe, parse_override, resolve_recipe, shipped_recipes
 from gpmctl.errors import ConfigError
@@ -48,10 +49,47 @@ def test_unknown_recipe_key_names_file_key_and_suggestion(tmp_path):
     assert_one_line_error(gpmctl("train-rm", str(recipe)), str(recipe), "model.dimm", "model.dim")
 
 
-def test_unknown_override_key_is_an_error():
+def test_unknown_override_key_is_an_error_naming_the_command_line():
     assert_one_line_error(
-        gpmctl("train-rm", "recipes/cyclic_tiny_gpm.yaml", "train.learning_rate=1"), "train.learning_rate", "train.lr"
+        gpmctl("train-rm", "recipes/cyclic_tiny_gpm.yaml", "train.learnig_rate=1"),
+        "command-line override 'train.learnig_rate=1'",
+        "unknown key train.learnig_rate",
     )
+
+
+def test_trl_and_openrlhf_names_work_as_overrides_bare_or_sectioned(tmp_path):
+    """TRL / transformers and OpenRLHF hyper-parameter names are applied as the gpmctl keys they mean, each
+    with a log line; in a recipe file they stay errors whose message names the gpmctl key."""
+    names = [
+        "learning_rate=3e-4",
+        "train.per_device_train_batch_size=4",
+        "gradient_accumulation_steps=2",
+        "num_train_epochs=3",
+        "max_len=256",
+        "bf16=true",
+        "gradient_checkpointing=true",
+        "warmup_ratio=0.1",
+        "lora_r=8",
+        "train.micro_train_batch_size=4",
+    ]
+    result = gpmctl("train-rm", "recipes/cyclic_tiny_gpm.yaml", *names, "--print-recipe")
+    assert result.returncode == 0, result.stderr
+    recipe = yaml.safe_load(result.stdout)
+    t, m, d = recipe["train"], recipe["model"], recipe["data"]
+    assert (t["lr"], t["batch_size"], t["grad_accum"], t["epochs"], t["precision"], t["warmup_ratio"]) == (
+        3e-4,
+        4,
+        2,
+        3,
+        "bf16",
+        0.1,
+    )
+    assert (d["max_length"], m["gradient_checkpointing"], m["lora_rank"]) == (256, True, 8)
+    assert "override bf16=True is the TRL/OpenRLHF name of train.precision: train.precision=bf16" in result.stderr
+    assert result.stderr.count("TRL/OpenRLHF name of") == len(names)
+    bad = tmp_path / "r.yaml"
+    bad.write_text("base: cyclic_tiny_gpm\ntrain:\n  bf16: true\n")
+    assert_one_line_error(gpmctl("train-rm", str(bad)), f"{bad}: unknown key train.bf16", "write train.precision: bf16")
 
 
 def test_wrong_type_and_bad_yaml_are_errors(tmp_path):

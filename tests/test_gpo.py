@@ -160,7 +160,7 @@ def test_a_gpo_overlay_takes_its_base_and_the_shared_optimisation_keys(tmp_path)
     deeper = tmp_path / "deeper.yaml"
     deeper.write_text("base: my_gpo.yaml\ngeneration:\n  k: 3\n")
     assert load_gpo_recipe(deeper).generation.k == 3 and load_gpo_recipe(deeper).train.lr == 1e-4
-    with pytest.raises(ConfigError, match=r"my_gpo.yaml: unknown key train.learning_rat"):
+    with pytest.raises(ConfigError, match=r"command-line override .train.learning_rat=1.: unknown key train.learning_rat"):
         load_gpo_recipe(overlay, ["train.learning_rat=1"])
     result = subprocess.run(
         [sys.executable, "-m", "gpmctl", "train-gpo", str(deeper), "--print-recipe"], capture_output=True, text=True

@@ -7,9 +7,10 @@ What every recipe kind gets from here, in this order:
   1. the file's top-level mapping (`read_yaml_mapping`: missing file, bad UTF-8 and bad YAML name file and line)
   2. `base: NAME` overlays (`with_base`): the base recipe (a file beside this one, or a shipped recipe)
      supplies every key the overlay does not set; mappings merge key by key; chains and cycles are checked
-  3. `key.path=value` overrides (`parse_override`, `apply_override`), each value read as YAML
-  4. typed construction (`build`): unknown keys get a suggestion (a close name, or the gpmctl key a TRL /
-     OpenRLHF / reference-code name stands for: `ALIASES`), values are checked against the annotations
+  3. `key.path=value` overrides (`parse_override`, `apply_override`), each value read as YAML; TRL / OpenRLHF
+     names (`learning_rate`, `bf16`, `max_len`, ...) are applied as the gpmctl keys they mean (`FOREIGN_NAMES`)
+  4. typed construction (`build`): unknown keys get a suggestion (the gpmctl key a TRL / OpenRLHF name stands
+     for, or a close name), values are checked against the annotations
   5. the schema's own `validate()` (value ranges), and `recipe.source` = the file, for run-time errors
 `dump_recipe` writes the resolved recipe back as YAML (saved as recipe.yaml with every run); it loads
 again to the same recipe. Shipped recipes (`recipes/*.yaml`, packaged as `gpmctl.recipes`) are found by
@@ -39,9 +40,12 @@ def load(schema: type, path: str | Path | None, overrides: list[str] = ()) -> An
     if path is not None:
         source = str(path)
         values = with_base(read_yaml_mapping(path), Path(path))
+    for text in overrides:
+        try:
+            apply_override(values, *translate_override(*parse_override(text), schema), cls=schema)
+        except ConfigError as e:  # the recipe it applies to, and that the key came from the command line
+            raise ConfigError(f"{source}: command-line override {text!r}: {e}") from None
     try:
-        for text in overrides:
-            apply_override(values, *parse_override(text), cls=schema)
         recipe = build(schema, values)
         recipe.validate()
     except ConfigError as e:
@@ -152,32 +156,92 @@ def build(cls: type, values: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-ALIASES = {
-    "learning_rate": "lr",
-    "gradient_accumulation_steps": "grad_accum",
-    "accumulated_gradient": "grad_accum",
-    "num_train_epochs": "epochs",
-    "max_epochs": "epochs",
-    "per_device_train_batch_size": "batch_size",
-    "micro_train_batch_size": "batch_size",
-    "max_len": "max_length",
-    "value_head_dim": "dim",
-    "general_preference_tau": "tau",
-    "add_prompt_head": "gate",
-    "warmup": "warmup_ratio",
-    "max_norm": "max_grad_norm",
-    "l2": "weight_decay",
-    "save_path": "output_dir",
-    "pretrain": "backbone",
+def _precision(flag: str):
+    return lambda on: flag if on is True or str(on).lower() == "true" else "fp32"
+
+
+FOREIGN_NAMES: dict[str, tuple[tuple[str, ...], Any]] = {
+    # TRL / transformers TrainingArguments
+    "learning_rate": (("train.lr",), None),
+    "per_device_train_batch_size": (("train.batch_size",), None),
+    "gradient_accumulation_steps": (("train.grad_accum",), None),
+    "num_train_epochs": (("train.epochs",), None),
+    "max_steps": (("train.max_steps",), None),
+    "max_length": (("data.max_length", "train.max_length"), None),
+    "bf16": (("train.precision",), _precision("bf16")),
+    "fp16": (("train.precision",), _precision("fp16")),
+    "gradient_checkpointing": (("model.gradient_checkpointing", "policy.gradient_checkpointing"), None),
+    "warmup_ratio": (("train.warmup_ratio",), None),
+    "weight_decay": (("train.weight_decay",), None),
+    "max_grad_norm": (("train.max_grad_norm",), None),
+    "lr_scheduler_type": (("train.scheduler",), None),
+    "logging_steps": (("train.logging_steps",), None),
+    "save_steps": (("train.save_steps",), None),
+    "eval_steps": (("train.eval_steps",), None),
+    "seed": (("train.seed",), None),
+    "output_dir": (("output_dir",), None),
+    "model_name_or_path": (("model.backbone", "policy.model"), None),
+    "lora_r": (("model.lora_rank",), None),
+    "lora_alpha": (("model.lora_alpha",), None),
+    "lora_dropout": (("model.lora_dropout",), None),
+    "lora_target_modules": (("model.lora_target_modules",), None),
+    # OpenRLHF train_rm / the authors' scripts
+    "micro_train_batch_size": (("train.batch_size",), None),
+    "accumulated_gradient": (("train.grad_accum",), None),
+    "max_epochs": (("train.epochs",), None),
+    "max_len": (("data.max_length", "train.max_length"), None),
+    "max_norm": (("train.max_grad_norm",), None),
+    "l2": (("train.weight_decay",), None),
+    "lora_rank": (("model.lora_rank",), None),
+    "save_path": (("output_dir",), None),
+    "pretrain": (("model.backbone", "policy.model"), None),
+    "dataset": (("data.train",), None),
+    "eval_dataset": (("data.eval",), None),
+    "value_head_dim": (("model.dim",), None),
+    "general_preference_tau": (("model.tau",), None),
+    "add_prompt_head": (("model.gate",), None),
+    "is_general_preference": (("model.kind",), lambda on: "gpm" if on is True or str(on).lower() == "true" else "bt"),
+    "warmup": (("train.warmup_ratio",), None),
 }
-"""Names users bring from TRL, transformers and the authors' scripts -> the recipe's own field."""
+"""Names users bring from TRL / transformers, OpenRLHF and the authors' scripts -> (the gpmctl keys they mean,
+the first one the schema has is taken; how the value translates, None: as is). As an override, bare or under
+any section (`learning_rate=1e-5`, `train.learning_rate=1e-5`, `bf16=true`), such a name is applied as its
+gpmctl key with a log line; in a recipe file it is an unknown key whose message names the gpmctl key."""
+
+
+def _foreign_target(name: str, known) -> tuple[str, Any] | None:
+    """(gpmctl key, value translation) that a foreign `name` stands for in a schema with keys `known`."""
+    targets, convert = FOREIGN_NAMES.get(name, ((), None))
+    target = next((t for t in targets if t in known), None)
+    return (target, convert) if target else None
+
+
+def translate_override(key: str, value: Any, schema: type) -> tuple[str, Any]:
+    """A command-line override under a TRL / OpenRLHF name -> the gpmctl key and value (logged); others as given."""
+    known = set(_all_keys(schema))
+    if key in known:
+        return key, value
+    found = _foreign_target(key.rpartition(".")[2], known)
+    if found is None:
+        return key, value
+    target, convert = found
+    translated = convert(value) if convert else value
+    from gpmctl.utils import log
+
+    log(f"override {key}={value} is the TRL/OpenRLHF name of {target}: {target}={translated}")
+    return target, translated
 
 
 def _unknown_key(key: str, known: list[str]) -> str:
-    section, _, name = key.rpartition(".")
-    alias = f"{section}.{ALIASES[name]}" if section and name in ALIASES else ALIASES.get(name)
-    close = [alias] if alias in known else difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(k.rsplit('.', 1)[-1] for k in known)})"
+    found = _foreign_target(key.rpartition(".")[2], set(known))
+    if found:
+        target, convert = found
+        hint = f" (the TRL/OpenRLHF name of {target}: write {target}: {convert(True) if convert else '...'})"
+    else:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+        section = key.rpartition(".")[0]
+        here = [k.rsplit(".", 1)[-1] for k in known if k.rpartition(".")[0] == section] or [k.rsplit(".", 1)[-1] for k in known]
+        hint = f" (did you mean {close[0]}?)" if close else f" (known here: {', '.join(here)})"
     return f"unknown key {key}{hint}"
 
 
