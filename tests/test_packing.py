@@ -15,6 +15,7 @@ from gpmctl.data.tokenize import EncodedPair, EncodedSequence, collate_pairs, re
 from gpmctl.models.build import build_model
 from gpmctl.models.heads import HeadConfig
 from gpmctl.models.model import PreferenceModel
+from gpmctl.models.packing import PackedRow
 from gpmctl.models.sources import load_tokenizer
 from gpmctl.train.reward import pair_loss
 
@@ -209,14 +210,14 @@ def test_packed_sequences_keep_each_layers_sliding_window_scaling_and_eval_dropo
         packed = model(
             torch.cat(seqs)[None],
             prompt_end=torch.tensor(bounds[:-1]) + torch.tensor(prompt_ends),
-            cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
+            row=PackedRow.of_lengths(SEQUENCE_LENGTHS),
         )
     torch.testing.assert_close(packed.value, ref_value, atol=ATOL, rtol=0)
     torch.testing.assert_close(packed.gate, ref_gate, atol=ATOL, rtol=0)
 
 
 def test_a_batch_without_attention_mask_keeps_the_sliding_window_once_packing_is_enabled():
-    """Such a batch (no padding, no cu_seqlens) gets exactly transformers' sdpa mask, window included."""
+    """Such a batch (no padding, no packed row) gets exactly transformers' sdpa mask, window included."""
     model = family_model("mistral_window_4")
     ids = torch.randint(3, 64, (2, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -156,8 +156,9 @@ def build(cls: type, values: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _precision(flag: str):
-    return lambda on: flag if on is True or str(on).lower() == "true" else "fp32"
+def _flag(on: str, off: str):
+    """A foreign boolean flag -> the value of the gpmctl key it sets (`bf16: true` -> `train.precision: bf16`)."""
+    return lambda value: on if value is True or str(value).lower() == "true" else off
 
 
 FOREIGN_NAMES: dict[str, tuple[tuple[str, ...], Any]] = {
@@ -168,8 +169,8 @@ FOREIGN_NAMES: dict[str, tuple[tuple[str, ...], Any]] = {
     "num_train_epochs": (("train.epochs",), None),
     "max_steps": (("train.max_steps",), None),
     "max_length": (("data.max_length", "train.max_length"), None),
-    "bf16": (("train.precision",), _precision("bf16")),
-    "fp16": (("train.precision",), _precision("fp16")),
+    "bf16": (("train.precision",), _flag("bf16", "fp32")),
+    "fp16": (("train.precision",), _flag("fp16", "fp32")),
     "gradient_checkpointing": (("model.gradient_checkpointing", "policy.gradient_checkpointing"), None),
     "warmup_ratio": (("train.warmup_ratio",), None),
     "weight_decay": (("train.weight_decay",), None),
@@ -200,7 +201,7 @@ FOREIGN_NAMES: dict[str, tuple[tuple[str, ...], Any]] = {
     "value_head_dim": (("model.dim",), None),
     "general_preference_tau": (("model.tau",), None),
     "add_prompt_head": (("model.gate",), None),
-    "is_general_preference": (("model.kind",), lambda on: "gpm" if on is True or str(on).lower() == "true" else "bt"),
+    "is_general_preference": (("model.kind",), _flag("gpm", "bt")),
     "warmup": (("train.warmup_ratio",), None),
 }
 """Names users bring from TRL / transformers, OpenRLHF and the authors' scripts -> (the gpmctl keys they mean,

@@ -151,15 +151,16 @@ def pack_groups(groups: list[list[EncodedSequence]], share_prompt: bool = True, 
     t = 0
     for group in groups:
         prefix = shared_prefix_length(group) if share_prompt else 0
-        prefix_start = t
+        prefix_start, prefix_block = t, None
         if prefix:
             pieces.append(group[0].ids[:prefix])
-            blocks.append((t, prefix, 0, 0))
+            prefix_block = len(blocks)
+            blocks.append((prefix, None))
             t += prefix
         for s in group:
             own = len(s.ids) - prefix
             pieces.append(s.ids[prefix:])
-            blocks.append((t, own, prefix_start, prefix))
+            blocks.append((own, prefix_block))
             first.append(prefix_start)
             last.append(t + own - 1)
             prompt_end.append(prefix_start + s.prompt_end if s.prompt_end < prefix else t + s.prompt_end - prefix)
@@ -174,11 +175,6 @@ def pack_groups(groups: list[list[EncodedSequence]], share_prompt: bool = True, 
         row, prompt_end = row.select(order), prompt_end[order]
     ids = torch.from_numpy(np.concatenate(pieces).astype(np.int64)).unsqueeze(0)
     return {"input_ids": ids, "row": row, "prompt_end": prompt_end}
-
-
-def pack_sequences(seqs: list[EncodedSequence]) -> dict:
-    """Concatenate without padding (`pack_groups` of one sequence each): input_ids [1, T], row, prompt_end [n]."""
-    return pack_groups([[s] for s in seqs], share_prompt=False)
 
 
 def collate_pairs(

@@ -9,9 +9,9 @@
     forward(...) = apply_head(encode(...)); forward(hidden=Hidden) skips the backbone
 
 Tokens reach `encode` padded ([batch, L], left or right: positions come from the attention mask, as in the
-reference) or packed into one row (input_ids [1, T] with its PackedRow, after `enable_packing`: gpmctl/models/packing.py),
-where sequences that start with the same prompt can share its computation. Cached backbone features (gpmctl/train/features.py) are a third way to get the
-first stage's output. Scores of pairs and K x K matrices come from the head (gpmctl/models/heads.py).
+reference) or packed into one row (input_ids [1, T] with its PackedRow, after `enable_packing`:
+gpmctl/models/packing.py), where sequences that start with the same prompt compute it once. Cached backbone
+features (gpmctl/train/features.py) are a third way to get the first stage's output. Scores of pairs and K x K matrices come from the head (gpmctl/models/heads.py).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class PreferenceModel(nn.Module):
         return self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
 
     def enable_packing(self) -> bool:
-        """Let `encode` take packed batches (`cu_seqlens`); False where the backbone cannot (gpmctl.models.packing)."""
+        """Let `encode` take packed rows (`row`); False where the backbone cannot (gpmctl.models.packing)."""
         return packing.enable_packing(self.backbone)
 
     def encode(
@@ -79,17 +79,14 @@ class PreferenceModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         prompt_end: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
         row: packing.PackedRow | None = None,
     ) -> Hidden:
         """Stage one: the hidden states the head reads.
 
         Padded: input_ids, attention_mask [batch, L]. Packed (after `enable_packing`): input_ids [1, T] with its
-        `row` (gpmctl.models.packing.PackedRow: sequences one after another, or groups sharing a prompt), or
-        with cu_seqlens [batch + 1] (sequence i is tokens cu_seqlens[i]:cu_seqlens[i+1]); no attention_mask.
+        `row` (gpmctl.models.packing.PackedRow: sequences one after another, or groups sharing a prompt), no
+        attention_mask.
         prompt_end [batch]: index of each prompt's last token, in the same (padded or packed) coordinates."""
-        if cu_seqlens is not None:
-            row = packing.PackedRow.of_lengths(cu_seqlens.diff().tolist()).to(input_ids.device)
         if row is not None:
             if not packing.is_packed(self.backbone):
                 raise ValueError("a packed batch needs model.enable_packing() first")
@@ -126,13 +123,12 @@ class PreferenceModel(nn.Module):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         prompt_end: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-        hidden: Hidden | None = None,
         row: packing.PackedRow | None = None,
+        hidden: Hidden | None = None,
     ) -> PreferenceOutput:
         """`apply_head(encode(tokens))`, or `apply_head(hidden)` for hidden states computed before (cached features)."""
         if hidden is None:
-            hidden = self.encode(input_ids, attention_mask, prompt_end, cu_seqlens, row)
+            hidden = self.encode(input_ids, attention_mask, prompt_end, row)
         return self.apply_head(hidden)
 
     def gradient_checkpointing_enable(self) -> None:

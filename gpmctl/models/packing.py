@@ -71,12 +71,11 @@ PACKED_ATTENTION = "gpmctl_packed_sdpa"
 class PackedRow:
     """Where the sequences of one packed row sit.
 
-    blocks[b] = (start, length, prefix_start, prefix_length): tokens start:start+length, continuing the
-    prefix_length tokens at prefix_start (prefix_length 0: the block starts a sequence), in row order and
-    covering the row; a prefix is a block of its own.
+    blocks[b] = (length, prefix): the row's next `length` tokens (the blocks, in row order, cover the row),
+    continuing block `prefix` (a shared prompt, a block of its own) or starting a sequence (prefix None).
     position_ids [1, T]; first, last [n]: the row index of each sequence's first and last token."""
 
-    blocks: list[tuple[int, int, int, int]]
+    blocks: list[tuple[int, int | None]]
     position_ids: torch.Tensor
     first: torch.Tensor
     last: torch.Tensor
@@ -84,15 +83,15 @@ class PackedRow:
     @classmethod
     def of_lengths(cls, lengths: list[int]) -> "PackedRow":
         """Sequences of these lengths one after another, positions restarting at 0 in each."""
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        return cls.of_blocks([(int(s), int(n), 0, 0) for s, n in zip(starts, lengths)], starts, starts + np.asarray(lengths) - 1)
+        ends = np.cumsum(lengths)
+        return cls.of_blocks([(int(n), None) for n in lengths], ends - np.asarray(lengths), ends - 1)
 
     @classmethod
-    def of_blocks(cls, blocks: list[tuple[int, int, int, int]], first, last) -> "PackedRow":
+    def of_blocks(cls, blocks: list[tuple[int, int | None]], first, last) -> "PackedRow":
         """`blocks` as in the class doc; first, last: each sequence's first and last token in the row."""
-        start, length, _, prefix = np.asarray(blocks, dtype=np.int64).reshape(-1, 4).T
-        total = int(length.sum())
-        positions = np.arange(total) - np.repeat(start - prefix, length)  # prefix + offset within the block
+        length = np.array([n for n, _ in blocks], dtype=np.int64)
+        start = np.cumsum(length) - length
+        positions = np.arange(length.sum()) - np.repeat(start - offsets(blocks), length)  # continuing the prefix
         return cls(
             blocks,
             torch.from_numpy(positions).unsqueeze(0),
@@ -100,18 +99,17 @@ class PackedRow:
             torch.as_tensor(np.asarray(last, dtype=np.int64)),
         )
 
-    @property
-    def prefix_block(self) -> list[int | None]:
-        """For each block, the index of the block it continues (None: it starts a sequence)."""
-        index = {start: b for b, (start, _, _, _) in enumerate(self.blocks)}
-        return [index[prefix_start] if prefix else None for _, _, prefix_start, prefix in self.blocks]
-
     def select(self, order: torch.Tensor) -> "PackedRow":
         """The same row with its sequences read in `order` (indices into the current order)."""
         return PackedRow(self.blocks, self.position_ids, self.first[order], self.last[order])
 
     def to(self, device) -> "PackedRow":
         return PackedRow(self.blocks, self.position_ids.to(device), self.first.to(device), self.last.to(device))
+
+
+def offsets(blocks: list[tuple[int, int | None]]) -> np.ndarray:
+    """Each block's first position: the length of the prefix it continues (0: it starts a sequence)."""
+    return np.array([0 if prefix is None else blocks[prefix][0] for _, prefix in blocks], dtype=np.int64)
 
 
 class PackedRowMask:
@@ -141,7 +139,8 @@ class PackedRowMask:
         from transformers.masking_utils import sdpa_mask
 
         if self._blocks is None:
-            longest = max(prefix + length for _, length, _, prefix in row.blocks)
+            lengths, starts = [n for n, _ in row.blocks], offsets(row.blocks).tolist()
+            longest = max(p + n for p, n in zip(starts, lengths))
             full = sdpa_mask(
                 **{
                     **self.mask_kwargs,
@@ -158,8 +157,7 @@ class PackedRowMask:
             differs = (full[0, 0] != causal).any(dim=1).nonzero()
             causal_up_to = int(differs[0]) if len(differs) else longest  # rows before the first one a window cuts
             self._blocks = [
-                None if prefix == 0 and length <= causal_up_to else full[:, :, prefix : prefix + length, : prefix + length]
-                for _, length, _, prefix in row.blocks
+                None if p == 0 and n <= causal_up_to else full[:, :, p : p + n, : p + n] for p, n in zip(starts, lengths)
             ]  # None: sdpa's causal kernel
         return self._blocks
 
@@ -188,10 +186,9 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     # One split per tensor, not a slice per block: a slice's backward writes a zero tensor of the whole row,
     # which costs blocks x T (measured 44% of a shared-prompt step's GPU time); a split's is one cat.
-    lengths = [length for _, length, _, _ in row.blocks]
-    q, k, v = (x.split(lengths, dim=2) for x in (query, key, value))
+    q, k, v = (x.split([n for n, _ in row.blocks], dim=2) for x in (query, key, value))
     parts = []
-    for b, (p, mask) in enumerate(zip(row.prefix_block, attention_mask.blocks(row))):
+    for b, ((_, p), mask) in enumerate(zip(row.blocks, attention_mask.blocks(row))):
         keys, values = (k[b], v[b]) if p is None else (torch.cat([k[p], k[b]], dim=2), torch.cat([v[p], v[b]], dim=2))
         parts.append(
             torch.nn.functional.scaled_dot_product_attention(

@@ -113,7 +113,7 @@ class TokenPairs:
 # ----------------------------------------------------------------------------------------------------
 # The step and evaluation
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "prompt_end", "cu_seqlens", "row", "hidden")
+MODEL_INPUTS = ("input_ids", "attention_mask", "prompt_end", "row", "hidden")
 
 
 def pair_loss(model, batch: dict, tau: float, use_margin: bool) -> tuple[torch.Tensor, torch.Tensor]:
