@@ -276,7 +276,7 @@ def attention_pairs(recipe, first_step: int, end_step: int, packed: bool) -> int
     from gpmctl.train.reward import load_pairs
 
     m, d, t = recipe.model, recipe.data, recipe.train
-    encoder = SequenceEncoder(load_tokenizer(m.backbone), d.max_length, m.eos, m.gate_prompt, d.truncation)
+    encoder = SequenceEncoder(load_tokenizer(m.backbone), d.max_length, m.resolved_eos(), m.gate_prompt, d.truncation)
     pairs, _ = load_pairs(recipe, encoder)
     shared = packed and t.share_prompt is not False
     total = 0

@@ -92,7 +92,7 @@ def run_grid(recipe_path: str, seeds: list[int], out: Path, overrides: list[str]
     base = load_recipe(recipe_path, overrides)
     tokenizer = load_tokenizer(base.model.tokenizer or base.model.backbone)
     m = base.model  # token rules shared by every head: one tokenisation per seed (the split depends on it)
-    encoder = SequenceEncoder(tokenizer, base.data.max_length, m.eos, m.gate_prompt, base.data.truncation)
+    encoder = SequenceEncoder(tokenizer, base.data.max_length, m.resolved_eos(), m.gate_prompt, base.data.truncation)
     tables, seqs = rmbench_sequences(base, tokenizer, m)
     with open(out, "a", encoding="utf-8") as f:
         for seed in seeds:

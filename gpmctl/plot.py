@@ -85,12 +85,11 @@ def embedding_planes(model, tokenizer, records: list, out: Path, label_key: str 
     """Scatter every 2-D block (v[2l], v[2l+1]) of a GPM's response embeddings; a cyclic set shows its rotation."""
     import torch
 
-    from gpmctl.data.tokenize import SequenceEncoder
-    from gpmctl.models.embed import embed_sequences
+    from gpmctl.models.embed import embed_sequences, model_encoder
 
     plt = pyplot()
     seen, texts, labels, seqs = set(), [], [], []
-    encoder = SequenceEncoder(tokenizer, 512, model.head.eos, model.head.gate_prompt)
+    encoder = model_encoder(model, tokenizer, 512)
     for r in records:
         for side, response in (("chosen", r.chosen), ("rejected", r.rejected)):
             key = json.dumps(r.prompt[-1:] + response)

@@ -35,7 +35,8 @@ def models(tmp_path_factory) -> dict[str, str]:
     tiny = TinyBackbone(hidden_size=32, num_layers=1, intermediate_size=64, initializer_range=0.3)
     out = {}
     for kind, cfg in (
-        ("bt", ModelConfig(kind="bt", tau=1.0, tiny=tiny)),
+        # The paper's token rule: an untrained model then scores these pairs with both signs, which the tests need.
+        ("bt", ModelConfig(kind="bt", tau=1.0, tiny=tiny, eos="overwrite")),
         ("gpm", ModelConfig(kind="gpm", dim=4, tau=0.1, tiny=tiny)),
     ):
         out[kind] = str(tmp_path_factory.mktemp(kind))

@@ -109,7 +109,7 @@ def test_second_run_reads_the_cache_and_gives_the_identical_head(tmp_path, featu
     # Another head and seed: the seed moves neither the tiny backbone (model.tiny is seeded by train.seed, so
     # keep it) nor the set of sequences; only the head differs, and the features come from the file.
     second = train_reward_model(frozen_recipe(tmp_path, "b", "model.gate=true"))
-    other_head = train_reward_model(frozen_recipe(tmp_path, "c", "model.kind=bt"))
+    other_head = train_reward_model(frozen_recipe(tmp_path, "c", "model.kind=bt", "model.eos=overwrite"))  # the same tokens
     assert first.timing["features_cached"] is False and first.timing["features_s"] > 0
     assert second.timing["features_cached"] is True and other_head.timing["features_cached"] is True
     assert len(list(feature_cache.glob("*.safetensors"))) == 1

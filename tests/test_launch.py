@@ -263,7 +263,7 @@ def test_zero3_gathers_the_full_model_which_loads_and_scores_as_in_training(zero
     recipe = load_recipe(zero3 / "recipe.yaml")
     model, tokenizer = load_model(zero3, dtype="float32"), load_tokenizer(str(zero3))
     encoder = SequenceEncoder(
-        tokenizer, recipe.data.max_length, recipe.model.eos, recipe.model.gate_prompt, recipe.data.truncation
+        tokenizer, recipe.data.max_length, recipe.model.resolved_eos(), recipe.model.gate_prompt, recipe.data.truncation
     )
     _, held = load_pairs(recipe, encoder)
     with torch.no_grad():

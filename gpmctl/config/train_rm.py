@@ -37,8 +37,12 @@ class ModelConfig:
     """Temperature: P = sigmoid(s / tau). Default 0.1 for GPM, 1.0 for BT (the paper's settings)."""
     pool: Literal["last", "first"] = "last"
     """Token whose hidden state gives the embedding: the last real token (decoders) or the first (CLS)."""
-    eos: Literal["overwrite", "append", "none"] = "overwrite"
-    """`overwrite`: the last token becomes EOS (the reference code); `append`: add EOS if missing."""
+    eos: Literal["auto", "overwrite", "append", "none", "template", "openrlhf"] = "auto"
+    """Which token is read and how EOS gets there (gpmctl.data.tokenize.EOS_RULES). `overwrite`: the last token
+    becomes EOS (the paper's code); `template`: the chat template's tokens as they are, read at the last non-pad
+    token, as TRL and transformers' sequence classifiers do (so a BT export scores the same in plain
+    transformers); `append`, `none`, `openrlhf` (OpenRLHF's reward models). `auto`: overwrite for GPM, template
+    for BT."""
     gate_prompt: Literal["first_turn", "full_prompt"] = "first_turn"
     """Where the gate reads the prompt: end of the first user turn (reference) or of the whole prompt."""
     init_std: float | None = None
@@ -70,6 +74,9 @@ class ModelConfig:
 
     def resolved_tau(self) -> float:
         return self.tau if self.tau is not None else (0.1 if self.kind == "gpm" else 1.0)
+
+    def resolved_eos(self) -> str:
+        return self.eos if self.eos != "auto" else ("overwrite" if self.kind == "gpm" else "template")
 
 
 @dataclass

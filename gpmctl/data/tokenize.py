@@ -34,17 +34,44 @@ class EncodedPair:
     meta: dict | None = None
 
 
+EOS_RULES = ("overwrite", "append", "none", "template", "openrlhf")
+"""How a (prompt, response) becomes the token ids whose last one is read (`HeadConfig.eos`, recipe key model.eos):
+
+    overwrite  the paper's code: the rendered conversation tokenised (tokenizer's default special tokens),
+               cut to max_length, then its last token set to EOS
+    append     as overwrite, but EOS added after the last token unless it already is EOS
+    none       as overwrite, tokens unchanged
+    template   the field's sequence classifiers (TRL's RewardTrainer, transformers' *ForSequenceClassification,
+               RewardBench): the chat template's own tokens (apply_chat_template(tokenize=True), no special
+               token added), unchanged, read at the last token that is not padding: trailing pad-id tokens
+               are dropped, which leaves a causal model's reward at that token exactly as transformers reads it
+    openrlhf   OpenRLHF's reward models: the rendered text with trailing newlines stripped, " " + EOS appended
+               unless it ends with EOS, tokenised without added special tokens, cut, last token set to EOS
+"""
+
+
 class SequenceEncoder:
     """Turns (prompt messages, response messages) into token ids following the model's head settings."""
 
     def __init__(
-        self, tokenizer, max_length: int, eos: str = "overwrite", gate_prompt: str = "first_turn", truncation: str = "right"
+        self,
+        tokenizer,
+        max_length: int,
+        eos: str = "overwrite",
+        gate_prompt: str = "first_turn",
+        truncation: str = "right",
+        pad_id: int | None = None,
     ):
-        if tokenizer.eos_token_id is None and eos != "none":
+        """`pad_id`: the token the `template` rule drops from the end (the model config's pad_token_id, which
+        transformers' classifiers skip); default the tokenizer's pad token."""
+        if eos not in EOS_RULES:
+            raise DataError("model", f"eos: expected one of {', '.join(EOS_RULES)}, got {eos!r}", field="eos")
+        if tokenizer.eos_token_id is None and eos not in ("none", "template"):
             raise DataError("tokenizer", "has no EOS token; set model.eos: none")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.eos, self.gate_prompt, self.truncation = eos, gate_prompt, truncation
+        self.pad_id = tokenizer.pad_token_id if pad_id is None else pad_id
         self.truncated = 0  # how many sequences were cut (reported by the caller)
 
     def render(self, messages: list[dict]) -> str:
@@ -63,7 +90,23 @@ class SequenceEncoder:
         return " ".join(m["content"] for m in messages)
 
     def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        return self.tokenizer(text, add_special_tokens=self.eos != "openrlhf")["input_ids"]
+
+    def conversation_ids(self, messages: list[dict]) -> list[int]:
+        """The token ids of a whole conversation under the EOS rule, before truncation."""
+        tok = self.tokenizer
+        if self.eos == "template" and tok.chat_template:
+            return template_ids(tok, messages)
+        if self.eos == "openrlhf":
+            text = self.render(messages).rstrip("\n")
+            return self._ids(text if text.endswith(tok.eos_token) else f"{text} {tok.eos_token}")
+        return self._ids(self.render(messages))
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The token ids of the messages before a response (their count is where the prompt ends)."""
+        if self.eos == "template" and self.tokenizer.chat_template:
+            return template_ids(self.tokenizer, messages)
+        return self._ids(self.render_prompt(messages))
 
     def encode(self, prompt: list[dict], response: list[dict], where: str = "") -> EncodedSequence:
         """One sequence, truncated to max_length, and `prompt_end`, where the gate reads the prompt.
@@ -77,10 +120,10 @@ class SequenceEncoder:
         that token and the response is cut at its end instead. Where it cuts the gate's own position
         (a multi-turn prompt losing its first turn), the gate reads the first kept token.
         """
-        ids = self._ids(self.render(prompt + response))
+        ids = self.conversation_ids(prompt + response)
         gate_messages = prompt[:1] if self.gate_prompt == "first_turn" else prompt
-        gate_len = min(len(self._ids(self.render_prompt(gate_messages))), len(ids))
-        prompt_len = gate_len if len(gate_messages) == len(prompt) else min(len(self._ids(self.render_prompt(prompt))), len(ids))
+        gate_len = min(len(self.prompt_ids(gate_messages)), len(ids))
+        prompt_len = gate_len if len(gate_messages) == len(prompt) else min(len(self.prompt_ids(prompt)), len(ids))
         limit = self.max_length - (1 if self.eos == "append" else 0)
         start = 0  # first kept token
         if len(ids) > limit:
@@ -92,10 +135,13 @@ class SequenceEncoder:
             if self.truncation == "left":
                 start = min(len(ids) - limit, max(prompt_len - 1, 0))
             ids = ids[start : start + limit]
-        if self.eos == "overwrite":
+        if self.eos in ("overwrite", "openrlhf"):
             ids[-1] = self.tokenizer.eos_token_id
         elif self.eos == "append" and ids[-1] != self.tokenizer.eos_token_id:
             ids.append(self.tokenizer.eos_token_id)
+        elif self.eos == "template":
+            while len(ids) > 1 and ids[-1] == self.pad_id:
+                ids.pop()
         prompt_end = min(max(gate_len - 1 - start, 0), len(ids) - 1)
         return EncodedSequence(np.asarray(ids, dtype=np.int32), prompt_end)
 
@@ -108,6 +154,12 @@ class SequenceEncoder:
             label=float(record.label) if (use_label and record.label is not None) else 1.0,
             meta=record.meta or None,
         )
+
+
+def template_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """apply_chat_template(tokenize=True) as a list of ids (transformers 5 returns a dict, 4.x a list)."""
+    out = tokenizer.apply_chat_template(messages, tokenize=True)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
 def pad_sequences(seqs: list[EncodedSequence], pad_id: int, side: str = "left") -> dict[str, torch.Tensor]:

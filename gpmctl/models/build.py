@@ -83,6 +83,9 @@ def build_model(
         backbone = tiny_backbone(tokenizer, model_cfg.tiny, seed, model_cfg.attn_implementation).to(dtype)
     else:
         backbone = load_backbone(model_cfg.backbone, dtype, model_cfg.attn_implementation, model_cfg.trust_remote_code)
+    # Saved with the model: the pad token the `template` EOS rule drops from a sequence's end (the encoder's, the
+    # tokenizer's), which is what transformers' sequence classifiers skip when the model is exported as one.
+    backbone.config.pad_token_id = tokenizer.pad_token_id
     if model_cfg.lora_rank > 0:
         backbone = with_lora(backbone, model_cfg)
     if model_cfg.freeze_backbone or model_cfg.train_last_layers:

@@ -121,16 +121,24 @@ def load_scorer(
     """Load a model folder with its tokenizer and an encoder built from the model's head settings (its EOS and
     gate-position rules; right truncation at `max_length` tokens). `share_prompt`: auto (on where the
     backbone packs: causal decoders with sdpa attention), true (an error where it cannot) or false."""
-    from gpmctl.models.io import load_model
+    from gpmctl.models.io import load_model, model_folder
     from gpmctl.models.sources import load_tokenizer
     from gpmctl.utils import quiet_libraries, resolve_device
 
     quiet_libraries()
     device = resolve_device(device)
-    net = load_model(model, dtype=dtype, device=device)
-    tokenizer = load_tokenizer(model)
-    encoder = SequenceEncoder(tokenizer, max_length, net.head.eos, net.head.gate_prompt, "right")
+    folder = model_folder(model)  # a hub id is fetched once, here
+    net = load_model(folder, dtype=dtype, device=device)
+    tokenizer = load_tokenizer(str(folder))
+    encoder = model_encoder(net, tokenizer, max_length)
     return Scorer(net, encoder, batch_size, device, resolve_share_prompt(net, share_prompt, model))
+
+
+def model_encoder(model, tokenizer, max_length: int, truncation: str = "right") -> SequenceEncoder:
+    """The encoder a loaded model reads with: its head's EOS and gate rules, and the pad token its config names
+    (the one transformers' sequence classifiers skip when they look for the last token)."""
+    pad = getattr(model.base_model.config, "pad_token_id", None)
+    return SequenceEncoder(tokenizer, max_length, model.head.eos, model.head.gate_prompt, truncation, pad_id=pad)
 
 
 def resolve_share_prompt(model, setting: bool | str, where: str) -> bool:

@@ -39,6 +39,11 @@ class HeadConfig:
     pool: str = "last"  # "last" real token | "first" token
     eos: str = "overwrite"  # how the tokenizer side puts EOS at the read position (see data.tokenize)
     gate_prompt: str = "first_turn"
+    reward_mean: float | None = None
+    """BT: mean and std of the rewards on the training run's eval set (OpenRLHF's mean/std)."""
+    reward_std: float | None = None
+    normalize: bool = False
+    """BT: report (r - reward_mean) / reward_std (OpenRLHF's normalize_reward, `gpmctl score --normalize`)."""
 
     @classmethod
     def from_model_config(cls, m) -> "HeadConfig":
@@ -51,7 +56,7 @@ class HeadConfig:
             l2=m.l2,
             tau=m.resolved_tau(),
             pool=m.pool,
-            eos=m.eos,
+            eos=m.resolved_eos(),
             gate_prompt=m.gate_prompt,
         )
 
@@ -128,7 +133,10 @@ class BTHead(PreferenceHead):
         return 1
 
     def outputs(self, value_logits: torch.Tensor, gate_logits: torch.Tensor | None, hidden_size: int) -> PreferenceOutput:
-        return PreferenceOutput(value_logits.squeeze(-1), None)
+        reward = value_logits.squeeze(-1)
+        if self.normalize:
+            reward = (reward - self.reward_mean) / self.reward_std
+        return PreferenceOutput(reward, None)
 
     def pair_score(self, a: PreferenceOutput, b: PreferenceOutput) -> torch.Tensor:
         return P.bt_score(a.value, b.value)
@@ -151,4 +159,6 @@ def make_head(config: HeadConfig) -> PreferenceHead:
         raise ModelError(f"unknown model kind {config.kind!r} (expected gpm or bt)")
     if config.kind == "gpm" and (config.dim < 2 or config.dim % 2):
         raise ModelError(f"a GPM needs an even embedding dimension >= 2, got {config.dim}")
+    if config.normalize and (config.kind != "bt" or config.reward_mean is None or not config.reward_std):
+        raise ModelError("normalize: needs a BT model with reward_mean and a non-zero reward_std")
     return HEADS[config.kind](**dataclasses.asdict(config))

@@ -8,12 +8,21 @@ A saved model folder holds
     preference_head.json      kind, dimension, gate, L2, tau, token rules: nothing is guessed from shapes
     tokenizer files
 so `transformers.AutoModel.from_pretrained(folder)` loads the backbone on its own as well.
+
+Reward models saved by other tools load too, as BT models read the way those tools read them (`foreign_head`):
+    transformers / TRL   *ForSequenceClassification with num_labels 1 (backbone + a bias-free `score` linear on
+                         the last token): the chat template's tokens as they are, read at the last non-pad token
+    OpenRLHF             AutoModel + `value_head` (or config.value_head_prefix) linear, `normalize_reward`, `mean`,
+                         `std` in config.json: OpenRLHF's text rule, rewards normalised when it says so
+    the paper's release  `value_head.weight` (+ `prompt_head.weight`), no settings file (`_released_head`)
+A hub id is fetched into the hub cache first (weights as safetensors only).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -23,7 +32,16 @@ from gpmctl.errors import ModelError
 from gpmctl.models.build import load_backbone, plain_backbone, resolve_dtype
 from gpmctl.models.heads import HEAD_FILE, HEAD_FORMAT, HeadConfig
 from gpmctl.models.model import PreferenceModel
-from gpmctl.models.sources import PICKLE_SUFFIXES, first_line, quiet_call, refuse_pickles
+from gpmctl.models.sources import (
+    GGUF,
+    PACKAGE,
+    PICKLE_SUFFIXES,
+    first_line,
+    offline_hint,
+    quiet_call,
+    refuse_pickles,
+    resolve_source,
+)
 
 
 def model_state_dict(model: PreferenceModel) -> dict[str, torch.Tensor]:
@@ -75,6 +93,7 @@ def save_model(
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text)
     (tmp / HEAD_FILE).write_text(json.dumps(model.head.to_json(), indent=2) + "\n")
+    portable_files(tmp)
     normal_permissions(tmp)
     # A previous model in the folder must not be mixed with this one: drop its weights first.
     (out_dir / HEAD_FILE).unlink(missing_ok=True)
@@ -84,6 +103,47 @@ def save_model(
         os.replace(path, out_dir / path.name)
     tmp.rmdir()
     return out_dir
+
+
+LEGACY_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+"""The class transformers 4.x builds from a tokenizer.json; transformers 5 writes `TokenizersBackend`, unknown to 4.x."""
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def portable_files(folder: Path) -> None:
+    """Let transformers 4.4x-4.5x (RewardBench pins 4.51, and older pipelines) read a folder transformers 5
+    wrote, with the same numbers: config.json gains the 4.x names of the rotary settings (`rope_theta`,
+    `rope_scaling`: without them 4.x silently uses its default base) and of the dtype; tokenizer_config.json
+    names a 4.x class, lists its extra special tokens under the 4.x key, and carries the chat template
+    and model_input_names; special_tokens_map.json is written. transformers 5 reads both spellings."""
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        config = read_json(config_file)
+        rope = config.get("rope_parameters")
+        if isinstance(rope, dict) and "rope_theta" in rope:
+            config.setdefault("rope_theta", rope["rope_theta"])
+            if rope.get("rope_type", "default") != "default":
+                config.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
+        if "dtype" in config:
+            config.setdefault("torch_dtype", config["dtype"])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer_file = folder / "tokenizer_config.json"
+    if not tokenizer_file.is_file():
+        return
+    settings = read_json(tokenizer_file)
+    if settings.get("tokenizer_class") in (None, "TokenizersBackend") and (folder / "tokenizer.json").is_file():
+        settings["tokenizer_class"] = LEGACY_TOKENIZER_CLASS
+    if isinstance(settings.get("extra_special_tokens"), list):
+        settings["additional_special_tokens"] = settings.pop("extra_special_tokens")
+    template = folder / "chat_template.jinja"
+    if template.is_file():
+        settings.setdefault("chat_template", template.read_text())
+    settings.setdefault("model_input_names", ["input_ids", "attention_mask"])
+    tokenizer_file.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    special = {key: settings[key] for key in SPECIAL_TOKEN_KEYS if isinstance(settings.get(key), str)}
+    if settings.get("additional_special_tokens"):
+        special["additional_special_tokens"] = settings["additional_special_tokens"]
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
 
 def normal_permissions(root: Path) -> None:
@@ -115,7 +175,18 @@ def read_json(file: Path):
         raise ModelError(f"{file}: not JSON ({e})") from e
 
 
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+"""What a model needs from a hub repository: configs, safetensors weights, tokenizer files (never pickles)."""
+
+
 def model_folder(path: str | Path) -> Path:
+    """A model folder on disk: a local path, a package:NAME source, or a hub id fetched into the hub cache."""
+    if isinstance(path, str) and not Path(path).exists():
+        if path.startswith((PACKAGE, GGUF)):
+            path = resolve_source(path)
+        elif HUB_ID.fullmatch(path):
+            return hub_folder(path)
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such model folder")
@@ -124,23 +195,34 @@ def model_folder(path: str | Path) -> Path:
     return path
 
 
+def hub_folder(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(quiet_call(snapshot_download, repo_id, allow_patterns=HUB_FILES))
+    except Exception as e:  # offline, unknown repository, gated, network: one line
+        raise ModelError(
+            f"{repo_id}: not a local folder, and the hub copy cannot be read: {first_line(e)}{offline_hint(repo_id)}"
+        ) from e
+
+
 def read_head_config(path: str | Path) -> HeadConfig:
-    """The head settings of a model folder: preference_head.json, or, for a checkpoint in the layout of
-    the paper's released models (no settings file), inferred from the head tensors as the authors'
-    inference code does: dim = rows of value_head.weight, gate iff prompt_head.weight, L2 on, tau 0.1."""
+    """The head settings of a model folder: preference_head.json, or, for a folder written by another tool, what
+    `foreign_head` infers from its config.json and tensors."""
     path = model_folder(path)
-    return _head_config(path, weight_shapes(path))
+    return _head_config(path, weight_shapes(path))[0]
 
 
-def check_model_folder(path: str | Path) -> tuple[HeadConfig, TensorIndex]:
+def check_model_folder(path: str | Path) -> tuple[HeadConfig, TensorIndex, dict[str, str]]:
     """The head settings and tensors of a model folder, once its JSON files and safetensors headers show
     that a load cannot go wrong, before any weight is read: the safetensors hold exactly the tensors, in
     the shapes, that config.json and the head settings imply (so no backbone weight silently keeps its
-    random initialisation), and no pickle is ever opened."""
+    random initialisation), and no pickle is ever opened. The third value maps gpmctl's head tensor names
+    (value_head.weight, ...) to the folder's own (score.weight in a transformers classifier)."""
     path = model_folder(path)
     tensors = weight_shapes(path)
-    head = _head_config(path, tensors)
-    expected = expected_shapes(path, head)
+    head, names = _head_config(path, tensors)
+    expected = {names.get(name, name): shape for name, shape in expected_shapes(path, head).items()}
     present = {name: shape for name, (_, shape) in tensors.items()}
     missing = [n for n in expected if n not in present]
     unexpected = [n for n in present if n not in expected and not n.startswith(RELEASED_EXTRAS)]
@@ -154,10 +236,10 @@ def check_model_folder(path: str | Path) -> tuple[HeadConfig, TensorIndex]:
         )
     wrong = [n for n in expected if present[n] != expected[n]]
     if wrong:
-        name, source = wrong[0], HEAD_FILE if wrong[0] in HEAD_TENSORS else "config.json"
+        name, source = wrong[0], HEAD_FILE if wrong[0] in names.values() else "config.json"
         more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
         raise ModelError(f"{tensors[name][0]}: {name} has shape {present[name]}, {source} implies {expected[name]}{more}")
-    return head, tensors
+    return head, tensors, names
 
 
 def weight_shapes(path: Path) -> TensorIndex:
@@ -206,12 +288,49 @@ def _weight_map(index: Path) -> dict[str, str]:
     return weight_map
 
 
-def _head_config(path: Path, tensors: TensorIndex) -> HeadConfig:
+def _head_config(path: Path, tensors: TensorIndex) -> tuple[HeadConfig, dict[str, str]]:
+    """The head settings and where its tensors are stored: {gpmctl name: the folder's tensor name}."""
+    own = {name: name for name in HEAD_TENSORS}
     if (path / HEAD_FILE).is_file():
-        return read_head_file(path / HEAD_FILE)
-    shapes = {name: tensors[name][1] for name in HEAD_TENSORS if name in tensors}
+        return read_head_file(path / HEAD_FILE), own
+    config = read_json(path / "config.json") if (path / "config.json").is_file() else {}
+    if not isinstance(config, dict):
+        raise ModelError(f"{path / 'config.json'}: expected a JSON object")
+    return foreign_head(path, config, {name: shape for name, (_, shape) in tensors.items()})
+
+
+def foreign_head(path: Path, config: dict, shapes: dict[str, list[int]]) -> tuple[HeadConfig, dict[str, str]]:
+    """A reward model another tool saved, read as that tool reads it (module docstring)."""
+    classifiers = [a for a in config.get("architectures") or [] if str(a).endswith("ForSequenceClassification")]
+    if classifiers:
+        labels = config.get("num_labels") or len(config.get("id2label") or {}) or 2
+        if labels != 1:
+            raise ModelError(f"{path}: a {classifiers[0]} with {labels} labels; a reward model has num_labels 1")
+        if "score.weight" not in shapes or "score.bias" in shapes:
+            head = sorted(n for n in shapes if n.startswith(("classifier.", "score.", "pooler.")) or ".pooler." in n)
+            raise ModelError(
+                f"{path}: a {classifiers[0]} whose head is {', '.join(head[:3]) or 'not found'}: gpmctl reads sequence "
+                "classifiers whose head is one bias-free linear `score` on the last token (decoder reward models)"
+            )
+        return HeadConfig(kind="bt", dim=1, gate=False, l2=False, tau=1.0, eos="template"), {"value_head.weight": "score.weight"}
+    prefix = config.get("value_head_prefix") or ("score" if "score.weight" in shapes else "value_head")
+    name = f"{prefix}.weight"
+    if "normalize_reward" in config and shapes.get(name, [0])[0] == 1:  # OpenRLHF writes it into a reward model's config
+        head = HeadConfig(kind="bt", dim=1, gate=False, l2=False, tau=1.0, eos="openrlhf")
+        if config.get("normalize_reward") and "mean" in config and "std" in config:
+            head.reward_mean, head.reward_std, head.normalize = float(config["mean"]), float(config["std"]), True
+        return head, {"value_head.weight": name}
+    return _released_head(path, shapes), {name: name for name in HEAD_TENSORS}
+
+
+def _released_head(path: Path, shapes: dict[str, list[int]]) -> HeadConfig:
+    """The paper's released layout, inferred from the head tensors as the authors' inference code does:
+    dim = rows of value_head.weight, gate iff prompt_head.weight, L2 on, tau 0.1 (one row: BT)."""
     if "value_head.weight" not in shapes:
-        raise ModelError(f"{path}: not a preference model (no {HEAD_FILE} and no value_head.weight in its safetensors)")
+        raise ModelError(
+            f"{path}: not a preference model (no {HEAD_FILE}, no value_head.weight in its safetensors, and "
+            "config.json names no *ForSequenceClassification reward model)"
+        )
     rows = shapes["value_head.weight"][0]
     if rows == 1:
         return HeadConfig(kind="bt", dim=1, gate=False, l2=False, tau=1.0)
@@ -229,6 +348,7 @@ def read_head_file(file: Path) -> HeadConfig:
     import typing
 
     from gpmctl.config import ModelConfig
+    from gpmctl.data.tokenize import EOS_RULES
 
     data = read_json(file)
     if not isinstance(data, dict) or data.get("format") != HEAD_FORMAT:
@@ -236,10 +356,10 @@ def read_head_file(file: Path) -> HeadConfig:
     head = HeadConfig.from_json(data, str(file))
     hints = typing.get_type_hints(ModelConfig)
     for name in ("kind", "gate_variant", "pool", "eos", "gate_prompt"):
-        choices = typing.get_args(hints[name])
+        choices = EOS_RULES if name == "eos" else typing.get_args(hints[name])
         if getattr(head, name) not in choices:
             raise ModelError(f"{file}: {name}: expected one of {', '.join(choices)}, got {getattr(head, name)!r}")
-    for name in ("gate", "l2"):
+    for name in ("gate", "l2", "normalize"):
         if not isinstance(getattr(head, name), bool):
             raise ModelError(f"{file}: {name}: expected true or false, got {getattr(head, name)!r}")
     if not isinstance(head.dim, int) or isinstance(head.dim, bool) or (head.kind == "gpm" and (head.dim < 2 or head.dim % 2)):
@@ -247,6 +367,12 @@ def read_head_file(file: Path) -> HeadConfig:
         raise ModelError(f"{file}: dim: expected {need}, got {head.dim!r}")
     if not isinstance(head.tau, (int, float)) or isinstance(head.tau, bool) or not math.isfinite(head.tau) or head.tau <= 0:
         raise ModelError(f"{file}: tau: expected a finite number > 0, got {head.tau!r}")
+    for name in ("reward_mean", "reward_std"):
+        value = getattr(head, name)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)):
+            raise ModelError(f"{file}: {name}: expected a finite number or null, got {value!r}")
+    if head.normalize and (head.kind != "bt" or head.reward_mean is None or not head.reward_std):
+        raise ModelError(f"{file}: normalize: needs a BT model with reward_mean and a non-zero reward_std")
     return head
 
 
@@ -275,18 +401,21 @@ def expected_shapes(path: Path, head: HeadConfig) -> dict[str, list[int]]:
 def load_model(
     path: str | Path, dtype: str = "auto", device: str | torch.device = "cpu", attn_implementation: str | None = "sdpa"
 ) -> PreferenceModel:
-    """Load a folder written by `save_model`, or a checkpoint in the released GPM layout (backbone through
-    transformers, head tensors read by name), once `check_model_folder` finds nothing wrong with it."""
+    """Load a folder written by `save_model`, a reward model of another tool or a checkpoint in the released GPM
+    layout (backbone through transformers, head tensors read by name), once `check_model_folder` finds nothing
+    wrong with it. `path` may be a hub id or package:NAME."""
     from safetensors import safe_open
 
-    head, tensors = check_model_folder(path)
+    path = model_folder(path)
+    head, tensors, names = check_model_folder(path)
     torch_dtype = resolve_dtype(dtype, device)
     backbone = load_backbone(str(path), torch_dtype, attn_implementation, trust_remote_code=False)
     model = PreferenceModel(backbone, head)
     for name, layer in zip(HEAD_TENSORS, (model.value_head, model.prompt_head)):
         if layer is not None:
-            with safe_open(str(tensors[name][0]), framework="pt") as f, torch.no_grad():
-                layer.weight.copy_(f.get_tensor(name).to(layer.weight.dtype))
+            stored = names.get(name, name)
+            with safe_open(str(tensors[stored][0]), framework="pt") as f, torch.no_grad():
+                layer.weight.copy_(f.get_tensor(stored).to(layer.weight.dtype))
     return model.to(device).eval()
 
 

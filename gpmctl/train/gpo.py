@@ -472,9 +472,8 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     """The whole run (module docstring). Under several processes (launch.num_processes, or any launcher)
     sampling, judging and the reference log-probs are dealt over the processes, the optimisation is data
     parallel through the engine (gpmctl.engine), and process 0 alone writes files."""
-    from gpmctl.data.tokenize import SequenceEncoder
     from gpmctl.engine import Engine
-    from gpmctl.models.embed import Scorer, resolve_share_prompt
+    from gpmctl.models.embed import Scorer, model_encoder, resolve_share_prompt
     from gpmctl.models.io import load_model
     from gpmctl.models.sources import load_tokenizer
     from gpmctl.train.loop import StopFlag
@@ -506,9 +505,7 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
 
     # Every process holds the judge and the sampler whole (where the engine shards weights, only the optimised copy is).
     net = engine.build(lambda: load_model(judge_path, dtype=recipe.judge.dtype, device=device))
-    encoder = SequenceEncoder(
-        load_tokenizer(str(judge_path)), recipe.judge.max_length, net.head.eos, net.head.gate_prompt, "right"
-    )
+    encoder = model_encoder(net, load_tokenizer(str(judge_path)), recipe.judge.max_length)
     shared = resolve_share_prompt(net, recipe.judge.share_prompt, f"{getattr(recipe, 'source', 'recipe')}: judge")
     judge = Scorer(net, encoder, recipe.judge.batch_size, device, shared)
     tau, kind = judge.tau, judge.kind

@@ -392,7 +392,7 @@ def _train(
 
     # 1. Data.
     tokenizer = load_tokenizer(m.tokenizer or m.backbone, m.trust_remote_code)
-    encoder = SequenceEncoder(tokenizer, d.max_length, m.eos, m.gate_prompt, d.truncation)
+    encoder = SequenceEncoder(tokenizer, d.max_length, m.resolved_eos(), m.gate_prompt, d.truncation)
     train_pairs, eval_pairs = given_pairs or load_pairs(recipe, encoder)
     fingerprint = {"train": data_fingerprint(train_pairs), "eval": data_fingerprint(eval_pairs)}
     timing = {"prepare_s": round(time.perf_counter() - started, 2)}
