@@ -105,9 +105,7 @@ class _SkipReporter:
 
 
 SKIP_HELP = "Skip bad rows (each is reported on stderr and counted) instead of stopping with exit 2."
-FORMAT_HELP = (
-    "Read every row with this reader (explicit, messages, hh-rlhf, gpm-custom, ultrafeedback) instead of detecting it per row."
-)
+FORMAT_HELP = "Read every row with this reader (explicit, messages, hh-rlhf, implicit-text, gpm-custom, ultrafeedback) instead of detecting it per row."
 ULTRAFEEDBACK_HELP = "UltraFeedback rows: binarize (best vs worst completion) or cyclic (the paper's cyclic triples)."
 CRITERIA_HELP = "With --ultrafeedback cyclic: the aspect of each link, e.g. 'honesty>truthfulness>helpfulness'."
 EMPTY_HELP = "Accept empty or whitespace-only answers (e.g. HH-RLHF's few preferred empty replies); otherwise each is a bad row."
@@ -143,7 +141,7 @@ def validate(
     """Check every row of every file in one pass; print each problem as `file:line: field: problem`.
 
     Problems go to stderr, one per line, then a summary line. The row format is detected per row
-    (explicit, messages, hh-rlhf, gpm-custom, ultrafeedback) unless --format names one. Exit 0
+    (explicit, messages, hh-rlhf, implicit-text, gpm-custom, ultrafeedback) unless --format names one. Exit 0
     when every row is valid, 2 otherwise. Empty or whitespace-only texts are problems (answers too,
     unless --allow-empty-responses), and so is a file with no rows. The summary counts records (an
     UltraFeedback row may give several, or none).
