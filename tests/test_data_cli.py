@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -122,6 +123,44 @@ def test_convert_skip_invalid_counts_and_reports_the_skipped_rows(tmp_path):
     assert result.exit_code == 0
     assert f"{src}:2: invalid JSON" in result.stderr and "skipped 1 invalid rows" in result.stderr
     assert [r["prompt"] for r in canonical(tmp_path / "out.jsonl")] == ["a", "c"]
+
+
+def test_convert_to_parquet_leaves_out_columns_that_are_null_in_every_row(tmp_path):
+    """TRL's RewardTrainer reads the columns as they are: an all-null margin column would reach its collator."""
+    datasets = pytest.importorskip("datasets")
+    pq = pytest.importorskip("pyarrow.parquet")
+    src = write_rows(tmp_path / "in.jsonl", [pair("a", kind="easy"), pair("b", margin=0.5), pair("c", id=3)])
+    out = tmp_path / "pairs.parquet"
+    assert cli("convert", str(src), str(out)).exit_code == 0
+    table = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert table.column_names == ["prompt", "chosen", "rejected", "margin", "id", "kind"]  # no label, no subset
+    assert table[0]["prompt"] == [{"role": "user", "content": "a"}]
+    assert table[0]["chosen"] == [{"role": "assistant", "content": "yes"}]
+    assert (table["margin"], table["id"], table["kind"]) == ([None, 0.5, None], [None, None, "3"], ["easy", None, None])
+    assert canonical(out) == canonical(src)
+
+    for rows, name, count in (([pair("a"), pair("b")], "plain.parquet", 2), (["not json"], "empty.parquet", 0)):
+        assert cli("convert", str(write_rows(src, rows)), str(tmp_path / name), "--skip-invalid").exit_code == 0
+        table = pq.read_table(tmp_path / name)
+        assert table.column_names == ["prompt", "chosen", "rejected"] and table.num_rows == count
+
+
+def test_parquet_from_convert_goes_through_trl_reward_trainer_preprocessing(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    reward_trainer = pytest.importorskip("trl.trainer.reward_trainer")
+    from trl.data_utils import is_conversational
+
+    from gpmctl.models.sources import load_tokenizer
+
+    src = write_rows(tmp_path / "in.jsonl", [{"chosen": "The sky is blue.", "rejected": "The sky is green."}, pair("b")])
+    out = tmp_path / "pairs.parquet"
+    assert cli("convert", str(src), str(out)).exit_code == 0
+    table = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert is_conversational(table[0])
+    settings = SimpleNamespace(dataset_num_proc=None, max_length=None)
+    prepared = reward_trainer.RewardTrainer._prepare_dataset(None, table, load_tokenizer("tiny"), settings, "train")
+    batch = reward_trainer.DataCollatorForPreference(pad_token_id=0)([prepared[0], prepared[1]])
+    assert batch["input_ids"].shape[0] == 4 and "margin" not in batch
 
 
 @pytest.mark.skipif(not HH_FILE.exists(), reason="HH-RLHF sample not present")

@@ -417,7 +417,9 @@ class RecordWriter:
 
     Parquet columns: prompt/chosen/rejected as lists of {role, content}, margin, label, id, subset,
     then one column per extra (`meta`) key; the extra columns and their types come from the first
-    batch of rows, and a later row with a new extra key or a value of another type is an error.
+    batch of rows, and a later row with a new extra key or a value of another type is an error. A column
+    that is null in every row is left out (the file is rewritten without it when it closes), so TRL's
+    RewardTrainer reads the file as it is: its collator would turn an all-null margin into a crash.
 
         with RecordWriter("out.parquet") as w:
             for record in records:
@@ -433,6 +435,7 @@ class RecordWriter:
         self._file = self._raw = self._parquet = None
         self._batch: list[dict] = []
         self._schema = None
+        self._filled: set[str] = {"prompt", "chosen", "rejected"}  # parquet columns holding a value in some row
 
     def __enter__(self) -> RecordWriter:
         if self.path == "-":
@@ -488,6 +491,7 @@ class RecordWriter:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise DataError(self.path, f"an extra key changes type after the first rows ({e}): write jsonl instead") from None
         self._parquet.write_table(table)
+        self._filled.update(name for name in self._schema.names if table.column(name).null_count < len(table))
         self._batch = []
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -501,6 +505,23 @@ class RecordWriter:
             raise
         return self._output.__exit__(exc_type, exc, tb)  # replaces the target, or removes the temporary file
 
+    def _drop_empty_parquet_columns(self) -> None:
+        """Rewrite the closed temporary parquet file without the columns that are null in every row."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if all(name in self._filled for name in self._schema.names):
+            return
+        keep = [field for field in self._schema if field.name in self._filled]
+        slimmer = f"{self._tmp}.columns"
+        try:
+            with pq.ParquetFile(self._tmp) as source, pq.ParquetWriter(slimmer, pa.schema(keep)) as out:
+                for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[field.name for field in keep]):
+                    out.write_batch(batch)
+            os.replace(slimmer, self._tmp)
+        finally:
+            Path(slimmer).unlink(missing_ok=True)
+
     def _close(self, complete: bool) -> None:
         """Flush and close the temporary file; `complete=False` (a failure) only closes it."""
         if complete:
@@ -511,8 +532,10 @@ class RecordWriter:
                     import pyarrow.parquet as pq
 
                     self._batch = []
-                    self._parquet = pq.ParquetWriter(self._tmp, pa.schema(_fixed_parquet_fields()))
+                    self._schema = pa.schema(_fixed_parquet_fields())
+                    self._parquet = pq.ParquetWriter(self._tmp, self._schema)
                 self._parquet.close()
+                self._drop_empty_parquet_columns()
             else:
                 if self._file is not self._raw:
                     self._file.close()
@@ -528,7 +551,7 @@ _PARQUET_FIXED = ("prompt", "chosen", "rejected", "margin", "label", "id", "subs
 
 
 def _fixed_parquet_fields() -> list:
-    """(name, arrow type) of the columns every parquet output has, in _PARQUET_FIXED order."""
+    """(name, arrow type) of the columns every parquet output starts with, in _PARQUET_FIXED order."""
     import pyarrow as pa
 
     return [(k, _messages_type()) for k in ("prompt", "chosen", "rejected")] + [
