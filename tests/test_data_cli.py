@@ -106,6 +106,18 @@ def test_convert_renames_columns_and_writes_stdout(tmp_path):
     assert json.loads(result.stdout) == {"prompt": "q", "chosen": "a", "rejected": "b"}
 
 
+def test_validate_and_stats_take_the_key_options_of_convert(tmp_path):
+    src = write_rows(tmp_path / "raw.jsonl", [{"question": "q", "good": "a", "bad": "b"}, {"question": "q", "good": "a"}])
+    keys = ("--prompt-key", "question", "--chosen-key", "good", "--rejected-key", "bad")
+    result = cli("validate", str(src), *keys)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[0] == f"{src}:2: bad: missing" and "2 rows, 1 problem(s)" in result.stderr
+    stats = json.loads(cli("stats", str(src), *keys).stdout)
+    assert (stats["valid"], stats["invalid"], stats["formats"]) == (1, 1, {"explicit": 1})
+    result = gpmctl("data", "validate", str(src), "--prompt-key", "question", "--chosen-key", "question")
+    assert result.returncode == 2 and "one input key for two fields" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_convert_stops_on_a_bad_row_and_leaves_no_output(tmp_path):
     src = write_rows(tmp_path / "in.jsonl", [pair("a"), {"prompt": "b", "chosen": 3, "rejected": "x"}, pair("c")])
     out = tmp_path / "out.jsonl"

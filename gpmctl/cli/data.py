@@ -109,13 +109,19 @@ FORMAT_HELP = "Read every row with this reader (explicit, messages, hh-rlhf, imp
 ULTRAFEEDBACK_HELP = "UltraFeedback rows: binarize (best vs worst completion) or cyclic (the paper's cyclic triples)."
 CRITERIA_HELP = "With --ultrafeedback cyclic: the aspect of each link, e.g. 'honesty>truthfulness>helpfulness'."
 EMPTY_HELP = "Accept empty or whitespace-only answers (e.g. HH-RLHF's few preferred empty replies); otherwise each is a bad row."
+KEY_HELP = "Input key that holds the {0} (renamed to {0}; a row without it has no {0})."
 
 
 def _read_options(
-    fmt: Optional[str] = None, ultrafeedback: str = "binarize", criteria: Optional[str] = None, allow_empty: bool = False
+    fmt: Optional[str] = None,
+    ultrafeedback: str = "binarize",
+    criteria: Optional[str] = None,
+    allow_empty: bool = False,
+    keys: tuple[Optional[str], Optional[str], Optional[str]] = (None, None, None),
 ):
-    """The flags -> ReadOptions; a bad value is a one-line ConfigError (exit 2)."""
-    from gpmctl.data.formats import ReadOptions
+    """The flags -> ReadOptions; `keys` are --prompt-key, --chosen-key, --rejected-key. A bad value is a
+    one-line ConfigError (exit 2)."""
+    from gpmctl.data.formats import ReadOptions, input_keys
     from gpmctl.data.ultrafeedback import DEFAULT_CYCLE_CRITERIA
     from gpmctl.errors import ConfigError
 
@@ -125,9 +131,10 @@ def _read_options(
             ultrafeedback_mode=ultrafeedback,
             criteria=criteria or DEFAULT_CYCLE_CRITERIA,
             allow_empty_responses=allow_empty,
+            keys=input_keys(*keys),
         )
     except ValueError as e:
-        raise ConfigError(f"--format/--ultrafeedback/--criteria: {e}") from None
+        raise ConfigError(f"--format/--ultrafeedback/--criteria/--*-key: {e}") from None
 
 
 @app.command("validate")
@@ -137,6 +144,9 @@ def validate(
     ultrafeedback: str = typer.Option("binarize", help=ULTRAFEEDBACK_HELP),
     criteria: Optional[str] = typer.Option(None, help=CRITERIA_HELP),
     allow_empty_responses: bool = typer.Option(False, help=EMPTY_HELP),
+    prompt_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("prompt")),
+    chosen_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("chosen")),
+    rejected_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("rejected")),
 ) -> None:
     """Check every row of every file in one pass; print each problem as `file:line: field: problem`.
 
@@ -149,10 +159,12 @@ def validate(
     Example: gpmctl data validate data/train.jsonl data/test.jsonl.gz
 
     Example: gpmctl data validate raw.jsonl --format explicit
+
+    Example: gpmctl data validate raw.jsonl --prompt-key question --chosen-key good --rejected-key bad
     """
     from gpmctl.data.ops import validate as validate_rows
 
-    options = _read_options(fmt, ultrafeedback, criteria, allow_empty_responses)
+    options = _read_options(fmt, ultrafeedback, criteria, allow_empty_responses, (prompt_key, chosen_key, rejected_key))
     rows = problems = 0
     with _progress("validating") as progress:
         for _, number, problem in validate_rows(files, progress, options=options):
@@ -169,9 +181,9 @@ def validate(
 def convert(
     src: str = typer.Argument(..., help="Input file in any readable format (- for stdin jsonl)."),
     dst: str = typer.Argument(..., help="Output: .jsonl, .jsonl.gz, .parquet, or - for jsonl on stdout."),
-    chosen_key: Optional[str] = typer.Option(None, help="Input key that holds the chosen answer (renamed to chosen)."),
-    rejected_key: Optional[str] = typer.Option(None, help="Input key that holds the rejected answer (renamed to rejected)."),
-    prompt_key: Optional[str] = typer.Option(None, help="Input key that holds the prompt (renamed to prompt)."),
+    chosen_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("chosen")),
+    rejected_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("rejected")),
+    prompt_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("prompt")),
     skip_invalid: bool = typer.Option(False, help=SKIP_HELP),
     fmt: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
     ultrafeedback: str = typer.Option("binarize", help=ULTRAFEEDBACK_HELP),
@@ -192,13 +204,10 @@ def convert(
     """
     from gpmctl.data.ops import convert as convert_file
 
-    options = _read_options(fmt, ultrafeedback, criteria, allow_empty_responses)
-    rename = {k: v for k, v in ((prompt_key, "prompt"), (chosen_key, "chosen"), (rejected_key, "rejected")) if k}
+    options = _read_options(fmt, ultrafeedback, criteria, allow_empty_responses, (prompt_key, chosen_key, rejected_key))
     skipped = _SkipReporter()
     with _progress("converting") as progress:
-        result = convert_file(
-            src, dst, rename=rename, skip_invalid=skip_invalid, on_error=skipped, progress=progress, options=options
-        )
+        result = convert_file(src, dst, skip_invalid=skip_invalid, on_error=skipped, progress=progress, options=options)
     skipped.summary()
     print(f"convert: wrote {result['rows']:,} rows to {dst}", file=sys.stderr)
 
@@ -209,6 +218,9 @@ def stats(
     tokenizer: Optional[str] = typer.Option(None, help="Also count tokens with this tokenizer (hub id, folder, or tiny)."),
     against: Optional[str] = typer.Option(None, help="Count prompts of PATH that also occur in this file (contamination)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Read at most this many rows."),
+    prompt_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("prompt") + " Not applied to --against."),
+    chosen_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("chosen")),
+    rejected_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("rejected")),
 ) -> None:
     """Print statistics of a preference file as JSON on stdout.
 
@@ -232,7 +244,14 @@ def stats(
 
         tok = load_tokenizer(tokenizer)
     with _progress("reading") as progress:
-        result = file_stats(path, tokenizer=tok, against=against, limit=limit, progress=progress)
+        result = file_stats(
+            path,
+            tokenizer=tok,
+            against=against,
+            limit=limit,
+            progress=progress,
+            options=_read_options(keys=(prompt_key, chosen_key, rejected_key)),
+        )
     print(json.dumps(result))
 
 

@@ -74,20 +74,16 @@ def records_with_errors(
     path: str | Path,
     *,
     limit: int | None = None,
-    rename: dict[str, str] | None = None,
     options: ReadOptions | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
 ) -> Items:
     """(format, record) for every record of a file, and (format, DataError) for every bad row, reading on
     with the next row. The format is None when the row could not be decoded or is not an object. An
     UltraFeedback row gives one item per record. A problem that ends the file (corrupt gzip, a .json that
-    does not parse) is yielded last. `limit` counts rows, good and bad. `rename` maps a key of the file to
-    the canonical key it stands for, e.g. {"question": "prompt"}; a key already holding the canonical name
-    is replaced. A missing file or unknown suffix raises at once."""
+    does not parse) is yielded last. `limit` counts rows, good and bad. A missing file or unknown suffix
+    raises at once."""
     _check_limit(limit)
     name, rows = _file_rows(path, max_line_bytes)
-    if rename:
-        rows = _renamed(rows, rename)
     return _records(rows, name, limit, options or ReadOptions())
 
 
@@ -128,11 +124,12 @@ def _records(rows: Rows, name: str, limit: int | None, options: ReadOptions) -> 
             if isinstance(row, DataError):
                 yield None, row
             else:
+                row = options.renamed(row)
                 fmt = row_format(row, options)
                 try:
                     records = row_records(row, options)
                 except RowProblem as p:
-                    yield fmt, p.error(name, number, note)
+                    yield fmt, options.input_field(p).error(name, number, note)
                 else:
                     for record in records:
                         yield fmt, record
@@ -143,14 +140,6 @@ def _records(rows: Rows, name: str, limit: int | None, options: ReadOptions) -> 
         rows.close()  # closes the file now, not when the generator is collected
     if count == 0:
         raise DataError(name, "no rows (the input is empty or holds only blank lines); nothing to read")
-
-
-def _renamed(rows: Rows, rename: dict[str, str]) -> Rows:
-    with closing(rows):
-        for number, row, note in rows:
-            if isinstance(row, dict):
-                row = {rename.get(k, k): v for k, v in row.items() if k not in rename.values() or k in rename}
-            yield number, row, note
 
 
 def _raise_first(items: Items) -> Iterator[PreferenceRecord]:

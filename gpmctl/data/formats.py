@@ -46,6 +46,12 @@ Soft-label rule: "label" is read as P(chosen > rejected) in every format except 
 ultrafeedback. It must be a number (not a boolean) in [0, 1]; anything else is an error. Absent or
 null means 1 (`label=None`).
 
+Input keys (OpenRLHF's --prompt_key/--chosen_key/--rejected_key): `ReadOptions.keys` renames the keys
+that hold prompt, chosen and rejected (`--prompt-key question` on every `gpmctl data` command, recipe key
+`data.prompt_key`) before the format is detected. Renaming is strict: a canonical key the row holds itself
+is dropped, so a row without the input key has that field missing; errors name the input key
+("question: whitespace-only text").
+
 Roles: in the explicit format each answer (chosen, rejected) must start with an assistant message.
 
 Empty texts: an empty or whitespace-only text is an error, prompt or answer: a pair with an empty
@@ -60,7 +66,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpmctl.data.fields import (
@@ -265,12 +271,14 @@ _READERS = {
 @dataclass(frozen=True)
 class ReadOptions:
     """How rows are read: `format` forces one reader (None: detect per row); UltraFeedback mode and
-    cycle criteria; whether empty answers are allowed."""
+    cycle criteria; whether empty answers are allowed; `keys`, the input keys that stand for prompt,
+    chosen and rejected ({"question": "prompt"}, see `input_keys`)."""
 
     format: str | None = None
     ultrafeedback_mode: str = "binarize"
     criteria: tuple[str, ...] = DEFAULT_CYCLE_CRITERIA
     allow_empty_responses: bool = False
+    keys: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.format is not None and self.format not in FORMATS:
@@ -280,6 +288,39 @@ class ReadOptions:
                 f"ultrafeedback mode must be one of {', '.join(ULTRAFEEDBACK_MODES)}, got {self.ultrafeedback_mode!r}"
             )
         object.__setattr__(self, "criteria", parse_criteria(self.criteria))
+        for key, canonical in self.keys.items():
+            if canonical not in RENAMEABLE or list(self.keys.values()).count(canonical) > 1:
+                raise ValueError(
+                    f"input key {key!r} cannot stand for {canonical!r}: give one key each for {', '.join(RENAMEABLE)}"
+                )
+
+    def renamed(self, row: Any) -> Any:
+        """`row` with its input keys (`keys`) renamed to the canonical ones; a canonical key the row holds
+        itself is dropped, so a row without the input key has that field missing. Other values as they are."""
+        if not self.keys or not isinstance(row, dict):
+            return row
+        targets = self.keys.values()
+        return {self.keys.get(k, k): v for k, v in row.items() if k in self.keys or k not in targets}
+
+    def input_field(self, problem: RowProblem) -> RowProblem:
+        """`problem` with a renamed field named by its input key ("prompt[0].content" -> "question[0].content")."""
+        for key, canonical in self.keys.items():
+            if problem.field is not None and re.match(rf"{canonical}(?:$|[.\[])", problem.field):
+                return RowProblem(key + problem.field[len(canonical) :], problem.problem)
+        return problem
+
+
+RENAMEABLE = ("prompt", "chosen", "rejected")
+
+
+def input_keys(prompt: str | None = None, chosen: str | None = None, rejected: str | None = None) -> dict[str, str]:
+    """The `ReadOptions.keys` of --prompt-key/--chosen-key/--rejected-key (recipe keys data.prompt_key, ...):
+    input key -> canonical key, for the keys given. One input key for two fields is a ValueError."""
+    given = [(key, canonical) for key, canonical in ((prompt, "prompt"), (chosen, "chosen"), (rejected, "rejected")) if key]
+    keys = dict(given)
+    if len(keys) < len(given):
+        raise ValueError(f"one input key for two fields: {', '.join(f'{c}={k!r}' for k, c in given)}")
+    return keys
 
 
 def parse_row(
@@ -297,10 +338,11 @@ def parse_rows(
     row: Any, *, source: str = "<row>", line: int | None = None, options: ReadOptions | None = None
 ) -> list[PreferenceRecord]:
     """One decoded row -> its records (one, except for UltraFeedback rows); problems raise DataError."""
+    options = options or ReadOptions()
     try:
-        return row_records(row, options or ReadOptions())
+        return row_records(options.renamed(row), options)
     except RowProblem as p:
-        raise p.error(source, line) from None
+        raise options.input_field(p).error(source, line) from None
 
 
 def row_format(row: Any, options: ReadOptions) -> str | None:

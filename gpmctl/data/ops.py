@@ -9,6 +9,7 @@ is read.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -40,14 +41,13 @@ def valid_records(
     *,
     skip_invalid: bool = False,
     on_error: OnError | None = None,
-    rename: dict[str, str] | None = None,
     progress: Progress | None = None,
     options: ReadOptions | None = None,
 ) -> Iterator[PreferenceRecord]:
     """The records of a file. A bad row raises its DataError, or with `skip_invalid` goes to
     `on_error` and reading goes on. `options`: forced format, UltraFeedback mode (ReadOptions)."""
     count = 0
-    for _, item in records_with_errors(path, rename=rename, options=options):
+    for _, item in records_with_errors(path, options=options):
         count += 1
         if progress is not None and count % PROGRESS_EVERY == 0:
             progress(count)
@@ -99,20 +99,17 @@ def convert(
     src: str,
     dst: str,
     *,
-    rename: dict[str, str] | None = None,
     skip_invalid: bool = False,
     on_error: OnError | None = None,
     progress: Progress | None = None,
     options: ReadOptions | None = None,
 ) -> dict:
     """Any readable file -> canonical jsonl / jsonl.gz / parquet (or "-"). -> {"rows", "skipped"}.
-    `options` forces a format or picks the UltraFeedback mode (ReadOptions)."""
+    `options` forces a format, picks the UltraFeedback mode or renames input keys (ReadOptions)."""
     count_error = SkipCounter(on_error)
 
     with RecordWriter(dst, inputs=(src,)) as out:
-        for record in valid_records(
-            src, skip_invalid=skip_invalid, on_error=count_error, rename=rename, progress=progress, options=options
-        ):
+        for record in valid_records(src, skip_invalid=skip_invalid, on_error=count_error, progress=progress, options=options):
             out.write(record)
     return {"input": src, "output": dst, "rows": out.rows, "skipped": count_error.count}
 
@@ -157,8 +154,10 @@ def stats(
     against: str | None = None,
     limit: int | None = None,
     progress: Progress | None = None,
+    options: ReadOptions | None = None,
 ) -> dict:
-    """Counts and length percentiles of one file; see `gpmctl data stats --help` for the keys."""
+    """Counts and length percentiles of one file; see `gpmctl data stats --help` for the keys. `options`
+    (ReadOptions) read `path`, always with empty answers allowed; `against` is read with the defaults."""
     fields = ("prompt", "chosen", "rejected")
     chars = {f: Counter() for f in fields}  # length histograms: memory does not grow with the rows
     tokens = {f: Counter() for f in fields}
@@ -168,7 +167,8 @@ def stats(
     prompt_keys: dict[bytes, int] = {}  # normalised prompt hash -> rows
     rows = invalid = duplicates = swapped = 0
     empty = {"chosen": 0, "rejected": 0}
-    for fmt, item in records_with_errors(path, options=EMPTY_ALLOWED):  # counted in empty_responses instead
+    counting_empty = dataclasses.replace(options or ReadOptions(), allow_empty_responses=True)  # see empty_responses
+    for fmt, item in records_with_errors(path, options=counting_empty):
         rows += 1
         if progress is not None and rows % PROGRESS_EVERY == 0:
             progress(rows)

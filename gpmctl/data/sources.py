@@ -171,7 +171,7 @@ def _folder_files(folder: Path) -> list[Path]:
 def read_source(spec: str, limit: int | None = None, options=None) -> Iterator:
     """PreferenceRecords of a source spec (see the module docstring). Problems raise DataError /
     ConfigError naming the source; a missing source raises before iteration starts. `options`
-    (ReadOptions) apply to every part; its allow_empty_responses also to ultrafeedback: parts."""
+    (ReadOptions) apply to every part; its allow_empty_responses and keys also to ultrafeedback: parts."""
     from gpmctl.data.files import read_records, records_from_rows
     from gpmctl.data.formats import parse_row
 
@@ -187,7 +187,7 @@ def read_source(spec: str, limit: int | None = None, options=None) -> Iterator:
     if spec.startswith(ULTRAFEEDBACK):
         inner, uf_options = parse_ultrafeedback_spec(spec)
         if options is not None:
-            uf_options = dataclasses.replace(uf_options, allow_empty_responses=options.allow_empty_responses)
+            uf_options = dataclasses.replace(uf_options, allow_empty_responses=options.allow_empty_responses, keys=options.keys)
         return read_source(inner, limit, uf_options)
     path = Path(spec)
     if spec == "-" or path.is_file():
