@@ -278,6 +278,34 @@ def test_stats_counts_a_hand_made_file(tmp_path):
     assert s["against"]["shared_prompts"] == 1 and s["against"]["rows_with_shared_prompt"] == 4
 
 
+def test_every_data_command_reads_the_sources_a_recipe_reads(tmp_path):
+    """A folder (jsonl and csv), a generator and a mixture of them: each command sees read_source's records."""
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    write_rows(folder / "a.jsonl", [pair(f"a{i}") for i in range(3)])
+    (folder / "b.csv").write_text("prompt,chosen,rejected\nb0,yes,no\nb1,yes,no\n")
+    spec = f"{folder}:2,cyclic:test?num_prompts=2:1"
+    expected = [r.to_json() for r in read_source(spec)]
+    assert len(expected) == 5 + 12
+
+    assert "1 file(s), 17 rows, 0 problem(s)" in cli("validate", spec).stderr
+    assert json.loads(cli("stats", spec).stdout)["valid"] == 17
+    assert cli("convert", spec, str(tmp_path / "all.jsonl")).exit_code == 0
+    assert canonical(tmp_path / "all.jsonl") == expected
+    split_counts = json.loads(cli("split", spec, str(tmp_path / "split")).stdout)
+    assert split_counts["train_rows"] + split_counts["eval_rows"] == 17
+    assert json.loads(cli("mix", str(tmp_path / "mix.jsonl"), spec).stdout)["rows"] == 17
+    assert canonical(tmp_path / "mix.jsonl") == expected  # a mixture argument: the recipe mixture, in its order
+
+    write_rows(folder / "c.jsonl", [pair("c0"), {"prompt": "c1", "chosen": "same", "rejected": "same"}])
+    result = cli("validate", spec, str(folder))
+    assert result.exit_code == 2
+    assert (
+        result.stderr.splitlines()[:2]
+        == [f"{folder / 'c.jsonl'}:2: rejected: identical to chosen; a pair needs two different answers"] * 2
+    )
+
+
 def test_every_data_command_help_has_an_example():
     for command in ("validate", "convert", "stats", "split", "mix", "cyclic"):
         result = cli(command, "--help")

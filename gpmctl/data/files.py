@@ -4,6 +4,7 @@ Readers, from the most used:
   read_records(path)          the records of a file; the first bad row raises DataError
   records_with_errors(path)   (format, record or DataError) for every row, reading on past bad rows
   records_from_rows(rows, s)  the records of rows already decoded (a `datasets.Dataset`, generated rows)
+  rows_with_errors(rows, s)   records_with_errors of rows already decoded
   file_rows(path)             (line, decoded row) with no row format applied (scores, tables, logs)
 
 Files: .jsonl and .jsonl.gz (streamed line by line, never more than MAX_LINE_BYTES of one line held),
@@ -67,7 +68,7 @@ def read_records(
     DataError; a missing file or unknown suffix raises at once, before iteration. `options` forces a
     format or picks the UltraFeedback mode (see ReadOptions); `max_line_bytes` caps a jsonl line.
     """
-    return _raise_first(records_with_errors(path, limit=limit, options=options, max_line_bytes=max_line_bytes))
+    return records_only(records_with_errors(path, limit=limit, options=options, max_line_bytes=max_line_bytes))
 
 
 def records_with_errors(
@@ -92,9 +93,14 @@ def records_from_rows(
 ) -> Iterator[PreferenceRecord]:
     """Records of already decoded rows, e.g. a `datasets.Dataset`; the first bad row raises DataError
     "SOURCE:N: ... (row N)" with N the 1-based row number."""
+    return records_only(rows_with_errors(rows, source, limit=limit, options=options))
+
+
+def rows_with_errors(rows: Iterable[Any], source: str, *, limit: int | None = None, options: ReadOptions | None = None) -> Items:
+    """records_with_errors of already decoded rows: (format, record or DataError "SOURCE:N: ... (row N)")."""
     _check_limit(limit)
     numbered = ((i, row, f" (row {i})") for i, row in enumerate(rows, start=1))
-    return _raise_first(_records(numbered, source, limit, options or ReadOptions()))
+    return _records(numbered, source, limit, options or ReadOptions())
 
 
 def file_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -142,7 +148,8 @@ def _records(rows: Rows, name: str, limit: int | None, options: ReadOptions) -> 
         raise DataError(name, "no rows (the input is empty or holds only blank lines); nothing to read")
 
 
-def _raise_first(items: Items) -> Iterator[PreferenceRecord]:
+def records_only(items: Items) -> Iterator[PreferenceRecord]:
+    """The records of (format, record or DataError) items; the first DataError raises."""
     for _, item in items:
         if isinstance(item, DataError):
             raise item
