@@ -92,6 +92,19 @@ def test_trl_and_openrlhf_names_work_as_overrides_bare_or_sectioned(tmp_path):
     assert_one_line_error(gpmctl("train-rm", str(bad)), f"{bad}: unknown key train.bf16", "write train.precision: bf16")
 
 
+def test_openrlhf_key_options_are_data_keys_bare_or_sectioned(tmp_path):
+    result = gpmctl(
+        "train-rm", "cyclic_tiny_gpm", "prompt_key=question", "chosen_key=good", "data.rejected_key=bad", "--print-recipe"
+    )
+    assert result.returncode == 0, result.stderr
+    d = yaml.safe_load(result.stdout)["data"]
+    assert (d["prompt_key"], d["chosen_key"], d["rejected_key"]) == ("question", "good", "bad")
+    assert "override prompt_key=question is the TRL/OpenRLHF name of data.prompt_key" in result.stderr
+    assert_one_line_error(
+        gpmctl("train-rm", "cyclic_tiny_gpm", "data.prompt_key=text", "data.chosen_key=text"), "must name different input keys"
+    )
+
+
 def test_wrong_type_and_bad_yaml_are_errors(tmp_path):
     assert_one_line_error(
         gpmctl("train-rm", "recipes/cyclic_tiny_gpm.yaml", "train.batch_size=many"), "train.batch_size", "integer"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -105,6 +106,18 @@ def test_convert_renames_columns_and_writes_stdout(tmp_path):
     assert json.loads(result.stdout) == {"prompt": "q", "chosen": "a", "rejected": "b"}
 
 
+def test_validate_and_stats_take_the_key_options_of_convert(tmp_path):
+    src = write_rows(tmp_path / "raw.jsonl", [{"question": "q", "good": "a", "bad": "b"}, {"question": "q", "good": "a"}])
+    keys = ("--prompt-key", "question", "--chosen-key", "good", "--rejected-key", "bad")
+    result = cli("validate", str(src), *keys)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[0] == f"{src}:2: bad: missing" and "2 rows, 1 problem(s)" in result.stderr
+    stats = json.loads(cli("stats", str(src), *keys).stdout)
+    assert (stats["valid"], stats["invalid"], stats["formats"]) == (1, 1, {"explicit": 1})
+    result = gpmctl("data", "validate", str(src), "--prompt-key", "question", "--chosen-key", "question")
+    assert result.returncode == 2 and "one input key for two fields" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_convert_stops_on_a_bad_row_and_leaves_no_output(tmp_path):
     src = write_rows(tmp_path / "in.jsonl", [pair("a"), {"prompt": "b", "chosen": 3, "rejected": "x"}, pair("c")])
     out = tmp_path / "out.jsonl"
@@ -122,6 +135,44 @@ def test_convert_skip_invalid_counts_and_reports_the_skipped_rows(tmp_path):
     assert result.exit_code == 0
     assert f"{src}:2: invalid JSON" in result.stderr and "skipped 1 invalid rows" in result.stderr
     assert [r["prompt"] for r in canonical(tmp_path / "out.jsonl")] == ["a", "c"]
+
+
+def test_convert_to_parquet_leaves_out_columns_that_are_null_in_every_row(tmp_path):
+    """TRL's RewardTrainer reads the columns as they are: an all-null margin column would reach its collator."""
+    datasets = pytest.importorskip("datasets")
+    pq = pytest.importorskip("pyarrow.parquet")
+    src = write_rows(tmp_path / "in.jsonl", [pair("a", kind="easy"), pair("b", margin=0.5), pair("c", id=3)])
+    out = tmp_path / "pairs.parquet"
+    assert cli("convert", str(src), str(out)).exit_code == 0
+    table = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert table.column_names == ["prompt", "chosen", "rejected", "margin", "id", "kind"]  # no label, no subset
+    assert table[0]["prompt"] == [{"role": "user", "content": "a"}]
+    assert table[0]["chosen"] == [{"role": "assistant", "content": "yes"}]
+    assert (table["margin"], table["id"], table["kind"]) == ([None, 0.5, None], [None, None, "3"], ["easy", None, None])
+    assert canonical(out) == canonical(src)
+
+    for rows, name, count in (([pair("a"), pair("b")], "plain.parquet", 2), (["not json"], "empty.parquet", 0)):
+        assert cli("convert", str(write_rows(src, rows)), str(tmp_path / name), "--skip-invalid").exit_code == 0
+        table = pq.read_table(tmp_path / name)
+        assert table.column_names == ["prompt", "chosen", "rejected"] and table.num_rows == count
+
+
+def test_parquet_from_convert_goes_through_trl_reward_trainer_preprocessing(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    reward_trainer = pytest.importorskip("trl.trainer.reward_trainer")
+    from trl.data_utils import is_conversational
+
+    from gpmctl.models.sources import load_tokenizer
+
+    src = write_rows(tmp_path / "in.jsonl", [{"chosen": "The sky is blue.", "rejected": "The sky is green."}, pair("b")])
+    out = tmp_path / "pairs.parquet"
+    assert cli("convert", str(src), str(out)).exit_code == 0
+    table = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert is_conversational(table[0])
+    settings = SimpleNamespace(dataset_num_proc=None, max_length=None)
+    prepared = reward_trainer.RewardTrainer._prepare_dataset(None, table, load_tokenizer("tiny"), settings, "train")
+    batch = reward_trainer.DataCollatorForPreference(pad_token_id=0)([prepared[0], prepared[1]])
+    assert batch["input_ids"].shape[0] == 4 and "margin" not in batch
 
 
 @pytest.mark.skipif(not HH_FILE.exists(), reason="HH-RLHF sample not present")
@@ -225,6 +276,34 @@ def test_stats_counts_a_hand_made_file(tmp_path):
     assert s["chars"]["prompt"]["max"] == 12
     assert s["tokens"]["chosen"]["max"] >= 1
     assert s["against"]["shared_prompts"] == 1 and s["against"]["rows_with_shared_prompt"] == 4
+
+
+def test_every_data_command_reads_the_sources_a_recipe_reads(tmp_path):
+    """A folder (jsonl and csv), a generator and a mixture of them: each command sees read_source's records."""
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    write_rows(folder / "a.jsonl", [pair(f"a{i}") for i in range(3)])
+    (folder / "b.csv").write_text("prompt,chosen,rejected\nb0,yes,no\nb1,yes,no\n")
+    spec = f"{folder}:2,cyclic:test?num_prompts=2:1"
+    expected = [r.to_json() for r in read_source(spec)]
+    assert len(expected) == 5 + 12
+
+    assert "1 file(s), 17 rows, 0 problem(s)" in cli("validate", spec).stderr
+    assert json.loads(cli("stats", spec).stdout)["valid"] == 17
+    assert cli("convert", spec, str(tmp_path / "all.jsonl")).exit_code == 0
+    assert canonical(tmp_path / "all.jsonl") == expected
+    split_counts = json.loads(cli("split", spec, str(tmp_path / "split")).stdout)
+    assert split_counts["train_rows"] + split_counts["eval_rows"] == 17
+    assert json.loads(cli("mix", str(tmp_path / "mix.jsonl"), spec).stdout)["rows"] == 17
+    assert canonical(tmp_path / "mix.jsonl") == expected  # a mixture argument: the recipe mixture, in its order
+
+    write_rows(folder / "c.jsonl", [pair("c0"), {"prompt": "c1", "chosen": "same", "rejected": "same"}])
+    result = cli("validate", spec, str(folder))
+    assert result.exit_code == 2
+    assert (
+        result.stderr.splitlines()[:2]
+        == [f"{folder / 'c.jsonl'}:2: rejected: identical to chosen; a pair needs two different answers"] * 2
+    )
 
 
 def test_every_data_command_help_has_an_example():

@@ -156,6 +156,70 @@ def test_empty_answers_are_errors_unless_allowed(tmp_path):
         list(read_records(path))
 
 
+# --- TRL's standard implicit prompt (two plain strings) -------------------------------------------
+
+TRL_SKY = {"chosen": "The sky is blue.", "rejected": "The sky is green."}
+
+
+def test_implicit_text_prompt_is_the_common_prefix_and_its_last_space_goes_to_the_answers(tmp_path):
+    assert detect_format(TRL_SKY) == "implicit-text"
+    expected = PreferenceRecord([user("The sky is")], [assistant(" blue.")], [assistant(" green.")])
+    path = write_lines(tmp_path / "sky.jsonl", [TRL_SKY])
+    assert list(read_records(path)) == [expected]
+    assert_round_trip(expected, tmp_path)
+    # The cut is by characters, not words, as in TRL; label and extra keys are read as in every format.
+    record = parse_row({"chosen": "Pick: AB", "rejected": "Pick: AC", "label": 0.75, "source": "x"})
+    assert (record.prompt_text, record.chosen_text, record.rejected_text) == ("Pick: A", "B", "C")
+    assert record.label == 0.75 and record.meta == {"source": "x"}
+
+
+def test_hh_rlhf_strings_are_still_read_as_dialogues_not_as_a_text_prefix():
+    row, expected = FORMAT_CASES["hh-rlhf"]
+    assert detect_format(row) == "hh-rlhf" and parse_row(row) == expected
+
+
+def test_plain_strings_forced_to_hh_rlhf_keep_the_dialogue_error(tmp_path):
+    path = write_lines(tmp_path / "sky.jsonl", [TRL_SKY])
+    with pytest.raises(DataError, match=r"sky\.jsonl:1: prompt: missing, and chosen/rejected are plain strings"):
+        list(read_records(path, options=ReadOptions(format="hh-rlhf")))
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        TRL_SKY,
+        {"chosen": "Q: 2+2?\nA: 4", "rejected": "Q: 2+2?\nA: five"},
+        {"chosen": "Say hi  twice", "rejected": "Say hi  thrice"},  # two spaces: only the last goes back
+        {"chosen": "The sky is blue", "rejected": "The sky is bright"},  # a cut inside a word
+    ],
+)
+def test_implicit_text_reads_as_trl_extract_prompt_read_as_explicit(row):
+    trl_data = pytest.importorskip("trl.data_utils")
+    assert parse_row(row) == parse_row(trl_data.extract_prompt(row))
+
+
+GOOD_1_IMPLICIT = {"chosen": "Hello there", "rejected": "Hello you"}
+
+
+IMPLICIT_TEXT_ERRORS = {
+    "no-shared-text": ({"chosen": "Yes.", "rejected": "No."}, "prompt", "share no opening text"),
+    "only-a-space-shared": ({"chosen": " yes", "rejected": " no"}, "prompt", "share no opening text"),
+    "identical": ({"chosen": "Same.", "rejected": "Same."}, "rejected", "identical to chosen"),
+    "chosen-is-the-start-of-rejected": ({"chosen": "The sky", "rejected": "The sky is"}, "chosen", "no answer"),
+    "whitespace-answer": ({"chosen": "The sky is ", "rejected": "The sky is grey"}, "chosen", "whitespace-only"),
+    "rejected-a-list": ({"chosen": "The sky", "rejected": [assistant("x")]}, "rejected", "expected a string like chosen"),
+}
+
+
+@pytest.mark.parametrize("case", list(IMPLICIT_TEXT_ERRORS))
+def test_bad_implicit_text_rows_name_file_line_and_field(case, tmp_path):
+    row, field, words = IMPLICIT_TEXT_ERRORS[case]
+    path = write_lines(tmp_path / "bad.jsonl", [GOOD_1_IMPLICIT, row])
+    with pytest.raises(DataError) as raised:
+        list(read_records(path))
+    assert str(raised.value).startswith(f"{path}:2: {field}: ") and words in str(raised.value)
+
+
 # --- malformed rows -------------------------------------------------------------------------------
 
 GOOD_1 = {"prompt": "first", "chosen": "a", "rejected": "b"}

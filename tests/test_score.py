@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from gpmctl.cli import app
 from gpmctl.config import load_recipe
 from gpmctl.data.cyclic import CyclicConfig, generate_cyclic
+from gpmctl.data.responses import aligned_rows
+from gpmctl.errors import DataError
 from gpmctl.train.reward import train_reward_model
 
 
@@ -93,6 +95,46 @@ def test_results_do_not_depend_on_batch_size_or_chunking(trained):
     other = run(f["a"], f["b"], "-m", models["gpm"], "--batch-size", "7", "--chunk-lines", "5")
     for x, y in zip(base, other):
         assert x["p"] == pytest.approx(y["p"], abs=1e-5)  # float32 forward passes, different padding
+
+
+def test_trl_prompt_completion_rows_score_like_prompt_response_rows(trained, tmp_path):
+    """TRL's prompt-completion rows, standard (strings) or conversational (message lists), are the same input."""
+    models, f = trained
+    rows = [json.loads(line) for line in open(f["b"])]
+    standard, conversational = tmp_path / "standard.jsonl", tmp_path / "conversational.jsonl"
+    standard.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["response"]}) + "\n" for r in rows))
+    conversational.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": [{"role": "user", "content": r["prompt"]}],
+                    "completion": [{"role": "assistant", "content": r["response"]}],
+                }
+            )
+            + "\n"
+            for r in rows
+        )
+    )
+    expected = [row["p"] for row in run(f["a"], f["b"], "-m", models["gpm"])]
+    for path in (standard, conversational):
+        assert [row["p"] for row in run(f["a"], str(path), "-m", models["gpm"])] == expected
+
+
+@pytest.mark.parametrize(
+    "row, needle",
+    [
+        ({"prompt": "q", "response": "a", "completion": "a"}, "response: give response or completion, not both"),
+        ({"prompt": "q"}, "response: missing (or completion"),
+        ({"prompt": "q", "completion": 3}, "completion: expected a string or a list"),
+        ({"prompt": "q", "completion": [{"role": "assistant"}]}, "completion: expected a list of >= 1"),
+    ],
+)
+def test_bad_response_rows_name_file_line_and_field(row, needle, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"prompt": "q", "response": "a"}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(DataError) as raised:
+        list(aligned_rows([str(path), str(path)]))
+    assert str(raised.value).startswith(f"{path}:2: ") and needle in str(raised.value)
 
 
 def test_interrupted_output_resumes_to_the_same_file(trained, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gpmctl.data.files import read_records, records_with_errors
-from gpmctl.data.formats import ReadOptions, detect_format, parse_row, parse_rows
+from gpmctl.data.formats import ReadOptions, detect_format, input_keys, parse_row, parse_rows
 from gpmctl.data.mix import weighted_interleave
 from gpmctl.data.sources import parse_mixture, parse_ultrafeedback_spec, read_source
 from gpmctl.data.ultrafeedback import parse_criteria
@@ -180,6 +180,31 @@ def test_format_override_forces_one_reader(tmp_path):
         ReadOptions(format="csv")
 
 
+def test_input_keys_stand_for_prompt_chosen_rejected_and_errors_name_the_input_key(tmp_path):
+    keys = ReadOptions(keys=input_keys(prompt="question", chosen="good", rejected="bad"))
+    path = write_jsonl(
+        tmp_path / "raw.jsonl",
+        [
+            {"question": "q", "good": "a", "bad": "b", "prompt": "dropped", "kind": "x"},
+            {"question": " ", "good": "a", "bad": "b"},
+            {"question": "q", "good": [{"role": "user", "content": "a"}], "bad": "b"},
+            {"prompt": "p", "chosen": "a", "rejected": "b"},  # the canonical keys are not read in their place
+        ],
+    )
+    items = [item for _, item in records_with_errors(path, options=keys)]
+    assert (items[0].prompt_text, items[0].chosen_text, items[0].rejected_text, items[0].meta) == ("q", "a", "b", {"kind": "x"})
+    assert [str(e).removeprefix(f"{path}:") for e in items[1:]] == [
+        "2: question: whitespace-only text",
+        "3: good[0].role: an answer must start with an assistant message, got 'user'",
+        "4: good: missing",
+    ]
+    assert parse_rows({"question": "q", "good": "a", "bad": "b"}, options=keys)[0].prompt_text == "q"
+    with pytest.raises(ValueError, match="one input key for two fields"):
+        input_keys(prompt="text", chosen="text")
+    with pytest.raises(ValueError, match="cannot stand for 'label'"):
+        ReadOptions(keys={"score": "label"})
+
+
 # --- sources ---------------------------------------------------------------------------------------
 
 
@@ -266,3 +291,20 @@ def test_recipe_accepts_mixture_and_ultrafeedback_sources(tmp_path):
     recipe = load_recipe(ROOT / "recipes" / "cyclic_tiny_gpm.yaml", [f"data.train={mixed}"])
     kinds = [r.meta.get("criterion", "generator") for r in read_source(recipe.data.train)]
     assert len(kinds) == 3 + 12 and kinds[:2] == ["instruction_following", "generator"]
+
+
+def test_recipe_key_options_rename_the_rows_train_rm_reads(tmp_path):
+    from gpmctl.config import load_recipe
+    from gpmctl.data.tokenize import SequenceEncoder
+    from gpmctl.models.sources import load_tokenizer
+    from gpmctl.train.reward import load_pairs
+
+    raw = write_jsonl(tmp_path / "raw.jsonl", [{"question": f"q{i}", "good": "yes", "bad": "no"} for i in range(4)])
+    keys = ["data.prompt_key=question", "data.chosen_key=good", "data.rejected_key=bad"]
+    recipe = load_recipe(ROOT / "recipes" / "cyclic_tiny_gpm.yaml", [f"data.train={raw}", f"data.eval={raw}", *keys])
+    encoder = SequenceEncoder(load_tokenizer("tiny"), 64)
+    train, held = load_pairs(recipe, encoder)
+    assert len(train) == len(held) == 4
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": f"q{i}", "chosen": "yes", "rejected": "no"} for i in range(4)])
+    expected = [encoder.encode_pair(r) for r in read_records(plain)]
+    assert [p.chosen.ids.tolist() for p in train] == [p.chosen.ids.tolist() for p in expected]

@@ -104,20 +104,28 @@ class _SkipReporter:
             print(f"skipped {self.count:,} invalid rows (see above)", file=sys.stderr)
 
 
-SKIP_HELP = "Skip bad rows (each is reported on stderr and counted) instead of stopping with exit 2."
-FORMAT_HELP = (
-    "Read every row with this reader (explicit, messages, hh-rlhf, gpm-custom, ultrafeedback) instead of detecting it per row."
+SOURCE_HELP = (
+    "what a recipe's data.train takes: a file (.jsonl, .jsonl.gz, .json, .csv, .parquet; - for stdin jsonl), a folder, "
+    "a Hub id, a mixture a.jsonl:0.7,b.jsonl:0.3, cyclic:SPLIT or ultrafeedback:SOURCE"
 )
+SKIP_HELP = "Skip bad rows (each is reported on stderr and counted) instead of stopping with exit 2."
+FORMAT_HELP = "Read every row with this reader (explicit, messages, hh-rlhf, implicit-text, gpm-custom, ultrafeedback) instead of detecting it per row."
 ULTRAFEEDBACK_HELP = "UltraFeedback rows: binarize (best vs worst completion) or cyclic (the paper's cyclic triples)."
 CRITERIA_HELP = "With --ultrafeedback cyclic: the aspect of each link, e.g. 'honesty>truthfulness>helpfulness'."
 EMPTY_HELP = "Accept empty or whitespace-only answers (e.g. HH-RLHF's few preferred empty replies); otherwise each is a bad row."
+KEY_HELP = "Input key that holds the {0} (renamed to {0}; a row without it has no {0})."
 
 
 def _read_options(
-    fmt: Optional[str] = None, ultrafeedback: str = "binarize", criteria: Optional[str] = None, allow_empty: bool = False
+    fmt: Optional[str] = None,
+    ultrafeedback: str = "binarize",
+    criteria: Optional[str] = None,
+    allow_empty: bool = False,
+    keys: tuple[Optional[str], Optional[str], Optional[str]] = (None, None, None),
 ):
-    """The flags -> ReadOptions; a bad value is a one-line ConfigError (exit 2)."""
-    from gpmctl.data.formats import ReadOptions
+    """The flags -> ReadOptions; `keys` are --prompt-key, --chosen-key, --rejected-key. A bad value is a
+    one-line ConfigError (exit 2)."""
+    from gpmctl.data.formats import ReadOptions, input_keys
     from gpmctl.data.ultrafeedback import DEFAULT_CYCLE_CRITERIA
     from gpmctl.errors import ConfigError
 
@@ -127,34 +135,42 @@ def _read_options(
             ultrafeedback_mode=ultrafeedback,
             criteria=criteria or DEFAULT_CYCLE_CRITERIA,
             allow_empty_responses=allow_empty,
+            keys=input_keys(*keys),
         )
     except ValueError as e:
-        raise ConfigError(f"--format/--ultrafeedback/--criteria: {e}") from None
+        raise ConfigError(f"--format/--ultrafeedback/--criteria/--*-key: {e}") from None
 
 
 @app.command("validate")
 def validate(
-    files: List[str] = typer.Argument(..., help="Data files (.jsonl, .jsonl.gz, .json, .parquet; - for stdin)."),
+    files: List[str] = typer.Argument(..., help=f"Sources ({SOURCE_HELP})."),
     fmt: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
     ultrafeedback: str = typer.Option("binarize", help=ULTRAFEEDBACK_HELP),
     criteria: Optional[str] = typer.Option(None, help=CRITERIA_HELP),
     allow_empty_responses: bool = typer.Option(False, help=EMPTY_HELP),
+    prompt_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("prompt")),
+    chosen_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("chosen")),
+    rejected_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("rejected")),
 ) -> None:
-    """Check every row of every file in one pass; print each problem as `file:line: field: problem`.
+    """Check every row of every source in one pass; print each problem as `file:line: field: problem`.
 
     Problems go to stderr, one per line, then a summary line. The row format is detected per row
-    (explicit, messages, hh-rlhf, gpm-custom, ultrafeedback) unless --format names one. Exit 0
+    (explicit, messages, hh-rlhf, implicit-text, gpm-custom, ultrafeedback) unless --format names one. Exit 0
     when every row is valid, 2 otherwise. Empty or whitespace-only texts are problems (answers too,
     unless --allow-empty-responses), and so is a file with no rows. The summary counts records (an
     UltraFeedback row may give several, or none).
 
     Example: gpmctl data validate data/train.jsonl data/test.jsonl.gz
 
+    Example: gpmctl data validate data/folder 'hh.jsonl.gz:0.7,ultrafeedback:uf.jsonl:0.3' cyclic:train
+
     Example: gpmctl data validate raw.jsonl --format explicit
+
+    Example: gpmctl data validate raw.jsonl --prompt-key question --chosen-key good --rejected-key bad
     """
     from gpmctl.data.ops import validate as validate_rows
 
-    options = _read_options(fmt, ultrafeedback, criteria, allow_empty_responses)
+    options = _read_options(fmt, ultrafeedback, criteria, allow_empty_responses, (prompt_key, chosen_key, rejected_key))
     rows = problems = 0
     with _progress("validating") as progress:
         for _, number, problem in validate_rows(files, progress, options=options):
@@ -169,18 +185,18 @@ def validate(
 
 @app.command("convert")
 def convert(
-    src: str = typer.Argument(..., help="Input file in any readable format (- for stdin jsonl)."),
+    src: str = typer.Argument(..., help=f"Input source ({SOURCE_HELP})."),
     dst: str = typer.Argument(..., help="Output: .jsonl, .jsonl.gz, .parquet, or - for jsonl on stdout."),
-    chosen_key: Optional[str] = typer.Option(None, help="Input key that holds the chosen answer (renamed to chosen)."),
-    rejected_key: Optional[str] = typer.Option(None, help="Input key that holds the rejected answer (renamed to rejected)."),
-    prompt_key: Optional[str] = typer.Option(None, help="Input key that holds the prompt (renamed to prompt)."),
+    chosen_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("chosen")),
+    rejected_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("rejected")),
+    prompt_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("prompt")),
     skip_invalid: bool = typer.Option(False, help=SKIP_HELP),
     fmt: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
     ultrafeedback: str = typer.Option("binarize", help=ULTRAFEEDBACK_HELP),
     criteria: Optional[str] = typer.Option(None, help=CRITERIA_HELP),
     allow_empty_responses: bool = typer.Option(False, help=EMPTY_HELP),
 ) -> None:
-    """Convert a preference file to canonical rows: explicit {prompt, chosen, rejected, ...}.
+    """Convert a preference source to canonical rows: explicit {prompt, chosen, rejected, ...}.
 
     jsonl output keeps one-message sides as strings; parquet stores prompt/chosen/rejected as lists
     of {role, content} and is written in batches. The output appears only when complete (written
@@ -188,31 +204,33 @@ def convert(
 
     Example: gpmctl data convert hh-rlhf.jsonl.gz pairs.parquet
 
+    Example: gpmctl data convert 'hh.jsonl.gz:0.7,ultrafeedback:uf.jsonl:0.3' mixed.parquet
+
     Example: gpmctl data convert raw.jsonl pairs.jsonl --prompt-key question --chosen-key good --rejected-key bad
 
     Example: gpmctl data convert ultrafeedback.jsonl cyclic.jsonl --ultrafeedback cyclic --criteria 'honesty>truthfulness>helpfulness'
     """
     from gpmctl.data.ops import convert as convert_file
 
-    options = _read_options(fmt, ultrafeedback, criteria, allow_empty_responses)
-    rename = {k: v for k, v in ((prompt_key, "prompt"), (chosen_key, "chosen"), (rejected_key, "rejected")) if k}
+    options = _read_options(fmt, ultrafeedback, criteria, allow_empty_responses, (prompt_key, chosen_key, rejected_key))
     skipped = _SkipReporter()
     with _progress("converting") as progress:
-        result = convert_file(
-            src, dst, rename=rename, skip_invalid=skip_invalid, on_error=skipped, progress=progress, options=options
-        )
+        result = convert_file(src, dst, skip_invalid=skip_invalid, on_error=skipped, progress=progress, options=options)
     skipped.summary()
     print(f"convert: wrote {result['rows']:,} rows to {dst}", file=sys.stderr)
 
 
 @app.command("stats")
 def stats(
-    path: str = typer.Argument(..., help="Data file (any readable format; - for stdin)."),
+    path: str = typer.Argument(..., help=f"Input source ({SOURCE_HELP})."),
     tokenizer: Optional[str] = typer.Option(None, help="Also count tokens with this tokenizer (hub id, folder, or tiny)."),
-    against: Optional[str] = typer.Option(None, help="Count prompts of PATH that also occur in this file (contamination)."),
+    against: Optional[str] = typer.Option(None, help="Count prompts of PATH that also occur in this source (contamination)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Read at most this many rows."),
+    prompt_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("prompt") + " Not applied to --against."),
+    chosen_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("chosen")),
+    rejected_key: Optional[str] = typer.Option(None, help=KEY_HELP.format("rejected")),
 ) -> None:
-    """Print statistics of a preference file as JSON on stdout.
+    """Print statistics of a preference source as JSON on stdout.
 
     Keys: rows, valid, invalid (a row whose only fault is an empty answer counts as valid here and in
     empty_responses); formats (valid rows per detected format); distinct_prompts;
@@ -234,20 +252,27 @@ def stats(
 
         tok = load_tokenizer(tokenizer)
     with _progress("reading") as progress:
-        result = file_stats(path, tokenizer=tok, against=against, limit=limit, progress=progress)
+        result = file_stats(
+            path,
+            tokenizer=tok,
+            against=against,
+            limit=limit,
+            progress=progress,
+            options=_read_options(keys=(prompt_key, chosen_key, rejected_key)),
+        )
     print(json.dumps(result))
 
 
 @app.command("split")
 def split(
-    src: str = typer.Argument(..., help="Input file (any readable format; - for stdin)."),
+    src: str = typer.Argument(..., help=f"Input source ({SOURCE_HELP})."),
     out_dir: str = typer.Argument(..., help="Folder for train.jsonl and eval.jsonl (created if needed)."),
     eval_fraction: float = typer.Option(0.1, help="Expected share of prompts held out for eval, in [0, 1]."),
     seed: int = typer.Option(0, help="Seed of the prompt hash: the same seed gives the same split."),
     skip_invalid: bool = typer.Option(False, help=SKIP_HELP),
     allow_empty_responses: bool = typer.Option(False, help=EMPTY_HELP),
 ) -> None:
-    """Split a file into train and eval BY PROMPT: all pairs of a prompt land on the same side.
+    """Split a source into train and eval BY PROMPT: all pairs of a prompt land on the same side.
 
     A pair is held out when a hash of its prompt messages and the seed falls below
     --eval-fraction: the rule `train-rm` uses for data.eval_fraction, so the sides match. The
@@ -276,7 +301,9 @@ def split(
 @app.command("mix")
 def mix(
     dst: str = typer.Argument(..., help="Output: .jsonl, .jsonl.gz, .parquet, or - for jsonl on stdout."),
-    sources: List[str] = typer.Argument(..., help="Sources as PATH:WEIGHT (weight 1 when left out)."),
+    sources: List[str] = typer.Argument(
+        ..., help=f"Sources as SOURCE:WEIGHT (weight 1 when left out; {SOURCE_HELP}); a mixture argument adds its parts."
+    ),
     seed: Optional[int] = typer.Option(None, hidden=True, help="Ignored: mixing is deterministic."),
     total: Optional[int] = typer.Option(None, min=1, help="Rows to write; default: the sum of the sources' valid rows."),
     skip_invalid: bool = typer.Option(False, help=SKIP_HELP),
@@ -295,6 +322,7 @@ def mix(
     """
     from gpmctl.data.mix import parse_mix_source
     from gpmctl.data.ops import mix as mix_files
+    from gpmctl.data.sources import parse_mixture
     from gpmctl.utils import log
 
     if seed is not None:
@@ -303,7 +331,7 @@ def mix(
     with _progress("mixing") as progress:
         result = mix_files(
             dst,
-            [parse_mix_source(s) for s in sources],
+            [part for s in sources for part in (parse_mixture(s) or [parse_mix_source(s)])],
             total=total,
             skip_invalid=skip_invalid,
             on_error=skipped,

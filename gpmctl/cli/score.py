@@ -33,6 +33,9 @@ def score(
 ) -> None:
     """Score aligned responses with a GPM or BT model: each response is embedded once (K passes per prompt).
 
+    Input rows: {"prompt", "response"}, {"prompt", "completion"} (TRL's prompt-completion rows; strings or
+    message lists) or {"messages"} whose last message is the response; an "id" is copied to the output.
+
     Two files: one JSON object per line, {"line", "id"?, "p": P(a > b), "logit": s / tau} (BT adds the
     rewards). K >= 3 files: {"line", "id"?, "matrix": K x K probabilities, "win_rate": mean P(i > j)}.
     With -o the lines go to OUT.partial (settings in OUT.partial.json), renamed to OUT when complete;

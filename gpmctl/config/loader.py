@@ -203,6 +203,9 @@ FOREIGN_NAMES: dict[str, tuple[tuple[str, ...], Any]] = {
     "add_prompt_head": (("model.gate",), None),
     "is_general_preference": (("model.kind",), _flag("gpm", "bt")),
     "warmup": (("train.warmup_ratio",), None),
+    "prompt_key": (("data.prompt_key",), None),
+    "chosen_key": (("data.chosen_key",), None),
+    "rejected_key": (("data.rejected_key",), None),
 }
 """Names users bring from TRL / transformers, OpenRLHF and the authors' scripts -> (the gpmctl keys they mean,
 the first one the schema has is taken; how the value translates, None: as is). As an override, bare or under

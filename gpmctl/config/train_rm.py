@@ -97,6 +97,19 @@ class DataConfig:
     """Use at most this many training pairs (the first ones), e.g. for a quick check."""
     allow_empty_responses: bool = False
     """Accept empty or whitespace-only answers (HH-RLHF prefers a few empty replies); otherwise each is an error."""
+    prompt_key: str | None = None
+    """Input key that holds the prompt, renamed to `prompt` in every row of data.train and data.eval (OpenRLHF's
+    --prompt_key); a row without it has no prompt. null: rows are read by their own keys."""
+    chosen_key: str | None = None
+    """Input key that holds the chosen answer, renamed to `chosen` (OpenRLHF's --chosen_key)."""
+    rejected_key: str | None = None
+    """Input key that holds the rejected answer, renamed to `rejected` (OpenRLHF's --rejected_key)."""
+
+    def input_keys(self) -> dict[str, str]:
+        """prompt_key / chosen_key / rejected_key as gpmctl.data.formats.ReadOptions.keys."""
+        from gpmctl.data.formats import input_keys
+
+        return input_keys(self.prompt_key, self.chosen_key, self.rejected_key)
 
 
 @dataclass
@@ -182,6 +195,12 @@ class Recipe:
                 (0.0 <= d.eval_fraction < 1.0, "data.eval_fraction", "must be in [0, 1)"),
                 (d.max_length >= 8, "data.max_length", f"must be >= 8, got {d.max_length}"),
                 (d.max_samples is None or d.max_samples >= 1, "data.max_samples", "must be >= 1 (or null: every pair)"),
+                (
+                    len({d.prompt_key, d.chosen_key, d.rejected_key} - {None})
+                    == sum(k is not None for k in (d.prompt_key, d.chosen_key, d.rejected_key)),
+                    "data.prompt_key",
+                    "data.prompt_key, data.chosen_key and data.rejected_key must name different input keys",
+                ),
                 *optimisation_checks(t),
                 (
                     t.max_steps is None or t.max_steps >= 1,

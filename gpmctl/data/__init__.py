@@ -2,7 +2,7 @@
 
 records.py        PreferenceRecord: a prompt (messages), a chosen and a rejected continuation
 fields.py         checks of one row's fields (one line naming file, line and field per problem)
-formats.py        row formats (explicit, messages, hh-rlhf, gpm-custom), detection, ReadOptions
+formats.py        row formats (explicit, messages, hh-rlhf, implicit-text, gpm-custom), detection, ReadOptions
 ultrafeedback.py  UltraFeedback rows: binarised or the paper's cyclic triples
 files.py          reading (jsonl, jsonl.gz, json, csv, parquet, stdin) and writing data files
 sources.py        recipe sources: files, folders, cyclic:, ultrafeedback:, Hub ids, mixtures

@@ -4,6 +4,7 @@ Readers, from the most used:
   read_records(path)          the records of a file; the first bad row raises DataError
   records_with_errors(path)   (format, record or DataError) for every row, reading on past bad rows
   records_from_rows(rows, s)  the records of rows already decoded (a `datasets.Dataset`, generated rows)
+  rows_with_errors(rows, s)   records_with_errors of rows already decoded
   file_rows(path)             (line, decoded row) with no row format applied (scores, tables, logs)
 
 Files: .jsonl and .jsonl.gz (streamed line by line, never more than MAX_LINE_BYTES of one line held),
@@ -67,27 +68,23 @@ def read_records(
     DataError; a missing file or unknown suffix raises at once, before iteration. `options` forces a
     format or picks the UltraFeedback mode (see ReadOptions); `max_line_bytes` caps a jsonl line.
     """
-    return _raise_first(records_with_errors(path, limit=limit, options=options, max_line_bytes=max_line_bytes))
+    return records_only(records_with_errors(path, limit=limit, options=options, max_line_bytes=max_line_bytes))
 
 
 def records_with_errors(
     path: str | Path,
     *,
     limit: int | None = None,
-    rename: dict[str, str] | None = None,
     options: ReadOptions | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
 ) -> Items:
     """(format, record) for every record of a file, and (format, DataError) for every bad row, reading on
     with the next row. The format is None when the row could not be decoded or is not an object. An
     UltraFeedback row gives one item per record. A problem that ends the file (corrupt gzip, a .json that
-    does not parse) is yielded last. `limit` counts rows, good and bad. `rename` maps a key of the file to
-    the canonical key it stands for, e.g. {"question": "prompt"}; a key already holding the canonical name
-    is replaced. A missing file or unknown suffix raises at once."""
+    does not parse) is yielded last. `limit` counts rows, good and bad. A missing file or unknown suffix
+    raises at once."""
     _check_limit(limit)
     name, rows = _file_rows(path, max_line_bytes)
-    if rename:
-        rows = _renamed(rows, rename)
     return _records(rows, name, limit, options or ReadOptions())
 
 
@@ -96,9 +93,14 @@ def records_from_rows(
 ) -> Iterator[PreferenceRecord]:
     """Records of already decoded rows, e.g. a `datasets.Dataset`; the first bad row raises DataError
     "SOURCE:N: ... (row N)" with N the 1-based row number."""
+    return records_only(rows_with_errors(rows, source, limit=limit, options=options))
+
+
+def rows_with_errors(rows: Iterable[Any], source: str, *, limit: int | None = None, options: ReadOptions | None = None) -> Items:
+    """records_with_errors of already decoded rows: (format, record or DataError "SOURCE:N: ... (row N)")."""
     _check_limit(limit)
     numbered = ((i, row, f" (row {i})") for i, row in enumerate(rows, start=1))
-    return _raise_first(_records(numbered, source, limit, options or ReadOptions()))
+    return _records(numbered, source, limit, options or ReadOptions())
 
 
 def file_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -128,11 +130,12 @@ def _records(rows: Rows, name: str, limit: int | None, options: ReadOptions) -> 
             if isinstance(row, DataError):
                 yield None, row
             else:
+                row = options.renamed(row)
                 fmt = row_format(row, options)
                 try:
                     records = row_records(row, options)
                 except RowProblem as p:
-                    yield fmt, p.error(name, number, note)
+                    yield fmt, options.input_field(p).error(name, number, note)
                 else:
                     for record in records:
                         yield fmt, record
@@ -145,15 +148,8 @@ def _records(rows: Rows, name: str, limit: int | None, options: ReadOptions) -> 
         raise DataError(name, "no rows (the input is empty or holds only blank lines); nothing to read")
 
 
-def _renamed(rows: Rows, rename: dict[str, str]) -> Rows:
-    with closing(rows):
-        for number, row, note in rows:
-            if isinstance(row, dict):
-                row = {rename.get(k, k): v for k, v in row.items() if k not in rename.values() or k in rename}
-            yield number, row, note
-
-
-def _raise_first(items: Items) -> Iterator[PreferenceRecord]:
+def records_only(items: Items) -> Iterator[PreferenceRecord]:
+    """The records of (format, record or DataError) items; the first DataError raises."""
     for _, item in items:
         if isinstance(item, DataError):
             raise item
@@ -417,7 +413,9 @@ class RecordWriter:
 
     Parquet columns: prompt/chosen/rejected as lists of {role, content}, margin, label, id, subset,
     then one column per extra (`meta`) key; the extra columns and their types come from the first
-    batch of rows, and a later row with a new extra key or a value of another type is an error.
+    batch of rows, and a later row with a new extra key or a value of another type is an error. A column
+    that is null in every row is left out (the file is rewritten without it when it closes), so TRL's
+    RewardTrainer reads the file as it is: its collator would turn an all-null margin into a crash.
 
         with RecordWriter("out.parquet") as w:
             for record in records:
@@ -433,6 +431,7 @@ class RecordWriter:
         self._file = self._raw = self._parquet = None
         self._batch: list[dict] = []
         self._schema = None
+        self._filled: set[str] = {"prompt", "chosen", "rejected"}  # parquet columns holding a value in some row
 
     def __enter__(self) -> RecordWriter:
         if self.path == "-":
@@ -488,6 +487,7 @@ class RecordWriter:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise DataError(self.path, f"an extra key changes type after the first rows ({e}): write jsonl instead") from None
         self._parquet.write_table(table)
+        self._filled.update(name for name in self._schema.names if table.column(name).null_count < len(table))
         self._batch = []
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -501,6 +501,23 @@ class RecordWriter:
             raise
         return self._output.__exit__(exc_type, exc, tb)  # replaces the target, or removes the temporary file
 
+    def _drop_empty_parquet_columns(self) -> None:
+        """Rewrite the closed temporary parquet file without the columns that are null in every row."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if all(name in self._filled for name in self._schema.names):
+            return
+        keep = [field for field in self._schema if field.name in self._filled]
+        slimmer = f"{self._tmp}.columns"
+        try:
+            with pq.ParquetFile(self._tmp) as source, pq.ParquetWriter(slimmer, pa.schema(keep)) as out:
+                for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[field.name for field in keep]):
+                    out.write_batch(batch)
+            os.replace(slimmer, self._tmp)
+        finally:
+            Path(slimmer).unlink(missing_ok=True)
+
     def _close(self, complete: bool) -> None:
         """Flush and close the temporary file; `complete=False` (a failure) only closes it."""
         if complete:
@@ -511,8 +528,10 @@ class RecordWriter:
                     import pyarrow.parquet as pq
 
                     self._batch = []
-                    self._parquet = pq.ParquetWriter(self._tmp, pa.schema(_fixed_parquet_fields()))
+                    self._schema = pa.schema(_fixed_parquet_fields())
+                    self._parquet = pq.ParquetWriter(self._tmp, self._schema)
                 self._parquet.close()
+                self._drop_empty_parquet_columns()
             else:
                 if self._file is not self._raw:
                     self._file.close()
@@ -528,7 +547,7 @@ _PARQUET_FIXED = ("prompt", "chosen", "rejected", "margin", "label", "id", "subs
 
 
 def _fixed_parquet_fields() -> list:
-    """(name, arrow type) of the columns every parquet output has, in _PARQUET_FIXED order."""
+    """(name, arrow type) of the columns every parquet output starts with, in _PARQUET_FIXED order."""
     import pyarrow as pa
 
     return [(k, _messages_type()) for k in ("prompt", "chosen", "rejected")] + [

@@ -2,7 +2,8 @@
 
 One `PreferenceRecord` (gpmctl.data.records) is one comparison: a prompt (a list of messages) and two
 continuations, `chosen` (preferred) and `rejected`. Every supported row format becomes this record;
-the format is detected per row from its keys (`detect_format`), or forced (`ReadOptions.format`):
+the format is detected per row from its keys (`detect_format`; two plain strings are hh-rlhf when "chosen"
+starts like an HH-RLHF dialogue, implicit-text otherwise), or forced (`ReadOptions.format`):
 
   explicit      {"prompt", "chosen", "rejected"}; each field a string or a list of messages.
                 Covers TRL's standard (strings) and conversational (message lists) explicit-prompt
@@ -14,8 +15,17 @@ the format is detected per row from its keys (`detect_format`), or forced (`Read
                 Preference, the official GPM code): prompt = the longest common prefix of messages,
                 chosen/rejected = what follows it.
   hh-rlhf       {"chosen": str, "rejected": str}, each a whole "\\n\\nHuman: ...\\n\\nAssistant: ..."
-                dialogue (TRL standard implicit prompt): prompt = the shared text up to the last
-                "\\n\\nAssistant:" it contains, parsed into turns (Human -> user, Assistant -> assistant).
+                dialogue (Anthropic HH-RLHF): prompt = the shared text up to the last "\\n\\nAssistant:"
+                it contains, parsed into turns (Human -> user, Assistant -> assistant).
+  implicit-text {"chosen": str, "rejected": str} that are not HH-RLHF dialogues (TRL's standard implicit
+                prompt): the prompt is their longest common prefix, cut by characters as TRL's
+                `extract_prompt` cuts it; when that prefix ends in a space, the one space goes back to the
+                answers ("The sky is blue." / "The sky is green." -> prompt "The sky is", answers
+                " blue." / " green."). The prompt becomes one user message, each rest one assistant
+                message, texts as given (so reading a row gives the record of TRL's extract_prompt(row) read
+                as explicit). Strings sharing no opening text (or only spaces) have no prompt: an error.
+                A cut is not held to word boundaries ("The sky is blue" / "The sky is bright" -> prompt
+                "The sky is b"), as in TRL; write an explicit prompt where that matters.
   gpm-custom    {"instruction", "chosen", "reject", "label"} of the official GPM code's cyclic data;
                 "chosen"/"reject" are strings or {"response": str}. Its "label" is an index, not a
                 probability: it is ignored. The instruction becomes one user message, rendered like
@@ -36,6 +46,12 @@ Soft-label rule: "label" is read as P(chosen > rejected) in every format except 
 ultrafeedback. It must be a number (not a boolean) in [0, 1]; anything else is an error. Absent or
 null means 1 (`label=None`).
 
+Input keys (OpenRLHF's --prompt_key/--chosen_key/--rejected_key): `ReadOptions.keys` renames the keys
+that hold prompt, chosen and rejected (`--prompt-key question` on every `gpmctl data` command, recipe key
+`data.prompt_key`) before the format is detected. Renaming is strict: a canonical key the row holds itself
+is dropped, so a row without the input key has that field missing; errors name the input key
+("question: whitespace-only text").
+
 Roles: in the explicit format each answer (chosen, rejected) must start with an assistant message.
 
 Empty texts: an empty or whitespace-only text is an error, prompt or answer: a pair with an empty
@@ -50,7 +66,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpmctl.data.fields import (
@@ -69,7 +85,7 @@ from gpmctl.data.records import Message, PreferenceRecord
 from gpmctl.data.ultrafeedback import DEFAULT_CYCLE_CRITERIA, ULTRAFEEDBACK_MODES, parse_criteria, ultrafeedback_records
 from gpmctl.errors import DataError
 
-FORMATS = ("explicit", "messages", "hh-rlhf", "gpm-custom", "ultrafeedback")
+FORMATS = ("explicit", "messages", "hh-rlhf", "implicit-text", "gpm-custom", "ultrafeedback")
 
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 _HH_ANSWER = "\n\nAssistant:"
@@ -85,7 +101,7 @@ def detect_format(row: dict) -> str:
     if "prompt" in row:
         return "explicit"
     if isinstance(row.get("chosen"), str):
-        return "hh-rlhf"
+        return "hh-rlhf" if _is_hh_dialogue(row["chosen"]) else "implicit-text"
     return "messages"
 
 
@@ -149,21 +165,33 @@ def _hh_turns(text: str, name: str, first_index: int, *, allow_empty_answer: boo
     return out
 
 
+def _is_hh_dialogue(text: str) -> bool:
+    """Whether a string reads as an HH-RLHF dialogue: it opens with a turn and holds an assistant turn."""
+    return text.lstrip().startswith(("Human:", "Assistant:")) and _HH_ANSWER in text
+
+
+def _string_pair(row: dict) -> tuple[str, str]:
+    """(chosen, rejected) of an implicit-prompt row whose answers must both be strings."""
+    pair = []
+    for key, other in (("chosen", "rejected"), ("rejected", "chosen")):
+        value = require(row, key)
+        if not isinstance(value, str):
+            raise RowProblem(key, f"expected a string like {other}, got {json_type(value)}")
+        pair.append(value)
+    return pair[0], pair[1]
+
+
 def hh_dialogue_record(row: dict, *, allow_empty_responses: bool = False) -> PreferenceRecord:
     """{"chosen": str, "rejected": str}, whole HH-RLHF dialogues; prompt = text up to the last shared
-    '\\n\\nAssistant:'. Plain strings that are not such dialogues have no prompt: an error."""
-    chosen_text, rejected_text = (require(row, key) for key in ("chosen", "rejected"))
-    for key, value in (("chosen", chosen_text), ("rejected", rejected_text)):
-        if not isinstance(value, str):
-            other = "rejected" if key == "chosen" else "chosen"
-            raise RowProblem(key, f"expected a string like {other}, got {json_type(value)}")
-    for value in (chosen_text, rejected_text):
-        if not (value.lstrip().startswith(("Human:", "Assistant:")) and _HH_ANSWER in value):
-            raise RowProblem(
-                "prompt",
-                "missing, and chosen/rejected are plain strings, not HH-RLHF dialogues "
-                "('\\n\\nHuman: ...\\n\\nAssistant: ...'), so no prompt can be found",
-            )
+    '\\n\\nAssistant:'. Read as hh-rlhf (forced, or detected from "chosen"), strings that are not such dialogues
+    are an error."""
+    chosen_text, rejected_text = _string_pair(row)
+    if not (_is_hh_dialogue(chosen_text) and _is_hh_dialogue(rejected_text)):
+        raise RowProblem(
+            "prompt",
+            "missing, and chosen/rejected are plain strings, not HH-RLHF dialogues "
+            "('\\n\\nHuman: ...\\n\\nAssistant: ...'), so no prompt can be found",
+        )
     if chosen_text == rejected_text:
         raise RowProblem("rejected", "identical to chosen; a pair needs two different answers")
     shared = os.path.commonprefix([chosen_text, rejected_text])
@@ -178,6 +206,37 @@ def hh_dialogue_record(row: dict, *, allow_empty_responses: bool = False) -> Pre
         answers.append(_hh_turns(value[cut:], key, len(prompt), allow_empty_answer=allow_empty_responses))
     check_different(*answers)
     return PreferenceRecord(prompt, answers[0], answers[1], **optional_fields(row, soft_label=True))
+
+
+def implicit_text_record(row: dict, *, allow_empty_responses: bool = False) -> PreferenceRecord:
+    """{"chosen": str, "rejected": str}, TRL's standard implicit prompt: prompt = the longest common prefix,
+    less one trailing space (which stays with the answers, as in TRL's extract_prompt)."""
+    chosen_text, rejected_text = _string_pair(row)
+    if chosen_text == rejected_text:
+        raise RowProblem("rejected", "identical to chosen; a pair needs two different answers")
+    cut = len(os.path.commonprefix([chosen_text, rejected_text]))
+    if cut > 0 and chosen_text[cut - 1] == " ":
+        cut -= 1
+    prompt = chosen_text[:cut]
+    if not prompt.strip():
+        raise RowProblem(
+            "prompt",
+            "missing, and chosen/rejected share no opening text (TRL's implicit prompt), so no prompt can be found",
+        )
+    answers = []
+    for key, other, text in (("chosen", "rejected", chosen_text), ("rejected", "chosen", rejected_text)):
+        answer = text[cut:]
+        if not answer and not allow_empty_responses:
+            raise RowProblem(key, f"holds only the text it shares with {other}, no answer{EMPTY_ANSWER_HINT}")
+        answers.append(
+            [{"role": "assistant", "content": checked_text(answer, key, allow_empty=allow_empty_responses, answer=True)}]
+        )
+    return PreferenceRecord(
+        [{"role": "user", "content": checked_text(prompt, "prompt")}],
+        answers[0],
+        answers[1],
+        **optional_fields(row, soft_label=True),
+    )
 
 
 def gpm_custom_record(row: dict, *, allow_empty_responses: bool = False) -> PreferenceRecord:
@@ -204,6 +263,7 @@ _READERS = {
     "explicit": explicit_prompt_record,
     "messages": implicit_messages_record,
     "hh-rlhf": hh_dialogue_record,
+    "implicit-text": implicit_text_record,
     "gpm-custom": gpm_custom_record,
 }
 
@@ -211,12 +271,14 @@ _READERS = {
 @dataclass(frozen=True)
 class ReadOptions:
     """How rows are read: `format` forces one reader (None: detect per row); UltraFeedback mode and
-    cycle criteria; whether empty answers are allowed."""
+    cycle criteria; whether empty answers are allowed; `keys`, the input keys that stand for prompt,
+    chosen and rejected ({"question": "prompt"}, see `input_keys`)."""
 
     format: str | None = None
     ultrafeedback_mode: str = "binarize"
     criteria: tuple[str, ...] = DEFAULT_CYCLE_CRITERIA
     allow_empty_responses: bool = False
+    keys: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.format is not None and self.format not in FORMATS:
@@ -226,6 +288,39 @@ class ReadOptions:
                 f"ultrafeedback mode must be one of {', '.join(ULTRAFEEDBACK_MODES)}, got {self.ultrafeedback_mode!r}"
             )
         object.__setattr__(self, "criteria", parse_criteria(self.criteria))
+        for key, canonical in self.keys.items():
+            if canonical not in RENAMEABLE or list(self.keys.values()).count(canonical) > 1:
+                raise ValueError(
+                    f"input key {key!r} cannot stand for {canonical!r}: give one key each for {', '.join(RENAMEABLE)}"
+                )
+
+    def renamed(self, row: Any) -> Any:
+        """`row` with its input keys (`keys`) renamed to the canonical ones; a canonical key the row holds
+        itself is dropped, so a row without the input key has that field missing. Other values as they are."""
+        if not self.keys or not isinstance(row, dict):
+            return row
+        targets = self.keys.values()
+        return {self.keys.get(k, k): v for k, v in row.items() if k in self.keys or k not in targets}
+
+    def input_field(self, problem: RowProblem) -> RowProblem:
+        """`problem` with a renamed field named by its input key ("prompt[0].content" -> "question[0].content")."""
+        for key, canonical in self.keys.items():
+            if problem.field is not None and re.match(rf"{canonical}(?:$|[.\[])", problem.field):
+                return RowProblem(key + problem.field[len(canonical) :], problem.problem)
+        return problem
+
+
+RENAMEABLE = ("prompt", "chosen", "rejected")
+
+
+def input_keys(prompt: str | None = None, chosen: str | None = None, rejected: str | None = None) -> dict[str, str]:
+    """The `ReadOptions.keys` of --prompt-key/--chosen-key/--rejected-key (recipe keys data.prompt_key, ...):
+    input key -> canonical key, for the keys given. One input key for two fields is a ValueError."""
+    given = [(key, canonical) for key, canonical in ((prompt, "prompt"), (chosen, "chosen"), (rejected, "rejected")) if key]
+    keys = dict(given)
+    if len(keys) < len(given):
+        raise ValueError(f"one input key for two fields: {', '.join(f'{c}={k!r}' for k, c in given)}")
+    return keys
 
 
 def parse_row(
@@ -243,10 +338,11 @@ def parse_rows(
     row: Any, *, source: str = "<row>", line: int | None = None, options: ReadOptions | None = None
 ) -> list[PreferenceRecord]:
     """One decoded row -> its records (one, except for UltraFeedback rows); problems raise DataError."""
+    options = options or ReadOptions()
     try:
-        return row_records(row, options or ReadOptions())
+        return row_records(options.renamed(row), options)
     except RowProblem as p:
-        raise p.error(source, line) from None
+        raise options.input_field(p).error(source, line) from None
 
 
 def row_format(row: Any, options: ReadOptions) -> str | None:

@@ -1,5 +1,8 @@
 """Dataset operations behind `gpmctl data ...`: validate, convert, stats, split, mix.
 
+Every input is a source spec, read as recipes read data.train (gpmctl.data.sources: files, folders, Hub ids,
+mixtures, cyclic: and ultrafeedback: specs), with bad rows reported and read past (`source_items`).
+
 Every operation streams its input row by row (memory flat in file size), except where the answer
 needs a row's neighbours: `stats` keeps one length per row and one 8-byte hash per distinct pair.
 Outputs are written to a temporary sibling and renamed into place, so a target is either absent,
@@ -9,6 +12,7 @@ is read.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -17,10 +21,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gpmctl.data.files import RecordWriter, records_with_errors
+from gpmctl.data.files import RecordWriter
 from gpmctl.data.formats import FORMATS, ReadOptions
 from gpmctl.data.mix import interleave
 from gpmctl.data.records import PreferenceRecord
+from gpmctl.data.sources import source_items
 from gpmctl.data.split import held_out
 from gpmctl.errors import ConfigError, DataError
 
@@ -40,14 +45,13 @@ def valid_records(
     *,
     skip_invalid: bool = False,
     on_error: OnError | None = None,
-    rename: dict[str, str] | None = None,
     progress: Progress | None = None,
     options: ReadOptions | None = None,
 ) -> Iterator[PreferenceRecord]:
-    """The records of a file. A bad row raises its DataError, or with `skip_invalid` goes to
-    `on_error` and reading goes on. `options`: forced format, UltraFeedback mode (ReadOptions)."""
+    """The records of a source. A bad row raises its DataError, or with `skip_invalid` goes to
+    `on_error` and reading goes on. `options`: forced format, UltraFeedback mode, input keys (ReadOptions)."""
     count = 0
-    for _, item in records_with_errors(path, rename=rename, options=options):
+    for _, item in source_items(str(path), options=options):
         count += 1
         if progress is not None and count % PROGRESS_EVERY == 0:
             progress(count)
@@ -63,11 +67,11 @@ def valid_records(
 def validate(
     paths: list[str], progress: Progress | None = None, options: ReadOptions | None = None
 ) -> Iterator[tuple[str, int, DataError | None]]:
-    """(path, item number within the file, problem or None) for every record or bad row of every
-    file, in one pass. A file that cannot be opened is one problem with row number 0."""
+    """(source, item number within it, problem or None) for every record or bad row of every source, in
+    one pass. A source that cannot be opened is one problem with row number 0."""
     for path in paths:
         try:
-            items = records_with_errors(path, options=options)
+            items = source_items(path, options=options)
             number = 0
             for _, item in items:
                 number += 1
@@ -99,20 +103,17 @@ def convert(
     src: str,
     dst: str,
     *,
-    rename: dict[str, str] | None = None,
     skip_invalid: bool = False,
     on_error: OnError | None = None,
     progress: Progress | None = None,
     options: ReadOptions | None = None,
 ) -> dict:
-    """Any readable file -> canonical jsonl / jsonl.gz / parquet (or "-"). -> {"rows", "skipped"}.
-    `options` forces a format or picks the UltraFeedback mode (ReadOptions)."""
+    """Any source -> canonical jsonl / jsonl.gz / parquet (or "-"). -> {"rows", "skipped"}.
+    `options` forces a format, picks the UltraFeedback mode or renames input keys (ReadOptions)."""
     count_error = SkipCounter(on_error)
 
     with RecordWriter(dst, inputs=(src,)) as out:
-        for record in valid_records(
-            src, skip_invalid=skip_invalid, on_error=count_error, rename=rename, progress=progress, options=options
-        ):
+        for record in valid_records(src, skip_invalid=skip_invalid, on_error=count_error, progress=progress, options=options):
             out.write(record)
     return {"input": src, "output": dst, "rows": out.rows, "skipped": count_error.count}
 
@@ -157,8 +158,10 @@ def stats(
     against: str | None = None,
     limit: int | None = None,
     progress: Progress | None = None,
+    options: ReadOptions | None = None,
 ) -> dict:
-    """Counts and length percentiles of one file; see `gpmctl data stats --help` for the keys."""
+    """Counts and length percentiles of one file; see `gpmctl data stats --help` for the keys. `options`
+    (ReadOptions) read `path`, always with empty answers allowed; `against` is read with the defaults."""
     fields = ("prompt", "chosen", "rejected")
     chars = {f: Counter() for f in fields}  # length histograms: memory does not grow with the rows
     tokens = {f: Counter() for f in fields}
@@ -168,7 +171,8 @@ def stats(
     prompt_keys: dict[bytes, int] = {}  # normalised prompt hash -> rows
     rows = invalid = duplicates = swapped = 0
     empty = {"chosen": 0, "rejected": 0}
-    for fmt, item in records_with_errors(path, options=EMPTY_ALLOWED):  # counted in empty_responses instead
+    counting_empty = dataclasses.replace(options or ReadOptions(), allow_empty_responses=True)  # see empty_responses
+    for fmt, item in source_items(path, options=counting_empty):
         rows += 1
         if progress is not None and rows % PROGRESS_EVERY == 0:
             progress(rows)
@@ -218,7 +222,7 @@ def stats(
     if against is not None:
         other: set[bytes] = set()
         other_rows = other_invalid = 0
-        for _, item in records_with_errors(against, options=EMPTY_ALLOWED):
+        for _, item in source_items(against, options=EMPTY_ALLOWED):
             other_rows += 1
             if isinstance(item, DataError):
                 other_invalid += 1
@@ -274,7 +278,7 @@ def mix(
     progress: Progress | None = None,
     options: ReadOptions | None = None,
 ) -> dict:
-    """Weighted mixture of files by the rule of recipe mixtures (gpmctl.data.mix): `total` rows, default
+    """Weighted mixture of sources (any but a mixture) by the rule of recipe mixtures (gpmctl.data.mix): `total` rows, default
     the sum of the sources' valid rows, which are then exactly the records a recipe mixture of the same
     sources reads. -> counts per source."""
     if not sources:

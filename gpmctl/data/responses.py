@@ -1,7 +1,9 @@
 """Aligned response files, the input of `gpmctl score`: line i of every file answers the same prompt.
 
-Rows are `{"prompt": str | [messages], "response": str}` or `{"messages": [...]}` whose last message is
-the response; an `id` is carried to the output. Lines are read like every jsonl data file's
+Rows are `{"prompt": str | [messages], "response": str | [messages]}`, the same with "completion" for
+"response" (TRL's prompt-completion rows, standard or conversational), or `{"messages": [...]}` whose last
+message is the response; a string prompt is one user message, a string response one assistant message.
+An `id` is carried to the output. Lines are read like every jsonl data file's
 (gpmctl.data.files.jsonl_lines: capped at MAX_LINE_BYTES, UTF-8), except that a blank line is a bad row
 rather than skipped: skipping it would shift the files against each other. A text far longer than
 `max_length` tokens is cut (in characters) before tokenising, since right truncation drops its end anyway.
@@ -69,33 +71,48 @@ def text_cutter(tokenizer, max_length: int) -> Callable[[list[dict]], list[dict]
     return cut
 
 
+def _message_list(value, path: str, line: int, field: str, least: int = 1) -> list[dict]:
+    """A list of >= `least` {role, content} messages (string contents), copied; otherwise a one-line DataError."""
+    if not (
+        isinstance(value, list)
+        and len(value) >= least
+        and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value)
+    ):
+        raise DataError(path, f"expected a list of >= {least} {{role, content}} messages", line=line, field=field)
+    return [dict(m) for m in value]
+
+
+def _side(value, path: str, line: int, field: str, role: str) -> list[dict]:
+    """A string (one message of `role`) or a list of messages."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list):
+        return _message_list(value, path, line, field)
+    raise DataError(
+        path, f"expected a string or a list of {{role, content}} messages, got {type(value).__name__}", line=line, field=field
+    )
+
+
 def parse_response(row, path: str, line: int) -> Response:
     """One scoring input row -> Response; problems name file, line and field."""
     if not isinstance(row, dict):
         raise DataError(path, "expected a JSON object", line=line)
     rid = None if row.get("id") is None else str(row["id"])
     if "messages" in row:
-        msgs = row["messages"]
-        if not (
-            isinstance(msgs, list)
-            and len(msgs) >= 2
-            and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)
-        ):
-            raise DataError(path, "expected a list of >= 2 {role, content} messages", line=line, field="messages")
-        return Response([dict(m) for m in msgs[:-1]], [dict(msgs[-1])], rid)
-    for key in ("prompt", "response"):
-        if key not in row:
-            raise DataError(path, "missing", line=line, field=key)
-    prompt, response = row["prompt"], row["response"]
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    if not (
-        isinstance(prompt, list) and prompt and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt)
-    ):
-        raise DataError(path, "expected a string or a list of {role, content} messages", line=line, field="prompt")
-    if not isinstance(response, str):
-        raise DataError(path, f"expected a string, got {type(response).__name__}", line=line, field="response")
-    return Response(prompt, [{"role": "assistant", "content": response}], rid)
+        msgs = _message_list(row["messages"], path, line, "messages", least=2)
+        return Response(msgs[:-1], msgs[-1:], rid)
+    if "prompt" not in row:
+        raise DataError(path, "missing", line=line, field="prompt")
+    answers = [key for key in ("response", "completion") if key in row]
+    if len(answers) != 1:
+        problem = (
+            "missing (or completion, as in TRL's prompt-completion rows)"
+            if not answers
+            else "give response or completion, not both"
+        )
+        raise DataError(path, problem, line=line, field="response")
+    prompt = _side(row["prompt"], path, line, "prompt", "user")
+    return Response(prompt, _side(row[answers[0]], path, line, answers[0], "assistant"), rid)
 
 
 def aligned_rows(

@@ -116,13 +116,31 @@ def parse_mixture(spec: str) -> list[tuple[str, float]] | None:
     return [parse_mix_source(p) for p in parts]
 
 
-def _mixture_records(parts: list[tuple[str, float]], limit: int | None, options) -> Iterator:
-    sizes = [sum(1 for _ in read_source(path, options=options)) for path, _ in parts]
-    for (path, _), size in zip(parts, sizes):
+def _mixture_items(parts: list[tuple[str, float]], limit: int | None, options) -> Iterator:
+    counting = [source_items(path, options=options) for path, _ in parts]  # a missing part raises here, at once
+    return _mixed(parts, counting, limit, options)
+
+
+def _mixed(parts: list[tuple[str, float]], counting: list[Iterator], limit: int | None, options) -> Iterator:
+    """Count each part's records (yielding its bad rows), then interleave the records by the mixture rule."""
+    sizes = []
+    for (path, _), items in zip(parts, counting):
+        size = 0
+        for fmt, item in items:
+            if isinstance(item, DataError):
+                yield fmt, item
+            else:
+                size += 1
         if size == 0:
             raise DataError(path, "no records to mix")
+        sizes.append(size)
+
+    def records(path: str) -> Iterator:
+        return (pair for pair in source_items(path, options=options) if not isinstance(pair[1], DataError))
+
     total = sum(sizes) if limit is None else min(sum(sizes), limit)
-    return (record for _, record in interleave(parts, lambda path: read_source(path, options=options), total))
+    for _, pair in interleave(parts, records, total):
+        yield pair
 
 
 def _hub_id(spec: str) -> tuple[str, str | None, str] | None:
@@ -171,36 +189,42 @@ def _folder_files(folder: Path) -> list[Path]:
 def read_source(spec: str, limit: int | None = None, options=None) -> Iterator:
     """PreferenceRecords of a source spec (see the module docstring). Problems raise DataError /
     ConfigError naming the source; a missing source raises before iteration starts. `options`
-    (ReadOptions) apply to every part; its allow_empty_responses also to ultrafeedback: parts."""
-    from gpmctl.data.files import read_records, records_from_rows
-    from gpmctl.data.formats import parse_row
+    (ReadOptions) apply to every part; its allow_empty_responses and keys also to ultrafeedback: parts."""
+    from gpmctl.data.files import records_only
+
+    return records_only(source_items(spec, limit, options))
+
+
+def source_items(spec: str, limit: int | None = None, options=None) -> Iterator:
+    """(format, record or DataError) for every row of a source spec, reading on past bad rows: what
+    gpmctl.data.files.records_with_errors gives for one file, for any source. A mixture yields the bad rows
+    of its parts while counting them, then its records. A missing source raises before iteration starts."""
+    from gpmctl.data.files import records_with_errors, rows_with_errors
 
     spec = str(spec)
     mixture = parse_mixture(spec)
     if mixture is not None:
         if options is not None and options.format is not None:
             raise ConfigError(f"{spec}: a mixture cannot sit inside ultrafeedback:; prefix each part instead")
-        return _mixture_records(mixture, limit, options)
+        return _mixture_items(mixture, limit, options)
     if spec.startswith(CYCLIC):
-        rows = source_rows(spec)[:limit]
-        return (parse_row(row, source=spec, line=i + 1) for i, row in enumerate(rows))
+        return rows_with_errors(source_rows(spec), spec, limit=limit, options=options)
     if spec.startswith(ULTRAFEEDBACK):
         inner, uf_options = parse_ultrafeedback_spec(spec)
         if options is not None:
-            uf_options = dataclasses.replace(uf_options, allow_empty_responses=options.allow_empty_responses)
-        return read_source(inner, limit, uf_options)
+            uf_options = dataclasses.replace(uf_options, allow_empty_responses=options.allow_empty_responses, keys=options.keys)
+        return source_items(inner, limit, uf_options)
     path = Path(spec)
     if spec == "-" or path.is_file():
-        return read_records(spec, limit=limit, options=options)
+        return records_with_errors(spec, limit=limit, options=options)
     if path.is_dir():
         files = _folder_files(path)
-        records = itertools.chain.from_iterable(read_records(f, options=options) for f in files)
-        return itertools.islice(records, limit) if limit is not None else records
+        items = itertools.chain.from_iterable(records_with_errors(f, options=options) for f in files)
+        return itertools.islice(items, limit) if limit is not None else items
     hub = _hub_id(spec)
     if hub is None:
-        return read_records(spec, limit=limit, options=options)  # the usual "no such file" / suffix error
-    rows = _hub_rows(spec, *hub)
-    return records_from_rows(rows, spec, limit=limit, options=options)
+        return records_with_errors(spec, limit=limit, options=options)  # the usual "no such file" / suffix error
+    return rows_with_errors(_hub_rows(spec, *hub), spec, limit=limit, options=options)
 
 
 __all__ = [
@@ -208,5 +232,6 @@ __all__ = [
     "parse_mixture",
     "parse_ultrafeedback_spec",
     "read_source",
+    "source_items",
     "source_rows",
 ]

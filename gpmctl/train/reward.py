@@ -67,7 +67,7 @@ def load_pairs(recipe: Recipe, encoder: SequenceEncoder) -> tuple[list[EncodedPa
     from gpmctl.data.sources import read_source
 
     d, t = recipe.data, recipe.train
-    options = ReadOptions(allow_empty_responses=d.allow_empty_responses)
+    options = ReadOptions(allow_empty_responses=d.allow_empty_responses, keys=d.input_keys())
     train_records = list(read_source(d.train, limit=d.max_samples, options=options))
     if not train_records:
         raise GpmctlError(f"{d.train}: no preference pairs")
