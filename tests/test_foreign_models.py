@@ -185,6 +185,8 @@ def test_an_openrlhf_reward_model_scores_with_its_text_rule_and_normalisation(tm
         assert line["reward_a"] == pytest.approx(openrlhf_reward(base, head, tok, prompt, answers[0], 0.5, 2.0), abs=1e-4)
         assert line["reward_b"] == pytest.approx(openrlhf_reward(base, head, tok, prompt, answers[2], 0.5, 2.0), abs=1e-4)
     assert load_model(tmp_path / "rm").head.eos == "openrlhf"
+    raw = score_lines(str(tmp_path / "rm"), [a, b], "--no-normalize")[0]["reward_a"]
+    assert raw == pytest.approx(openrlhf_reward(base, head, tok, PROMPTS[0], ANSWERS[0][0], 0.0, 1.0), abs=1e-4)
 
 
 def test_classifiers_gpmctl_cannot_read_exactly_are_refused_in_one_line(tmp_path):

@@ -27,6 +27,12 @@ def score(
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
     allow_prompt_mismatch: bool = typer.Option(False, help="Accept different prompts on the same line."),
+    normalize: Optional[bool] = typer.Option(
+        None,
+        "--normalize/--no-normalize",
+        help="BT: rewards as (r - mean) / std with the statistics saved with the model (its training run's eval set, "
+        "or OpenRLHF's config); p and logit then use them too. Default: as the model says (OpenRLHF's normalize_reward).",
+    ),
     share_prompt: str = typer.Option(
         "auto", help="auto, true, false: embed a line's K responses as one packed row with the prompt once (causal decoders)."
     ),
@@ -81,11 +87,14 @@ def score(
             "chunk_lines": chunk_lines,
             "max_length": max_length,
             "share_prompt": share_prompt,
+            "normalize": normalize,
             "dtype": str(resolve_dtype(dtype, device)).removeprefix("torch."),
         }
         if resume and partial.exists():
             _check_resume_settings(partial, settings_path, settings)
     scorer = load_scorer(model, batch_size, max_length, dtype, device, share_prompt)
+    if normalize is not None:
+        _set_normalize(scorer.model.head, normalize, model)
 
     skip = _complete_chunks(partial, chunk_lines) if resume and partial.exists() else 0
     if skip:
@@ -166,6 +175,19 @@ RESUME_FLAGS = {
     "max_length": "--max-length",
     "dtype": "--dtype",
 }
+
+
+def _set_normalize(head, normalize: bool, model: str) -> None:
+    from gpmctl.errors import ConfigError
+
+    if normalize and (head.kind != "bt" or head.reward_mean is None or not head.reward_std):
+        what = (
+            "is a GPM (no scalar reward)"
+            if head.kind != "bt"
+            else "has no saved reward statistics (train it again with eval pairs)"
+        )
+        raise ConfigError(f"--normalize: {model} {what}")
+    head.normalize = normalize
 
 
 def _resolved(model: str) -> str:

@@ -123,6 +123,9 @@ class TrainConfig(OptimConfig):
     """Subtract each pair's `margin` from the score in the loss."""
     use_soft_labels: bool = True
     """Use a pair's `label` (P(chosen > rejected)) as a soft target when present."""
+    center_rewards_coefficient: float | None = None
+    """BT: add c * mean((r_chosen + r_rejected)^2) to the loss, pulling the rewards towards zero mean (TRL's
+    auxiliary loss, Eisenstein et al. 2023); null or 0: off."""
     eval_steps: int | None = None
     """Evaluate every N optimizer steps (and always at the end); default once per epoch."""
     keep_checkpoints: int = 2
@@ -214,6 +217,11 @@ class Recipe:
                 ),
                 (t.eval_steps is None or t.eval_steps >= 1, "train.eval_steps", "must be >= 1 (or null: once per epoch)"),
                 (t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1"),
+                (
+                    not t.center_rewards_coefficient or (m.kind == "bt" and t.center_rewards_coefficient > 0),
+                    "train.center_rewards_coefficient",
+                    f"needs a BT model (model.kind: bt) and a value > 0, got {t.center_rewards_coefficient}",
+                ),
                 (e.batch_size >= 1, "evaluate.batch_size", f"must be >= 1, got {e.batch_size}"),
                 (e.max_length is None or e.max_length >= 8, "evaluate.max_length", "must be >= 8 (or null: data.max_length)"),
                 (e.rmbench_limit is None or e.rmbench_limit >= 1, "evaluate.rmbench_limit", "must be >= 1 (or null: every row)"),

@@ -105,6 +105,19 @@ def save_model(
     return out_dir
 
 
+def record_reward_statistics(folder: Path, mean: float, std: float) -> None:
+    """Store a saved BT model's reward mean and std (over its eval responses) in its head settings,
+    preference_head.json and config.json's copy, each file replaced whole."""
+    from gpmctl.utils import atomic_write_text
+
+    head = read_head_file(folder / HEAD_FILE)
+    head.reward_mean, head.reward_std = float(mean), float(std)
+    config = read_json(folder / "config.json")
+    config["preference_head"] = head.to_json()
+    atomic_write_text(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(folder / HEAD_FILE, json.dumps(head.to_json(), indent=2) + "\n")
+
+
 LEGACY_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 """The class transformers 4.x builds from a tokenizer.json; transformers 5 writes `TokenizersBackend`, unknown to 4.x."""
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")

@@ -8,7 +8,7 @@ The recipe, top to bottom (nothing in output_dir is written or deleted before st
   3. load the checkpoint to resume (the one before it if it does not read back)
   4. lock and prepare the run folder (resolved recipe, environment report)
   5. the loop (gpmctl.train.loop.fit) over batches of pairs, each ONE forward pass over [chosen; rejected]:
-     the step is `pair_loss` (preference loss, pair accuracy); log, evaluate, keep the best, checkpoint
+     the step is `pair_forward` (preference loss, pair accuracy); log, evaluate, keep the best, checkpoint
   6. save the final model as a folder every other gpmctl command accepts as --model
 
 Where the batches come from is the one choice between two ways of training (`model.freeze_backbone`):
@@ -117,21 +117,32 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "prompt_end", "row", "hidden")
 
 
 def pair_loss(model, batch: dict, tau: float, use_margin: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pair_forward` without the rewards: (mean loss, s(chosen > rejected) [B])."""
+    return pair_forward(model, batch, tau, use_margin)[:2]
+
+
+def pair_forward(
+    model, batch: dict, tau: float, use_margin: bool, center: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One forward over [chosen; rejected] (padded, packed, or hidden states) -> (mean loss, per-pair scores
-    s(chosen > rejected) [B]). The soft-label loss is the hard one where label = 1, bit for bit."""
+    s(chosen > rejected) [B], BT rewards [B, 2] or None). The soft-label loss is the hard one where label = 1,
+    bit for bit; `center` adds TRL's center_rewards term c * mean((r_chosen + r_rejected)^2) (BT)."""
     out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
     head = getattr(model, "module", model).head  # a DDP / engine wrapper holds the model as .module
     half = batch["margin"].shape[0]
     split = lambda x: (x[:half], x[half:]) if x is not None else (None, None)  # noqa: E731
     (vc, vr), (gc, gr) = split(out.value), split(out.gate)
     score = head.pair_score(PreferenceOutput(vc, gc), PreferenceOutput(vr, gr))
-    loss = P.preference_loss(score, tau, batch["margin"] if use_margin else None, batch["label"])
-    return loss.mean(), score.detach()
+    loss = P.preference_loss(score, tau, batch["margin"] if use_margin else None, batch["label"]).mean()
+    rewards = torch.stack([vc, vr], dim=-1).detach() if head.kind == "bt" else None
+    if center:
+        loss = loss + center * ((vc + vr) ** 2).mean()
+    return loss, score.detach(), rewards
 
 
-def pair_step(model, batch: dict, tau: float, use_margin: bool) -> Step:
+def pair_step(model, batch: dict, tau: float, use_margin: bool, center: float | None = None) -> Step:
     """The training step of a micro-batch of pairs, with what the log window sums (all on the device)."""
-    loss, score = pair_loss(model, batch, tau, use_margin)
+    loss, score, _ = pair_forward(model, batch, tau, use_margin, center)
     label = batch["label"]
     stats = {
         "loss_sum": loss.detach() * len(label),
@@ -147,8 +158,10 @@ def pair_step(model, batch: dict, tau: float, use_margin: bool) -> Step:
 
 @torch.no_grad()
 def evaluate(engine: Engine, model, pairs, batch_size: int, tau: float, metas: list, labels: list[float]) -> dict:
-    """Pair accuracy (s > 0 strictly: ties count wrong), mean P(chosen > rejected), loss; by `kind` if present.
-    `pairs`: a batch source (TokenPairs, FeaturePairs) of the eval pairs, dealt round robin over the ranks."""
+    """Pair accuracy (s > 0 strictly: ties count wrong), mean P(chosen > rejected), loss; by `kind` if present;
+    for BT also the mean and std of the rewards of every eval response (saved with the model: OpenRLHF's
+    normalisation, `gpmctl score --normalize`). `pairs`: a batch source (TokenPairs, FeaturePairs) of the eval
+    pairs, dealt round robin over the ranks."""
     n = len(pairs)
     if not n:
         return {}
@@ -156,15 +169,21 @@ def evaluate(engine: Engine, model, pairs, batch_size: int, tau: float, metas: l
     model.eval()
     mine = list(range(engine.rank, n, engine.world))
     per_rank = math.ceil(n / engine.world)
-    scores = torch.full((per_rank,), float("nan"))
+    columns = torch.full((per_rank, 3), float("nan"))  # s(chosen > rejected), BT reward of chosen, of rejected
     for start in range(0, len(mine), batch_size):
         idx = mine[start : start + batch_size]
-        _, s = pair_loss(model, pairs.batch(idx), tau, use_margin=False)
-        scores[start : start + len(idx)] = s.float().cpu()
-    gathered = engine.gather(scores.to(engine.device)).cpu().view(engine.world, per_rank)
-    ordered = gathered.t().reshape(-1)[:n]  # undo the round robin: row r holds pairs r, r + world, ...
+        _, s, rewards = pair_forward(model, pairs.batch(idx), tau, use_margin=False)
+        columns[start : start + len(idx), 0] = s.float().cpu()
+        if rewards is not None:
+            columns[start : start + len(idx), 1:] = rewards.float().cpu()
+    gathered = engine.gather(columns.to(engine.device)).cpu().view(engine.world, per_rank, 3)
+    ordered = gathered.transpose(0, 1).reshape(-1, 3)[:n]  # undo the round robin: row r holds pairs r, r + world, ...
     model.train(was_training)
-    return pair_metrics(ordered, tau, metas, labels)
+    metrics = pair_metrics(ordered[:, 0], tau, metas, labels)
+    if rewards is not None:
+        every = ordered[:, 1:].double().reshape(-1)
+        metrics.update(reward_mean=float(every.mean()), reward_std=float(every.std()) if len(every) > 1 else None)
+    return metrics
 
 
 def pair_metrics(
@@ -535,7 +554,7 @@ def _train(
             optimizer,
             scheduler,
             batches=batches,
-            step=lambda index: pair_step(model, train_source.batch(index), tau, t.use_margin),
+            step=lambda index: pair_step(model, train_source.batch(index), tau, t.use_margin, t.center_rewards_coefficient),
             state=state,
             total_steps=total_steps,
             max_grad_norm=t.max_grad_norm,
@@ -570,6 +589,12 @@ def _train(
             save_model(engine.build(lambda: load_model(output_dir / "best", dtype="float32")), output_dir, tokenizer)
     elif save:
         save_full_model(output_dir)
+    if save and engine.is_main and model_metrics.get("reward_std"):  # BT: OpenRLHF's normalisation statistics
+        from gpmctl.models.io import record_reward_statistics
+
+        record_reward_statistics(output_dir, model_metrics["reward_mean"], model_metrics["reward_std"])
+        head = engine.unwrap(model).head
+        head.reward_mean, head.reward_std = model_metrics["reward_mean"], model_metrics["reward_std"]
     timing.update(save_s=round(time.perf_counter() - saving, 2), total_s=round(time.perf_counter() - started, 2))
     if engine.is_main:
         summary = {
