@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import typer
 
 EPILOG = """Examples:
 
-  gpmctl train-rm recipes/cyclic_tiny_gpm.yaml
+  gpmctl train-rm cyclic_tiny_gpm                                    (a shipped recipe by name: CPU, a minute)
 
-  gpmctl train-rm cyclic_tiny_bt output_dir=runs/bt train.lr=3e-3    (a shipped recipe by name)
+  gpmctl train-rm cyclic_tiny_bt output_dir=runs/bt train.lr=3e-3
 
   gpmctl train-rm my.yaml model.dim=8 model.gate=true --resume auto  (continue after preemption)
 
@@ -42,7 +43,7 @@ def train_rm(
     run checkpoints and exits with code 75; run the same command with --resume auto to continue.
     With `launch.num_processes` > 1 (or a DeepSpeed profile) and no launcher around it, the command
     re-runs itself under `accelerate launch --config_file <profile>`; under an existing accelerate
-    launch, torchrun or Slurm srun it runs in place (rules in gpmctl/engine/launch.py).
+    launch, torchrun or Slurm srun it runs in place (--dry-run shows which, and why).
     """
     from gpmctl.config import dump_recipe, load_recipe, resolve_recipe
 
@@ -124,4 +125,4 @@ def dry_run_report(config, plan) -> dict:
     }
 
 
-train_rm.__doc__ = (train_rm.__doc__ or "") + "\n\n" + EPILOG
+train_rm.__doc__ = inspect.cleandoc(train_rm.__doc__) + "\n\n" + EPILOG  # cleandoc first: EPILOG is not indented
