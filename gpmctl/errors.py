@@ -10,6 +10,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # a run failed for a reason that is not the user's input
 EXIT_USAGE = 2  # bad input: arguments, recipe, data file, model folder
 EXIT_PREEMPTED = 75  # stopped on SIGTERM/SIGUSR1 (or --stop-after-steps) after saving a checkpoint; resume it
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (`| head`): 128 + SIGPIPE, as a shell reports `yes | head`
 
 
 class GpmctlError(Exception):

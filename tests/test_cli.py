@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -192,3 +194,97 @@ def test_data_cyclic_writes_files_and_reports_the_bt_ceiling(tmp_path):
     summary = json.loads(result.stdout)
     assert Path(summary["train"]).is_file() and Path(summary["reworded"]).is_file()
     assert summary["bt_ceiling_reworded"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Help, completion and pipes: the habits a shell user expects.
+
+
+def every_command() -> list[list[str]]:
+    """The argv prefix of every command and group (`[]` for gpmctl itself, ["data", "cyclic"], ...)."""
+    import typer.main
+
+    from gpmctl.cli import app
+
+    def walk(command, path):
+        yield path
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def test_help_of_every_command_shows_no_bool_type_and_no_path_of_this_project():
+    from tests.shell import run
+
+    internal = re.compile(r"/work/|\btests/|\.venv|\bgpmctl/|\brecipes/|\.\./|\bshared/|/home/|/root/")
+    commands = every_command()
+    assert len(commands) > 20 and ["data", "cyclic"] in commands
+    for path in commands:
+        result = run(*path, "--help", env={"COLUMNS": "250"})
+        assert result.returncode == 0, (path, result.stderr)
+        assert "--help" in result.stdout, path
+        assert "<bool>" not in result.stdout and "BOOLEAN" not in result.stdout, (path, result.stdout)
+        assert not internal.search(result.stdout), (path, internal.search(result.stdout).group(), result.stdout)
+
+
+def test_a_flag_still_parses_and_takes_no_value(tmp_path):
+    from tests.shell import run
+
+    dumped = run("train-rm", "cyclic_tiny_gpm", "--print-recipe")
+    assert dumped.returncode == 0 and yaml.safe_load(dumped.stdout)["model"]["kind"] == "gpm"
+    assert_one_line_error(gpmctl("train-rm", "cyclic_tiny_gpm", "--print-recipe=yes"), "--print-recipe")
+
+
+def under_bash(*args: str, home: Path) -> subprocess.CompletedProcess:
+    """`gpmctl *args` as a child of bash (not exec'd by it: `; exit`), so that Typer's shell detection finds bash;
+    HOME is `home`, so an installation never reaches the user's own shell files."""
+    script = '"$0" -m gpmctl "$@"; exit $?'
+    env = {**ENV, "HOME": str(home)}
+    return subprocess.run(["bash", "-c", script, sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+def test_show_completion_prints_a_bash_script_and_install_completion_writes_only_under_home(tmp_path):
+    shown = under_bash("--show-completion", home=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "_GPMCTL_COMPLETE" in shown.stdout and "complete " in shown.stdout
+    assert list(tmp_path.iterdir()) == []  # showing writes nothing
+    installed = under_bash("--install-completion", home=tmp_path)
+    assert installed.returncode == 0, installed.stderr
+    script = tmp_path / ".bash_completions" / "gpmctl.sh"
+    assert script.read_text().strip() == shown.stdout.strip()
+    assert f"source '{script}'" in (tmp_path / ".bashrc").read_text()
+
+
+def test_completion_answers_with_the_command_names():
+    env = {**ENV, "_GPMCTL_COMPLETE": "complete_bash", "COMP_WORDS": "gpmctl tr", "COMP_CWORD": "1"}
+    done = subprocess.run([sys.executable, "-m", "gpmctl"], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["train-rm", "train-gpo"]
+
+
+def read_first_line_then_close(*args: str, stdin: Path | None = None) -> tuple[str, int, str]:
+    """`gpmctl *args | head -1`: the first line of stdout, then the reader goes away. -> (line, exit code, stderr)."""
+    with open(stdin or os.devnull, "rb") as source:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gpmctl", *args],
+            stdin=source,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=ENV,
+        )
+        line = proc.stdout.readline().decode()
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        return line, proc.wait(timeout=300), err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly_with_141(tmp_path):
+    made = gpmctl("data", "cyclic", str(tmp_path), "--num-prompts", "300")
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "train.jsonl").stat().st_size > 200_000  # more than a pipe holds: the writer must hit the closed pipe
+    line, code, err = read_first_line_then_close("data", "convert", "-", "-", stdin=tmp_path / "train.jsonl")
+    assert json.loads(line)["prompt"]
+    assert code == 141, err
+    assert err == "", err

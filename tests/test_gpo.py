@@ -417,3 +417,17 @@ def test_two_processes_sample_judge_and_train_like_one(one_process, judge_dir, t
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst <= 1e-5, f"max |difference| {worst:.3g}"
     assert not list(out.rglob("*.tmp")) and not (out / "iter-1" / "train_state").exists()
+
+
+def test_a_batch_job_log_gets_a_plain_line_per_logging_interval_of_each_iteration(judge_dir, tmp_path):
+    from tests.shell import run
+
+    done = run("train-gpo", str(TINY_RECIPE), *_small(tmp_path / "run", judge_dir, "train.logging_steps=1"))
+    assert done.returncode == 0, done.stderr
+    lines = [line.split("] train ", 1)[1] for line in done.stderr.splitlines() if "] train iteration=" in line]
+    fields = [dict(field.split("=", 1) for field in line.split()) for line in lines]
+    records = [r for r in _rows(tmp_path / "run" / "log.jsonl") if r["event"] == "train"]
+    assert [f["step"] for f in fields] == [f"{r['step']}/{len(records)}" for r in records] and len(records) >= 2
+    for f, record in zip(fields, records, strict=True):
+        assert f["iteration"] == "1" and float(f["loss"]) == pytest.approx(record["loss"], abs=5e-5)
+        assert float(f["sequences/s"]) == pytest.approx(record["sequences_per_s"], abs=0.05) and "accuracy" not in f

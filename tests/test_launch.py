@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -299,3 +300,96 @@ def test_sigterm_mid_run_checkpoints_exits_75_and_resume_auto_ends_with_the_same
     resumed = gpmctl(*args, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(zero3, out, 0.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Your own accelerate config: a profile file, or the default one `accelerate config` saved.
+
+CYCLIC = "recipes/cyclic_tiny_gpm.yaml"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """HOME in tmp_path and no HF_HOME / XDG_CACHE_HOME: the user's own default accelerate config is never read."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    return tmp_path / "home"
+
+
+def accelerate_config(path: Path, **values) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"compute_environment": "LOCAL_MACHINE", "machine_rank": 0, **values}))
+    return path
+
+
+def test_an_accelerate_config_file_as_profile_is_honoured_whole_below_the_layer_that_named_it(home, tmp_path):
+    own = accelerate_config(
+        tmp_path / "mine.yaml",
+        distributed_type="MULTI_GPU",
+        num_processes=3,
+        num_machines=1,
+        mixed_precision="bf16",
+        main_process_port=29555,
+    )
+    recipe = load_recipe(CYCLIC, [f"launch.profile={own}"])
+    assert (recipe.launch.num_processes, recipe.launch.main_process_port, recipe.train.precision) == (3, 29555, "bf16")
+    assert recipe.launch_from["launch.num_processes"] == recipe.launch_from["train.precision"] == f"profile file {own}"
+    cmd = plan_launch(recipe.launch, ARGV, {}, cuda=False).command
+    assert cmd[cmd.index("--config_file") + 1] == str(own) and cmd[cmd.index("--num_processes") + 1] == "3"
+    assert cmd[cmd.index("--main_process_port") + 1] == "29555"
+    # the command line wins over the profile it names; the recipe file (gpm_8b: 8 processes) does not
+    mine = load_recipe(shipped_recipes()["gpm_8b"], [f"launch.profile={own}", "launch.num_machines=1", "train.precision=fp32"])
+    assert (mine.launch.num_processes, mine.train.precision) == (3, "fp32")
+    assert (
+        mine.launch_from["train.precision"] == "command line"
+        and mine.launch_from["launch.num_processes"] == f"profile file {own}"
+    )
+    named_in_recipe = tmp_path / "r.yaml"
+    named_in_recipe.write_text(f"base: cyclic_tiny_gpm\nlaunch:\n  profile: {own}\n  num_processes: 2\n")
+    assert load_recipe(named_in_recipe).launch.num_processes == 2  # the recipe that names the profile overrides it
+
+
+def test_the_default_accelerate_config_is_used_when_the_recipe_names_no_profile(home, tmp_path, monkeypatch):
+    assert load_recipe(CYCLIC).launch.profile == "single"  # `accelerate config` never ran here
+    default = accelerate_config(
+        home / ".cache" / "huggingface" / "accelerate" / "default_config.yaml",
+        distributed_type="MULTI_GPU",
+        num_processes=2,
+        mixed_precision="no",
+    )
+    recipe = load_recipe(CYCLIC)
+    assert (recipe.launch.profile, recipe.launch.num_processes, recipe.train.precision) == (str(default), 2, "fp32")
+    assert recipe.launch_from["launch.profile"] == f"default accelerate config {default}"
+    assert load_recipe(CYCLIC, ["launch.num_processes=1"]).launch.num_processes == 1  # every value set wins over it
+    assert load_recipe(shipped_recipes()["gpm_8b"]).launch.profile == "zero3"  # a recipe that names a profile keeps it
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # where accelerate looks when HF_HOME is set
+    assert load_recipe(CYCLIC).launch.profile == "single"
+    moved = accelerate_config(tmp_path / "hf" / "accelerate" / "default_config.yaml", distributed_type="NO", num_processes=1)
+    assert load_recipe(CYCLIC).launch.profile == str(moved)
+
+
+def test_dry_run_shows_where_each_launch_setting_came_from(home, tmp_path):
+    from gpmctl.cli import app
+
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto"}))
+    own = accelerate_config(
+        tmp_path / "ds_accelerate.yaml",
+        distributed_type="DEEPSPEED",
+        deepspeed_config={"deepspeed_config_file": str(ds)},
+        num_processes=4,
+        mixed_precision="bf16",
+    )
+    done = CliRunner().invoke(app, ["train-rm", "gpm_8b", f"launch.profile={own}", "launch.num_machines=1", "--dry-run"])
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.stdout)
+    settings = {key: (s["value"], s["from"]) for key, s in report["settings"].items()}
+    assert settings["launch.profile"] == (str(own), "command line")
+    assert settings["launch.num_processes"] == (4, f"profile file {own}")
+    assert settings["launch.num_machines"] == (1, "command line")
+    assert settings["train.precision"] == ("bf16", f"profile file {own}")
+    assert settings["engine"] == ("DEEPSPEED ZeRO-2", f"profile file {own}")
+    assert report["world_size"] == 4 and f"--config_file {own}" in report["launch"]
+    # ZeRO-2 over 4 GPUs: bf16 weights whole (2 B), gradients and AdamW state sharded ((2 + 12) B / 4)
+    assert report["model_states_gib_per_gpu"] == pytest.approx(report["parameters"] * (2 + 14 / 4) / 2**30, abs=0.01)

@@ -181,3 +181,23 @@ def test_shared_prompt_rows_give_the_padded_scores(trained, kind):
         assert sum(x["matrix"], []) == pytest.approx(sum(y["matrix"], []), abs=1e-5)
     result = CliRunner().invoke(app, ["score", f["a"], f["b"], "-m", models[kind], "--share-prompt", "maybe"])
     assert result.exit_code != 0 and "share_prompt: expected auto, true or false" in str(result.exception)
+
+
+def test_a_reader_that_goes_away_ends_scoring_quietly_with_141(trained, tmp_path):
+    """`gpmctl score a b -m MODEL | head -1`: the first row arrives; the rows after it meet a closed pipe."""
+    models, f = trained
+    many = {}
+    for name in ("a", "b"):
+        many[name] = tmp_path / f"{name}.jsonl"
+        many[name].write_text(open(f[name]).read() * 40)  # more output than a pipe holds
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpmctl", "score", str(many["a"]), str(many["b"]), "-m", models["bt"]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    first = json.loads(proc.stdout.readline())
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert 0 < first["p"] < 1
+    assert proc.wait(timeout=300) == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err and "error" not in err, err

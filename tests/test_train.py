@@ -221,3 +221,37 @@ def test_lora_trains_adapters_and_heads_only_and_saves_merged_weights(tmp_path):
     a, b = load_model(again.output_dir, dtype="float32"), model
     for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), n  # deterministic
+
+
+def test_a_batch_job_log_gets_one_plain_line_per_logging_interval(tmp_path):
+    """stderr not a terminal (a Slurm log): no progress bar, a `key=value` line every train.logging_steps steps,
+    with the numbers of the run log."""
+    from tests.shell import run
+
+    out = tmp_path / "run"
+    done = run(
+        "train-rm",
+        "cyclic_tiny_gpm",
+        f"output_dir={out}",
+        SMALL_DATA[0],
+        "data.eval=null",
+        *SMALL_MODEL,
+        "train.batch_size=8",
+        "train.max_steps=6",
+        "train.logging_steps=2",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "\x1b[" not in done.stderr  # no terminal escape codes
+    lines = [line.split("] train ", 1)[1] for line in done.stderr.splitlines() if "] train step=" in line]
+    fields = [dict(field.split("=", 1) for field in line.split()) for line in lines]
+    assert [f["step"] for f in fields] == ["2/6", "4/6", "6/6"]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    records = [r for r in records if r["event"] == "train"]
+    for f, record in zip(fields, records, strict=True):
+        assert float(f["loss"]) == pytest.approx(record["loss"], abs=5e-5)
+        assert float(f["accuracy"]) == pytest.approx(record["accuracy"], abs=5e-5)
+        assert float(f["lr"]) == pytest.approx(record["lr"], rel=1e-3)
+        assert float(f["pairs/s"]) > 0 and float(f["epoch"]) > 0
+        hours, minutes, seconds = map(int, f["eta"].split(":"))
+        assert minutes < 60 and seconds < 60
+    assert fields[-1]["eta"] == "0:00:00"

@@ -1,7 +1,8 @@
 """The `gpmctl` command: one Typer app, one small module per subcommand.
 
 Conventions of every subcommand: data on stdout, logs and progress on stderr; exit 0 ok, 1 failure,
-2 bad input (one line naming file, line and key), 75 stopped for preemption after a checkpoint.
+2 bad input (one line naming file, line and key), 75 stopped for preemption after a checkpoint, 141 (quietly)
+when the reader of stdout went away, as `yes | head -1` does.
 Heavy libraries (torch, transformers) are imported inside commands so `gpmctl --help` stays fast.
 """
 
@@ -17,14 +18,13 @@ import typer.main
 
 from gpmctl import __version__
 from gpmctl.cli import data, demo, eval, export, plot, recipes, score, train_gpo, train_rm
+from gpmctl.cli.factory import StdoutClosed, new_app
 
-app = typer.Typer(
+# --install-completion / --show-completion: Typer's shell completion (bash, zsh, fish, PowerShell)
+app = new_app(
     name="gpmctl",
     help="General Preference Models (GPM) and Bradley-Terry reward models: data, training, scoring, evaluation.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=True,
 )
 app.add_typer(data.app, name="data")
 app.add_typer(eval.app, name="eval")
@@ -74,13 +74,14 @@ def _usage_line(e: Exception) -> str:
 def main() -> None:
     """Console entry point: usage and user errors become one line on stderr (exit 2); GPMCTL_DEBUG=1 shows
     tracebacks; SIGTERM and Ctrl-C unwind the command (temporary files are removed) and exit 143 / 130."""
-    from gpmctl.errors import EXIT_FAILURE, EXIT_USAGE, GpmctlError
+    from gpmctl.errors import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_USAGE, GpmctlError
 
     debug = os.environ.get("GPMCTL_DEBUG", "") not in ("", "0")
     in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         code = typer.main.get_command(app).main(args=sys.argv[1:], prog_name="gpmctl", standalone_mode=False)
+        sys.stdout.flush()  # here, not at exit: a reader gone before the last buffered line is the same closed pipe
     except GpmctlError as e:
         if debug:
             raise
@@ -91,9 +92,9 @@ def main() -> None:
         sys.exit(143)
     except KeyboardInterrupt:
         code = 130
-    except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): nothing left to say
+    except (StdoutClosed, BrokenPipeError):  # the reader of stdout went away (e.g. `| head -1`): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the final flush at exit cannot fail again
-        sys.exit(EXIT_FAILURE)
+        sys.exit(EXIT_BROKEN_PIPE)
     except Exception as e:
         if _is_click(e, "NoArgsIsHelpError"):  # its help text is already printed
             sys.exit(EXIT_USAGE)

@@ -9,7 +9,9 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(help="Read, validate, convert and synthesise preference datasets.", no_args_is_help=True)
+from gpmctl.cli.factory import new_app
+
+app = new_app(help="Read, validate, convert and synthesise preference datasets.")
 
 
 @app.command("cyclic")
@@ -311,7 +313,7 @@ def mix(
 ) -> None:
     """Write a weighted mixture of sources: the records a recipe with data.train=SRC:W,... reads.
 
-    Rows follow the deterministic rule of recipe mixtures, documented in gpmctl/data/mix.py: each
+    Rows follow the deterministic rule of recipe mixtures: each
     source's share of any stretch of DST stays within one row of WEIGHT / sum of weights, and a
     source that runs out starts again from its first row (a small source with a large weight is
     repeated). --total rows are written (default: the sum of the sources' valid rows; then DST holds

@@ -11,7 +11,9 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(help="Evaluate reward models: RewardBench, RM-Bench, any preference file, cyclic sets.", no_args_is_help=True)
+from gpmctl.cli.factory import new_app
+
+app = new_app(help="Evaluate reward models: RewardBench, RM-Bench, any preference file, cyclic sets.")
 
 MODEL_HELP = "A model folder written by train-rm."
 SCORES_HELP = "Aggregate this per-example file (written by --examples) instead of running a model."
@@ -344,10 +346,10 @@ def rmbench(
     hard = upper triangle (chosen plainer than rejected), normal = diagonal, easy = lower triangle of
     the domain's mean matrix; domain = mean of the three; each row's domain is its `domain` field
     (else its file's name), safety-refuse and safety-response being one domain; a folder with
-    total_dataset.json is read as that file alone; overall = mean of the domains present (the math
-    file is not in ../shared/data).
+    total_dataset.json is read as that file alone; overall = mean of the domains present (a domain
+    without a file, e.g. math, is left out).
 
-    Example: gpmctl eval rmbench -m runs/gpm --data ../shared/data/rm-bench
+    Example: gpmctl eval rmbench -m runs/gpm --data rm-bench/data    (a folder of *_filtered.json files)
     """
     from gpmctl.errors import ConfigError
     from gpmctl.eval import rmbench as rm

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import typer
 
+from gpmctl.cli.factory import new_app
 from gpmctl.errors import GpmctlError
 from gpmctl.utils import check_output_file
 
-app = typer.Typer(
+app = new_app(
     help="List and copy the shipped recipes (YAML for train-rm) and launch profiles (accelerate configs).",
-    no_args_is_help=True,
     epilog="Examples:\n\n  gpmctl recipes ls\n\n  gpmctl recipes cp gpm_8b my_gpm.yaml\n\n  gpmctl recipes cp zero3 accelerate_zero3.yaml",
 )
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import typer
 
 EPILOG = """Examples:
 
-  gpmctl train-gpo recipes/gpo_tiny.yaml                              (CPU, trains its judge if missing)
+  gpmctl train-gpo gpo_tiny                                           (CPU, trains its judge if missing)
 
   gpmctl train-gpo gpo_tiny objective.loss=sppo output_dir=runs/sppo   (SPPO instead of GPO)
 
@@ -74,4 +75,4 @@ def _report(config) -> None:
     print(json.dumps(report | ({"best": summary["best"]} if "best" in summary else {})), flush=True)
 
 
-train_gpo.__doc__ = (train_gpo.__doc__ or "") + "\n\n" + EPILOG
+train_gpo.__doc__ = inspect.cleandoc(train_gpo.__doc__) + "\n\n" + EPILOG  # cleandoc first: EPILOG is not indented

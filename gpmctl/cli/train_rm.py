@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import typer
 
 EPILOG = """Examples:
 
-  gpmctl train-rm recipes/cyclic_tiny_gpm.yaml
+  gpmctl train-rm cyclic_tiny_gpm                                    (a shipped recipe by name: CPU, a minute)
 
-  gpmctl train-rm cyclic_tiny_bt output_dir=runs/bt train.lr=3e-3    (a shipped recipe by name)
+  gpmctl train-rm cyclic_tiny_bt output_dir=runs/bt train.lr=3e-3
 
   gpmctl train-rm my.yaml model.dim=8 model.gate=true --resume auto  (continue after preemption)
 
@@ -32,7 +33,10 @@ def train_rm(
     ),
     print_recipe: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe as YAML on stdout and exit."),
     dry_run: bool = typer.Option(
-        False, "--dry-run", help="Print the launch command, world size, global batch and memory estimate as JSON; train nothing."
+        False,
+        "--dry-run",
+        help="Print the launch command, world size, global batch, memory estimate and where each launch setting came from "
+        "(recipe, command line, profile file, default accelerate config) as JSON; train nothing.",
     ),
 ) -> None:
     """Train a reward model (BT) or a General Preference Model (GPM) from a YAML recipe.
@@ -42,7 +46,7 @@ def train_rm(
     run checkpoints and exits with code 75; run the same command with --resume auto to continue.
     With `launch.num_processes` > 1 (or a DeepSpeed profile) and no launcher around it, the command
     re-runs itself under `accelerate launch --config_file <profile>`; under an existing accelerate
-    launch, torchrun or Slurm srun it runs in place (rules in gpmctl/engine/launch.py).
+    launch, torchrun or Slurm srun it runs in place (--dry-run shows which, and why).
     """
     from gpmctl.config import dump_recipe, load_recipe, resolve_recipe
 
@@ -100,11 +104,22 @@ def dry_run_report(config, plan) -> dict:
     world = plan.world_size if plan.command is None and plan.world_size > 1 else lc.num_processes
     params, source = launch.count_parameters(config.model)
     mixed = t.precision != "fp32"  # per GPU: `auto` is bf16 there
+    engine = launch.profile_engine(lc.profile)
+    values = {
+        "launch.profile": lc.profile,
+        "launch.num_processes": lc.num_processes,
+        "launch.num_machines": lc.num_machines,
+        "launch.main_process_port": lc.main_process_port,
+        "train.precision": t.precision,
+        "engine": engine if engine != "DEEPSPEED" else f"DEEPSPEED ZeRO-{launch.zero_stage(lc.profile)}",
+    }
     return {
         "launch": plan.shell(),
         "reason": plan.reason,
         "profile": lc.profile,
-        "engine": launch.profile_engine(lc.profile),
+        "engine": engine,
+        # recipe, command line, profile file, default accelerate config, shipped profile or gpmctl default
+        "settings": {key: {"value": value, "from": config.launch_from.get(key, "recipe")} for key, value in values.items()},
         "world_size": world,
         "num_machines": lc.num_machines,
         "global_batch": t.batch_size * t.grad_accum * world,
@@ -124,4 +139,4 @@ def dry_run_report(config, plan) -> dict:
     }
 
 
-train_rm.__doc__ = (train_rm.__doc__ or "") + "\n\n" + EPILOG
+train_rm.__doc__ = inspect.cleandoc(train_rm.__doc__) + "\n\n" + EPILOG  # cleandoc first: EPILOG is not indented

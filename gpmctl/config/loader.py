@@ -11,7 +11,8 @@ What every recipe kind gets from here, in this order:
      names (`learning_rate`, `bf16`, `max_len`, ...) are applied as the gpmctl keys they mean (`FOREIGN_NAMES`)
   4. typed construction (`build`): unknown keys get a suggestion (the gpmctl key a TRL / OpenRLHF name stands
      for, or a close name), values are checked against the annotations
-  5. the schema's own `validate()` (value ranges), and `recipe.source` = the file, for run-time errors
+  5. the schema's own `validate()` (value ranges), and `recipe.source` = the file, for run-time errors, and
+     `recipe.set_by` = {key: "recipe" or "command line"} for each key given (what a default must not replace)
 `dump_recipe` writes the resolved recipe back as YAML (saved as recipe.yaml with every run); it loads
 again to the same recipe. Shipped recipes (`recipes/*.yaml`, packaged as `gpmctl.recipes`) are found by
 name (`resolve_recipe`).
@@ -40,18 +41,31 @@ def load(schema: type, path: str | Path | None, overrides: list[str] = ()) -> An
     if path is not None:
         source = str(path)
         values = with_base(read_yaml_mapping(path), Path(path))
+    set_by = dict.fromkeys(_leaf_keys(values), "recipe")
     for text in overrides:
         try:
-            apply_override(values, *translate_override(*parse_override(text), schema), cls=schema)
+            key, value = translate_override(*parse_override(text), schema)
+            apply_override(values, key, value, cls=schema)
         except ConfigError as e:  # the recipe it applies to, and that the key came from the command line
             raise ConfigError(f"{source}: command-line override {text!r}: {e}") from None
+        set_by.update(dict.fromkeys(_leaf_keys(value, key) if isinstance(value, dict) else [key], "command line"))
     try:
         recipe = build(schema, values)
         recipe.validate()
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     recipe.source = source  # not a field (never saved): errors found later, at run time, name the file too
+    recipe.set_by = set_by  # not a field: which keys the recipe or the command line set ("recipe" / "command line")
     return recipe
+
+
+def _leaf_keys(values: dict, prefix: str = "") -> list[str]:
+    """`a.b.c` for every value of a nested mapping that is not itself a mapping."""
+    keys = []
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        keys += _leaf_keys(value, key) if isinstance(value, dict) else [key]
+    return keys
 
 
 def recipe_kind(path: str | Path) -> str | None:

@@ -55,13 +55,17 @@ class LaunchConfig:
 
     profile: str = "single"
     """An accelerate config: a shipped profile (`gpmctl recipes ls` lists them: single, ddp and the sharded
-    ones) or a path to your own YAML. With more than one process gpmctl re-runs itself under `accelerate launch`."""
+    ones) or a path to your own file, honoured whole (its processes, machines, port, mixed precision and
+    DeepSpeed settings, where the recipe does not set them). Not set: the default accelerate config
+    (`accelerate config` writes it) if there is one, else `single`. With more than one process gpmctl re-runs
+    itself under `accelerate launch` (gpmctl/config/profiles.py; `--dry-run` shows where each setting came from)."""
     num_processes: int = 1
-    """Processes in all, over all machines (one per GPU). The global batch is batch_size x grad_accum x this."""
+    """Processes in all, over all machines (one per GPU). The global batch is batch_size x grad_accum x this.
+    Default: your profile file's num_processes, else 1."""
     num_machines: int = 1
-    """Machines (nodes). More than one needs a launcher per machine: see recipes/slurm/."""
+    """Machines (nodes). More than one needs a launcher per machine: see recipes/slurm/. Default: your profile file's, else 1."""
     main_process_port: int | None = None
-    """Rendezvous port; default: MASTER_PORT if set, else a free port (one machine) or 29500."""
+    """Rendezvous port; default: your profile file's, else MASTER_PORT if set, else a free port (one machine) or 29500."""
 
 
 def optimisation_checks(t: OptimConfig) -> list[tuple[bool, str, str]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from gpmctl.config import loader
+from gpmctl.config.profiles import resolve_launch
 from gpmctl.config.sections import LaunchConfig, OptimConfig, TinyBackbone, launch_checks, optimisation_checks, tiny_checks
 from gpmctl.errors import ConfigError
 
@@ -224,8 +225,9 @@ def is_gpo_recipe(path: str | Path) -> bool:
 
 def load_gpo_recipe(path: str | Path | None, overrides: list[str] = ()) -> GpoRecipe:
     """Read a GPO recipe (gpmctl.config.loader.load, as train-rm's): base overlays, `key.path=value`
-    overrides, every key, type and value checked."""
-    return loader.load(GpoRecipe, path, overrides)
+    overrides, every key, type and value checked; launch settings the recipe leaves open taken from its
+    accelerate config (gpmctl.config.profiles.resolve_launch)."""
+    return resolve_launch(loader.load(GpoRecipe, path, overrides))
 
 
 def check_policy(recipe: GpoRecipe) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from gpmctl.config import loader
+from gpmctl.config.profiles import resolve_launch
 from gpmctl.config.sections import LaunchConfig, OptimConfig, TinyBackbone, launch_checks, optimisation_checks, tiny_checks
 
 
@@ -232,5 +233,6 @@ class Recipe:
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     """Read a train-rm recipe (gpmctl.config.loader.load): base overlays, `key.path=value` overrides, every
-    key, type and value checked."""
-    return loader.load(Recipe, path, overrides)
+    key, type and value checked; launch settings the recipe leaves open taken from its accelerate config
+    (gpmctl.config.profiles.resolve_launch)."""
+    return resolve_launch(loader.load(Recipe, path, overrides))

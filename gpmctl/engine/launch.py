@@ -1,8 +1,8 @@
 """Multi-process runs: named accelerate profiles and re-running a command under `accelerate launch`.
 
 gpmctl never builds its own launcher. A recipe's `launch` section names a profile (an accelerate config
-file shipped in gpmctl/profiles/, or a path to your own) and a process count; `gpmctl train-rm` then
-decides, from the environment alone, whether to run in place or to re-execute itself as
+shipped in gpmctl/engine/profiles/, a path to your own, or none: the default accelerate config; see
+gpmctl/config/profiles.py) and a process count; `gpmctl train-rm` then decides, from the environment alone, whether to run in place or to re-execute itself as
 
     python -m accelerate.commands.launch --config_file <profile> --num_processes N [...] -m gpmctl <same args>
 
@@ -39,46 +39,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from gpmctl.config.profiles import read_profile, resolve_profile, shipped_profiles, zero_stage  # noqa: F401  (re-exported)
 from gpmctl.errors import ConfigError
 
 _LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 _CHILD_DIR = "GPMCTL_LAUNCH_DIR"  # set by the parent for its workers: exit code and pid files go there
-PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
-
-
-def shipped_profiles() -> dict[str, Path]:
-    """Name -> path of every accelerate config shipped with gpmctl (single, ddp, zero2, zero3, ...)."""
-    return {p.stem: p for p in sorted(PROFILES_DIR.glob("*.yaml"))}
-
-
-def resolve_profile(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        return path
-    shipped = shipped_profiles()
-    if name_or_path in shipped:
-        return shipped[name_or_path]
-    raise ConfigError(
-        f"launch.profile: {name_or_path!r} is neither a shipped profile ({', '.join(shipped)}) nor an accelerate config file"
-    )
-
-
-def read_profile(name_or_path: str) -> dict:
-    return yaml.safe_load(resolve_profile(name_or_path).read_text()) or {}
 
 
 def profile_engine(name_or_path: str) -> str:
     """`NO`, `MULTI_GPU`, `DEEPSPEED` or `FSDP`, as the profile's accelerate `distributed_type`."""
     return str(read_profile(name_or_path).get("distributed_type", "NO"))
-
-
-def zero_stage(name_or_path: str) -> int | None:
-    profile = read_profile(name_or_path)
-    if profile.get("distributed_type") != "DEEPSPEED":
-        return None
-    return int((profile.get("deepspeed_config") or {}).get("zero_stage", 0))
 
 
 @dataclass

@@ -292,6 +292,7 @@ def optimise(
     from gpmctl.train import checkpoint as ckpt
     from gpmctl.train.loop import Step, fit
     from gpmctl.train.optim import build_optimizer, build_schedule
+    from gpmctl.train.progress import TrainProgress
 
     c, o = recipe.train, recipe.objective
     device = engine.device
@@ -347,39 +348,43 @@ def optimise(
         return Step(loss, {"loss": loss.detach(), "ratio": ratio.detach().sum(), "sequences": len(index)})
 
     def report(window: dict) -> None:
-        runlog.write(
-            {
-                "event": "train",
-                "iteration": t,
-                "step": window["step"],
-                "loss": window["loss"] / window["micro_batches"],
-                "lr": window["lr"],
-                "grad_norm": window["grad_norm"],
-                "ratio_mean": window["ratio"] / window["sequences"],
-            }
-        )
+        record = {
+            "event": "train",
+            "iteration": t,
+            "step": window["step"],
+            "epoch": window["epoch"],
+            "loss": window["loss"] / window["micro_batches"],
+            "lr": window["lr"],
+            "grad_norm": window["grad_norm"],
+            "ratio_mean": window["ratio"] / window["sequences"],
+            "sequences_per_s": window["sequences"] / window["seconds"],
+        }
+        runlog.write(record)
+        progress.report(record)  # the bar on a terminal, else a plain line (a batch job's log)
 
     def checkpoint(reason: str) -> str:
         engine.save_state(state_dir, model, optimizer, scheduler, {**state, **layout})
         return f"iteration {t} checkpointed in {state_dir}; --resume auto continues from this step"
 
     started = time.perf_counter()
-    fit(
-        engine,
-        model,
-        optimizer,
-        scheduler,
-        batches=lambda epoch: all_batches(epoch)[: micro_per_epoch // c.grad_accum * c.grad_accum],
-        step=step,
-        state=state,
-        total_steps=total,
-        max_grad_norm=c.max_grad_norm,
-        logging_steps=c.logging_steps,
-        report=report,
-        save_steps=c.save_steps,
-        checkpoint=checkpoint,
-        stop=stop,
-    )
+    with TrainProgress(total, state["step"], engine.is_main, unit="sequences") as progress:
+        fit(
+            engine,
+            model,
+            optimizer,
+            scheduler,
+            batches=lambda epoch: all_batches(epoch)[: micro_per_epoch // c.grad_accum * c.grad_accum],
+            step=step,
+            state=state,
+            total_steps=total,
+            max_grad_norm=c.max_grad_norm,
+            logging_steps=c.logging_steps,
+            report=report,
+            save_steps=c.save_steps,
+            checkpoint=checkpoint,
+            stop=stop,
+            progress=progress,
+        )
     gathered = engine.full_state_dict(model)  # a collective: every rank
     engine.free_memory()
     policy.eval()

@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from gpmctl.models.model import PreferenceModel
 from gpmctl.train import checkpoint as ckpt
 from gpmctl.train.features import feature_pairs, one_thread
 from gpmctl.train.loop import Evaluation, Preempted, Step, StopFlag, fit  # noqa: F401  (Preempted: re-exported)
+from gpmctl.train.progress import TrainProgress
 from gpmctl.utils import log, output_folder, quiet_libraries
 
 
@@ -501,7 +501,7 @@ def _train(
             record["tokens_per_s"] = window["tokens"] / seconds
             record["sequence_tokens_per_s"] = window["sequence_tokens"] / seconds
         runlog.write(record)
-        progress.describe(f"loss {record['loss']:.4f} acc {record['accuracy'] or 0.0:.3f}")
+        progress.report(record)  # the bar on a terminal, else a plain line (a batch job's log)
 
     def run_eval() -> dict:
         metrics = evaluate(
@@ -542,7 +542,7 @@ def _train(
     # 5. The loop: cached features train the head on one thread and keep no checkpoints (nothing to wait for on a stop).
     prepared = time.perf_counter()
     evaluation = Evaluation(run_eval, t.eval_steps or steps_per_epoch, t.keep_best, save_best) if len(eval_source) else None
-    progress = _progress(total_steps, state["step"], engine.is_main)
+    progress = TrainProgress(total_steps, state["step"], engine.is_main)
     with (
         contextlib.nullcontext() if features else StopFlag() as stop,
         progress,
@@ -642,42 +642,3 @@ def _resume_state(
             f"{recipe.output_dir}: none of its {len(candidates)} checkpoints reads back (see the warnings); start again with --overwrite"
         )
     return {"step": 0, "epoch": 0, "micro_batch": 0, "best": None, "data_sha256": fingerprint}, None
-
-
-class _progress:
-    """A Rich progress bar on stderr when it is a terminal; otherwise nothing (logs carry the numbers)."""
-
-    def __init__(self, total: int, done: int, enabled: bool):
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            from gpmctl.utils import stderr_console
-
-            self.bar = Progress(
-                TextColumn("train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.description}"),
-                console=stderr_console(),
-                transient=True,
-            )
-            self.task = self.bar.add_task("", total=total, completed=done)
-
-    def __enter__(self):
-        if self.bar:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar:
-            self.bar.stop()
-
-    def advance(self):
-        if self.bar:
-            self.bar.advance(self.task)
-
-    def describe(self, text: str):
-        if self.bar:
-            self.bar.update(self.task, description=text)
