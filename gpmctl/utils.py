@@ -45,37 +45,44 @@ def log(message: str) -> None:
     print(f"[gpmctl {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-class RunLog:
-    """Append-only jsonl of training events (and TensorBoard scalars when tensorboard is installed)."""
+def flatten(values: dict, prefix: str = "") -> dict:
+    """A nested dict as {"train.lr": ..., "model.kind": ...}."""
+    flat = {}
+    for key, value in values.items():
+        flat.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return flat
 
-    def __init__(self, path: Path, enabled: bool = True):
+
+class RunLog:
+    """Append-only jsonl of training events; their numbers also go to the run's experiment trackers (accelerate's
+    GeneralTracker objects: gpmctl.train.checkpoint.open_trackers)."""
+
+    def __init__(self, path: Path, enabled: bool = True, trackers: list | None = None):
         self.enabled = enabled
         self.file = open(path, "a", encoding="utf-8") if enabled else None
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(Path(path).parent / "tensorboard"))
-            except ImportError:
-                pass
+        self.trackers = trackers or []
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         self.file.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
         self.file.flush()
-        if self.tb is not None and "step" in record:
+        if self.trackers and "step" in record:
             prefix = "" if record.get("event") in ("eval",) else f"{record.get('event', 'train')}/"
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "time"):
-                    self.tb.add_scalar(prefix + key, value, record["step"])
+            scalars = {
+                prefix + key: value
+                for key, value in record.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "time")
+            }
+            for tracker in self.trackers:
+                tracker.log(scalars, step=record["step"])
 
     def close(self) -> None:
         if self.file:
             self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []
 
 
 def package_versions(

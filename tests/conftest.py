@@ -1,4 +1,4 @@
-"""Test-wide settings: never touch the network, keep library chatter out of the output."""
+"""Test-wide settings: never touch the network or the user's own configuration, keep library chatter out of the output."""
 
 import os
 import tempfile
@@ -13,3 +13,7 @@ for key, value in {
     "HF_DATASETS_CACHE": tempfile.mkdtemp(prefix="gpmctl-datasets-"),
 }.items():
     os.environ.setdefault(key, value)
+
+# A recipe that names no launch profile takes the default accelerate config (HF_HOME/accelerate/default_config.yaml):
+# the developer's own (say, 8 GPUs) must not turn the tests into multi-process runs.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="gpmctl-hf-home-")

@@ -323,3 +323,12 @@ def test_the_model_card_is_hub_metadata_with_the_runs_results_and_no_machine_pat
     results = {(r.dataset_type, r.metric_value) for r in card.data.eval_results}
     assert results == {("local", 0.625), ("allenai/reward-bench", 0.71)}
     assert str(tmp_path) not in text and "x.jsonl" in text and "AutoModelForSequenceClassification.from_pretrained" in text
+
+
+def test_a_hub_id_that_cannot_be_fetched_is_one_line_naming_it(tmp_path):
+    a = responses_file(tmp_path / "a.jsonl", [(PROMPTS[0], ANSWERS[0][0])])
+    result = CliRunner().invoke(app, ["score", a, a, "--model", "someone/some-reward-model"])
+    assert isinstance(result.exception, ModelError)
+    message = str(result.exception)
+    assert message.startswith("someone/some-reward-model: not a local folder") and "HF_HUB_OFFLINE=1" in message
+    assert "\n" not in message

@@ -106,3 +106,45 @@ def test_score_normalize_reports_standardised_rewards(bt_run, tmp_path):
     )
     refused = runner.invoke(app, ["score", *files, "-m", str(gpm), "--normalize"])
     assert isinstance(refused.exception, ConfigError) and str(refused.exception).endswith("gpm is a GPM (no scalar reward)")
+
+
+def test_report_to_tensorboard_logs_the_scalars_of_log_jsonl_through_accelerate(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = load_recipe(
+        "recipes/cyclic_tiny_gpm.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "data.train=cyclic:train?num_prompts=8",
+            "data.eval=null",
+            "model.tiny.num_layers=1",
+            "train.max_steps=4",
+            "train.batch_size=8",
+            "train.logging_steps=2",
+            "report_to=tensorboard",  # TRL's name, bare
+        ],
+    )
+    train_reward_model(recipe)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    train = [r for r in logged if r.get("event") == "train"]
+    assert [r["step"] for r in train] == [2, 4]
+    got = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert got == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in train]
+
+
+def test_report_to_names_a_missing_tracker_package_in_one_line(tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    recipe = load_recipe(
+        "recipes/cyclic_tiny_gpm.yaml",
+        [f"output_dir={tmp_path / 'run'}", "data.train=cyclic:train?num_prompts=4", "train.report_to=wandb"],
+    )
+    with pytest.raises(ConfigError, match=r"train.report_to: wandb needs its package: pip install wandb"):
+        train_reward_model(recipe)
+    with pytest.raises(ConfigError, match="train.report_to: expected none or a comma-separated list"):
+        load_recipe("recipes/cyclic_tiny_gpm.yaml", ["train.report_to=tensorbord"])

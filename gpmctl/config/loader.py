@@ -201,6 +201,7 @@ FOREIGN_NAMES: dict[str, tuple[tuple[str, ...], Any]] = {
     "lora_dropout": (("model.lora_dropout",), None),
     "lora_target_modules": (("model.lora_target_modules",), None),
     "center_rewards_coefficient": (("train.center_rewards_coefficient",), None),
+    "report_to": (("train.report_to",), None),
     # OpenRLHF train_rm / the authors' scripts
     "micro_train_batch_size": (("train.batch_size",), None),
     "accumulated_gradient": (("train.grad_accum",), None),

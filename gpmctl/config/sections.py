@@ -47,6 +47,19 @@ class OptimConfig:
     logging_steps: int = 10
     save_steps: int | None = None
     """Write a resumable checkpoint every N optimizer steps (and on SIGTERM/SIGUSR1)."""
+    report_to: str = "none"
+    """Experiment trackers, comma-separated: tensorboard, wandb, mlflow (accelerate's trackers; each needs its
+    package: pip install tensorboard / wandb / mlflow), or none. They log the same scalars as log.jsonl, under
+    output_dir (tensorboard/, wandb/, mlruns/). wandb runs offline unless WANDB_MODE or WANDB_API_KEY says otherwise."""
+
+
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
+def trackers(report_to: str) -> list[str]:
+    """`train.report_to` as a list of tracker names ([] for none)."""
+    names = [name.strip() for name in report_to.split(",") if name.strip()]
+    return [] if names == ["none"] else names
 
 
 @dataclass
@@ -83,6 +96,11 @@ def optimisation_checks(t: OptimConfig) -> list[tuple[bool, str, str]]:
             f"must be >= 1 (or null: on a stop signal), got {t.save_steps}",
         ),
         (all(0.0 <= b < 1.0 for b in t.adam_betas), "train.adam_betas", "must be in [0, 1)"),
+        (
+            all(name in TRACKERS for name in trackers(t.report_to)),
+            "train.report_to",
+            f"expected none or a comma-separated list of {', '.join(TRACKERS)}, got {t.report_to!r}",
+        ),
     ]
 
 

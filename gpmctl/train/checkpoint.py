@@ -87,7 +87,50 @@ def open_run_folder(engine, output_dir: Path, recipe):
         (output_dir / "recipe.yaml").write_text(dump_recipe(recipe))
         (output_dir / "environment.json").write_text(json.dumps(environment_report(engine), indent=2))
     engine.wait()
-    return RunLog(output_dir / "log.jsonl", enabled=engine.is_main)
+    trackers = open_trackers(recipe, output_dir) if engine.is_main else []
+    return RunLog(output_dir / "log.jsonl", enabled=engine.is_main, trackers=trackers)
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def open_trackers(recipe, output_dir: Path) -> list:
+    """accelerate's trackers for `train.report_to`, started under output_dir with the resolved recipe as their
+    hyper-parameters. A tracker whose package is missing is a ConfigError naming it; wandb runs offline unless
+    WANDB_MODE or WANDB_API_KEY is set (a batch job must not hang on a login or the network)."""
+    import importlib.util
+
+    from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
+
+    from gpmctl.config import recipe_to_dict
+    from gpmctl.config.sections import trackers
+    from gpmctl.errors import ConfigError
+    from gpmctl.utils import flatten, log
+
+    names = trackers(recipe.train.report_to)
+    for name in names:
+        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
+            raise ConfigError(f"train.report_to: {name} needs its package: pip install {TRACKER_PACKAGES[name]}")
+    if "wandb" in names and not os.environ.get("WANDB_MODE") and not os.environ.get("WANDB_API_KEY"):
+        os.environ["WANDB_MODE"] = "offline"
+        log(f"wandb: offline (no WANDB_MODE or WANDB_API_KEY); sync later with `wandb sync {output_dir / 'wandb'}`")
+    project = output_dir.resolve().name
+    made = {
+        "tensorboard": lambda: TensorBoardTracker("tensorboard", output_dir),
+        "wandb": lambda: WandBTracker(project, dir=str(output_dir)),
+        "mlflow": lambda: MLflowTracker(experiment_name=project, logging_dir=str(output_dir / "mlruns")),
+    }
+    hyperparameters = {  # what trackers take: bools, numbers, strings, None
+        key: value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+        for key, value in flatten(recipe_to_dict(recipe)).items()
+    }
+    started = []
+    for name in names:
+        tracker = made[name]()
+        tracker.start()
+        tracker.store_init_configuration(hyperparameters)
+        started.append(tracker)
+    return started
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:

@@ -45,7 +45,7 @@ from gpmctl.train import checkpoint as ckpt
 from gpmctl.train.features import feature_pairs, one_thread
 from gpmctl.train.loop import Evaluation, Preempted, Step, StopFlag, fit  # noqa: F401  (Preempted: re-exported)
 from gpmctl.train.progress import TrainProgress
-from gpmctl.utils import log, output_folder, quiet_libraries
+from gpmctl.utils import flatten, log, output_folder, quiet_libraries
 
 
 @dataclass
@@ -255,6 +255,7 @@ def _resume_candidates(output_dir: Path, resume: str | None, resumable: bool = T
 RESUMABLE_CHANGES = (
     "output_dir",
     "train.logging_steps",
+    "train.report_to",
     "train.eval_steps",
     "train.save_steps",
     "train.keep_checkpoints",
@@ -265,7 +266,7 @@ RESUMABLE_CHANGES = (
     "launch.",
     "evaluate.",
 )
-"""Recipe keys a resumed run may change: how often it logs, evaluates and checkpoints, which model it keeps,
+"""Recipe keys a resumed run may change: how often and where it logs, evaluates and checkpoints, which model it keeps,
 the benchmarks after it, activation memory, and how one global batch is split over processes and micro-batches
 (`Engine.check_resumable` holds batch_size x grad_accum x processes fixed). Anything else would change the run."""
 
@@ -278,7 +279,7 @@ def check_resumed_recipe(recipe: Recipe, run_dir: Path) -> list[str]:
     saved_file = run_dir / "recipe.yaml"
     if not saved_file.is_file():
         return []
-    saved, now = _flat(recipe_to_dict(load_recipe(saved_file))), _flat(recipe_to_dict(recipe))
+    saved, now = flatten(recipe_to_dict(load_recipe(saved_file))), flatten(recipe_to_dict(recipe))
     changed = [key for key in now if saved.get(key) != now[key]]
     refused = [key for key in changed if not key.startswith(RESUMABLE_CHANGES)]
     if refused:
@@ -289,13 +290,6 @@ def check_resumed_recipe(recipe: Recipe, run_dir: Path) -> list[str]:
             "or --overwrite)"
         )
     return [f"{key}: {saved.get(key)!r} -> {now[key]!r}" for key in changed]
-
-
-def _flat(values: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in values.items():
-        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-    return flat
 
 
 def data_fingerprint(pairs: list[EncodedPair]) -> str:
