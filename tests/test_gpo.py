@@ -431,3 +431,19 @@ def test_a_batch_job_log_gets_a_plain_line_per_logging_interval_of_each_iteratio
     for f, record in zip(fields, records, strict=True):
         assert f["iteration"] == "1" and float(f["loss"]) == pytest.approx(record["loss"], abs=5e-5)
         assert float(f["sequences/s"]) == pytest.approx(record["sequences_per_s"], abs=0.05) and "accuracy" not in f
+
+
+def test_a_transformers_sequence_classifier_judges_gpo(tmp_path):
+    """Another tool's reward model is a judge like gpmctl's own: its K x K table is r_i - r_j of the rewards
+    transformers computes (tests/test_foreign_models.py checks those rewards)."""
+    from gpmctl.train.gpo import train_gpo
+    from tests.test_foreign_models import classifier_folder
+
+    classifier_folder(tmp_path / "rm")
+    train_gpo(
+        load_gpo_recipe(TINY_RECIPE, _small(tmp_path / "run", tmp_path / "rm", "data.max_prompts=2", "data.max_eval_prompts=2"))
+    )
+    table = np.array([s["logit"] for s in _rows(tmp_path / "run" / "iter-1" / "scores.jsonl")])
+    assert table.shape == (2, 5, 5) and np.abs(table).max() > 1e-3
+    rewards = table[:, :, :1] - table[:, :1, :1]  # r_i - r_0: the table is a difference of rewards
+    np.testing.assert_allclose(table, rewards - rewards.transpose(0, 2, 1), atol=1e-9)

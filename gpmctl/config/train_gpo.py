@@ -249,10 +249,14 @@ def check_judge(recipe: GpoRecipe) -> None:
     recipe that can make one there. Problems name the GPO recipe file and the key."""
     from gpmctl.config import load_recipe, resolve_recipe
     from gpmctl.models.heads import HEAD_FILE
+    from gpmctl.models.io import HUB_ID, holds_model
+    from gpmctl.models.sources import PACKAGE
 
     j, source = recipe.judge, getattr(recipe, "source", "recipe")
-    if (Path(j.model) / HEAD_FILE).is_file():
+    if Path(j.model).is_dir() and holds_model(j.model):
         return
+    if j.train_recipe is None and not Path(j.model).exists() and (HUB_ID.fullmatch(str(j.model)) or str(j.model).startswith(PACKAGE)):
+        return  # fetched when the run starts (a missing one is then a one-line ModelError)
     if j.train_recipe is None:
         raise ConfigError(
             f"{source}: judge.model: {j.model} holds no gpmctl model ({HEAD_FILE}); "

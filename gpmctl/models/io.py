@@ -208,6 +208,15 @@ def model_folder(path: str | Path) -> Path:
     return path
 
 
+def holds_model(path: str | Path) -> bool:
+    """Whether a local folder holds a model gpmctl reads (its own, another tool's reward model, a released GPM)."""
+    try:
+        read_head_config(Path(path))
+        return True
+    except ModelError:
+        return False
+
+
 def hub_folder(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 

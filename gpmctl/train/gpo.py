@@ -33,7 +33,6 @@ import torch
 from gpmctl.config.train_gpo import GpoRecipe
 from gpmctl.errors import ConfigError, GpmctlError
 from gpmctl.models import preference as P
-from gpmctl.models.heads import HEAD_FILE
 from gpmctl.models.policy import (
     Sample,
     build_tiny_policy,
@@ -155,11 +154,17 @@ def _iteration_dir(output_dir: Path, t: int) -> Path:
 
 
 def ensure_judge(recipe: GpoRecipe) -> Path:
-    """The judge folder; trained first with `judge.train_recipe` when it holds no model yet."""
+    """The judge folder: a folder holding a model gpmctl reads (its own, or another tool's reward model), trained
+    first with `judge.train_recipe` when it holds none yet; without a train recipe, a hub id or package: source."""
+    from gpmctl.models.io import HUB_ID, holds_model, model_folder
+    from gpmctl.models.sources import PACKAGE
+
     j = recipe.judge
     path = Path(j.model)
-    if (path / HEAD_FILE).is_file():
+    if path.is_dir() and holds_model(path):
         return path
+    if j.train_recipe is None and not path.exists() and (HUB_ID.fullmatch(str(j.model)) or str(j.model).startswith(PACKAGE)):
+        return model_folder(str(j.model))
     if j.train_recipe is None:
         raise ConfigError(
             f"judge.model: {path} holds no gpmctl model; train one (gpmctl train-rm RECIPE output_dir={path}) or set judge.train_recipe"
