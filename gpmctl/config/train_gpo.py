@@ -255,7 +255,11 @@ def check_judge(recipe: GpoRecipe) -> None:
     j, source = recipe.judge, getattr(recipe, "source", "recipe")
     if Path(j.model).is_dir() and holds_model(j.model):
         return
-    if j.train_recipe is None and not Path(j.model).exists() and (HUB_ID.fullmatch(str(j.model)) or str(j.model).startswith(PACKAGE)):
+    if (
+        j.train_recipe is None
+        and not Path(j.model).exists()
+        and (HUB_ID.fullmatch(str(j.model)) or str(j.model).startswith(PACKAGE))
+    ):
         return  # fetched when the run starts (a missing one is then a one-line ModelError)
     if j.train_recipe is None:
         raise ConfigError(
