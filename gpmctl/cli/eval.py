@@ -15,7 +15,7 @@ from gpmctl.cli.factory import new_app
 
 app = new_app(help="Evaluate reward models: RewardBench, RM-Bench, any preference file, cyclic sets.")
 
-MODEL_HELP = "A model folder written by train-rm."
+MODEL_HELP = "A model: a gpmctl folder (train-rm, export), a transformers sequence-classifier or OpenRLHF reward model, a released GPM checkpoint, a hub id or package:NAME."
 SCORES_HELP = "Aggregate this per-example file (written by --examples) instead of running a model."
 DATA_HELP = "A local .parquet/.jsonl/.json copy of the split, or a Hugging Face id."
 

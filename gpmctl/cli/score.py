@@ -14,7 +14,12 @@ def score(
     inputs: list[str] = typer.Argument(
         ..., help="K >= 2 jsonl files (or - for stdin, once); line i of each answers the same prompt."
     ),
-    model: str = typer.Option(..., "--model", "-m", help="A model folder written by train-rm."),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="A model: a gpmctl folder (train-rm, export), a transformers sequence-classifier or OpenRLHF reward model, a released GPM checkpoint, a hub id or package:NAME.",
+    ),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write here instead of stdout (atomically; see --resume)."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue an interrupted -o run after its last complete chunk (same --chunk-lines)."
