@@ -17,7 +17,7 @@ import typer
 import typer.main
 
 from gpmctl import __version__
-from gpmctl.cli import data, demo, eval, export, plot, recipes, score, train_gpo, train_rm
+from gpmctl.cli import data, demo, eval, export, plot, recipes, score, serve, train_gpo, train_rm
 from gpmctl.cli.factory import StdoutClosed, new_app
 
 # --install-completion / --show-completion: Typer's shell completion (bash, zsh, fish, PowerShell)
@@ -35,6 +35,7 @@ app.command("demo")(demo.demo)
 app.command("plot")(plot.plot)
 app.command("score")(score.score)
 app.command("export")(export.export)
+app.command("serve")(serve.serve)
 
 
 def _version(value: bool) -> None:

@@ -72,6 +72,7 @@ class SequenceEncoder:
         self.max_length = max_length
         self.eos, self.gate_prompt, self.truncation = eos, gate_prompt, truncation
         self.pad_id = tokenizer.pad_token_id if pad_id is None else pad_id
+        self.generation_header = generation_header(tokenizer)
         self.truncated = 0  # how many sequences were cut (reported by the caller)
 
     def render(self, messages: list[dict]) -> str:
@@ -124,6 +125,26 @@ class SequenceEncoder:
         gate_messages = prompt[:1] if self.gate_prompt == "first_turn" else prompt
         gate_len = min(len(self.prompt_ids(gate_messages)), len(ids))
         prompt_len = gate_len if len(gate_messages) == len(prompt) else min(len(self.prompt_ids(prompt)), len(ids))
+        return self._finish(ids, gate_len, prompt_len, where)
+
+    def encode_text(self, text: str, prompt_text: str, where: str = "") -> EncodedSequence:
+        """A conversation already rendered (special tokens included, as OpenRLHF's remote reward model client
+        sends its queries) and its prompt part: tokenised without added special tokens, then the EOS rule,
+        truncation and gate position as `encode` (the gate reads the end of `prompt_text`)."""
+        tok = self.tokenizer
+        if self.eos == "openrlhf":
+            text = text.rstrip("\n")
+            text = text if text.endswith(tok.eos_token) else f"{text} {tok.eos_token}"
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        prompt_len = min(len(tok(prompt_text, add_special_tokens=False)["input_ids"]), len(ids))
+        # A prompt rendered for generation ends with the template's assistant header, which `encode`'s prompt has
+        # not: the gate reads the prompt's last token before it. (A multi-turn prompt's gate reads its end here.)
+        gate_text = prompt_text.removesuffix(self.generation_header) if self.generation_header else prompt_text
+        gate_len = min(len(tok(gate_text, add_special_tokens=False)["input_ids"]), len(ids))
+        return self._finish(ids, gate_len, prompt_len, where)
+
+    def _finish(self, ids: list[int], gate_len: int, prompt_len: int, where: str) -> EncodedSequence:
+        """Truncation, the EOS rule and the gate position (`encode`) on a conversation's token ids."""
         limit = self.max_length - (1 if self.eos == "append" else 0)
         start = 0  # first kept token
         if len(ids) > limit:
@@ -154,6 +175,19 @@ class SequenceEncoder:
             label=float(record.label) if (use_label and record.label is not None) else 1.0,
             meta=record.meta or None,
         )
+
+
+def generation_header(tokenizer) -> str:
+    """What the chat template adds for `add_generation_prompt=True` (e.g. "<|im_start|>assistant\n"), or ""."""
+    if not tokenizer.chat_template:
+        return ""
+    probe = [{"role": "user", "content": "x"}]
+    try:
+        plain = tokenizer.apply_chat_template(probe, tokenize=False)
+        opened = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 (a template that refuses a lone user message: no header to strip)
+        return ""
+    return opened[len(plain) :] if opened.startswith(plain) else ""
 
 
 def template_ids(tokenizer, messages: list[dict]) -> list[int]:

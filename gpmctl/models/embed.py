@@ -103,6 +103,22 @@ class Scorer:
         gate = self.model.head.prompt_gate(None if gate is None else gate.double().view(n, K, -1))
         return value, gate
 
+    def embed_ragged(self, groups: list[list[EncodedSequence]]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Groups of any sizes (`gpmctl serve` batches several requests) -> per group (value [K, 2k] or BT [K],
+        its prompt's gate [k] or None), float64."""
+        if self.share_prompt:
+            value, gate = embed_groups(self.model, groups, self.batch_size, self.device)
+        else:
+            flat = [s for group in groups for s in group]
+            value, gate = embed_sequences(self.model, flat, self.batch_size, self.encoder.tokenizer.pad_token_id, self.device)
+        out, start = [], 0
+        for group in groups:
+            stop = start + len(group)
+            gates = None if gate is None else gate[start:stop].double()
+            out.append((value[start:stop].double(), self.model.head.prompt_gate(gates)))
+            start = stop
+        return out
+
     def score_matrix(self, value: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
         """value [n, K, 2k] (BT [n, K]), gate [n, k] -> S [n, K, K], S[:, i, j] = s(i > j)."""
         return self.model.head.score_matrix(value, gate)
