@@ -291,3 +291,43 @@ def test_sigterm_answers_the_requests_in_flight_then_exits(models):
     assert all(
         a == 200 or a in ("URLError", "ConnectionRefusedError", "ConnectionResetError", "RemoteDisconnected") for a in answers
     )
+
+
+def test_train_gpo_with_judge_url_gives_the_tables_of_a_local_judge(models, tmp_path, monkeypatch):
+    """judge.url: policy and judge in different processes (here, on one machine) give the same K x K tables."""
+    from gpmctl.config import load_gpo_recipe
+    from gpmctl.train.gpo import train_gpo
+
+    small = [
+        "data.max_prompts=4",
+        "data.max_eval_prompts=2",
+        "policy.tiny.hidden_size=32",
+        "policy.tiny.num_layers=1",
+        "policy.tiny.intermediate_size=64",
+        "policy.warmup.steps=10",
+        "objective.iterations=1",
+        "eval.samples=2",
+        "train.batch_size=8",
+        "judge.train_recipe=null",
+    ]
+    train_gpo(
+        load_gpo_recipe("recipes/gpo_tiny.yaml", [f"output_dir={tmp_path / 'local'}", f"judge.model={models['gpm']}", *small])
+    )
+    server = Server(models["gpm"], "--api-key", "k3y")
+    try:
+        recipe = load_gpo_recipe(
+            "recipes/gpo_tiny.yaml", [f"output_dir={tmp_path / 'remote'}", "judge.model=null", f"judge.url={server.url}", *small]
+        )
+        monkeypatch.setenv("GPMCTL_API_KEY", "k3y")  # judge.api_key_env's default
+        train_gpo(recipe)
+    finally:
+        server.stop()
+    tables = {}
+    for name in ("local", "remote"):
+        rows = [json.loads(line) for line in (tmp_path / name / "iter-1" / "scores.jsonl").read_text().splitlines()]
+        tables[name] = [x for row in rows for table_row in row["logit"] for x in table_row]
+    assert len(tables["local"]) == 4 * 25 and max(abs(x) for x in tables["local"]) > 1e-3
+    assert tables["remote"] == pytest.approx(tables["local"], abs=1e-5)
+    local = json.loads((tmp_path / "local" / "iter-1" / "metrics.json").read_text())
+    remote = json.loads((tmp_path / "remote" / "iter-1" / "metrics.json").read_text())
+    assert remote["win_rate_vs_initial"] == pytest.approx(local["win_rate_vs_initial"], abs=1e-5)

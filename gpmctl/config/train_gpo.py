@@ -55,7 +55,12 @@ class JudgeConfig:
     """The preference model that scores the generations: a gpmctl model folder (GPM or BT)."""
 
     model: str | None = None
-    """Folder written by `gpmctl train-rm`."""
+    """A model gpmctl reads: a folder written by `gpmctl train-rm`, another tool's reward model, a hub id."""
+    url: str | None = None
+    """Instead of `model`: a running `gpmctl serve` (http://host:port) that scores for this run, so the policy and
+    the judge run on different GPUs or machines. Its API key, if it needs one, comes from `api_key_env`."""
+    api_key_env: str = "GPMCTL_API_KEY"
+    """The environment variable holding the judge server's API key (a key is never written in a recipe)."""
     train_recipe: str | None = None
     """If `judge.model` holds no model yet, train one first with this train-rm recipe (file or shipped
     name) and `judge.train_overrides`, writing to `judge.model`."""
@@ -166,7 +171,16 @@ class GpoRecipe:
         w, j, d, g, o, t = self.policy.warmup, self.judge, self.data, self.generation, self.objective, self.train
         loader.check(
             [
-                (j.model is not None, "judge.model", "is required (a gpmctl model folder)"),
+                (
+                    (j.model is None) != (j.url is None),
+                    "judge.model",
+                    "set exactly one of judge.model (a model) and judge.url (a server)",
+                ),
+                (
+                    j.url is None or j.url.startswith(("http://", "https://")),
+                    "judge.url",
+                    f"expected http://host:port, got {j.url!r}",
+                ),
                 (j.batch_size >= 1, "judge.batch_size", f"must be >= 1, got {j.batch_size}"),
                 (j.max_length >= 8, "judge.max_length", f"must be >= 8, got {j.max_length}"),
                 (d.train is not None, "data.train", "is required (a prompt source)"),
@@ -253,7 +267,7 @@ def check_judge(recipe: GpoRecipe) -> None:
     from gpmctl.models.sources import PACKAGE
 
     j, source = recipe.judge, getattr(recipe, "source", "recipe")
-    if Path(j.model).is_dir() and holds_model(j.model):
+    if j.url is not None or (Path(j.model).is_dir() and holds_model(j.model)):
         return
     if (
         j.train_recipe is None

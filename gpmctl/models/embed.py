@@ -73,6 +73,10 @@ class Scorer:
     """Embed each group as one packed row with its prompt once (the model must `enable_packing()`)."""
 
     @property
+    def head(self):
+        return self.model.head
+
+    @property
     def kind(self) -> str:
         return self.model.head.kind
 

@@ -113,7 +113,7 @@ def _saved_settings(recipe: GpoRecipe, train_prompts: list, eval_prompts: list) 
     return {
         "generations.jsonl": {"prompts (data.train)": prompts(train_prompts), "generation.k": g.k, **sampling},
         "eval_generations.jsonl": {"prompts (data.eval)": prompts(eval_prompts), "eval.samples": recipe.eval.samples, **sampling},
-        "scores.jsonl": {"judge.model": str(recipe.judge.model), "judge.max_length": recipe.judge.max_length},
+        "scores.jsonl": {"judge.model": recipe.judge.url or str(recipe.judge.model), "judge.max_length": recipe.judge.max_length},
     }
 
 
@@ -177,6 +177,26 @@ def ensure_judge(recipe: GpoRecipe) -> Path:
     resume = None if rm_recipe.model.freeze_backbone else "auto"  # a frozen backbone's head keeps no checkpoints to resume
     train_reward_model(rm_recipe, resume=resume)
     return path
+
+
+def open_judge(recipe: GpoRecipe, judge_path: Path | None, engine):
+    """The judge: a running `gpmctl serve` (judge.url), or the model loaded here; every process holds it whole
+    (where the engine shards weights, only the optimised copy is)."""
+    import os
+
+    from gpmctl.models.embed import Scorer, model_encoder, resolve_share_prompt
+    from gpmctl.models.io import load_model
+    from gpmctl.models.sources import load_tokenizer
+
+    j = recipe.judge
+    if j.url is not None:
+        from gpmctl.serve.client import RemoteJudge
+
+        return RemoteJudge(j.url, os.environ.get(j.api_key_env), j.batch_size)
+    net = engine.build(lambda: load_model(judge_path, dtype=j.dtype, device=engine.device))
+    encoder = model_encoder(net, load_tokenizer(str(judge_path)), j.max_length)
+    shared = resolve_share_prompt(net, j.share_prompt, f"{getattr(recipe, 'source', 'recipe')}: judge")
+    return Scorer(net, encoder, j.batch_size, engine.device, shared)
 
 
 def judge_scores(judge, prompts: list[list[dict]], responses: list[list[str]], engine) -> torch.Tensor:
@@ -483,9 +503,6 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     sampling, judging and the reference log-probs are dealt over the processes, the optimisation is data
     parallel through the engine (gpmctl.engine), and process 0 alone writes files."""
     from gpmctl.engine import Engine
-    from gpmctl.models.embed import Scorer, model_encoder, resolve_share_prompt
-    from gpmctl.models.io import load_model
-    from gpmctl.models.sources import load_tokenizer
     from gpmctl.train.loop import StopFlag
 
     quiet_libraries()
@@ -500,7 +517,7 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     _prepare_output(output_dir, resume, overwrite, main)
     engine.wait()
     _check_resume(output_dir, recipe, settings)
-    judge_path = ensure_judge(recipe)
+    judge_path = ensure_judge(recipe) if recipe.judge.url is None else None
 
     def write(path: Path, rows: list[dict]) -> None:  # process 0 writes; the others wait until it is there
         if main:
@@ -513,14 +530,11 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
 
     runlog = open_run_folder(engine, output_dir, recipe)
 
-    # Every process holds the judge and the sampler whole (where the engine shards weights, only the optimised copy is).
-    net = engine.build(lambda: load_model(judge_path, dtype=recipe.judge.dtype, device=device))
-    encoder = model_encoder(net, load_tokenizer(str(judge_path)), recipe.judge.max_length)
-    shared = resolve_share_prompt(net, recipe.judge.share_prompt, f"{getattr(recipe, 'source', 'recipe')}: judge")
-    judge = Scorer(net, encoder, recipe.judge.batch_size, device, shared)
+    judge = open_judge(recipe, judge_path, engine)
     tau, kind = judge.tau, judge.kind
     log(
-        f"judge: {judge_path} ({kind}, dim {net.head.dim}, tau {tau}{', each prompt once per K' if shared else ''}); "
+        f"judge: {recipe.judge.url or judge_path} ({kind}, dim {judge.head.dim}, "
+        f"tau {tau}{', each prompt once per K' if judge.share_prompt else ''}); "
         f"{engine.world} process(es), {engine.precision}, {engine.describe()}"
     )
 
