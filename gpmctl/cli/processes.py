@@ -12,6 +12,8 @@ way, so the output is byte-identical to one process's.
 
 from __future__ import annotations
 
+import contextlib
+
 import typer
 
 NUM_PROCESSES_HELP = (
@@ -48,8 +50,8 @@ def same_command(ctx: typer.Context) -> list[str]:
 def start(ctx: typer.Context, num_processes: int, device: str):
     """Where a scoring command starts its processes. The process the user started re-runs the command on
     `num_processes` processes and exits with their code (typer.Exit); a process that runs it (the only one, or
-    one of a launcher's) gets its gpmctl.engine.Engine; it then runs the work inside
-    `gpmctl.engine.launch.worker(errors_agreed=True)`."""
+    one of a launcher's) gets its gpmctl.engine.Engine (`scoring` runs the work inside
+    `gpmctl.engine.launch.worker(errors_agreed=True)`)."""
     from gpmctl.engine import Engine, launch
     from gpmctl.errors import ConfigError
     from gpmctl.utils import log, resolve_device
@@ -62,3 +64,19 @@ def start(ctx: typer.Context, num_processes: int, device: str):
         log(f"launch: {plan.reason}: {plan.shell()}")
         raise typer.Exit(launch.run_plan(plan))
     return Engine.inference(device)
+
+
+@contextlib.contextmanager
+def scoring(
+    ctx: typer.Context, num_processes: int, model: str, batch_size: int, max_length: int, dtype: str, device: str, share_prompt
+):
+    """(engine, scorer) of this process (`start`), the model loaded on its device; the block runs inside
+    `gpmctl.engine.launch.worker(errors_agreed=True)`: a gpmctl error is one line from process 0."""
+    from gpmctl.engine.launch import worker
+    from gpmctl.models.embed import load_scorer
+
+    engine = start(ctx, num_processes, device)
+    # under a launcher, "cuda" is this process's GPU (accelerate set it) and the settings saved read as one process's
+    here = engine.device.type if engine.world > 1 else str(engine.device)
+    with worker(errors_agreed=True):
+        yield engine, load_scorer(model, batch_size, max_length, dtype, here, share_prompt)

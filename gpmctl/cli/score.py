@@ -68,7 +68,6 @@ def score(
     from gpmctl.data.responses import aligned_rows, text_cutter
     from gpmctl.errors import ConfigError
     from gpmctl.models.build import resolve_dtype
-    from gpmctl.models.embed import load_scorer
     from gpmctl.utils import DTYPES, log, prepare_output, refuse_inputs_as_output, resolve_device
 
     if len(inputs) < 2:
@@ -99,11 +98,7 @@ def score(
         }
         if resume and Path(f"{output}.partial").exists():
             _check_resume_settings(Path(f"{output}.partial"), Path(f"{output}.partial.json"), settings)
-    engine = processes.start(ctx, num_processes, device)
-    from gpmctl.engine.launch import worker
-
-    with worker(errors_agreed=True):
-        scorer = load_scorer(model, batch_size, max_length, dtype, str(engine.device), share_prompt)
+    with processes.scoring(ctx, num_processes, model, batch_size, max_length, dtype, device, share_prompt) as (engine, scorer):
         if normalize is not None:
             _set_normalize(scorer.model.head, normalize, model)
         out = _Output(output, settings, fmt, resume, chunk_lines) if engine.is_main else None
