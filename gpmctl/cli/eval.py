@@ -2,7 +2,7 @@
 
 Data on stdout (the results JSON, unless --output), tables and progress on stderr. Every command takes
 `--examples FILE` (per-example scores, jsonl) and `--scores FILE` (re-aggregate such a file: no model).
-rewardbench, pairs, cyclic and rmbench take `--num-processes N`: the rows are embedded in blocks dealt to N
+Scoring with a model takes `--num-processes N`: the rows are embedded in blocks dealt to N
 processes (gpmctl.cli.processes), process 0 aggregates, writes and prints: the same files as one process.
 """
 
@@ -422,6 +422,7 @@ def _rmbench_table(result: dict) -> None:
 
 @app.command("rewardbench2")
 def rewardbench2(
+    ctx: typer.Context,
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     data: str = typer.Option("allenai/reward-bench-2", help=DATA_HELP),
     split: str = typer.Option("test", help="Split of a Hugging Face id."),
@@ -433,6 +434,7 @@ def rewardbench2(
     dtype: str = _O["dtype"],
     device: str = _O["device"],
     share_prompt: str = _O["share_prompt"],
+    num_processes: int = _O["num_processes"],
 ) -> None:
     """RewardBench 2: best-of-4 accuracy (shared credit at ties), the Ties composite, mean of six subsets.
 
@@ -451,14 +453,19 @@ def rewardbench2(
     if scores:
         per_example = rb2.read_scores(scores)
     else:
-        from gpmctl.models.embed import load_scorer
+        from gpmctl.eval.benchmarks import score_blocks
 
         rows = rb2.load_rows(data, split)
-        scorer = load_scorer(model, batch_size, max_length, dtype, device, share_prompt)
-        log(f"rewardbench2: {len(rows)} prompts, {sum(len(r['chosen']) + len(r['rejected']) for r in rows)} sequences to embed")
-        per_example = rb2.score_examples(scorer, rows)
+        options = (model, batch_size, max_length, dtype, device, share_prompt)
+        with processes.scoring(ctx, num_processes, *options) as (engine, scorer):
+            log(
+                f"rewardbench2: {len(rows)} prompts, {sum(len(r['chosen']) + len(r['rejected']) for r in rows)} sequences to embed"
+            )
+            per_example = score_blocks(engine, rows, lambda block, first: rb2.score_examples(scorer, block, first))
+            extra = _settings(scorer, model, max_length, engine) | {"data": data}
+        if not engine.is_main:  # process 0 writes and prints
+            return
         _write_examples(examples, per_example)
-        extra = _settings(scorer, model, max_length) | {"data": data}
     result = rb2.aggregate(per_example)
     for w in result["warnings"]:
         log(f"warning: {w}")
