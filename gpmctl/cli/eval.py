@@ -2,6 +2,8 @@
 
 Data on stdout (the results JSON, unless --output), tables and progress on stderr. Every command takes
 `--examples FILE` (per-example scores, jsonl) and `--scores FILE` (re-aggregate such a file: no model).
+Scoring with a model takes `--num-processes N`: the rows are embedded in blocks dealt to N
+processes (gpmctl.cli.processes), process 0 aggregates, writes and prints: the same files as one process.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import List, Optional
 
 import typer
 
+from gpmctl.cli import processes
 from gpmctl.cli.factory import new_app
 
 app = new_app(help="Evaluate reward models: RewardBench, RM-Bench, any preference file, cyclic sets.")
@@ -29,6 +32,7 @@ def _model_options():
         share_prompt=typer.Option(
             "auto", help="auto, true, false: embed a prompt's responses as one packed row with the prompt once (causal decoders)."
         ),
+        num_processes=processes.num_processes_option(),
     )
 
 
@@ -99,10 +103,10 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
-def _settings(scorer, model: str, max_length: int) -> dict:
+def _settings(scorer, model: str, max_length: int, engine=None) -> dict:
     from gpmctl.eval.benchmarks import scorer_settings
 
-    return scorer_settings(scorer, model, max_length)
+    return scorer_settings(scorer, model, max_length, engine)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -110,6 +114,7 @@ def _settings(scorer, model: str, max_length: int) -> dict:
 
 @app.command("rewardbench")
 def rewardbench(
+    ctx: typer.Context,
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     data: str = typer.Option("allenai/reward-bench", help=DATA_HELP),
     split: str = typer.Option("filtered", help="Split of a Hugging Face id."),
@@ -122,6 +127,7 @@ def rewardbench(
     dtype: str = _O["dtype"],
     device: str = _O["device"],
     share_prompt: str = _O["share_prompt"],
+    num_processes: int = _O["num_processes"],
 ) -> None:
     """RewardBench v1 with the official scoring: 23 subsets, 4 sections, Score = mean of the sections.
 
@@ -148,11 +154,13 @@ def rewardbench(
         result = rb.results_json(agg, name, model_type, (metrics or {}).get("chat_template", "n/a"))
     else:
         from gpmctl.eval import benchmarks
-        from gpmctl.models.embed import load_scorer
 
         rows = benchmarks.rewardbench_rows(data, split)
-        scorer = load_scorer(model, batch_size, max_length, dtype, device, share_prompt)
-        result, per_example = benchmarks.rewardbench(scorer, model, rows, data, legacy_xstest)
+        options = (model, batch_size, max_length, dtype, device, share_prompt)
+        with processes.scoring(ctx, num_processes, *options) as (engine, scorer):
+            result, per_example = benchmarks.rewardbench(scorer, model, rows, data, legacy_xstest, engine)
+        if not engine.is_main:  # process 0 writes and prints
+            return
         _write_examples(examples, per_example)
         agg = rb.aggregate(((e["subset"], e["correct"]) for e in per_example), legacy_xstest)
     _rewardbench_table(agg)
@@ -186,6 +194,7 @@ def _rewardbench_table(agg: dict) -> None:
 
 @app.command("pairs")
 def pairs(
+    ctx: typer.Context,
     data: Optional[str] = typer.Option(
         None, help="Any preference file or source train-rm reads (jsonl, parquet, cyclic:reworded)."
     ),
@@ -199,6 +208,7 @@ def pairs(
     dtype: str = _O["dtype"],
     device: str = _O["device"],
     share_prompt: str = _O["share_prompt"],
+    num_processes: int = _O["num_processes"],
 ) -> None:
     """Accuracy, mean P(chosen > rejected), expected calibration error and a 10-bin reliability table.
 
@@ -211,7 +221,11 @@ def pairs(
     from gpmctl.eval.metrics import pair_report
 
     _check_args(model, scores, output, examples, [data], batch_size, max_length, dtype, device, limit)
-    per_example, extra = _pair_examples(data, model, scores, limit, batch_size, max_length, dtype, device, share_prompt)
+    options = (model, batch_size, max_length, dtype, device, share_prompt)
+    scored = _pair_examples(ctx, data, scores, limit, num_processes, options)
+    if scored is None:  # another process than 0: process 0 writes and prints
+        return
+    per_example, extra = scored
     if not scores:
         _write_examples(examples, per_example)
     report = pair_report(per_example, ev.GROUP_KEYS)
@@ -219,9 +233,13 @@ def pairs(
     _emit({"data": data or scores, **report, **({"gpmctl": extra} if extra else {})}, output)
 
 
-def _pair_examples(data, model, scores, limit, batch_size, max_length, dtype, device, share_prompt):
+def _pair_examples(ctx, data, scores, limit, num_processes, options: tuple):
+    """(per-example records, settings) of --scores, or of the pairs of `data` scored by the model of `options`
+    (model, batch_size, max_length, dtype, device, share_prompt) on `num_processes` processes; None on the
+    processes other than 0."""
     from gpmctl.errors import ConfigError, DataError
     from gpmctl.eval import pairs as ev
+    from gpmctl.eval.benchmarks import score_blocks
     from gpmctl.utils import log
 
     if scores:
@@ -229,14 +247,15 @@ def _pair_examples(data, model, scores, limit, batch_size, max_length, dtype, de
     if not data:
         raise ConfigError("--data is required with --model")
     from gpmctl.data.sources import read_source
-    from gpmctl.models.embed import load_scorer
 
     records = list(read_source(data, limit=limit))
     if not records:
         raise DataError(data, "holds no preference pairs")
-    scorer = load_scorer(model, batch_size, max_length, dtype, device, share_prompt)
-    log(f"{len(records)} pairs, {2 * len(records)} sequences to embed")
-    return ev.score_records(scorer, records), _settings(scorer, model, max_length) | {"data": data}
+    with processes.scoring(ctx, num_processes, *options) as (engine, scorer):
+        log(f"{len(records)} pairs, {2 * len(records)} sequences to embed")
+        per_example = score_blocks(engine, records, lambda block, _: ev.score_records(scorer, block))
+        extra = _settings(scorer, options[0], options[2], engine) | {"data": data}
+    return (per_example, extra) if engine.is_main else None
 
 
 def _pairs_table(report: dict, title: str) -> None:
@@ -276,6 +295,7 @@ def _pairs_table(report: dict, title: str) -> None:
 
 @app.command("cyclic")
 def cyclic(
+    ctx: typer.Context,
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     data: str = typer.Option(
         "cyclic:reworded", help="cyclic:reworded|new_items|new_edges[?options] (the generator) or a file with meta `cycle`."
@@ -288,6 +308,7 @@ def cyclic(
     dtype: str = _O["dtype"],
     device: str = _O["device"],
     share_prompt: str = _O["share_prompt"],
+    num_processes: int = _O["num_processes"],
 ) -> None:
     """Intransitive (cyclic) preferences: overall and per-cycle accuracy, and the BT ceiling.
 
@@ -300,9 +321,11 @@ def cyclic(
     from gpmctl.eval.metrics import pair_report
 
     _check_args(model, scores, output, examples, [data], batch_size, max_length, dtype, device)
-    per_example, extra = _pair_examples(
-        None if scores else data, model, scores, None, batch_size, max_length, dtype, device, share_prompt
-    )
+    options = (model, batch_size, max_length, dtype, device, share_prompt)
+    scored = _pair_examples(ctx, None if scores else data, scores, None, num_processes, options)
+    if scored is None:  # another process than 0: process 0 writes and prints
+        return
+    per_example, extra = scored
     if not scores:
         _write_examples(examples, per_example)
     ceiling_rows = per_example
@@ -327,6 +350,7 @@ def cyclic(
 
 @app.command("rmbench")
 def rmbench(
+    ctx: typer.Context,
     data: Optional[List[str]] = typer.Option(
         None, help="RM-Bench folder, *_filtered.json files or total_dataset.json (repeatable)."
     ),
@@ -340,6 +364,7 @@ def rmbench(
     dtype: str = _O["dtype"],
     device: str = _O["device"],
     share_prompt: str = _O["share_prompt"],
+    num_processes: int = _O["num_processes"],
 ) -> None:
     """RM-Bench: per row a 3x3 matrix chosen style x rejected style; hard / normal / easy per domain.
 
@@ -364,11 +389,13 @@ def rmbench(
         if not data:
             raise ConfigError("--data is required with --model")
         from gpmctl.eval import benchmarks
-        from gpmctl.models.embed import load_scorer
 
         tables = benchmarks.rmbench_tables(data, limit)
-        scorer = load_scorer(model, batch_size, max_length, dtype, device, share_prompt)
-        result, per_example = benchmarks.rmbench(scorer, model, tables)
+        options = (model, batch_size, max_length, dtype, device, share_prompt)
+        with processes.scoring(ctx, num_processes, *options) as (engine, scorer):
+            result, per_example = benchmarks.rmbench(scorer, model, tables, engine)
+        if not engine.is_main:  # process 0 writes and prints
+            return
         _write_examples(examples, per_example)
     _rmbench_table(result)
     _emit(result, output)
@@ -395,6 +422,7 @@ def _rmbench_table(result: dict) -> None:
 
 @app.command("rewardbench2")
 def rewardbench2(
+    ctx: typer.Context,
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     data: str = typer.Option("allenai/reward-bench-2", help=DATA_HELP),
     split: str = typer.Option("test", help="Split of a Hugging Face id."),
@@ -406,6 +434,7 @@ def rewardbench2(
     dtype: str = _O["dtype"],
     device: str = _O["device"],
     share_prompt: str = _O["share_prompt"],
+    num_processes: int = _O["num_processes"],
 ) -> None:
     """RewardBench 2: best-of-4 accuracy (shared credit at ties), the Ties composite, mean of six subsets.
 
@@ -424,14 +453,19 @@ def rewardbench2(
     if scores:
         per_example = rb2.read_scores(scores)
     else:
-        from gpmctl.models.embed import load_scorer
+        from gpmctl.eval.benchmarks import score_blocks
 
         rows = rb2.load_rows(data, split)
-        scorer = load_scorer(model, batch_size, max_length, dtype, device, share_prompt)
-        log(f"rewardbench2: {len(rows)} prompts, {sum(len(r['chosen']) + len(r['rejected']) for r in rows)} sequences to embed")
-        per_example = rb2.score_examples(scorer, rows)
+        options = (model, batch_size, max_length, dtype, device, share_prompt)
+        with processes.scoring(ctx, num_processes, *options) as (engine, scorer):
+            log(
+                f"rewardbench2: {len(rows)} prompts, {sum(len(r['chosen']) + len(r['rejected']) for r in rows)} sequences to embed"
+            )
+            per_example = score_blocks(engine, rows, lambda block, first: rb2.score_examples(scorer, block, first))
+            extra = _settings(scorer, model, max_length, engine) | {"data": data}
+        if not engine.is_main:  # process 0 writes and prints
+            return
         _write_examples(examples, per_example)
-        extra = _settings(scorer, model, max_length) | {"data": data}
     result = rb2.aggregate(per_example)
     for w in result["warnings"]:
         log(f"warning: {w}")

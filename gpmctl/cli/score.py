@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -9,8 +10,11 @@ from typing import Optional
 
 import typer
 
+from gpmctl.cli import processes
+
 
 def score(
+    ctx: typer.Context,
     inputs: list[str] = typer.Argument(
         ..., help="K >= 2 jsonl files (or - for stdin, once); line i of each answers the same prompt."
     ),
@@ -41,6 +45,7 @@ def score(
     share_prompt: str = typer.Option(
         "auto", help="auto, true, false: embed a line's K responses as one packed row with the prompt once (causal decoders)."
     ),
+    num_processes: int = processes.num_processes_option(),
 ) -> None:
     """Score aligned responses with a GPM or BT model: each response is embedded once (K passes per prompt).
 
@@ -52,21 +57,18 @@ def score(
     With -o the lines go to OUT.partial (settings in OUT.partial.json), renamed to OUT when complete;
     --resume refuses a partial file started with other inputs, model or settings.
 
+    With --num-processes N (or under accelerate launch, torchrun or srun) the chunks of --chunk-lines lines are
+    dealt to the processes, each embeds its chunks as one process would, and process 0 reads the input and
+    writes the output in input order: the same bytes as one process writes.
+
     Example: gpmctl score a.jsonl b.jsonl --model runs/cyclic_tiny_gpm > p.jsonl
+
+    Example: gpmctl score a.jsonl b.jsonl c.jsonl -m runs/gpm -o m.jsonl --num-processes 8   (8 GPUs)
     """
     from gpmctl.data.responses import aligned_rows, text_cutter
-    from gpmctl.errors import ConfigError, DiskFullError
+    from gpmctl.errors import ConfigError
     from gpmctl.models.build import resolve_dtype
-    from gpmctl.models.embed import load_scorer
-    from gpmctl.utils import (
-        DTYPES,
-        atomic_write_text,
-        is_disk_full,
-        log,
-        prepare_output,
-        refuse_inputs_as_output,
-        resolve_device,
-    )
+    from gpmctl.utils import DTYPES, log, prepare_output, refuse_inputs_as_output, resolve_device
 
     if len(inputs) < 2:
         raise ConfigError("score needs at least two input files")
@@ -79,11 +81,10 @@ def score(
     if resume and not output:
         raise ConfigError("--resume needs --output")
     device = resolve_device(device)
-    partial = settings_path = None
+    settings = None
     if output:
         refuse_inputs_as_output(output, inputs)
         prepare_output(output)
-        partial, settings_path = Path(f"{output}.partial"), Path(f"{output}.partial.json")
         settings = {
             "inputs": [i if i == "-" else str(Path(i).resolve()) for i in inputs],
             "model": _resolved(model),
@@ -95,44 +96,82 @@ def score(
             "normalize": normalize,
             "dtype": str(resolve_dtype(dtype, device)).removeprefix("torch."),
         }
-        if resume and partial.exists():
-            _check_resume_settings(partial, settings_path, settings)
-    scorer = load_scorer(model, batch_size, max_length, dtype, device, share_prompt)
-    if normalize is not None:
-        _set_normalize(scorer.model.head, normalize, model)
+        if resume and Path(f"{output}.partial").exists():
+            _check_resume_settings(Path(f"{output}.partial"), Path(f"{output}.partial.json"), settings)
+    with processes.scoring(ctx, num_processes, model, batch_size, max_length, dtype, device, share_prompt) as (engine, scorer):
+        if normalize is not None:
+            _set_normalize(scorer.model.head, normalize, model)
+        out = _Output(output, settings, fmt, resume, chunk_lines) if engine.is_main else None
+        shorten = text_cutter(scorer.encoder.tokenizer, max_length)
+        rows = aligned_rows(inputs, skip=out.skip, allow_prompt_mismatch=allow_prompt_mismatch, shorten=shorten) if out else None
+        chunks = _chunks(rows, chunk_lines) if out else None
+        scored: list[list[dict]] = []
 
-    skip = _complete_chunks(partial, chunk_lines) if resume and partial.exists() else 0
-    if skip:
-        log(f"resuming {output}: {skip} lines already scored")
-    if partial:  # beside the partial file for as long as it exists: what a --resume must match
-        atomic_write_text(settings_path, json.dumps(settings, indent=1) + "\n")
-    sink = open(partial, "a" if skip else "w", encoding="utf-8") if partial else sys.stdout
-    written = skip
-    progress = _Progress()
-    shorten = text_cutter(scorer.encoder.tokenizer, max_length)
-    rows = aligned_rows(inputs, skip=skip, allow_prompt_mismatch=allow_prompt_mismatch, shorten=shorten)
-    try:
-        chunk = []
-        for item in rows:
-            chunk.append(item)
-            if len(chunk) == chunk_lines:
-                written += _write(sink, score_lines(scorer, chunk, embed), fmt)
-                progress.update(written)
-                chunk = []
-        if chunk:
-            written += _write(sink, score_lines(scorer, chunk, embed), fmt)
-    except OSError as e:
-        if sink is sys.stdout or not is_disk_full(e):
-            raise
-        raise DiskFullError(f"no space left writing {partial} ({written} lines kept: --resume continues there)") from None
-    finally:
-        progress.stop()
-        if sink is not sys.stdout:
-            sink.close()
-    if partial:
-        partial.replace(output)
-        settings_path.unlink(missing_ok=True)
-    log(f"scored {written} lines of {len(inputs)} files")
+        def next_round() -> list:  # on process 0: write the chunks scored so far, read one chunk per process
+            out.write(scored)
+            return list(itertools.islice(chunks, engine.world))
+
+        try:
+            while chunk_round := engine.from_main(next_round):
+                scored = engine.shard_map(chunk_round, lambda chunk, _: [score_lines(scorer, chunk[0], embed)])
+        finally:
+            if out:
+                out.close()
+        if out:
+            out.finish()
+            log(f"scored {out.written} lines of {len(inputs)} files")
+
+
+def _chunks(rows, chunk_lines: int):
+    """Lists of `chunk_lines` aligned lines (the last one shorter): the unit a process embeds and writes."""
+    while chunk := list(itertools.islice(rows, chunk_lines)):
+        yield chunk
+
+
+class _Output:
+    """Where process 0 writes the scored chunks: stdout, or OUT.partial (its settings in OUT.partial.json)
+    renamed to OUT by `finish`. With `resume`, an interrupted partial file keeps its complete chunks and
+    `skip` is their line count."""
+
+    def __init__(self, output: str | None, settings: dict | None, fmt: str, resume: bool, chunk_lines: int):
+        from gpmctl.utils import atomic_write_text, log
+
+        self.output, self.fmt = output, fmt
+        self.partial = Path(f"{output}.partial") if output else None
+        self.settings_path = Path(f"{output}.partial.json") if output else None
+        self.skip = _complete_chunks(self.partial, chunk_lines) if resume and self.partial.exists() else 0
+        if self.skip:
+            log(f"resuming {output}: {self.skip} lines already scored")
+        if self.partial:  # beside the partial file for as long as it exists: what a --resume must match
+            atomic_write_text(self.settings_path, json.dumps(settings, indent=1) + "\n")
+        self.sink = open(self.partial, "a" if self.skip else "w", encoding="utf-8") if self.partial else sys.stdout
+        self.written = self.skip
+        self.progress = _Progress()
+
+    def write(self, chunks: list[list[dict]]) -> None:
+        from gpmctl.errors import DiskFullError
+        from gpmctl.utils import is_disk_full
+
+        try:
+            for records in chunks:
+                self.written += _write(self.sink, records, self.fmt)
+                self.progress.update(self.written)
+        except OSError as e:
+            if self.sink is sys.stdout or not is_disk_full(e):
+                raise
+            raise DiskFullError(
+                f"no space left writing {self.partial} ({self.written} lines kept: --resume continues there)"
+            ) from None
+
+    def close(self) -> None:
+        self.progress.stop()
+        if self.sink is not sys.stdout:
+            self.sink.close()
+
+    def finish(self) -> None:
+        if self.partial:
+            self.partial.replace(self.output)
+            self.settings_path.unlink(missing_ok=True)
 
 
 def score_lines(scorer, chunk: list[tuple[int, list]], embed_only: bool = False) -> list[dict]:

@@ -8,6 +8,6 @@
 No module outside this package asks which engine runs.
 """
 
-from gpmctl.engine.engine import Diverged, Engine
+from gpmctl.engine.engine import Diverged, Engine, RankError
 
-__all__ = ["Diverged", "Engine"]
+__all__ = ["Diverged", "Engine", "RankError"]

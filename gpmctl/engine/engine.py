@@ -39,6 +39,15 @@ class Diverged(GpmctlError):
     exit_code = EXIT_FAILURE
 
 
+class RankError(GpmctlError):
+    """A gpmctl error that another process of the run met, raised on this one too (its message and exit code), so
+    that every process stops at the same point and none waits forever in a collective."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class Engine:
     """One run's processes and how a model is stepped, saved and gathered across them."""
 
@@ -82,6 +91,16 @@ class Engine:
     def local(cls, grad_accum: int = 1, device: str | torch.device = "cpu") -> "Engine":
         """Plain torch in this process, fp32: the same steps as an accelerate engine of one process."""
         return cls(None, "fp32", grad_accum, device)
+
+    @classmethod
+    def inference(cls, device: str | torch.device) -> "Engine":
+        """The processes of a scoring command (score, eval): under a launcher of several processes, accelerate's
+        process group with each process on its own GPU (or the CPU); otherwise plain torch on `device`."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls.local(device=device)
+        from accelerate import Accelerator
+
+        return cls(Accelerator(**_cpu_settings()))
 
     # ------------------------------------------------------------------------------------------------
     # What runs
@@ -376,17 +395,52 @@ class Engine:
 
     def shard_map(self, items: list, fn, block: int = 1) -> list:
         """fn(list of items, block index) -> list of results, one per item, computed on blocks of `block` items
-        dealt round robin over the ranks (block b on rank b % world); every rank gets all results in item order."""
-        mine = []
-        for b, start in enumerate(range(0, len(items), block)):
-            if b % self.world == self.rank:
-                mine += list(zip(range(start, start + block), fn(items[start : start + block], b)))
+        dealt round robin over the ranks (block b on rank b % world); every rank gets all results in item order.
+        A gpmctl error in a block is raised on every rank (that of the first such block)."""
+        blocks = list(enumerate(range(0, len(items), block)))
         if self.world == 1:
-            return [result for _, result in mine]
+            return [result for b, start in blocks for result in fn(items[start : start + block], b)]
         from accelerate.utils import gather_object
 
-        gathered = sorted(gather_object(mine), key=lambda pair: pair[0])
-        return [result for _, result in gathered]
+        mine, error = [], None  # ("result", item index, result) ..., or one ("error", block, (exit code, message))
+        for b, start in blocks[self.rank :: self.world]:
+            try:
+                mine += [("result", start + i, r) for i, r in enumerate(fn(items[start : start + block], b))]
+            except GpmctlError as e:
+                mine, error = [("error", b, (e.exit_code, str(e)))], e
+                break
+        gathered = sorted(gather_object(mine), key=lambda entry: (entry[0], entry[1]))  # "error" sorts first
+        if gathered and gathered[0][0] == "error":
+            if error is not None and mine[0] == gathered[0]:
+                raise error
+            code, message = gathered[0][2]
+            raise RankError(message, code)
+        return [result for _, _, result in gathered]
+
+    def from_main(self, produce):
+        """`produce()` run on rank 0, its value on every rank; a gpmctl error it raises is raised on every rank."""
+        if self.world == 1:
+            return produce()
+        from accelerate.utils import broadcast_object_list
+
+        payload, error = [None], None
+        if self.is_main:
+            try:
+                payload = [("value", produce())]
+            except GpmctlError as e:
+                payload, error = [("error", e.exit_code, str(e))], e
+        kind, *rest = broadcast_object_list(payload, from_process=0)[0]
+        if error is not None:
+            raise error
+        if kind == "error":
+            raise RankError(rest[1], rest[0])
+        return rest[0]
+
+    def total(self, count: int) -> int:
+        """The sum of `count` over the ranks."""
+        if self.world == 1:
+            return count
+        return int(self.accelerator.reduce(torch.tensor([count], device=self.device), reduction="sum").item())
 
 
 def _cpu_settings() -> dict:

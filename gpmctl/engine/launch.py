@@ -30,6 +30,7 @@ checkpoint and stop) and exits with the workers' code (75), which the launcher i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -181,6 +182,20 @@ def run_plan(plan: LaunchPlan) -> int:
     return code
 
 
+def plan_processes(num_processes: int, argv: list[str], device: str, env: dict | None = None) -> LaunchPlan:
+    """How a scoring command (`gpmctl score`, `gpmctl eval ...`: `argv`) runs on `num_processes` processes in all:
+    the rules of `plan_launch` with the `ddp` profile (a whole model per process, no DeepSpeed), one machine
+    per node of an srun step that started one task per node. `device` cpu keeps a GPU machine's processes on
+    the CPU (gloo)."""
+    from gpmctl.config import LaunchConfig
+
+    env = dict(os.environ if env is None else env)
+    tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1)
+    machines = int(env.get("SLURM_STEP_NUM_NODES", "1") or 1) if tasks > 1 else 1
+    launch = LaunchConfig(profile="ddp", num_processes=num_processes, num_machines=machines)
+    return plan_launch(launch, argv, env, cuda=False if device == "cpu" else None)
+
+
 def warn_in_place(launch, plan: LaunchPlan, per_process_batch: int) -> None:
     """Running in place under someone else's launcher: say where it differs from the recipe."""
     from gpmctl.utils import log
@@ -232,23 +247,38 @@ def run_training(plan: LaunchPlan, launch, per_process_batch: int, train, report
 
 
 def run_worker(train):
-    """Run `train()` as this process's share of a run. Under `run_plan` the pid is left for signal
-    forwarding and a gpmctl error's exit code for the parent; a stop after a checkpoint (Preempted) then
-    returns None, so the launcher prints no traceback. Other ranks than 0 exit quietly on an error that
-    rank 0 reports."""
+    """Run `train()` as this process's share of a run (see `worker`); None after a stop with a checkpoint."""
+    with worker():
+        return train()
+    return None  # Preempted, after a checkpoint: `worker` kept the launcher from printing a traceback
+
+
+@contextlib.contextmanager
+def worker(errors_agreed: bool = False):
+    """Around this process's share of a run. Under `run_plan` the pid is left for signal forwarding and a gpmctl
+    error's exit code for the parent; a stop after a checkpoint (Preempted) then ends the block quietly, so
+    the launcher prints no traceback. Other ranks than 0 exit quietly on an error that rank 0 reports.
+    `errors_agreed`: every rank stops on a gpmctl error together (the scoring commands share errors through
+    their collectives), so under `run_plan` rank 0 prints its line and every worker exits 0: the launcher
+    adds no failure report of its own and the parent exits with the recorded code."""
     from gpmctl.errors import GpmctlError
     from gpmctl.train.loop import Preempted
     from gpmctl.utils import log
 
     register_worker()
     try:
-        return train()
+        yield
     except GpmctlError as e:
-        if record_exit(e.exit_code) and isinstance(e, Preempted):
+        recorded = record_exit(e.exit_code)
+        if recorded and isinstance(e, Preempted):
             log(str(e))
-            return None
+            return
+        quiet = recorded and errors_agreed and os.environ.get("GPMCTL_DEBUG", "") in ("", "0")
         if rank() != 0:  # every rank hits the same error: rank 0 says it once
-            raise SystemExit(e.exit_code) from None
+            raise SystemExit(0 if quiet else e.exit_code) from None
+        if quiet:
+            print(f"gpmctl: error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(0) from None
         raise
 
 

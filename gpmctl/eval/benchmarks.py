@@ -3,7 +3,9 @@ of a train-rm recipe (run on the saved model when training ends, so one command 
 
 The data is read (and checked) before the model is loaded, so a bad file fails in a second. Each
 benchmark function scores with a loaded `Scorer` and returns (results JSON, per-example records); the
-results JSON is exactly what `gpmctl eval <benchmark> -o FILE` writes."""
+results JSON is exactly what `gpmctl eval <benchmark> -o FILE` writes. Rows are embedded in blocks of
+ROWS_PER_BLOCK (`score_blocks`), dealt over the processes of an `Engine` (`gpmctl eval ... --num-processes N`):
+every process gets all per-example records in row order, the same numbers one process computes."""
 
 from __future__ import annotations
 
@@ -11,17 +13,31 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from gpmctl.engine import Engine
 from gpmctl.errors import DataError
 from gpmctl.eval import rewardbench as rb
 from gpmctl.eval import rmbench as rm
 from gpmctl.models.embed import Scorer
 from gpmctl.utils import atomic_write_text, json_text, log
 
+ROWS_PER_BLOCK = 64
+"""Rows embedded together (their sequences sorted by length into batches): the unit dealt to a process. Fixed, so
+that any number of processes batches every row with the same neighbours and gets the same bits."""
 
-def scorer_settings(scorer: Scorer, model: str, max_length: int) -> dict:
-    """The settings that move scores, saved with the results (called once scoring is done)."""
-    if scorer.encoder.truncated:
-        log(f"warning: {scorer.encoder.truncated} sequences were longer than max_length {max_length} and cut at the end")
+
+def score_blocks(engine: Engine | None, rows: list, score) -> list:
+    """score(block of rows, index of its first row) -> one record per row, on blocks of ROWS_PER_BLOCK rows dealt
+    over the engine's processes (None: this process alone); all records in row order on every process."""
+    engine = engine or Engine.local()
+    return engine.shard_map(rows, lambda block, b: score(block, b * ROWS_PER_BLOCK), ROWS_PER_BLOCK)
+
+
+def scorer_settings(scorer: Scorer, model: str, max_length: int, engine: Engine | None = None) -> dict:
+    """The settings that move scores, saved with the results (called once scoring is done, on every process of
+    `engine`: the truncated sequences are counted over them)."""
+    truncated = (engine or Engine.local()).total(scorer.encoder.truncated)
+    if truncated:
+        log(f"warning: {truncated} sequences were longer than max_length {max_length} and cut at the end")
     head = scorer.model.head
     return {
         "model_path": model,
@@ -36,7 +52,7 @@ def scorer_settings(scorer: Scorer, model: str, max_length: int) -> dict:
         "batch_size": scorer.batch_size,
         "dtype": str(next(scorer.model.parameters()).dtype).replace("torch.", ""),
         "device": str(scorer.device),
-        "truncated_sequences": scorer.encoder.truncated,
+        "truncated_sequences": truncated,
     }
 
 
@@ -53,12 +69,17 @@ def rewardbench_rows(data: str, split: str) -> list[dict]:
     return rows
 
 
-def rewardbench(scorer: Scorer, model: str, rows: list[dict], data: str, legacy_xstest: bool = False) -> tuple[dict, list[dict]]:
+def rewardbench(
+    scorer: Scorer, model: str, rows: list[dict], data: str, legacy_xstest: bool = False, engine: Engine | None = None
+) -> tuple[dict, list[dict]]:
     """RewardBench v1 with the official scoring (gpmctl.eval.rewardbench) on `rewardbench_rows(data, ...)`."""
     log(f"rewardbench: {len(rows)} pairs, {2 * len(rows)} sequences to embed")
-    per_example = rb.score_examples(scorer, rows)
+    per_example = score_blocks(engine, rows, lambda block, _: rb.score_examples(scorer, block))
     agg = rb.aggregate(((e["subset"], e["correct"]) for e in per_example), legacy_xstest)
-    settings = scorer_settings(scorer, model, scorer.encoder.max_length) | {"data": data, "legacy_xstest_weights": legacy_xstest}
+    settings = scorer_settings(scorer, model, scorer.encoder.max_length, engine) | {
+        "data": data,
+        "legacy_xstest_weights": legacy_xstest,
+    }
     model_type = "Seq. Classifier" if scorer.kind == "bt" else "Custom Classifier"
     chat_template = "tokenizer" if scorer.encoder.tokenizer.chat_template else "raw"
     return rb.results_json(agg, model, model_type, chat_template, settings), per_example
@@ -73,16 +94,18 @@ def rmbench_tables(data: list[str], limit: int | None = None) -> list[tuple[Path
     return tables
 
 
-def rmbench(scorer: Scorer, model: str, tables: list[tuple[Path, list[dict]]]) -> tuple[dict, list[dict]]:
+def rmbench(
+    scorer: Scorer, model: str, tables: list[tuple[Path, list[dict]]], engine: Engine | None = None
+) -> tuple[dict, list[dict]]:
     """RM-Bench hard / normal / easy per domain (gpmctl.eval.rmbench) on `rmbench_tables(...)`."""
     per_example = []
     for f, rows in tables:
         log(f"rmbench {f.name}: {len(rows)} rows, {6 * len(rows)} sequences to embed")
-        per_example += rm.score_examples(scorer, f, rows)
+        per_example += score_blocks(engine, rows, lambda block, first: rm.score_examples(scorer, f, block, first))
     result = rm.aggregate(per_example)
     if result["missing_domains"]:
         log(f"warning: domain(s) {', '.join(result['missing_domains'])} not in the data; overall is the mean of the others")
-    settings = scorer_settings(scorer, model, scorer.encoder.max_length) | {
+    settings = scorer_settings(scorer, model, scorer.encoder.max_length, engine) | {
         "data": [str(f) for f, _ in tables],
         "rows": {f.name: len(rows) for f, rows in tables},
     }

@@ -119,9 +119,9 @@ def aggregate(examples: list[dict]) -> dict:
     return out
 
 
-def score_examples(scorer, path: Path, rows: list[dict]) -> list[dict]:
+def score_examples(scorer, path: Path, rows: list[dict], first: int = 0) -> list[dict]:
     """Embed the 6 responses of every row once -> {"file", "domain", "id", "scores": 3x3 s(chosen_i > rejected_j),
-    "matrix": 3x3 0/1}."""
+    "matrix": 3x3 0/1}. `first`: the index in the file of rows[0] (for the row numbers of errors)."""
     from gpmctl.eval.examples import assistant, user
 
     if not rows:
@@ -134,7 +134,13 @@ def score_examples(scorer, path: Path, rows: list[dict]) -> list[dict]:
         scores = S[i].tolist()
         matrix = row_matrix(lambda a, b: scores[a][b])
         out.append(
-            {"file": path.name, "domain": row_domain(path, i + 1, r), "id": r.get("id"), "scores": scores, "matrix": matrix}
+            {
+                "file": path.name,
+                "domain": row_domain(path, first + i + 1, r),
+                "id": r.get("id"),
+                "scores": scores,
+                "matrix": matrix,
+            }
         )
     return out
 
