@@ -149,14 +149,18 @@ def create_app(scorer, batcher: Batcher, limits: Limits, api_key: str | None = N
     @app.post("/preference", dependencies=[Depends(authorised)])
     def preference(body: Union[Group, list[Group]]):
         groups, many = as_list(body)
-        results = embedded(encoded_groups(groups, "" if not many else "body"))
+        with batcher.arriving():
+            encoded = encoded_groups(groups, "" if not many else "body")
+        results = embedded(encoded)
         reports = [group_report(value, gate) for value, gate in results]
         return reports if many else reports[0]
 
     @app.post("/embed", dependencies=[Depends(authorised)])
     def embed(body: Union[Group, list[Group]]):
         groups, many = as_list(body)
-        results = embedded(encoded_groups(groups, "" if not many else "body"))
+        with batcher.arriving():
+            encoded = encoded_groups(groups, "" if not many else "body")
+        results = embedded(encoded)
         reports = [{"values": value.tolist(), "gate": None if gate is None else gate.tolist()} for value, gate in results]
         return reports if many else reports[0]
 

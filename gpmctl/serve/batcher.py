@@ -5,7 +5,8 @@
     results = future.result(timeout)       # per group: (value [K, 2k] or BT [K], gate [k] or None), float64
 
 The thread takes the oldest job, then more jobs while they fit (`max_batch_size` sequences, `max_batch_tokens`
-tokens) or until `max_wait_ms` has passed since it took the first, and embeds them in one `Scorer.embed_ragged`
+tokens): those already queued at once, and, while requests are still being tokenised (`arriving`), those that
+come within `max_wait_ms` of the first; a lone request does not wait. It embeds them in one `Scorer.embed_ragged`
 call (length-sorted padded batches, or packed rows with each prompt once). A batch that fails is retried job by
 job, so a bad request fails alone. `submit` refuses (`Overloaded`) once `max_queue` sequences wait, so a burst
 gets a quick 503 instead of an unbounded queue; `close` finishes every job already taken before it returns.
@@ -14,6 +15,7 @@ gets a quick 503 instead of an unbounded queue; `close` finishes every job alrea
 from __future__ import annotations
 
 import collections
+import contextlib
 import queue
 import threading
 import time
@@ -101,10 +103,22 @@ class Batcher:
         self.max_queue, self.batching = max_queue, batching
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self.queued = 0  # sequences submitted and not yet taken by the thread
+        self.incoming = 0  # requests being tokenised, about to be submitted
         self.lock = threading.Lock()
         self.stats = Stats()
         self.thread = threading.Thread(target=self._run, name="gpmctl-batcher", daemon=True)
         self.thread.start()
+
+    @contextlib.contextmanager
+    def arriving(self):
+        """Around a request's tokenisation: the thread waits (at most max_wait_ms) for it to join a batch."""
+        with self.lock:
+            self.incoming += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.incoming -= 1
 
     def submit(self, groups: list) -> Future:
         job = Job(groups)
@@ -128,8 +142,9 @@ class Batcher:
         batch, sequences, tokens = [first], first.sequences, first.tokens
         deadline = time.perf_counter() + self.max_wait
         while self.batching:
+            wait = max(deadline - time.perf_counter(), 0) if self.incoming else 0
             try:
-                job = self.jobs.get(timeout=max(deadline - time.perf_counter(), 0))
+                job = self.jobs.get(timeout=wait) if wait else self.jobs.get_nowait()
             except queue.Empty:
                 break
             if job is None:  # closing: run what was taken, then stop
