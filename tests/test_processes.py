@@ -201,6 +201,9 @@ def test_eval_rmbench_on_two_processes_writes_the_files_of_one_process(model, tm
             done = gpmctl(*args, "--num-processes", "2")
             assert done.returncode == 0, done.stderr[-3000:]
             assert done.stdout == "" and done.stderr.count("RM-Bench") == 1  # process 0 alone prints its table
-        files[n] = [(tmp_path / f"rm{n}{ext}").read_bytes() for ext in (".json", ".jsonl")]
+        result = json.loads((tmp_path / f"rm{n}.json").read_text())
+        run = result["gpmctl"]["provenance"]
+        assert run.pop("processes") == int(n) and run.pop("wall_s") > 0  # how this run ran: the rest must not differ
+        files[n] = [json.dumps(result), (tmp_path / f"rm{n}.jsonl").read_bytes()]
     assert files["1"] == files["2"]
     assert len(files["2"][1].splitlines()) == 70 and json.loads(files["2"][0])["domains"]["safety"]["rows"] == 28

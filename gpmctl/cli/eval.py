@@ -103,10 +103,10 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
-def _settings(scorer, model: str, max_length: int, engine=None) -> dict:
+def _settings(scorer, model: str, max_length: int, engine=None, data=None) -> dict:
     from gpmctl.eval.benchmarks import scorer_settings
 
-    return scorer_settings(scorer, model, max_length, engine)
+    return scorer_settings(scorer, model, max_length, engine, data)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def _pair_examples(ctx, data, scores, limit, num_processes, options: tuple):
     with processes.scoring(ctx, num_processes, *options) as (engine, scorer):
         log(f"{len(records)} pairs, {2 * len(records)} sequences to embed")
         per_example = score_blocks(engine, records, lambda block, _: ev.score_records(scorer, block))
-        extra = _settings(scorer, options[0], options[2], engine) | {"data": data}
+        extra = _settings(scorer, options[0], options[2], engine, data)
     return (per_example, extra) if engine.is_main else None
 
 
@@ -462,7 +462,7 @@ def rewardbench2(
                 f"rewardbench2: {len(rows)} prompts, {sum(len(r['chosen']) + len(r['rejected']) for r in rows)} sequences to embed"
             )
             per_example = score_blocks(engine, rows, lambda block, first: rb2.score_examples(scorer, block, first))
-            extra = _settings(scorer, model, max_length, engine) | {"data": data}
+            extra = _settings(scorer, model, max_length, engine, data)
         if not engine.is_main:  # process 0 writes and prints
             return
         _write_examples(examples, per_example)

@@ -74,6 +74,7 @@ class SequenceEncoder:
         self.pad_id = tokenizer.pad_token_id if pad_id is None else pad_id
         self.generation_header = generation_header(tokenizer)
         self.truncated = 0  # how many sequences were cut (reported by the caller)
+        self.encoded = 0  # how many sequences were encoded
 
     def render(self, messages: list[dict]) -> str:
         tok = self.tokenizer
@@ -145,6 +146,7 @@ class SequenceEncoder:
 
     def _finish(self, ids: list[int], gate_len: int, prompt_len: int, where: str) -> EncodedSequence:
         """Truncation, the EOS rule and the gate position (`encode`) on a conversation's token ids."""
+        self.encoded += 1
         limit = self.max_length - (1 if self.eos == "append" else 0)
         start = 0  # first kept token
         if len(ids) > limit:

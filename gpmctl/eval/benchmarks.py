@@ -20,6 +20,8 @@ from gpmctl.eval import rmbench as rm
 from gpmctl.models.embed import Scorer
 from gpmctl.utils import atomic_write_text, json_text, log
 
+TRUNCATION_WARNING = 0.01
+"""Share of sequences cut at max_length above which an evaluation warns (its numbers are then not full-length ones)."""
 ROWS_PER_BLOCK = 64
 """Rows embedded together (their sequences sorted by length into batches): the unit dealt to a process. Fixed, so
 that any number of processes batches every row with the same neighbours and gets the same bits."""
@@ -32,28 +34,42 @@ def score_blocks(engine: Engine | None, rows: list, score) -> list:
     return engine.shard_map(rows, lambda block, b: score(block, b * ROWS_PER_BLOCK), ROWS_PER_BLOCK)
 
 
-def scorer_settings(scorer: Scorer, model: str, max_length: int, engine: Engine | None = None) -> dict:
-    """The settings that move scores, saved with the results (called once scoring is done, on every process of
-    `engine`: the truncated sequences are counted over them)."""
-    truncated = (engine or Engine.local()).total(scorer.encoder.truncated)
+def scorer_settings(scorer: Scorer, model: str, max_length: int, engine: Engine | None = None, data=None) -> dict:
+    """The settings that move scores, and their provenance (gpmctl.eval.provenance), saved with the results (called
+    once scoring is done, on every process of `engine`: the sequences and the truncated ones are counted over them).
+    More than TRUNCATION_WARNING of the sequences cut is a warning on stderr."""
+    from gpmctl.eval.provenance import provenance
+
+    engine = engine or Engine.local()
+    truncated, sequences = engine.total(scorer.encoder.truncated), engine.total(scorer.encoder.encoded)
     if truncated:
-        log(f"warning: {truncated} sequences were longer than max_length {max_length} and cut at the end")
+        share = truncated / max(sequences, 1)
+        loud = share > TRUNCATION_WARNING
+        log(
+            f"{'warning: ' if loud else ''}{truncated} of {sequences} sequences ({100 * share:.1f}%) were longer than "
+            f"max_length {max_length} and cut at the end{'; raise --max-length to compare with full-length results' if loud else ''}"
+        )
     head = scorer.model.head
-    return {
+    settings = {
         "model_path": model,
         "kind": head.kind,
         "dim": head.dim,
         "gate": head.gate,
         "tau": head.tau,
         "eos": head.eos,
+        "pad_token_id": scorer.encoder.pad_id,
         "max_length": max_length,
         "truncation": "right",
         "padding": "none (packed rows, each prompt once)" if scorer.share_prompt else "left",
         "batch_size": scorer.batch_size,
         "dtype": str(next(scorer.model.parameters()).dtype).replace("torch.", ""),
         "device": str(scorer.device),
+        "sequences": sequences,
         "truncated_sequences": truncated,
     }
+    if data is not None:
+        settings["data"] = data
+    return settings | {"provenance": provenance(scorer, data) | {"processes": engine.world}}
 
 
 def rewardbench_rows(data: str, split: str) -> list[dict]:
@@ -76,10 +92,7 @@ def rewardbench(
     log(f"rewardbench: {len(rows)} pairs, {2 * len(rows)} sequences to embed")
     per_example = score_blocks(engine, rows, lambda block, _: rb.score_examples(scorer, block))
     agg = rb.aggregate(((e["subset"], e["correct"]) for e in per_example), legacy_xstest)
-    settings = scorer_settings(scorer, model, scorer.encoder.max_length, engine) | {
-        "data": data,
-        "legacy_xstest_weights": legacy_xstest,
-    }
+    settings = scorer_settings(scorer, model, scorer.encoder.max_length, engine, data) | {"legacy_xstest_weights": legacy_xstest}
     model_type = "Seq. Classifier" if scorer.kind == "bt" else "Custom Classifier"
     chat_template = "tokenizer" if scorer.encoder.tokenizer.chat_template else "raw"
     return rb.results_json(agg, model, model_type, chat_template, settings), per_example
@@ -105,8 +118,7 @@ def rmbench(
     result = rm.aggregate(per_example)
     if result["missing_domains"]:
         log(f"warning: domain(s) {', '.join(result['missing_domains'])} not in the data; overall is the mean of the others")
-    settings = scorer_settings(scorer, model, scorer.encoder.max_length, engine) | {
-        "data": [str(f) for f, _ in tables],
+    settings = scorer_settings(scorer, model, scorer.encoder.max_length, engine, [str(f) for f, _ in tables]) | {
         "rows": {f.name: len(rows) for f, rows in tables},
     }
     return {**result, "gpmctl": settings}, per_example

@@ -14,7 +14,9 @@ of the K passes' gates).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -71,6 +73,10 @@ class Scorer:
     device: str | torch.device
     share_prompt: bool = False
     """Embed each group as one packed row with its prompt once (the model must `enable_packing()`)."""
+    folder: Path | None = None
+    """The model folder it was loaded from (for the provenance of results)."""
+    started: float = field(default_factory=time.time)
+    """When it was loaded: results report the wall time since."""
 
     @property
     def head(self):
@@ -147,11 +153,12 @@ def load_scorer(
 
     quiet_libraries()
     device = resolve_device(device)
+    started = time.time()
     folder = model_folder(model)  # a hub id is fetched once, here
     net = load_model(folder, dtype=dtype, device=device)
     tokenizer = load_tokenizer(str(folder))
     encoder = model_encoder(net, tokenizer, max_length)
-    return Scorer(net, encoder, batch_size, device, resolve_share_prompt(net, share_prompt, model))
+    return Scorer(net, encoder, batch_size, device, resolve_share_prompt(net, share_prompt, model), folder, started)
 
 
 def model_encoder(model, tokenizer, max_length: int, truncation: str = "right") -> SequenceEncoder:

@@ -1,0 +1,99 @@
+"""Result files a reviewer can trust: their provenance (hashes recomputed here with hashlib, independently), the
+truncation report, and scores that do not depend on batch size or packing (tolerance 1e-5 on s, float32 models)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from gpmctl.cli import app
+from gpmctl.models.sources import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from gpmctl.config import ModelConfig, TinyBackbone
+    from gpmctl.models.build import build_model
+    from gpmctl.models.io import save_model
+
+    root = tmp_path_factory.mktemp("provenance")
+    tok = load_tokenizer("tiny")
+    cfg = ModelConfig(
+        kind="gpm", dim=4, gate=True, tiny=TinyBackbone(hidden_size=32, num_layers=1, intermediate_size=64, initializer_range=0.3)
+    )
+    save_model(build_model(cfg, tok, seed=0), root / "model", tok)
+    rows = [
+        {"prompt": f"Pick one for garden {i}", "chosen": "jade, calm and soft " * (1 + i % 4), "rejected": "amber " * (1 + i % 3)}
+        for i in range(20)
+    ]
+    (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def eval_pairs(root, *options):
+    result = CliRunner().invoke(app, ["eval", "pairs", "-m", str(root / "model"), "--data", str(root / "pairs.jsonl"), *options])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_result_file_names_the_exact_model_data_template_and_token_rules(setup, tmp_path):
+    eval_pairs(setup, "-o", str(tmp_path / "r.json"))
+    settings = json.loads((tmp_path / "r.json").read_text())["gpmctl"]
+    p = settings["provenance"]
+    folder = setup / "model"
+    names = sorted(f.name for f in folder.iterdir() if f.name != "README.md")
+    want = hashlib.sha256("".join(f"{n}\0{sha256(folder / n)}\n" for n in names).encode()).hexdigest()
+    assert p["model"]["files"] == names and p["model"]["sha256"] == want
+    assert p["data_files"] == [
+        {
+            "path": str(setup / "pairs.jsonl"),
+            "bytes": (setup / "pairs.jsonl").stat().st_size,
+            "sha256": sha256(setup / "pairs.jsonl"),
+        }
+    ]
+    assert p["chat_template_sha256"] == hashlib.sha256(load_tokenizer("tiny").chat_template.encode()).hexdigest()
+    assert p["versions"]["torch"] and p["gpmctl_version"] and p["wall_s"] >= 0 and p["processes"] == 1
+    assert (settings["eos"], settings["truncation"], settings["max_length"], settings["pad_token_id"]) == (
+        "overwrite",
+        "right",
+        2048,
+        0,
+    )
+    assert (settings["sequences"], settings["truncated_sequences"]) == (40, 0)
+    assert (settings["dtype"], settings["device"], settings["batch_size"]) == ("float32", "cpu", 32)
+
+
+def test_cut_sequences_are_counted_and_over_one_percent_is_a_warning(setup, tmp_path):
+    from gpmctl.data.tokenize import SequenceEncoder
+
+    result = eval_pairs(setup, "-o", str(tmp_path / "r.json"), "--max-length", "20")
+    settings = json.loads((tmp_path / "r.json").read_text())["gpmctl"]
+    encoder = SequenceEncoder(load_tokenizer("tiny"), 10**6)  # the reference count: full lengths, nothing cut
+    rows = [json.loads(line) for line in (setup / "pairs.jsonl").read_text().splitlines()]
+    lengths = [
+        len(encoder.encode([{"role": "user", "content": r["prompt"]}], [{"role": "assistant", "content": r[side]}]).ids)
+        for r in rows
+        for side in ("chosen", "rejected")
+    ]
+    cut = sum(n > 20 for n in lengths)
+    assert 0 < cut < 40 and settings["truncated_sequences"] == cut and settings["sequences"] == 40
+    assert f"warning: {cut} of 40 sequences ({100 * cut / 40:.1f}%) were longer than max_length 20" in result.stderr
+
+
+def test_scores_do_not_depend_on_batch_size_or_packing(setup, tmp_path):
+    scores = {}
+    for batch, share in (("1", "false"), ("7", "false"), ("64", "false"), ("5", "true"), ("64", "true")):
+        examples = tmp_path / f"e{batch}{share}.jsonl"
+        eval_pairs(setup, "--batch-size", batch, "--share-prompt", share, "--examples", str(examples))
+        scores[batch, share] = [json.loads(line)["score"] for line in examples.read_text().splitlines()]
+    first = scores["1", "false"]
+    assert max(abs(s) for s in first) > 1e-3
+    for key, values in scores.items():
+        assert values == pytest.approx(first, abs=1e-5), key
