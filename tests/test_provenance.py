@@ -7,6 +7,7 @@ import hashlib
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from gpmctl.cli import app
@@ -97,3 +98,23 @@ def test_scores_do_not_depend_on_batch_size_or_packing(setup, tmp_path):
     assert max(abs(s) for s in first) > 1e-3
     for key, values in scores.items():
         assert values == pytest.approx(first, abs=1e-5), key
+
+
+@pytest.mark.parametrize("share", ["true", "false"])
+def test_a_cached_scorer_embeds_each_distinct_sequence_once_with_the_same_values(setup, share):
+    from gpmctl.models.embed import load_scorer
+
+    scorer = load_scorer(str(setup / "model"), batch_size=8, max_length=512, share_prompt=share)
+    prompts = [[{"role": "user", "content": f"Pick one {i}"}] for i in range(3)]
+    responses = [[[{"role": "assistant", "content": a}] for a in ("jade", "amber", "silver and gold")] for _ in prompts]
+    plain = scorer.embed(prompts, responses)
+    scorer.cache = {}
+    computed = []
+    forward = scorer.model.forward
+    scorer.model.forward = lambda *a, **k: computed.append(1) or forward(*a, **k)
+    first = scorer.embed(prompts, responses)
+    calls = len(computed)
+    again = scorer.embed(prompts[:2], [r[::-1] for r in responses[:2]])  # the same sequences, another order
+    assert calls >= 1 and len(computed) == calls and len(scorer.cache) == 9
+    for got, want in ((first, plain), (again, (plain[0][:2].flip(1), plain[1][:2]))):
+        assert torch.allclose(got[0], want[0], atol=1e-6) and torch.allclose(got[1], want[1], atol=1e-6)

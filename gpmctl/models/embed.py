@@ -77,6 +77,9 @@ class Scorer:
     """The model folder it was loaded from (for the provenance of results)."""
     started: float = field(default_factory=time.time)
     """When it was loaded: results report the wall time since."""
+    cache: dict | None = None
+    """(token ids, gate position) -> (value, gate read in its pass): with a dict, each distinct sequence is embedded
+    once over all calls (`gpmctl eval suite`: benchmarks that share responses)."""
 
     @property
     def head(self):
@@ -104,11 +107,7 @@ class Scorer:
     def embed_encoded(self, groups: list[list[EncodedSequence]]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encoded groups [n][K] (sequence k of group i: prompt i with its k-th response) -> as `embed`."""
         n, K = len(groups), len(groups[0])
-        if self.share_prompt:
-            value, gate = embed_groups(self.model, groups, self.batch_size, self.device)
-        else:
-            flat = [s for group in groups for s in group]
-            value, gate = embed_sequences(self.model, flat, self.batch_size, self.encoder.tokenizer.pad_token_id, self.device)
+        value, gate = self.embed_sequences(groups)
         value = value.double().view(n, K, *value.shape[1:])
         gate = self.model.head.prompt_gate(None if gate is None else gate.double().view(n, K, -1))
         return value, gate
@@ -116,11 +115,7 @@ class Scorer:
     def embed_ragged(self, groups: list[list[EncodedSequence]]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """Groups of any sizes (`gpmctl serve` batches several requests) -> per group (value [K, 2k] or BT [K],
         its prompt's gate [k] or None), float64."""
-        if self.share_prompt:
-            value, gate = embed_groups(self.model, groups, self.batch_size, self.device)
-        else:
-            flat = [s for group in groups for s in group]
-            value, gate = embed_sequences(self.model, flat, self.batch_size, self.encoder.tokenizer.pad_token_id, self.device)
+        value, gate = self.embed_sequences(groups)
         out, start = [], 0
         for group in groups:
             stop = start + len(group)
@@ -128,6 +123,32 @@ class Scorer:
             out.append((value[start:stop].double(), self.model.head.prompt_gate(gates)))
             start = stop
         return out
+
+    def embed_sequences(self, groups: list[list[EncodedSequence]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every sequence of `groups`, in group-major order -> value [N, ...] and the gate read in its pass [N, k] or
+        None, float32: packed rows (`share_prompt`) or padded batches. With a `cache`, a sequence embedded before
+        (same tokens and gate position) is taken from it, and only the others are computed."""
+        if self.cache is None:
+            return self._compute(groups)
+        keys = [[(s.ids.tobytes(), s.prompt_end) for s in g] for g in groups]
+        missing, seen = [], set()
+        for group, group_keys in zip(groups, keys):
+            new = [(s, k) for s, k in zip(group, group_keys) if k not in self.cache and k not in seen]
+            seen.update(k for _, k in new)
+            if new:
+                missing.append(new)
+        if missing:
+            value, gate = self._compute([[s for s, _ in group] for group in missing])
+            for i, (_, k) in enumerate(pair for group in missing for pair in group):
+                self.cache[k] = (value[i], None if gate is None else gate[i])
+        rows = [self.cache[k] for group_keys in keys for k in group_keys]
+        return torch.stack([v for v, _ in rows]), None if rows[0][1] is None else torch.stack([g for _, g in rows])
+
+    def _compute(self, groups: list[list[EncodedSequence]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.share_prompt:
+            return embed_groups(self.model, groups, self.batch_size, self.device)
+        flat = [s for group in groups for s in group]
+        return embed_sequences(self.model, flat, self.batch_size, self.encoder.tokenizer.pad_token_id, self.device)
 
     def score_matrix(self, value: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
         """value [n, K, 2k] (BT [n, K]), gate [n, k] -> S [n, K, K], S[:, i, j] = s(i > j)."""
