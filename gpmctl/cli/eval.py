@@ -481,3 +481,53 @@ def rewardbench2(
     table.add_row("[bold]Score[/bold] (mean of 6)", "", f"[bold]{_pct(result['score'])}[/bold]")
     stderr_console().print(table)
     _emit({**result, "model": model or scores, **({"gpmctl": extra} if extra else {})}, output)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+@app.command("suite")
+def suite(
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    suite_name: str = typer.Option("local", "--suite", help="A shipped suite (rm, local) or a YAML file {benchmark: data}."),
+    data_root: Optional[str] = typer.Option(
+        None, help="Where a shipped suite's local data sets are (@rm-bench -> DATA_ROOT/rm-bench); default $GPMCTL_DATA or ."
+    ),
+    out: str = typer.Option("eval_suite", help="Folder for <benchmark>.json, <benchmark>_examples.jsonl and summary.json."),
+    strict: bool = typer.Option(False, "--strict", help="A benchmark whose data is missing is an error (default: skipped)."),
+    batch_size: int = _O["batch_size"],
+    max_length: int = _O["max_length"],
+    dtype: str = _O["dtype"],
+    device: str = _O["device"],
+    share_prompt: str = _O["share_prompt"],
+) -> None:
+    """Several benchmarks in one run: each distinct response embedded once, one results folder, one summary
+    (a table on stderr, JSON on stdout). Suites: `rm` (RewardBench, RewardBench 2, RM-Bench), `local` (what needs
+    no hub: the cyclic set, and RM-Bench if DATA_ROOT/rm-bench is there), or your YAML file, e.g.
+    `{rmbench: data/rm-bench, pairs: test.jsonl, rewardbench: allenai/reward-bench}`. Each benchmark's JSON is
+    what `gpmctl eval <benchmark> -o` writes, provenance included.
+
+    Example: gpmctl eval suite -m runs/gpm --suite local --data-root data --out runs/gpm/eval_suite
+    """
+    import os
+
+    from rich.table import Table
+
+    from gpmctl.eval import suite as s
+    from gpmctl.models.embed import load_scorer
+    from gpmctl.utils import json_text, stderr_console
+
+    _check_args(model, None, None, None, [], batch_size, max_length, dtype, device)
+    wanted = s.resolve_suite(suite_name, data_root or os.environ.get("GPMCTL_DATA"))
+    loaded = s.load_suite(wanted, strict)
+    scorer = load_scorer(model, batch_size, max_length, dtype, device, share_prompt)
+    summary = s.run_suite(loaded, wanted, scorer, model, out)
+    table = Table(title=f"suite {suite_name}: {model}", title_justify="left")
+    for col in ("benchmark", "metric", "value %", "examples", "new sequences", "seconds"):
+        table.add_column(col, justify="left" if col in ("benchmark", "metric") else "right")
+    for name, row in summary.items():
+        table.add_row(
+            name, row["metric"], _pct(row["value"]), str(row["examples"]), str(row["new_sequences"]), str(row["seconds"])
+        )
+    stderr_console().print(table)
+    sys.stdout.write(json_text({"model": model, "out": out, "benchmarks": summary}, indent=4) + "\n")
