@@ -127,6 +127,24 @@ def test_rewardbench_bars_are_the_subsets_and_the_section_lines_the_file_section
     assert section_scores(doc)["Safety"] != doc["sections"]["Safety"]
 
 
+def test_rewardbench_own_per_subset_file_gets_the_official_section_weights(tmp_path):
+    from gpmctl.eval.rewardbench import EXAMPLE_COUNTS, overall_score, section_scores
+
+    doc = {"model": "org/rm", "model_type": "Seq. Classifier"} | {s: (i % 7) / 7 for i, s in enumerate(EXAMPLE_COUNTS)}
+    (tmp_path / "org-rm.json").write_text(json.dumps(doc))  # RewardBench's results/eval-set/<model>.json: no sections
+    result = read_result(str(tmp_path / "org-rm.json"))
+    assert result.benchmark == "rewardbench" and result.model == "org/rm"
+    assert {s.name: s.line[1] for s in result.chart.sections} == section_scores(doc)
+    assert result.chart.headline == ("Score", overall_score(section_scores(doc)))
+
+
+def test_a_result_is_labelled_by_its_model_path_else_its_file_name(tmp_path):
+    path = _result_file(tmp_path, "rmbench")
+    assert read_result(str(path)).model == "rmbench.json"  # --scores: no model in the file
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"gpmctl": {"model_path": "runs/gpm_2b"}}))
+    assert read_result(str(path)).model == "runs/gpm_2b"
+
+
 def test_rmbench_bars_are_easy_normal_hard_per_domain_then_overall(tmp_path):
     path = _result_file(tmp_path, "rmbench")
     doc, chart = json.loads(path.read_text()), read_result(str(path)).chart
@@ -199,7 +217,7 @@ REFUSALS = {
     "two-benchmarks": (
         {},
         ["{d}/rewardbench.json", "{d}/rmbench.json"],
-        ["rewardbench.json is a RewardBench result", "rmbench.json a RM-Bench result", "one benchmark"],
+        ["rewardbench.json holds RewardBench results", "rmbench.json RM-Bench results", "one benchmark"],
     ),
     "not-a-result": ({"config.json": '{"lr": 0.001}'}, ["{d}/config.json"], ["config.json: not a gpmctl eval result"]),
     "per-example-file": ({}, ["{d}/rewardbench.jsonl"], ["rewardbench.jsonl: not a gpmctl eval result", "invalid JSON"]),

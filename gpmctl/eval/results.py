@@ -176,8 +176,8 @@ def read_result(path: str) -> Result:
     try:
         chart = adapter.chart(doc)
     except (KeyError, TypeError, AttributeError) as e:
-        problem = f"no {e.args[0]!r} key" if isinstance(e, KeyError) else str(e)
-        raise DataError(path, f"looks like a {adapter.title} result but has {problem}") from None
+        problem = f"has no {e.args[0]!r} key" if isinstance(e, KeyError) else f"holds a value of the wrong type ({e})"
+        raise DataError(path, f"looks like {adapter.title} results but {problem}") from None
     for label, value in _numbers(chart):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
             raise DataError(path, f"expected a number, got {value!r}", field=label)
@@ -195,8 +195,8 @@ def read_results(paths: list[str]) -> list[Result]:
     if other is not None:
         first = results[0]
         raise ConfigError(
-            f"{first.path} is a {first.title} result and {other.path} a {other.title} result: "
-            "a comparison needs results of one benchmark"
+            f"{first.path} holds {first.title} results and {other.path} {other.title} results: "
+            "a comparison needs files of one benchmark"
         )
     for key in (lambda r: Path(r.path).name, lambda r: r.path):
         if len({r.model for r in results}) == len(results):
