@@ -4,6 +4,8 @@
     embedding_planes(model, records)      each 2-D block of a GPM's embeddings, one point per response
     reliability_diagram(read_probabilities(examples.jsonl))
                                           predicted P(chosen > rejected) against observed frequency
+    eval_bars(read_results([result.json, ...]))
+                                          a benchmark's subsets by section, one colour per results file
 The readers check every value they plot (file:line: field), so a bad file stops before a picture is drawn.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gpmctl.errors import DataError, GpmctlError
+from gpmctl.errors import ConfigError, DataError
 
 # The numbers each event of a train-rm log.jsonl contributes to the curves.
 CURVE_KEYS = {"train": ("step", "loss", "accuracy", "lr"), "eval": ("step", "eval/loss", "eval/accuracy")}
@@ -25,7 +27,7 @@ def pyplot():
         matplotlib.use("Agg")  # files only, no display needed
         import matplotlib.pyplot as plt
     except ImportError:
-        raise GpmctlError("plots need matplotlib: pip install 'gpmctl[plot]'") from None
+        raise ConfigError("plots need matplotlib: pip install 'gpmctl[plot]'") from None
     return plt
 
 
@@ -147,11 +149,79 @@ def reliability_diagram(p: list[float], out: Path, bins: int = 10) -> Path:
     return _save(fig, out)
 
 
+def eval_bars(results: list, out: Path) -> Path:
+    """Bars of `gpmctl.eval.results.read_results(...)`: each section's subsets side by side, a section's own score
+    as a dashed line across its bars; one file: a colour per section, several: a colour per file (its model)."""
+    from matplotlib.ticker import PercentFormatter
+
+    from gpmctl.eval.results import bar_layout
+
+    plt = pyplot()
+    layout, n = bar_layout(results), len(results)
+    centres, spans, x = {}, [], 0.0
+    for section, subsets in layout:
+        spans.append((section, x, x + len(subsets) - 1))
+        for subset in subsets:
+            centres[(section, subset)] = x
+            x += 1
+        x += 0.6  # a gap between sections
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(min(40.0, max(6.4, 2.5 + 0.32 * len(centres) * (1 + 0.35 * (n - 1)))), 5.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    values = []
+    for i, result in enumerate(results):
+        sections = {s.name: s for s in result.chart.sections}
+        offset = (i - (n - 1) / 2) * width
+        legend = f"{result.model} ({_headline(result)})" if n > 1 else None  # on the file's first bars
+        for j, (section, lo, hi) in enumerate(spans):
+            if section not in sections:
+                continue
+            colour = colours[(i if n > 1 else j) % len(colours)]
+            bars = [(centres[(section, k)] + offset, v) for k, v in sections[section].values.items() if v is not None]
+            ax.bar([b[0] for b in bars], [b[1] for b in bars], width=width, color=colour, label=legend)
+            legend = None
+            values += [b[1] for b in bars]
+            line = sections[section].line
+            if line is not None and line[1] is not None:
+                label = line[0] if n == 1 and line[0] not in ax.get_legend_handles_labels()[1] else None
+                ax.hlines(line[1], lo - 0.45, hi + 0.45, colors="black" if n == 1 else colour, linestyles="--", label=label)
+                if n == 1:
+                    at, shift = (hi + 0.45, line[1]), (0, 2)  # above the line's right end
+                    ax.annotate(_percent(line[1]), at, xytext=shift, textcoords="offset points", ha="right", fontsize=7)
+                values.append(line[1])
+    for section, lo, hi in spans:
+        ax.text((lo + hi) / 2, 1.01, section, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=9)
+        if lo > 0:
+            ax.axvline(lo - 0.8, color="grey", lw=0.5)
+    ax.set_xticks(list(centres.values()), [subset for _, subset in centres], rotation=45, ha="right", fontsize=8)
+    ax.set_xlim(-0.8, x - 0.8)
+    ax.set_ylim(min(0.0, min(values, default=0.0) * 1.1), max(1.0, max(values, default=1.0)) * 1.02)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+    ax.grid(axis="y", alpha=0.3)
+    first = results[0]
+    ax.set_title(first.title if n > 1 else f"{first.title}: {first.model}, {_headline(first)}", pad=20)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, out)
+
+
+def _headline(result) -> str:
+    label, value = result.chart.headline
+    return f"{label} {_percent(value)}"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
 def _save(fig, out: Path) -> Path:
     """Lay out, write and close a figure."""
     import matplotlib.pyplot as plt
 
+    from gpmctl.utils import atomic_path
+
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    with atomic_path(out) as tmp:  # never half a picture
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=Path(out).suffix.lstrip(".").lower() or "png")
     plt.close(fig)
     return out

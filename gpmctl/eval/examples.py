@@ -4,9 +4,11 @@ message lists (`user`, `assistant`), and the per-example files written by `--exa
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from gpmctl.errors import DataError
 
@@ -39,6 +41,20 @@ def example_rows(path: str) -> Iterator[tuple[int, dict]]:
 def example_fields(path: str) -> Iterator["ExampleFields"]:
     """The rows of `example_rows(path)`, each ready for typed reads (`ExampleFields`)."""
     return (ExampleFields(path, number, row) for number, row in example_rows(path))
+
+
+def json_document(path: str):
+    """A whole .json file (a results file, RewardBench's per-subset files); problems (missing, not UTF-8, not
+    JSON) are one DataError."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(path, "no such file")
+    try:
+        return json.loads(p.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"invalid JSON ({e.msg})", line=e.lineno) from None
 
 
 @dataclass

@@ -14,7 +14,6 @@ the official code to the last bit.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -354,9 +353,9 @@ def read_scores(path: str) -> tuple[list[tuple[str, float]] | None, dict | None]
 
     Accepts a per-example .jsonl from `--examples` (or RewardBench's `<model>_outputs.jsonl`), RewardBench's
     `eval-set-scores/<model>.json` (parallel lists) or a per-subset results .json (`eval-set/<model>.json`)."""
-    from gpmctl.eval.examples import ExampleFields, example_rows
+    from gpmctl.eval.examples import ExampleFields, example_rows, json_document
 
-    data = _json_document(path) if path.lower().endswith(".json") else None
+    data = json_document(path) if path.lower().endswith(".json") else None
     if isinstance(data, dict) and not isinstance(data.get("subset"), list):
         subsets = EXAMPLE_COUNTS.keys() & data.keys()
         if not subsets:
@@ -379,17 +378,3 @@ def read_scores(path: str) -> tuple[list[tuple[str, float]] | None, dict | None]
     if not results:
         raise DataError(path, "holds no per-example scores")
     return results, None
-
-
-def _json_document(path: str):
-    """A whole .json file; problems (missing, not UTF-8, not JSON) are one DataError."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(path, "no such file")
-    try:
-        text = p.read_bytes().decode("utf-8-sig")
-        return json.loads(text)
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"invalid JSON ({e.msg})", line=e.lineno) from None
