@@ -1,7 +1,8 @@
 """Evaluation numbers that must follow the official rules, checked against independent float64 references
 written out in this file: RM-Bench domains from each row's `domain` field (total_dataset.json counted
 once), RewardBench 2's Ties composite for a BT model seen only through its K x K score matrices and
-with unpaired ref/tied prompts, and pair accuracy with soft labels."""
+with unpaired ref/tied prompts, pair accuracy with soft labels, and JudgeBench's single-game and
+both-orders rules with ties."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from gpmctl.errors import DataError
 from gpmctl.eval import benchmarks
+from gpmctl.eval import judgebench as jb
 from gpmctl.eval import rewardbench2 as rb2
 from gpmctl.eval import rmbench as rm
 from gpmctl.eval.metrics import pair_report
@@ -413,3 +415,125 @@ def test_pairs_cli_on_soft_labels_counts_the_label_side(models, tmp_path):
             assert "correct" not in e
         else:
             assert e["correct"] == label_accuracy([e["score"]], [e["label"]])
+
+
+# ----------------------------------------------------------------------------------------------------
+# JudgeBench
+
+
+def official_judgebench(rows: list[dict], prefer, single_game: bool) -> dict[str, float]:
+    """JudgeBench's run_judge.py + utils/metrics.py for a reward model: the judgment of a game (first, second)
+    is "A>B" if prefer(row, first, second) > 0 else "B>A" (a tie is B>A), the swapped game's judgment flipped
+    back, +1 / -1 per judgment against the label, right iff the sum > 0; 100 x right / pairs per source
+    prefix and over all pairs. prefer(row, "response_A", "response_B"): the scorer's margin for the first."""
+    prefixes = {"mmlu-pro": "Knowledge", "livebench-reasoning": "Reasoning", "livebench-math": "Math", "livecodebench": "Coding"}
+
+    def flip(judgment: str) -> str:
+        return {"A>B": "B>A", "B>A": "A>B"}[judgment]
+
+    right: dict[str, list[int]] = {}
+    for r in rows:
+        judgments = ["A>B" if prefer(r, "response_A", "response_B") > 0 else "B>A"]
+        if not single_game:
+            judgments.append(flip("A>B" if prefer(r, "response_B", "response_A") > 0 else "B>A"))
+        total = sum(1 if j == r["label"] else -1 if j == flip(r["label"]) else 0 for j in judgments)
+        name = next(v for k, v in prefixes.items() if r["source"].startswith(k))
+        right.setdefault(name, []).append(1 if total > 0 else 0)
+        right.setdefault("Overall", []).append(1 if total > 0 else 0)
+    return {name: 100 * sum(v) / len(v) for name, v in right.items()}
+
+
+def judgebench_rows(n: int, seed: int) -> tuple[list[dict], dict[str, float]]:
+    """Rows of the four categories, rewards from a few values (so A and B often tie)."""
+    rng = random.Random(seed)
+    sources = ["mmlu-pro-law", "mmlu-pro-math", "livebench-reasoning", "livebench-math", "livecodebench"]
+    rows, rewards = [], {}
+    for i in range(n):
+        row = {
+            "pair_id": f"p{i}",
+            "source": rng.choice(sources),
+            "question": f"question {i}",
+            "response_model": "m",
+            "response_A": f"answer A {i}",
+            "response_B": f"answer B {i}",
+            "label": rng.choice(jb.LABELS),
+        }
+        rewards.update((row[k], rng.choice([-1.0, 0.0, 0.5, 1.0])) for k in ("response_A", "response_B"))
+        rows.append(row)
+    return rows, rewards
+
+
+@pytest.mark.parametrize("both_orders", [False, True], ids=["single-game", "both-orders"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_judgebench_equals_the_official_rule_with_ties(both_orders, seed):
+    rows, rewards = judgebench_rows(200, seed)
+    examples = jb.score_examples(TableScorer(rewards), "jb.jsonl", rows, both_orders)
+    assert sum(e["score"] == 0 for e in examples) > 10  # ties are exercised
+    got = jb.aggregate(examples, both_orders)["files"]["jb.jsonl"]
+    want = official_judgebench(rows, lambda r, a, b: rewards[r[a]] - rewards[r[b]], single_game=not both_orders)
+    assert set(got["categories"]) | {"Overall"} == set(want)
+    for name, score in want.items():
+        summary = got["overall"] if name == "Overall" else got["categories"][name]
+        assert summary["score"] == pytest.approx(score, abs=1e-12)
+        assert summary["accuracy"] == pytest.approx(score / 100, abs=1e-12)
+
+
+def test_judgebench_by_hand_ties_count_as_b_in_one_game_and_wrong_in_both_orders():
+    # (source, label, s(A > B), s(B > A)): a GPM need not be antisymmetric, so the last row's orders disagree
+    rows = [
+        ("mmlu-pro-law", "A>B", 1.0, -1.0),  # right in both modes
+        ("mmlu-pro-law", "B>A", 0.0, 0.0),  # tie: B>A, right in one game; +1 - 1 = 0, wrong in both orders
+        ("mmlu-pro-chemistry", "A>B", 0.0, -0.0),  # tie: wrong in both modes
+        ("livebench-reasoning", "B>A", -2.0, 2.0),  # right in both
+        ("livebench-math", "A>B", -0.5, 0.5),  # wrong in both
+        ("livecodebench", "A>B", 0.3, 0.2),  # right in one game; both orders: A>B, then B>A: 0, wrong
+    ]
+    examples = [
+        {"file": "f", "category": jb.category(src), "label": label, "score": s, "score_reversed": r} for src, label, s, r in rows
+    ]
+    single = jb.aggregate(examples, both_orders=False)["files"]["f"]
+    assert {k: (v["correct"], v["pairs"]) for k, v in single["categories"].items()} == {
+        "Knowledge": (2, 3),
+        "Reasoning": (1, 1),
+        "Math": (0, 1),
+        "Coding": (1, 1),
+    }
+    assert single["overall"] == {"pairs": 6, "correct": 4, "accuracy": 4 / 6, "score": 400 / 6}
+    both = jb.aggregate(examples, both_orders=True)["files"]["f"]
+    assert [both["categories"][k]["correct"] for k in ("Knowledge", "Reasoning", "Math", "Coding")] == [1, 1, 0, 0]
+    assert both["overall"]["score"] == pytest.approx(100 / 3, abs=1e-12) and f"{both['overall']['score']:.2f}" == "33.33"
+
+
+def test_judgebench_cli_reports_each_file_of_a_folder_and_reaggregates_both_modes(models, tmp_path):
+    rows, _ = judgebench_rows(12, 3)
+    folder = tmp_path / "jb"
+    folder.mkdir()
+    for model_name, part in (("gpt", rows[:7]), ("claude", rows[7:])):
+        (folder / f"dataset=judgebench,response_model={model_name}.jsonl").write_text(
+            "".join(json.dumps({**r, "response_model": model_name}) + "\n" for r in part)
+        )
+    (folder / "notes.txt").write_text("not read\n")
+    ex = tmp_path / "ex.jsonl"
+    result = run("eval", "judgebench", "-m", models["gpm"], "--data", str(folder), "--examples", str(ex))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    files = out["files"]
+    assert list(files) == ["dataset=judgebench,response_model=claude.jsonl", "dataset=judgebench,response_model=gpt.jsonl"]
+    assert [f["response_model"] for f in files.values()] == ["claude", "gpt"]
+    assert [f["overall"]["pairs"] for f in files.values()] == [5, 7] and out["gpmctl"]["kind"] == "gpm"
+    examples = [json.loads(line) for line in ex.read_text().splitlines()]
+    for both_orders in (False, True):
+        again = run("eval", "judgebench", "--scores", str(ex), *(["--both-orders"] if both_orders else []))
+        assert again.returncode == 0, again.stderr
+        got = json.loads(again.stdout)["files"]
+        for name, f in got.items():
+            sel = [e for e in examples if e["file"] == name]
+            want = official_judgebench(
+                sel, lambda e, a, b: e["score"] if a == "response_A" else e["score_reversed"], single_game=not both_orders
+            )
+            assert f["overall"]["score"] == pytest.approx(want["Overall"], abs=1e-12)
+            assert {k: v["score"] for k, v in f["categories"].items()} == pytest.approx(
+                {k: v for k, v in want.items() if k != "Overall"}, abs=1e-12
+            )
+            if not both_orders:
+                assert f == files[name]

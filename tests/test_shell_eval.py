@@ -41,6 +41,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 RB2_ROW = {"id": "Math-0", "subset": "Math", "num_correct": 1, "scores": [[0, 1], [-1, 0]]}
 RM_ROW = {"domain": "chat", "scores": [[1, 1, 1], [1, 1, 1], [1, 1, 1]]}
+JB_EXAMPLE = {"pair_id": "x", "source": "livecodebench", "label": "A>B", "score": 0.5, "score_reversed": -0.5}
+JB_ROW = {"pair_id": "x", "source": "livecodebench", "question": "q", "response_model": "m", "response_A": "a", "response_B": "b"}
 
 SCORES_CASES = {
     # name: (evaluator, file name, content, needles after the file name)
@@ -135,6 +137,20 @@ SCORES_CASES = {
         [":1:", "matrix:", "0 / 1"],
     ),
     "rm-no-domain": ("rmbench", "s.jsonl", _lines({"scores": RM_ROW["scores"]}), [":1:", "domain:"]),
+    "jb-label-a-equals-b": (
+        "judgebench",
+        "s.jsonl",
+        _lines(JB_EXAMPLE, {**JB_EXAMPLE, "label": "A=B"}),
+        [":2:", "label:", "A=B"],
+    ),
+    "jb-unknown-source": ("judgebench", "s.jsonl", _lines({**JB_EXAMPLE, "source": "gsm8k"}), [":1:", "source:", "gsm8k"]),
+    "jb-score-nan": (
+        "judgebench",
+        "s.jsonl",
+        _lines(json.dumps(JB_EXAMPLE).replace(": 0.5", ": NaN")),
+        [":1:", "score:", "finite"],
+    ),
+    "jb-no-score": ("judgebench", "s.jsonl", _lines({k: v for k, v in JB_EXAMPLE.items() if k != "score"}), [":1:", "score:"]),
 }
 
 
@@ -247,6 +263,20 @@ DATA_CASES = {
     "rm-not-a-list": ("rmbench", "chat_filtered.json", b'{"prompt": "p"}', ["JSON list"]),
     "pairs-not-utf8": ("pairs", "p.jsonl", _lines(b'{"prompt": "\xe9", "chosen": "a", "rejected": "b"}'), [":1:", "UTF-8"]),
     "pairs-empty": ("pairs", "p.jsonl", b"", ["no rows"]),
+    "jb-label-tie": (
+        "judgebench",
+        "jb.jsonl",
+        _lines({**JB_ROW, "label": "A>B"}, {**JB_ROW, "label": "A=B"}),
+        [":2:", "label:", "A=B"],
+    ),
+    "jb-unknown-source": (
+        "judgebench",
+        "jb.jsonl",
+        _lines({**JB_ROW, "label": "A>B", "source": "gsm8k"}),
+        [":1:", "source:", "gsm8k"],
+    ),
+    "jb-answer-number": ("judgebench", "jb.jsonl", _lines({**JB_ROW, "label": "B>A", "response_B": 3}), [":1:", "response_B:"]),
+    "jb-no-label": ("judgebench", "jb.jsonl", _lines(JB_ROW), [":1:", "label"]),
 }
 
 
