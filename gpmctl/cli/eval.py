@@ -555,3 +555,66 @@ def _judgebench_table(result: dict) -> None:
         for cat, c in [*f["categories"].items(), ("[bold]Overall[/bold]", f["overall"])]:
             table.add_row(cat, str(c["pairs"]), str(c["correct"]), f"{c['score']:.2f}")
         stderr_console().print(table)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+@app.command("rmb")
+def rmb(
+    ctx: typer.Context,
+    data: Optional[str] = typer.Option(None, help="Your copy of RMB_dataset/ (with Pairwise_set/ and BoN_set/); not shipped."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results JSON here instead of stdout."),
+    examples: Optional[str] = typer.Option(None, help="Write per-row scores (jsonl: set, goal, scenario, uid, scores, correct)."),
+    scores: Optional[str] = typer.Option(None, help=SCORES_HELP),
+    limit: Optional[int] = typer.Option(None, help="Only the first N rows of each scenario file (a quick check)."),
+    batch_size: int = _O["batch_size"],
+    max_length: int = _O["max_length"],
+    dtype: str = _O["dtype"],
+    device: str = _O["device"],
+    share_prompt: str = _O["share_prompt"],
+    num_processes: int = _O["num_processes"],
+) -> None:
+    """RMB: Pairwise and BoN accuracy for Helpfulness and Harmlessness, overall = the mean of the four.
+
+    Pairwise: right iff s(chosen > reject) > 0 strictly. Best-of-N: right iff s(bon_best > loser) > 0 for
+    every loser (each row's candidates embedded once, as one group). Each number is pooled over every row of
+    its set and goal (micro, as RM-R1); per-scenario accuracies (file stem) are in the JSON. A part of the
+    layout that is missing (say, only Pairwise_set/) is a warning; the numbers it holds are still computed.
+
+    Example: gpmctl eval rmb -m runs/gpm --data RMB-Reward-Model-Benchmark/RMB_dataset -o rmb.json
+    """
+    from gpmctl.errors import ConfigError
+    from gpmctl.eval import rmb as ev
+    from gpmctl.utils import log
+
+    _check_args(model, scores, output, examples, [data], batch_size, max_length, dtype, device, limit)
+    if scores:
+        result = {"data": scores, **ev.aggregate(ev.read_scores(scores))}
+    else:
+        if not data:
+            raise ConfigError("--data is required with --model (RMB is not shipped: pass your copy of RMB_dataset/)")
+        from gpmctl.eval import benchmarks
+
+        rows = benchmarks.rmb_rows(data, limit)
+        options = (model, batch_size, max_length, dtype, device, share_prompt)
+        with processes.scoring(ctx, num_processes, *options) as (engine, scorer):
+            result, per_example = benchmarks.rmb_benchmark(scorer, model, rows, data, engine)
+        if not engine.is_main:  # process 0 writes and prints
+            return
+        _write_examples(examples, per_example)
+    for w in result["warnings"]:
+        log(f"warning: {w}")
+    from rich.table import Table
+
+    from gpmctl.utils import stderr_console
+
+    table = Table(title="RMB", title_justify="left")
+    for col in ("number", "rows", "accuracy %"):
+        table.add_column(col, justify="left" if col == "number" else "right")
+    for name in ev.NUMBERS:
+        table.add_row(name, str(result["counts"].get(name, {}).get("rows", 0)), _pct(result[name]))
+    table.add_row("[bold]overall[/bold] (mean of 4)", "", f"[bold]{_pct(result['overall'])}[/bold]")
+    stderr_console().print(table)
+    _emit(result, output)
