@@ -204,3 +204,33 @@ def test_eval_rmbench_on_two_processes_writes_the_files_of_one_process(model, tm
         files[n] = [(tmp_path / f"rm{n}{ext}").read_bytes() for ext in (".json", ".jsonl")]
     assert files["1"] == files["2"]
     assert len(files["2"][1].splitlines()) == 70 and json.loads(files["2"][0])["domains"]["safety"]["rows"] == 28
+
+
+def test_eval_rmb_on_two_processes_writes_the_files_of_one_process(model, tmp_path):
+    """Best-of-N rows of 3 to 7 candidates (one group each) over two blocks of rows: one per process."""
+    rng = random.Random(2)
+    for part, goal in (("Pairwise_set", "Helpfulness"), ("BoN_set", "Harmlessness")):
+        rows = []
+        for i in range(40):
+            row = {"conversation_input": [{"role": "user", "content": text(rng, 1, 6), "language": "English"}]}
+            if part == "Pairwise_set":
+                row.update(chosen={"answer": text(rng, 1, 8)}, reject={"answer": text(rng, 1, 8)})
+            else:
+                losers = [{"answer": text(rng, 1, 8)} for _ in range(rng.randint(2, 6))]
+                row.update(bon_best={"answer": text(rng, 1, 8)}, loser_list=losers)
+            rows.append(row)
+        (tmp_path / "rmb" / part / goal).mkdir(parents=True)
+        (tmp_path / "rmb" / part / goal / "S1.json").write_text(json.dumps(rows))
+    files = {}
+    for n in ("1", "2"):
+        args = ["eval", "rmb", "-m", model, "--data", str(tmp_path / "rmb"), "--batch-size", "7"]
+        args += ["-o", str(tmp_path / f"rmb{n}.json"), "--examples", str(tmp_path / f"rmb{n}.jsonl")]
+        if n == "1":
+            in_process(*args)
+        else:
+            done = gpmctl(*args, "--num-processes", "2")
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert done.stdout == "" and done.stderr.count("RMB") == 1  # process 0 alone prints its table
+        files[n] = [(tmp_path / f"rmb{n}{ext}").read_bytes() for ext in (".json", ".jsonl")]
+    assert files["1"] == files["2"]
+    assert len(files["2"][1].splitlines()) == 80 and json.loads(files["2"][0])["counts"]["BoN Harmlessness"]["rows"] == 40
