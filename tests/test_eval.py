@@ -23,6 +23,14 @@ from gpmctl.eval import rmbench as rm
 from gpmctl.eval.metrics import expected_calibration_error, pair_report, reliability_table
 
 RM_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "rm-bench"
+JUDGEBENCH_GPT4O = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "judgebench"
+    / "data"
+    / "dataset=judgebench,response_model=gpt-4o-2024-05-13.jsonl"
+)
 
 # RewardBench README "Getting Leaderboard Section Scores" (PKU-Alignment/beaver-7b-v1.0-cost).
 README_METRICS = {
@@ -425,6 +433,27 @@ def test_rmbench_end_to_end_on_the_shared_data(tiny_model, tmp_path):
     assert out["overall"] == pytest.approx(sum(d["average"] for d in out["domains"].values()) / 3)
     again = json.loads(invoke("rmbench", "--scores", str(ex)).stdout)
     assert again["overall"] == out["overall"] and again["domains"]["safety"]["matrix"] == out["domains"]["safety"]["matrix"]
+
+
+@pytest.mark.skipif(not JUDGEBENCH_GPT4O.is_file(), reason=f"JudgeBench data not found at {JUDGEBENCH_GPT4O}")
+def test_judgebench_end_to_end_on_the_shared_gpt4o_file(tiny_model, tmp_path):
+    ex = tmp_path / "jb.jsonl"
+    args = ["judgebench", "-m", tiny_model, "--data", str(JUDGEBENCH_GPT4O), "--max-length", "512", "--batch-size", "64"]
+    out = json.loads(invoke(*args, "--examples", str(ex)).stdout)
+    f = out["files"][JUDGEBENCH_GPT4O.name]
+    assert f["response_model"] == "gpt-4o-2024-05-13" and out["both_orders"] is False
+    assert {k: c["pairs"] for k, c in f["categories"].items()} == {"Knowledge": 154, "Reasoning": 98, "Math": 56, "Coding": 42}
+    assert f["overall"]["pairs"] == 350
+    assert f["overall"]["correct"] == sum(c["correct"] for c in f["categories"].values())
+    examples = [json.loads(line) for line in ex.read_text().splitlines()]
+    assert [e["label"] for e in examples].count("A>B") == 193  # the README's label counts, read through
+    assert f["overall"]["correct"] == sum(e["decision"] == e["label"] for e in examples)
+    again = json.loads(invoke("judgebench", "--scores", str(ex)).stdout)
+    assert again["files"] == out["files"]
+    both = json.loads(invoke("judgebench", "--scores", str(ex), "--both-orders").stdout)["files"][JUDGEBENCH_GPT4O.name]
+    # both orders: right iff the game (A, B) and the game (B, A), flipped back, both pick the label
+    swapped = ["B>A" if e["score_reversed"] > 0 else "A>B" for e in examples]
+    assert both["overall"]["correct"] == sum(e["decision"] == e["label"] == s for e, s in zip(examples, swapped))
 
 
 # ----------------------------------------------------------------------------------------------------

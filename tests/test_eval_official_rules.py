@@ -1,7 +1,8 @@
 """Evaluation numbers that must follow the official rules, checked against independent float64 references
 written out in this file: RM-Bench domains from each row's `domain` field (total_dataset.json counted
 once), RewardBench 2's Ties composite for a BT model seen only through its K x K score matrices and
-with unpaired ref/tied prompts, and pair accuracy with soft labels."""
+with unpaired ref/tied prompts, pair accuracy with soft labels, JudgeBench's single-game and
+both-orders rules with ties, and RMB's pairwise and best-of-N rules on files written in its layout."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 import torch
 
 from gpmctl.errors import DataError
-from gpmctl.eval import benchmarks
+from gpmctl.eval import benchmarks, rmb
+from gpmctl.eval import judgebench as jb
 from gpmctl.eval import rewardbench2 as rb2
 from gpmctl.eval import rmbench as rm
 from gpmctl.eval.metrics import pair_report
@@ -413,3 +415,253 @@ def test_pairs_cli_on_soft_labels_counts_the_label_side(models, tmp_path):
             assert "correct" not in e
         else:
             assert e["correct"] == label_accuracy([e["score"]], [e["label"]])
+
+
+# ----------------------------------------------------------------------------------------------------
+# JudgeBench
+
+
+def official_judgebench(rows: list[dict], prefer, single_game: bool) -> dict[str, float]:
+    """JudgeBench's run_judge.py + utils/metrics.py for a reward model: the judgment of a game (first, second)
+    is "A>B" if prefer(row, first, second) > 0 else "B>A" (a tie is B>A), the swapped game's judgment flipped
+    back, +1 / -1 per judgment against the label, right iff the sum > 0; 100 x right / pairs per source
+    prefix and over all pairs. prefer(row, "response_A", "response_B"): the scorer's margin for the first."""
+    prefixes = {"mmlu-pro": "Knowledge", "livebench-reasoning": "Reasoning", "livebench-math": "Math", "livecodebench": "Coding"}
+
+    def flip(judgment: str) -> str:
+        return {"A>B": "B>A", "B>A": "A>B"}[judgment]
+
+    right: dict[str, list[int]] = {}
+    for r in rows:
+        judgments = ["A>B" if prefer(r, "response_A", "response_B") > 0 else "B>A"]
+        if not single_game:
+            judgments.append(flip("A>B" if prefer(r, "response_B", "response_A") > 0 else "B>A"))
+        total = sum(1 if j == r["label"] else -1 if j == flip(r["label"]) else 0 for j in judgments)
+        name = next(v for k, v in prefixes.items() if r["source"].startswith(k))
+        right.setdefault(name, []).append(1 if total > 0 else 0)
+        right.setdefault("Overall", []).append(1 if total > 0 else 0)
+    return {name: 100 * sum(v) / len(v) for name, v in right.items()}
+
+
+def judgebench_rows(n: int, seed: int) -> tuple[list[dict], dict[str, float]]:
+    """Rows of the four categories, rewards from a few values (so A and B often tie)."""
+    rng = random.Random(seed)
+    sources = ["mmlu-pro-law", "mmlu-pro-math", "livebench-reasoning", "livebench-math", "livecodebench"]
+    rows, rewards = [], {}
+    for i in range(n):
+        row = {
+            "pair_id": f"p{i}",
+            "source": rng.choice(sources),
+            "question": f"question {i}",
+            "response_model": "m",
+            "response_A": f"answer A {i}",
+            "response_B": f"answer B {i}",
+            "label": rng.choice(jb.LABELS),
+        }
+        rewards.update((row[k], rng.choice([-1.0, 0.0, 0.5, 1.0])) for k in ("response_A", "response_B"))
+        rows.append(row)
+    return rows, rewards
+
+
+@pytest.mark.parametrize("both_orders", [False, True], ids=["single-game", "both-orders"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_judgebench_equals_the_official_rule_with_ties(both_orders, seed):
+    rows, rewards = judgebench_rows(200, seed)
+    examples = jb.score_examples(TableScorer(rewards), "jb.jsonl", rows, both_orders)
+    assert sum(e["score"] == 0 for e in examples) > 10  # ties are exercised
+    got = jb.aggregate(examples, both_orders)["files"]["jb.jsonl"]
+    want = official_judgebench(rows, lambda r, a, b: rewards[r[a]] - rewards[r[b]], single_game=not both_orders)
+    assert set(got["categories"]) | {"Overall"} == set(want)
+    for name, score in want.items():
+        summary = got["overall"] if name == "Overall" else got["categories"][name]
+        assert summary["score"] == pytest.approx(score, abs=1e-12)
+        assert summary["accuracy"] == pytest.approx(score / 100, abs=1e-12)
+
+
+def test_judgebench_by_hand_ties_count_as_b_in_one_game_and_wrong_in_both_orders():
+    # (source, label, s(A > B), s(B > A)): a GPM need not be antisymmetric, so the last row's orders disagree
+    rows = [
+        ("mmlu-pro-law", "A>B", 1.0, -1.0),  # right in both modes
+        ("mmlu-pro-law", "B>A", 0.0, 0.0),  # tie: B>A, right in one game; +1 - 1 = 0, wrong in both orders
+        ("mmlu-pro-chemistry", "A>B", 0.0, -0.0),  # tie: wrong in both modes
+        ("livebench-reasoning", "B>A", -2.0, 2.0),  # right in both
+        ("livebench-math", "A>B", -0.5, 0.5),  # wrong in both
+        ("livecodebench", "A>B", 0.3, 0.2),  # right in one game; both orders: A>B, then B>A: 0, wrong
+    ]
+    examples = [
+        {"file": "f", "category": jb.category(src), "label": label, "score": s, "score_reversed": r} for src, label, s, r in rows
+    ]
+    single = jb.aggregate(examples, both_orders=False)["files"]["f"]
+    assert {k: (v["correct"], v["pairs"]) for k, v in single["categories"].items()} == {
+        "Knowledge": (2, 3),
+        "Reasoning": (1, 1),
+        "Math": (0, 1),
+        "Coding": (1, 1),
+    }
+    assert single["overall"] == {"pairs": 6, "correct": 4, "accuracy": 4 / 6, "score": 400 / 6}
+    both = jb.aggregate(examples, both_orders=True)["files"]["f"]
+    assert [both["categories"][k]["correct"] for k in ("Knowledge", "Reasoning", "Math", "Coding")] == [1, 1, 0, 0]
+    assert both["overall"]["score"] == pytest.approx(100 / 3, abs=1e-12) and f"{both['overall']['score']:.2f}" == "33.33"
+
+
+def test_judgebench_cli_reports_each_file_of_a_folder_and_reaggregates_both_modes(models, tmp_path):
+    rows, _ = judgebench_rows(12, 3)
+    folder = tmp_path / "jb"
+    folder.mkdir()
+    for model_name, part in (("gpt", rows[:7]), ("claude", rows[7:])):
+        (folder / f"dataset=judgebench,response_model={model_name}.jsonl").write_text(
+            "".join(json.dumps({**r, "response_model": model_name}) + "\n" for r in part)
+        )
+    (folder / "notes.txt").write_text("not read\n")
+    ex = tmp_path / "ex.jsonl"
+    result = run("eval", "judgebench", "-m", models["gpm"], "--data", str(folder), "--examples", str(ex))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    files = out["files"]
+    assert list(files) == ["dataset=judgebench,response_model=claude.jsonl", "dataset=judgebench,response_model=gpt.jsonl"]
+    assert [f["response_model"] for f in files.values()] == ["claude", "gpt"]
+    assert [f["overall"]["pairs"] for f in files.values()] == [5, 7] and out["gpmctl"]["kind"] == "gpm"
+    examples = [json.loads(line) for line in ex.read_text().splitlines()]
+    for both_orders in (False, True):
+        again = run("eval", "judgebench", "--scores", str(ex), *(["--both-orders"] if both_orders else []))
+        assert again.returncode == 0, again.stderr
+        got = json.loads(again.stdout)["files"]
+        for name, f in got.items():
+            sel = [e for e in examples if e["file"] == name]
+            want = official_judgebench(
+                sel, lambda e, a, b: e["score"] if a == "response_A" else e["score_reversed"], single_game=not both_orders
+            )
+            assert f["overall"]["score"] == pytest.approx(want["Overall"], abs=1e-12)
+            assert {k: v["score"] for k, v in f["categories"].items()} == pytest.approx(
+                {k: v for k, v in want.items() if k != "Overall"}, abs=1e-12
+            )
+            if not both_orders:
+                assert f == files[name]
+
+
+# ----------------------------------------------------------------------------------------------------
+# RMB
+
+
+def write_rmb(root: Path, seed: int, parts=("Pairwise_set", "BoN_set")) -> dict[str, float]:
+    """An RMB_dataset/ tree in the repository's schema (scenario files under Helpfulness/<category>/ and
+    Harmlessness/, turns with and without `language`), a reward per answer from a few values (ties happen)."""
+    rng = random.Random(seed)
+    rewards: dict[str, float] = {}
+    scenarios = {"Helpfulness": ["Code/Debugging", "Code/Code Generation", "Chat/Casual"], "Harmlessness": ["S1", "S5", "multi"]}
+
+    def answer(tag: str) -> dict:
+        rewards[tag] = rng.choice([-1.0, 0.0, 0.5, 1.0])
+        return {"llm_name": "m", "answer": tag}
+
+    for part in parts:
+        for goal, names in scenarios.items():
+            for name in names:
+                rows = []
+                for i in range(rng.randint(2, 5)):
+                    turns = [{"role": "user", "content": f"{name} {i}", "language": "English"}]
+                    if i % 2:
+                        turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, *turns]
+                    tag = f"{part}/{goal}/{name}/{i}"
+                    row = {"conversation_input": turns, "category_path": f"{part}/{goal}/{name}"}
+                    if part == "Pairwise_set":
+                        row.update(pair_uid=tag, chosen=answer(tag + " chosen"), reject=answer(tag + " reject"))
+                    else:
+                        losers = [answer(f"{tag} loser {k}") for k in range(rng.randint(2, 6))]
+                        row.update(bon_uid=tag, bon_best=answer(tag + " best"), loser_list=losers)
+                    rows.append(row)
+                path = root / part / goal / f"{name}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(rows))
+    return rewards
+
+
+def official_rmb(root: Path, rewards: dict[str, float]) -> dict:
+    """my_run_rm.py (pairwise: chosen strictly above reject) and RM-R1's best-of-N rule (best strictly above the
+    highest loser), pooled over every file of a goal; overall = the mean of the four; per scenario by file stem."""
+    out, scenarios = {}, {}
+    for part, name in (("Pairwise_set", "Pairwise"), ("BoN_set", "BoN")):
+        for goal in ("Helpfulness", "Harmlessness"):
+            right = []
+            for path in sorted((root / part / goal).rglob("*.json")):
+                for row in json.loads(path.read_text()):
+                    if part == "Pairwise_set":
+                        ok = rewards[row["chosen"]["answer"]] > rewards[row["reject"]["answer"]]
+                    else:
+                        ok = rewards[row["bon_best"]["answer"]] > max(rewards[x["answer"]] for x in row["loser_list"])
+                    right.append(1 if ok else 0)
+                    scenarios.setdefault(f"{name} {goal}", {}).setdefault(path.stem, []).append(1 if ok else 0)
+            if right:
+                out[f"{name} {goal}"] = sum(right) / len(right)
+    if len(out) == 4:
+        out["overall"] = sum(out.values()) / 4
+    return {**out, "scenarios": {k: {s: sum(v) / len(v) for s, v in d.items()} for k, d in scenarios.items()}}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rmb_pairwise_and_best_of_n_equal_the_official_rules(tmp_path, seed):
+    rewards = write_rmb(tmp_path / "RMB_dataset", seed)
+    rows, warnings = rmb.load_rows(str(tmp_path))  # the parent of RMB_dataset/ is read as it
+    assert warnings == [] and {len(r["responses"]) for r in rows if r["set"] == "bon"} - set(range(3, 8)) == set()
+    assert all(set(m) == {"role", "content"} for r in rows for m in r["prompt"])  # `language` dropped
+    examples = rmb.score_examples(TableScorer(rewards), rows)
+    assert any(0.0 in e["scores"] for e in examples)  # ties are exercised
+    got = rmb.aggregate(examples)
+    want = official_rmb(tmp_path / "RMB_dataset", rewards)
+    for name in (*rmb.NUMBERS, "overall"):
+        assert got[name] == pytest.approx(want[name], abs=1e-12)
+    assert list(got["scenarios"]) == list(rmb.NUMBERS)
+    for name, by_scenario in want["scenarios"].items():
+        assert {s: v["accuracy"] for s, v in got["scenarios"][name].items()} == pytest.approx(by_scenario, abs=1e-12)
+    assert got["complete"] and got["counts"]["BoN Harmlessness"]["rows"] == sum(
+        1 for r in rows if r["set"] == "bon" and r["goal"] == "Harmlessness"
+    )
+
+
+def test_rmb_by_hand_a_tie_with_any_loser_is_wrong():
+    def ex(kind, goal, scores):
+        return {"set": kind, "goal": goal, "scenario": "s", "scores": scores}
+
+    examples = [
+        ex("pairwise", "Helpfulness", [0.5]),
+        ex("pairwise", "Helpfulness", [0.0]),  # a tie: wrong
+        ex("pairwise", "Harmlessness", [-1.0]),
+        ex("bon", "Helpfulness", [1.0, 2.0, 0.1]),
+        ex("bon", "Helpfulness", [1.0, 0.0, 3.0]),  # ties with one loser: wrong
+        ex("bon", "Harmlessness", [1.0, -0.5]),  # above one loser only: wrong
+        ex("bon", "Harmlessness", [0.2, 0.3]),
+        ex("bon", "Harmlessness", [0.2, 0.3, 0.4, 0.5, 0.6]),
+    ]
+    got = rmb.aggregate(examples)
+    assert [got[n] for n in rmb.NUMBERS] == [0.5, 0.0, 0.5, 2 / 3]
+    assert got["overall"] == pytest.approx((0.5 + 0.0 + 0.5 + 2 / 3) / 4, abs=1e-15)
+    partial = rmb.aggregate([e for e in examples if e["set"] == "pairwise"])
+    assert partial["overall"] is None and partial["BoN Helpfulness"] is None and not partial["complete"]
+    assert partial["warnings"] == [
+        "no rows for BoN Helpfulness, BoN Harmlessness: overall (the mean of the four) is not computed"
+    ]
+
+
+def test_rmb_cli_on_a_partial_layout_scores_what_is_there_and_reaggregates(models, tmp_path):
+    write_rmb(tmp_path / "full", 2)
+    write_rmb(tmp_path / "pairwise_only", 2, parts=("Pairwise_set",))
+    out = {}
+    for layout in ("full", "pairwise_only"):
+        ex = tmp_path / f"{layout}.jsonl"
+        result = run("eval", "rmb", "-m", models["gpm"], "--data", str(tmp_path / layout), "--examples", str(ex), "--limit", "3")
+        assert result.returncode == 0, result.stderr
+        out[layout] = json.loads(result.stdout)
+        examples = [json.loads(line) for line in ex.read_text().splitlines()]
+        again = run("eval", "rmb", "--scores", str(ex))
+        assert again.returncode == 0, again.stderr
+        assert {k: v for k, v in json.loads(again.stdout).items() if k != "data"} == {
+            k: v for k, v in out[layout].items() if k not in ("data", "gpmctl")
+        }
+        for name, (kind, goal) in rmb.NUMBERS.items():
+            sel = [e for e in examples if e["set"] == kind and e["goal"] == goal]
+            if sel:
+                assert out[layout][name] == pytest.approx(sum(min(e["scores"]) > 0 for e in sel) / len(sel), abs=1e-12)
+    assert out["pairwise_only"]["overall"] is None and out["pairwise_only"]["BoN Helpfulness"] is None
+    assert out["pairwise_only"]["Pairwise Helpfulness"] == out["full"]["Pairwise Helpfulness"]
+    assert "BoN_set/Helpfulness: no .json scenario files, so BoN Helpfulness is not computed" in result.stderr
+    assert out["full"]["overall"] == pytest.approx(sum(out["full"][n] for n in rmb.NUMBERS) / 4, abs=1e-12)

@@ -188,22 +188,52 @@ def rmbench_rows(count: int) -> list[dict]:
     ]
 
 
+def eval_on_one_and_two_processes(args: list[str], tmp_path: Path, title: str) -> dict[str, list[bytes]]:
+    """`gpmctl eval *args` in this process ("1") and on two launched processes ("2") -> the bytes of the results
+    JSON and the per-example jsonl of each; the launched run prints nothing on stdout and one table (`title`)."""
+    files = {}
+    for n in ("1", "2"):
+        out = ["-o", str(tmp_path / f"eval{n}.json"), "--examples", str(tmp_path / f"eval{n}.jsonl")]
+        if n == "1":
+            in_process("eval", *args, *out)
+        else:
+            done = gpmctl("eval", *args, *out, "--num-processes", "2")
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert done.stdout == "" and done.stderr.count(title) == 1  # process 0 alone prints its table
+        result = json.loads((tmp_path / f"eval{n}.json").read_text())
+        run = result["gpmctl"]["provenance"]
+        assert run.pop("processes") == int(n) and run.pop("wall_s") > 0  # how this run ran: the rest must not differ
+        files[n] = [json.dumps(result), (tmp_path / f"eval{n}.jsonl").read_bytes()]
+    return files
+
+
 def test_eval_rmbench_on_two_processes_writes_the_files_of_one_process(model, tmp_path):
     data = tmp_path / "total_dataset.json"
     data.write_text(json.dumps(rmbench_rows(70)))  # two blocks of rows: one per process
-    files = {}
-    for n in ("1", "2"):
-        args = ["eval", "rmbench", "-m", model, "--data", str(data), "--batch-size", "7"]
-        args += ["-o", str(tmp_path / f"rm{n}.json"), "--examples", str(tmp_path / f"rm{n}.jsonl")]
-        if n == "1":
-            in_process(*args)
-        else:
-            done = gpmctl(*args, "--num-processes", "2")
-            assert done.returncode == 0, done.stderr[-3000:]
-            assert done.stdout == "" and done.stderr.count("RM-Bench") == 1  # process 0 alone prints its table
-        result = json.loads((tmp_path / f"rm{n}.json").read_text())
-        run = result["gpmctl"]["provenance"]
-        assert run.pop("processes") == int(n) and run.pop("wall_s") > 0  # how this run ran: the rest must not differ
-        files[n] = [json.dumps(result), (tmp_path / f"rm{n}.jsonl").read_bytes()]
+    files = eval_on_one_and_two_processes(
+        ["rmbench", "-m", model, "--data", str(data), "--batch-size", "7"], tmp_path, "RM-Bench"
+    )
     assert files["1"] == files["2"]
     assert len(files["2"][1].splitlines()) == 70 and json.loads(files["2"][0])["domains"]["safety"]["rows"] == 28
+
+
+def test_eval_rmb_on_two_processes_writes_the_files_of_one_process(model, tmp_path):
+    """Best-of-N rows of 3 to 7 candidates (one group each) over two blocks of rows: one per process."""
+    rng = random.Random(2)
+    for part, goal in (("Pairwise_set", "Helpfulness"), ("BoN_set", "Harmlessness")):
+        rows = []
+        for i in range(40):
+            row = {"conversation_input": [{"role": "user", "content": text(rng, 1, 6), "language": "English"}]}
+            if part == "Pairwise_set":
+                row.update(chosen={"answer": text(rng, 1, 8)}, reject={"answer": text(rng, 1, 8)})
+            else:
+                losers = [{"answer": text(rng, 1, 8)} for _ in range(rng.randint(2, 6))]
+                row.update(bon_best={"answer": text(rng, 1, 8)}, loser_list=losers)
+            rows.append(row)
+        (tmp_path / "rmb" / part / goal).mkdir(parents=True)
+        (tmp_path / "rmb" / part / goal / "S1.json").write_text(json.dumps(rows))
+    files = eval_on_one_and_two_processes(
+        ["rmb", "-m", model, "--data", str(tmp_path / "rmb"), "--batch-size", "7"], tmp_path, "RMB"
+    )
+    assert files["1"] == files["2"]
+    assert len(files["2"][1].splitlines()) == 80 and json.loads(files["2"][0])["counts"]["BoN Harmlessness"]["rows"] == 40

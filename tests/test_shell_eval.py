@@ -41,6 +41,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 RB2_ROW = {"id": "Math-0", "subset": "Math", "num_correct": 1, "scores": [[0, 1], [-1, 0]]}
 RM_ROW = {"domain": "chat", "scores": [[1, 1, 1], [1, 1, 1], [1, 1, 1]]}
+JB_EXAMPLE = {"pair_id": "x", "source": "livecodebench", "label": "A>B", "score": 0.5, "score_reversed": -0.5}
+RMB_EXAMPLE = {"set": "bon", "goal": "Helpfulness", "scenario": "Debugging", "scores": [0.5, -0.1]}
+JB_ROW = {"pair_id": "x", "source": "livecodebench", "question": "q", "response_model": "m", "response_A": "a", "response_B": "b"}
 
 SCORES_CASES = {
     # name: (evaluator, file name, content, needles after the file name)
@@ -135,6 +138,24 @@ SCORES_CASES = {
         [":1:", "matrix:", "0 / 1"],
     ),
     "rm-no-domain": ("rmbench", "s.jsonl", _lines({"scores": RM_ROW["scores"]}), [":1:", "domain:"]),
+    "jb-label-a-equals-b": (
+        "judgebench",
+        "s.jsonl",
+        _lines(JB_EXAMPLE, {**JB_EXAMPLE, "label": "A=B"}),
+        [":2:", "label:", "A=B"],
+    ),
+    "jb-unknown-source": ("judgebench", "s.jsonl", _lines({**JB_EXAMPLE, "source": "gsm8k"}), [":1:", "source:", "gsm8k"]),
+    "jb-score-nan": (
+        "judgebench",
+        "s.jsonl",
+        _lines(json.dumps(JB_EXAMPLE).replace(": 0.5", ": NaN")),
+        [":1:", "score:", "finite"],
+    ),
+    "rmb-unknown-set": ("rmb", "s.jsonl", _lines({**RMB_EXAMPLE, "set": "listwise"}), [":1:", "set:", "listwise"]),
+    "rmb-unknown-goal": ("rmb", "s.jsonl", _lines(RMB_EXAMPLE, {**RMB_EXAMPLE, "goal": "Honesty"}), [":2:", "goal:", "Honesty"]),
+    "rmb-pairwise-two-scores": ("rmb", "s.jsonl", _lines({**RMB_EXAMPLE, "set": "pairwise"}), [":1:", "scores:", "list of 1"]),
+    "rmb-no-scores": ("rmb", "s.jsonl", _lines({k: v for k, v in RMB_EXAMPLE.items() if k != "scores"}), [":1:", "scores:"]),
+    "jb-no-score": ("judgebench", "s.jsonl", _lines({k: v for k, v in JB_EXAMPLE.items() if k != "score"}), [":1:", "score:"]),
 }
 
 
@@ -247,6 +268,20 @@ DATA_CASES = {
     "rm-not-a-list": ("rmbench", "chat_filtered.json", b'{"prompt": "p"}', ["JSON list"]),
     "pairs-not-utf8": ("pairs", "p.jsonl", _lines(b'{"prompt": "\xe9", "chosen": "a", "rejected": "b"}'), [":1:", "UTF-8"]),
     "pairs-empty": ("pairs", "p.jsonl", b"", ["no rows"]),
+    "jb-label-tie": (
+        "judgebench",
+        "jb.jsonl",
+        _lines({**JB_ROW, "label": "A>B"}, {**JB_ROW, "label": "A=B"}),
+        [":2:", "label:", "A=B"],
+    ),
+    "jb-unknown-source": (
+        "judgebench",
+        "jb.jsonl",
+        _lines({**JB_ROW, "label": "A>B", "source": "gsm8k"}),
+        [":1:", "source:", "gsm8k"],
+    ),
+    "jb-answer-number": ("judgebench", "jb.jsonl", _lines({**JB_ROW, "label": "B>A", "response_B": 3}), [":1:", "response_B:"]),
+    "jb-no-label": ("judgebench", "jb.jsonl", _lines(JB_ROW), [":1:", "label"]),
 }
 
 
@@ -271,6 +306,51 @@ def test_bad_data_files_are_one_line_naming_file_line_and_field(tmp_path, models
     result = run("eval", evaluator, "-m", models["gpm"], "--data", data, "-o", output, "--examples", tmp_path / "ex.jsonl")
     assert_one_line_error(result, str(data), *needles)
     assert snapshot(tmp_path) == before
+
+
+RMB_PAIR = {"pair_uid": "u", "conversation_input": [{"role": "user", "content": "q", "language": "English"}]}
+RMB_CASES = {
+    # name: (file under the RMB folder, its rows, needles after the file name)
+    "pairwise-no-reject": (
+        "Pairwise_set/Harmlessness/S1.json",
+        [{**RMB_PAIR, "chosen": {"answer": "a"}, "reject": {"answer": "b"}}, {**RMB_PAIR, "chosen": {"answer": "a"}}],
+        [":2:", "reject:"],
+    ),
+    "pairwise-answer-number": (
+        "Pairwise_set/Helpfulness/Code/Debugging.json",
+        [{**RMB_PAIR, "chosen": {"answer": 3}, "reject": {"answer": "b"}}],
+        [":1:", "chosen:", "answer"],
+    ),
+    "bon-empty-losers": (
+        "BoN_set/Helpfulness/Chat/Casual.json",
+        [{**RMB_PAIR, "bon_best": {"answer": "a"}, "loser_list": []}],
+        [":1:", "loser_list:", "non-empty"],
+    ),
+    "conversation-a-string": (
+        "BoN_set/Harmlessness/S2.json",
+        [{"conversation_input": "q", "bon_best": {"answer": "a"}, "loser_list": [{"answer": "b"}]}],
+        [":1:", "conversation_input:"],
+    ),
+    "no-rows": ("Pairwise_set/Harmlessness/S1.json", [], ["no rows"]),
+}
+
+
+@pytest.mark.parametrize("case", list(RMB_CASES), ids=list(RMB_CASES))
+def test_bad_rmb_files_are_one_line_naming_file_line_and_field(tmp_path, models, case):
+    name, rows, needles = RMB_CASES[case]
+    data = tmp_path / "RMB_dataset" / name
+    data.parent.mkdir(parents=True)
+    data.write_text(json.dumps(rows))
+    before = snapshot(tmp_path)
+    result = run("eval", "rmb", "-m", models["gpm"], "--data", tmp_path, "-o", tmp_path / "out.json")
+    assert_one_line_error(result, str(data), *needles)
+    assert snapshot(tmp_path) == before
+
+
+def test_rmb_needs_data_with_a_model_and_a_folder_with_its_layout(tmp_path, models):
+    assert_one_line_error(run("eval", "rmb", "-m", models["gpm"]), "--data is required", "RMB_dataset")
+    (tmp_path / "Pairwise_set").mkdir()
+    assert_one_line_error(run("eval", "rmb", "-m", models["gpm"], "--data", tmp_path), str(tmp_path), "no RMB scenario files")
 
 
 @pytest.mark.parametrize("tau", ["0", "-0.1", "1e999", "NaN", '"0.1"'])

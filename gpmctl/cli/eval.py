@@ -1,4 +1,4 @@
-"""`gpmctl eval ...`: RewardBench (official scoring), RM-Bench, preference files and cyclic sets.
+"""`gpmctl eval ...`: RewardBench (official scoring), RM-Bench, JudgeBench, preference files and cyclic sets.
 
 Data on stdout (the results JSON, unless --output), tables and progress on stderr. Every command takes
 `--examples FILE` (per-example scores, jsonl) and `--scores FILE` (re-aggregate such a file: no model).
@@ -16,7 +16,7 @@ import typer
 from gpmctl.cli import processes
 from gpmctl.cli.factory import new_app
 
-app = new_app(help="Evaluate reward models: RewardBench, RM-Bench, any preference file, cyclic sets.")
+app = new_app(help="Evaluate reward models: RewardBench, RM-Bench, JudgeBench, RMB, any preference file, cyclic sets.")
 
 MODEL_HELP = "A model: a gpmctl folder (train-rm, export), a transformers sequence-classifier or OpenRLHF reward model, a released GPM checkpoint, a hub id or package:NAME."
 SCORES_HELP = "Aggregate this per-example file (written by --examples) instead of running a model."
@@ -481,6 +481,143 @@ def rewardbench2(
     table.add_row("[bold]Score[/bold] (mean of 6)", "", f"[bold]{_pct(result['score'])}[/bold]")
     stderr_console().print(table)
     _emit({**result, "model": model or scores, **({"gpmctl": extra} if extra else {})}, output)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+@app.command("judgebench")
+def judgebench(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    data: str = typer.Option(
+        "ScalerLab/JudgeBench",
+        help="A JudgeBench .jsonl file, a folder (each *.jsonl in it, reported alone) or a Hugging Face id.",
+    ),
+    split: str = typer.Option("gpt", help="Split of a Hugging Face id: gpt (the GPT-4o file, 350 pairs) or claude (270)."),
+    both_orders: bool = typer.Option(
+        False, help="Judge each pair as (A, B) and (B, A), +1 / -1 per order (for order-sensitive scorers); default: single game."
+    ),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results JSON here instead of stdout."),
+    examples: Optional[str] = typer.Option(
+        None, help="Write per-pair scores (jsonl: pair_id, source, label, score, decision, ...)."
+    ),
+    scores: Optional[str] = typer.Option(None, help=SCORES_HELP),
+    limit: Optional[int] = typer.Option(None, help="Only the first N rows of each file (a quick check, not a benchmark number)."),
+    batch_size: int = _O["batch_size"],
+    max_length: int = _O["max_length"],
+    dtype: str = _O["dtype"],
+    device: str = _O["device"],
+    share_prompt: str = _O["share_prompt"],
+    num_processes: int = _O["num_processes"],
+) -> None:
+    """JudgeBench with the official reward-model rule: Knowledge, Reasoning, Math, Coding and Overall, per file.
+
+    Single game (the official rule for reward models): the decision is A>B iff s(A > B) > 0 strictly, else
+    B>A (so an exact tie counts as B>A); a pair is right iff the decision is its label. --both-orders also
+    judges (B, A), flipped back: +1 per decision equal to the label, -1 otherwise, right iff the sum > 0.
+    Score = 100 x right / pairs per category (by `source` prefix) and Overall pooled over the file's pairs.
+
+    Examples:
+      gpmctl eval judgebench -m runs/gpm --data judgebench/data -o jb.json --examples jb.jsonl
+      gpmctl eval judgebench --scores jb.jsonl --both-orders     # re-aggregate, no model
+    """
+    from gpmctl.eval import judgebench as jb
+    from gpmctl.utils import log
+
+    _check_args(model, scores, output, examples, [data], batch_size, max_length, dtype, device, limit)
+    if scores:
+        result = {"data": scores, **jb.aggregate(jb.read_scores(scores, both_orders), both_orders)}
+    else:
+        from gpmctl.eval import benchmarks
+
+        tables = jb.data_tables(data, split, limit)
+        options = (model, batch_size, max_length, dtype, device, share_prompt)
+        with processes.scoring(ctx, num_processes, *options) as (engine, scorer):
+            result, per_example = benchmarks.judgebench(scorer, model, tables, data, both_orders, engine)
+        if not engine.is_main:  # process 0 writes and prints
+            return
+        _write_examples(examples, per_example)
+    log(f"judgebench rule: {result['rule']}")
+    _judgebench_table(result)
+    _emit(result, output)
+
+
+def _judgebench_table(result: dict) -> None:
+    from rich.table import Table
+
+    from gpmctl.utils import stderr_console
+
+    for name, f in result["files"].items():
+        table = Table(title=f"JudgeBench {name} ({f['response_model']})", title_justify="left")
+        for col in ("category", "pairs", "correct", "score"):
+            table.add_column(col, justify="left" if col == "category" else "right")
+        for cat, c in [*f["categories"].items(), ("[bold]Overall[/bold]", f["overall"])]:
+            table.add_row(cat, str(c["pairs"]), str(c["correct"]), f"{c['score']:.2f}")
+        stderr_console().print(table)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+@app.command("rmb")
+def rmb(
+    ctx: typer.Context,
+    data: Optional[str] = typer.Option(None, help="Your copy of RMB_dataset/ (with Pairwise_set/ and BoN_set/); not shipped."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the results JSON here instead of stdout."),
+    examples: Optional[str] = typer.Option(None, help="Write per-row scores (jsonl: set, goal, scenario, uid, scores, correct)."),
+    scores: Optional[str] = typer.Option(None, help=SCORES_HELP),
+    limit: Optional[int] = typer.Option(None, help="Only the first N rows of each scenario file (a quick check)."),
+    batch_size: int = _O["batch_size"],
+    max_length: int = _O["max_length"],
+    dtype: str = _O["dtype"],
+    device: str = _O["device"],
+    share_prompt: str = _O["share_prompt"],
+    num_processes: int = _O["num_processes"],
+) -> None:
+    """RMB: Pairwise and BoN accuracy for Helpfulness and Harmlessness, overall = the mean of the four.
+
+    Pairwise: right iff s(chosen > reject) > 0 strictly. Best-of-N: right iff s(bon_best > loser) > 0 for
+    every loser (each row's candidates embedded once, as one group). Each number is pooled over every row of
+    its set and goal (micro, as RM-R1); per-scenario accuracies (file stem) are in the JSON. A part of the
+    layout that is missing (say, only Pairwise_set/) is a warning; the numbers it holds are still computed.
+
+    Example: gpmctl eval rmb -m runs/gpm --data RMB-Reward-Model-Benchmark/RMB_dataset -o rmb.json
+    """
+    from gpmctl.errors import ConfigError
+    from gpmctl.eval import rmb as ev
+    from gpmctl.utils import log
+
+    _check_args(model, scores, output, examples, [data], batch_size, max_length, dtype, device, limit)
+    if scores:
+        result = {"data": scores, **ev.aggregate(ev.read_scores(scores))}
+    else:
+        if not data:
+            raise ConfigError("--data is required with --model (RMB is not shipped: pass your copy of RMB_dataset/)")
+        from gpmctl.eval import benchmarks
+
+        rows = benchmarks.rmb_rows(data, limit)
+        options = (model, batch_size, max_length, dtype, device, share_prompt)
+        with processes.scoring(ctx, num_processes, *options) as (engine, scorer):
+            result, per_example = benchmarks.rmb_benchmark(scorer, model, rows, data, engine)
+        if not engine.is_main:  # process 0 writes and prints
+            return
+        _write_examples(examples, per_example)
+    for w in result["warnings"]:
+        log(f"warning: {w}")
+    from rich.table import Table
+
+    from gpmctl.utils import stderr_console
+
+    table = Table(title="RMB", title_justify="left")
+    for col in ("number", "rows", "accuracy %"):
+        table.add_column(col, justify="left" if col == "number" else "right")
+    for name in ev.NUMBERS:
+        table.add_row(name, str(result["counts"].get(name, {}).get("rows", 0)), _pct(result[name]))
+    table.add_row("[bold]overall[/bold] (mean of 4)", "", f"[bold]{_pct(result['overall'])}[/bold]")
+    stderr_console().print(table)
+    _emit(result, output)
 
 
 # ----------------------------------------------------------------------------------------------------

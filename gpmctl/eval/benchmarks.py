@@ -15,7 +15,9 @@ from pathlib import Path
 
 from gpmctl.engine import Engine
 from gpmctl.errors import DataError
+from gpmctl.eval import judgebench as jb
 from gpmctl.eval import rewardbench as rb
+from gpmctl.eval import rmb
 from gpmctl.eval import rmbench as rm
 from gpmctl.models.embed import Scorer
 from gpmctl.utils import atomic_write_text, json_text, log
@@ -122,6 +124,44 @@ def rmbench(
         "rows": {f.name: len(rows) for f, rows in tables},
     }
     return {**result, "gpmctl": settings}, per_example
+
+
+def judgebench(
+    scorer: Scorer,
+    model: str,
+    tables: list[tuple[str, list[dict]]],
+    data: str,
+    both_orders: bool = False,
+    engine: Engine | None = None,
+) -> tuple[dict, list[dict]]:
+    """JudgeBench by the official reward-model rule (gpmctl.eval.judgebench) on `jb.data_tables(data, ...)`, each
+    file reported alone."""
+    per_example = []
+    for name, rows in tables:
+        log(f"judgebench {name}: {len(rows)} pairs, {2 * len(rows)} sequences to embed")
+        per_example += score_blocks(engine, rows, lambda block, _: jb.score_examples(scorer, name, block, both_orders))
+    settings = scorer_settings(scorer, model, scorer.encoder.max_length, engine, data) | {
+        "rows": {name: len(rows) for name, rows in tables},
+    }
+    return {"data": data, **jb.aggregate(per_example, both_orders), "gpmctl": settings}, per_example
+
+
+def rmb_rows(data: str, limit: int | None = None) -> list[dict]:
+    """Every row of an RMB folder (`limit`: the first N of each scenario file); a missing part is a warning."""
+    rows, warnings = rmb.load_rows(data, limit)
+    for w in warnings:
+        log(f"warning: {w}")
+    return rows
+
+
+def rmb_benchmark(
+    scorer: Scorer, model: str, rows: list[dict], data: str, engine: Engine | None = None
+) -> tuple[dict, list[dict]]:
+    """RMB's four numbers and overall (gpmctl.eval.rmb) on `rmb_rows(data, ...)`."""
+    log(f"rmb: {len(rows)} rows, {sum(len(r['responses']) for r in rows)} sequences to embed")
+    per_example = score_blocks(engine, rows, lambda block, _: rmb.score_examples(scorer, block))
+    settings = scorer_settings(scorer, model, scorer.encoder.max_length, engine, data)
+    return {"data": data, **rmb.aggregate(per_example), "gpmctl": settings}, per_example
 
 
 def write_examples(path: str | Path | None, examples: list[dict]) -> None:

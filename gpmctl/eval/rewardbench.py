@@ -197,11 +197,11 @@ def results_json(agg: dict, model: str, model_type: str, chat_template: str, ext
 # Data
 
 
-def load_rows(data: str, split: str = SPLIT) -> list[dict]:
-    """RewardBench rows from a local .parquet / .jsonl / .jsonl.gz / .json file or a Hugging Face id.
+def load_rows(data: str, split: str = SPLIT, columns: tuple[str, ...] = REQUIRED_COLUMNS) -> list[dict]:
+    """Benchmark rows from a local .parquet / .jsonl / .jsonl.gz / .json file or a Hugging Face id (split `split`).
 
-    Only the columns prompt, chosen, rejected, subset and id are used. A Hub id that cannot be loaded
-    (offline, no network) is one DataError line saying how to pass a local file."""
+    Every row must have the `columns` (RewardBench's: prompt, chosen, rejected, subset and id). A Hub id that
+    cannot be loaded (offline, no network) is one DataError line saying how to pass a local file."""
     path = Path(data)
     if path.exists():
         rows = read_table(path)
@@ -210,7 +210,7 @@ def load_rows(data: str, split: str = SPLIT) -> list[dict]:
     else:
         rows = _hub_rows(data, split)
     for number, row in enumerate(rows, start=1):
-        missing = [c for c in REQUIRED_COLUMNS if c not in row or row[c] is None]
+        missing = [c for c in columns if c not in row or row[c] is None]
         if missing:
             raise DataError(data, f"missing column(s) {', '.join(missing)} (row {number})", line=number)
     if not rows:
