@@ -36,8 +36,23 @@ def setup(tmp_path_factory):
     (root / "rm" / "total_dataset.json").write_text(json.dumps(rm_rows))
     pairs = [{"prompt": p, "chosen": ANSWERS[i % 3], "rejected": ANSWERS[3 + i % 3]} for i, p in enumerate(prompts)]
     (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    sources = ["mmlu-pro-history", "livebench-reasoning", "livebench-math", "livecodebench"]
+    judge = [
+        {
+            "pair_id": str(i),
+            "original_id": None,
+            "source": sources[i % 4],
+            "question": p,
+            "response_model": "m",
+            "response_A": ANSWERS[i % 3],
+            "response_B": ANSWERS[3 + i % 3],
+            "label": "A>B" if i % 2 else "B>A",
+        }
+        for i, p in enumerate(prompts)
+    ]
+    (root / "jb.jsonl").write_text("".join(json.dumps(r) + "\n" for r in judge))
     (root / "suite.yaml").write_text(
-        f"rmbench: {root / 'rm'}\npairs: {root / 'pairs.jsonl'}\ncyclic: cyclic:reworded?num_prompts=4\n"
+        f"rmbench: {root / 'rm'}\npairs: {root / 'pairs.jsonl'}\njudgebench: {root / 'jb.jsonl'}\ncyclic: cyclic:reworded?num_prompts=4\n"
     )
     return root
 
@@ -50,9 +65,9 @@ def test_a_suite_gives_each_benchmarks_own_numbers_and_embeds_shared_responses_o
     result = invoke("suite", "-m", str(setup / "model"), "--suite", str(setup / "suite.yaml"), "--out", str(tmp_path / "out"))
     assert result.exit_code == 0, (result.output, result.exception)
     summary = json.loads(result.stdout)["benchmarks"]
-    assert list(summary) == ["rmbench", "pairs", "cyclic"]
+    assert list(summary) == ["rmbench", "pairs", "judgebench", "cyclic"]
     assert summary["rmbench"]["new_sequences"] == 6 * 6  # 6 prompts x 6 answers
-    assert summary["pairs"]["new_sequences"] == 0  # every pair's sequences were embedded for RM-Bench
+    assert summary["pairs"]["new_sequences"] == summary["judgebench"]["new_sequences"] == 0  # all embedded for RM-Bench
     for name, data in (("rmbench", str(setup / "rm")), ("pairs", str(setup / "pairs.jsonl"))):
         alone = tmp_path / f"{name}_alone.jsonl"
         done = invoke(name, "-m", str(setup / "model"), "--data", data, "--examples", str(alone))
@@ -85,3 +100,21 @@ def test_suite_files_are_checked_before_any_model_is_loaded(tmp_path):
     assert isinstance(result.exception, ConfigError) and "rmbnech: unknown benchmark; known: rewardbench" in str(result.exception)
     result = invoke("suite", "-m", str(tmp_path / "no-model"), "--suite", "nope")
     assert "neither a shipped suite (rm, local) nor a YAML file" in str(result.exception)
+
+
+def test_the_suites_results_plot_with_the_files_numbers(setup, tmp_path):
+    pytest.importorskip("matplotlib")
+    from gpmctl.eval.results import read_result
+
+    done = invoke("suite", "-m", str(setup / "model"), "--suite", str(setup / "suite.yaml"), "--out", str(tmp_path / "out"))
+    assert done.exit_code == 0, done.output
+    judge = json.loads((tmp_path / "out" / "judgebench.json").read_text())
+    chart = read_result(str(tmp_path / "out" / "judgebench.json")).chart
+    (f,) = judge["files"].values()
+    assert (
+        chart.sections[0].values == {c: m["accuracy"] for c, m in f["categories"].items()} and len(chart.sections[0].values) == 4
+    )
+    assert chart.headline == ("overall", f["overall"]["accuracy"])
+    result = CliRunner().invoke(app, ["plot", "eval", str(tmp_path / "out" / "judgebench.json"), "-o", str(tmp_path / "jb.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "jb.png").stat().st_size > 1000

@@ -639,8 +639,9 @@ def suite(
     share_prompt: str = _O["share_prompt"],
 ) -> None:
     """Several benchmarks in one run: each distinct response embedded once, one results folder, one summary
-    (a table on stderr, JSON on stdout). Suites: `rm` (RewardBench, RewardBench 2, RM-Bench), `local` (what needs
-    no hub: the cyclic set, and RM-Bench if DATA_ROOT/rm-bench is there), or your YAML file, e.g.
+    (a table on stderr, JSON on stdout). Suites: `rm` (RewardBench, RewardBench 2, RM-Bench, JudgeBench), `local`
+    (what needs no hub: the cyclic set, and RM-Bench and JudgeBench if DATA_ROOT/rm-bench and DATA_ROOT/judgebench are
+    there, gpmctl's shared-data layout), or your YAML file, e.g.
     `{rmbench: data/rm-bench, pairs: test.jsonl, rewardbench: allenai/reward-bench}`. Each benchmark's JSON is
     what `gpmctl eval <benchmark> -o` writes, provenance included.
 

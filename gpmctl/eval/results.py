@@ -129,6 +129,31 @@ def cyclic_chart(doc: dict) -> Chart:
     return chart
 
 
+def judgebench_chart(doc: dict) -> Chart:
+    """JudgeBench: per file (response model) the four categories' accuracy, Overall (pooled over the file's pairs)
+    as its line; the headline is the first file's Overall."""
+    sections = [
+        Section(
+            f.get("response_model") or name,
+            {cat: m["accuracy"] for cat, m in f["categories"].items()},
+            ("overall (pooled)", f["overall"]["accuracy"]),
+        )
+        for name, f in doc["files"].items()
+    ]
+    first = next(iter(doc["files"].values()), None)
+    return Chart(sections, ("overall", first["overall"]["accuracy"] if first else None))
+
+
+def rmb_chart(doc: dict) -> Chart:
+    """RMB: the four numbers (Pairwise / BoN x Helpfulness / Harmlessness) and overall, their mean."""
+    from gpmctl.eval.rmb import NUMBERS
+
+    return Chart(
+        [Section("RMB", {name: doc[name] for name in NUMBERS}, ("overall (mean of 4)", doc["overall"]))],
+        ("overall", doc["overall"]),
+    )
+
+
 def _is_rewardbench(doc: dict) -> bool:
     from gpmctl.eval.rewardbench import EXAMPLE_COUNTS
 
@@ -139,6 +164,8 @@ ADAPTERS: dict[str, Adapter] = {
     "rewardbench": Adapter("RewardBench", _is_rewardbench, rewardbench_chart),
     "rewardbench2": Adapter("RewardBench 2", lambda doc: "subsets" in doc and "ties" in doc, rewardbench2_chart),
     "rmbench": Adapter("RM-Bench", lambda doc: "domains" in doc and "missing_domains" in doc, rmbench_chart),
+    "judgebench": Adapter("JudgeBench", lambda doc: "files" in doc and "both_orders" in doc, judgebench_chart),
+    "rmb": Adapter("RMB", lambda doc: "overall_definition" in doc and "scenarios" in doc, rmb_chart),
     "cyclic": Adapter("cyclic preferences", lambda doc: "per_cycle" in doc and "reliability" in doc, cyclic_chart),
     "pairs": Adapter("preference pairs", lambda doc: "reliability" in doc and "pairs" in doc, pairs_chart),
 }

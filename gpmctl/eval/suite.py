@@ -92,19 +92,50 @@ def _pairs(cyclic: bool) -> Benchmark:
     return Benchmark(load=load, run=run, headline=lambda r: r["accuracy"], metric="pair accuracy")
 
 
+def _judgebench() -> Benchmark:
+    from gpmctl.eval import benchmarks as b
+    from gpmctl.eval import judgebench as jb
+
+    return Benchmark(
+        load=lambda data: jb.data_tables(data),
+        run=lambda scorer, model, data, tables: b.judgebench(scorer, model, tables, data),
+        headline=lambda result: next(iter(result["files"].values()))["overall"]["accuracy"],
+        metric="overall accuracy (first file)",
+    )
+
+
+def _rmb() -> Benchmark:
+    from gpmctl.eval import benchmarks as b
+
+    return Benchmark(
+        load=lambda data: b.rmb_rows(data),
+        run=lambda scorer, model, data, rows: b.rmb_benchmark(scorer, model, rows, data),
+        headline=lambda result: result["overall"],
+        metric="overall (mean of the four)",
+    )
+
+
 BENCHMARKS: dict[str, Callable[[], Benchmark]] = {
     "rewardbench": _rewardbench,
     "rewardbench2": _rewardbench2,
     "rmbench": _rmbench,
+    "judgebench": _judgebench,
+    "rmb": _rmb,
     "pairs": lambda: _pairs(cyclic=False),
     "cyclic": lambda: _pairs(cyclic=True),
 }
 """Benchmark name -> how to load, run and summarise it (the library side of `gpmctl eval <name>`)."""
 
 CYCLIC = "cyclic:reworded?blend_prompts=100&tournament_prompts=10"
+JUDGEBENCH_GPT4O = "@judgebench/data/dataset=judgebench,response_model=gpt-4o-2024-05-13.jsonl"
 SUITES: dict[str, dict[str, str]] = {
-    "rm": {"rewardbench": "allenai/reward-bench", "rewardbench2": "allenai/reward-bench-2", "rmbench": "@rm-bench"},
-    "local": {"cyclic": CYCLIC, "rmbench": "@rm-bench"},
+    "rm": {
+        "rewardbench": "allenai/reward-bench",
+        "rewardbench2": "allenai/reward-bench-2",
+        "rmbench": "@rm-bench",
+        "judgebench": "ScalerLab/JudgeBench",
+    },
+    "local": {"cyclic": CYCLIC, "rmbench": "@rm-bench", "judgebench": JUDGEBENCH_GPT4O},
 }
 """Shipped suites. `rm`: the reward-model benchmarks of the field; `local`: what needs no hub (generated data, and the
 benchmarks found under --data-root). `@x` is a folder under --data-root (the layout of gpmctl's shared data)."""
@@ -165,6 +196,7 @@ def run_suite(loaded: dict, suite: dict, scorer, model: str, out_dir: str | Path
     summary = {}
     for name, (benchmark, rows) in loaded.items():
         started, cached = time.perf_counter(), len(scorer.cache)
+        scorer.encoder.truncated = scorer.encoder.encoded = 0  # each result counts its own sequences
         result, per_example = benchmark.run(scorer, model, suite[name], rows)
         atomic_write_text(out_dir / f"{name}.json", json_text(result, indent=4) + "\n")
         atomic_write_text(out_dir / f"{name}_examples.jsonl", "".join(json_text(e) + "\n" for e in per_example))
