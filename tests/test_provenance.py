@@ -118,3 +118,25 @@ def test_a_cached_scorer_embeds_each_distinct_sequence_once_with_the_same_values
     assert calls >= 1 and len(computed) == calls and len(scorer.cache) == 9
     for got, want in ((first, plain), (again, (plain[0][:2].flip(1), plain[1][:2]))):
         assert torch.allclose(got[0], want[0], atol=1e-6) and torch.allclose(got[1], want[1], atol=1e-6)
+
+
+@pytest.fixture
+def restore_determinism():
+    """The mode is process-wide (a command's process ends with it): give the other tests their defaults back."""
+    state = (torch.are_deterministic_algorithms_enabled(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    yield
+    torch.use_deterministic_algorithms(state[0])
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = state[1], state[2]
+
+
+def test_deterministic_mode_reruns_bit_for_bit_and_says_so(setup, tmp_path, restore_determinism):
+    """On this CPU the kernels are deterministic anyway: the mode must change no number beyond the fp32 heads
+    (the model is fp32 already) and must say so in the results; on a GPU it also fixes the kernels (not tested here)."""
+    runs = []
+    for n in range(2):
+        eval_pairs(setup, "--deterministic", "-o", str(tmp_path / f"d{n}.json"), "--examples", str(tmp_path / f"d{n}.jsonl"))
+        runs.append((tmp_path / f"d{n}.jsonl").read_bytes())
+    assert runs[0] == runs[1]
+    assert json.loads((tmp_path / "d0.json").read_text())["gpmctl"]["deterministic"] is True
+    eval_pairs(setup, "--examples", str(tmp_path / "plain.jsonl"))
+    assert (tmp_path / "plain.jsonl").read_bytes() == runs[0]

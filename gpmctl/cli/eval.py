@@ -33,6 +33,11 @@ def _model_options():
             "auto", help="auto, true, false: embed a prompt's responses as one packed row with the prompt once (causal decoders)."
         ),
         num_processes=processes.num_processes_option(),
+        deterministic=typer.Option(
+            False,
+            "--deterministic",
+            help="Bit-stable reruns on a GPU: deterministic kernels, TF32 off, the heads in fp32 (slower; same on CPU).",
+        ),
     )
 
 
@@ -127,6 +132,7 @@ def rewardbench(
     dtype: str = _O["dtype"],
     device: str = _O["device"],
     share_prompt: str = _O["share_prompt"],
+    deterministic: bool = _O["deterministic"],
     num_processes: int = _O["num_processes"],
 ) -> None:
     """RewardBench v1 with the official scoring: 23 subsets, 4 sections, Score = mean of the sections.
@@ -156,7 +162,7 @@ def rewardbench(
         from gpmctl.eval import benchmarks
 
         rows = benchmarks.rewardbench_rows(data, split)
-        options = (model, batch_size, max_length, dtype, device, share_prompt)
+        options = (model, batch_size, max_length, dtype, device, share_prompt, deterministic)
         with processes.scoring(ctx, num_processes, *options) as (engine, scorer):
             result, per_example = benchmarks.rewardbench(scorer, model, rows, data, legacy_xstest, engine)
         if not engine.is_main:  # process 0 writes and prints
@@ -208,6 +214,7 @@ def pairs(
     dtype: str = _O["dtype"],
     device: str = _O["device"],
     share_prompt: str = _O["share_prompt"],
+    deterministic: bool = _O["deterministic"],
     num_processes: int = _O["num_processes"],
 ) -> None:
     """Accuracy, mean P(chosen > rejected), expected calibration error and a 10-bin reliability table.
@@ -221,7 +228,7 @@ def pairs(
     from gpmctl.eval.metrics import pair_report
 
     _check_args(model, scores, output, examples, [data], batch_size, max_length, dtype, device, limit)
-    options = (model, batch_size, max_length, dtype, device, share_prompt)
+    options = (model, batch_size, max_length, dtype, device, share_prompt, deterministic)
     scored = _pair_examples(ctx, data, scores, limit, num_processes, options)
     if scored is None:  # another process than 0: process 0 writes and prints
         return
@@ -235,7 +242,7 @@ def pairs(
 
 def _pair_examples(ctx, data, scores, limit, num_processes, options: tuple):
     """(per-example records, settings) of --scores, or of the pairs of `data` scored by the model of `options`
-    (model, batch_size, max_length, dtype, device, share_prompt) on `num_processes` processes; None on the
+    (model, batch_size, max_length, dtype, device, share_prompt, deterministic) on `num_processes` processes; None on the
     processes other than 0."""
     from gpmctl.errors import ConfigError, DataError
     from gpmctl.eval import pairs as ev
@@ -308,6 +315,7 @@ def cyclic(
     dtype: str = _O["dtype"],
     device: str = _O["device"],
     share_prompt: str = _O["share_prompt"],
+    deterministic: bool = _O["deterministic"],
     num_processes: int = _O["num_processes"],
 ) -> None:
     """Intransitive (cyclic) preferences: overall and per-cycle accuracy, and the BT ceiling.
@@ -321,7 +329,7 @@ def cyclic(
     from gpmctl.eval.metrics import pair_report
 
     _check_args(model, scores, output, examples, [data], batch_size, max_length, dtype, device)
-    options = (model, batch_size, max_length, dtype, device, share_prompt)
+    options = (model, batch_size, max_length, dtype, device, share_prompt, deterministic)
     scored = _pair_examples(ctx, None if scores else data, scores, None, num_processes, options)
     if scored is None:  # another process than 0: process 0 writes and prints
         return
@@ -364,6 +372,7 @@ def rmbench(
     dtype: str = _O["dtype"],
     device: str = _O["device"],
     share_prompt: str = _O["share_prompt"],
+    deterministic: bool = _O["deterministic"],
     num_processes: int = _O["num_processes"],
 ) -> None:
     """RM-Bench: per row a 3x3 matrix chosen style x rejected style; hard / normal / easy per domain.
@@ -391,7 +400,7 @@ def rmbench(
         from gpmctl.eval import benchmarks
 
         tables = benchmarks.rmbench_tables(data, limit)
-        options = (model, batch_size, max_length, dtype, device, share_prompt)
+        options = (model, batch_size, max_length, dtype, device, share_prompt, deterministic)
         with processes.scoring(ctx, num_processes, *options) as (engine, scorer):
             result, per_example = benchmarks.rmbench(scorer, model, tables, engine)
         if not engine.is_main:  # process 0 writes and prints
@@ -434,6 +443,7 @@ def rewardbench2(
     dtype: str = _O["dtype"],
     device: str = _O["device"],
     share_prompt: str = _O["share_prompt"],
+    deterministic: bool = _O["deterministic"],
     num_processes: int = _O["num_processes"],
 ) -> None:
     """RewardBench 2: best-of-4 accuracy (shared credit at ties), the Ties composite, mean of six subsets.
@@ -456,7 +466,7 @@ def rewardbench2(
         from gpmctl.eval.benchmarks import score_blocks
 
         rows = rb2.load_rows(data, split)
-        options = (model, batch_size, max_length, dtype, device, share_prompt)
+        options = (model, batch_size, max_length, dtype, device, share_prompt, deterministic)
         with processes.scoring(ctx, num_processes, *options) as (engine, scorer):
             log(
                 f"rewardbench2: {len(rows)} prompts, {sum(len(r['chosen']) + len(r['rejected']) for r in rows)} sequences to embed"
@@ -509,6 +519,7 @@ def judgebench(
     dtype: str = _O["dtype"],
     device: str = _O["device"],
     share_prompt: str = _O["share_prompt"],
+    deterministic: bool = _O["deterministic"],
     num_processes: int = _O["num_processes"],
 ) -> None:
     """JudgeBench with the official reward-model rule: Knowledge, Reasoning, Math, Coding and Overall, per file.
@@ -532,7 +543,7 @@ def judgebench(
         from gpmctl.eval import benchmarks
 
         tables = jb.data_tables(data, split, limit)
-        options = (model, batch_size, max_length, dtype, device, share_prompt)
+        options = (model, batch_size, max_length, dtype, device, share_prompt, deterministic)
         with processes.scoring(ctx, num_processes, *options) as (engine, scorer):
             result, per_example = benchmarks.judgebench(scorer, model, tables, data, both_orders, engine)
         if not engine.is_main:  # process 0 writes and prints
@@ -574,6 +585,7 @@ def rmb(
     dtype: str = _O["dtype"],
     device: str = _O["device"],
     share_prompt: str = _O["share_prompt"],
+    deterministic: bool = _O["deterministic"],
     num_processes: int = _O["num_processes"],
 ) -> None:
     """RMB: Pairwise and BoN accuracy for Helpfulness and Harmlessness, overall = the mean of the four.
@@ -598,7 +610,7 @@ def rmb(
         from gpmctl.eval import benchmarks
 
         rows = benchmarks.rmb_rows(data, limit)
-        options = (model, batch_size, max_length, dtype, device, share_prompt)
+        options = (model, batch_size, max_length, dtype, device, share_prompt, deterministic)
         with processes.scoring(ctx, num_processes, *options) as (engine, scorer):
             result, per_example = benchmarks.rmb_benchmark(scorer, model, rows, data, engine)
         if not engine.is_main:  # process 0 writes and prints
@@ -637,6 +649,7 @@ def suite(
     dtype: str = _O["dtype"],
     device: str = _O["device"],
     share_prompt: str = _O["share_prompt"],
+    deterministic: bool = _O["deterministic"],
 ) -> None:
     """Several benchmarks in one run: each distinct response embedded once, one results folder, one summary
     (a table on stderr, JSON on stdout). Suites: `rm` (RewardBench, RewardBench 2, RM-Bench, JudgeBench), `local`
@@ -658,7 +671,7 @@ def suite(
     _check_args(model, None, None, None, [], batch_size, max_length, dtype, device)
     wanted = s.resolve_suite(suite_name, data_root or os.environ.get("GPMCTL_DATA"))
     loaded = s.load_suite(wanted, strict)
-    scorer = load_scorer(model, batch_size, max_length, dtype, device, share_prompt)
+    scorer = load_scorer(model, batch_size, max_length, dtype, device, share_prompt, deterministic)
     summary = s.run_suite(loaded, wanted, scorer, model, out)
     table = Table(title=f"suite {suite_name}: {model}", title_justify="left")
     for col in ("benchmark", "metric", "value %", "examples", "new sequences", "seconds"):

@@ -68,7 +68,15 @@ def start(ctx: typer.Context, num_processes: int, device: str):
 
 @contextlib.contextmanager
 def scoring(
-    ctx: typer.Context, num_processes: int, model: str, batch_size: int, max_length: int, dtype: str, device: str, share_prompt
+    ctx: typer.Context,
+    num_processes: int,
+    model: str,
+    batch_size: int,
+    max_length: int,
+    dtype: str,
+    device: str,
+    share_prompt,
+    deterministic: bool = False,
 ):
     """(engine, scorer) of this process (`start`), the model loaded on its device; the block runs inside
     `gpmctl.engine.launch.worker(errors_agreed=True)`: a gpmctl error is one line from process 0."""
@@ -79,4 +87,4 @@ def scoring(
     # under a launcher, "cuda" is this process's GPU (accelerate set it) and the settings saved read as one process's
     here = engine.device.type if engine.world > 1 else str(engine.device)
     with worker(errors_agreed=True):
-        yield engine, load_scorer(model, batch_size, max_length, dtype, here, share_prompt)
+        yield engine, load_scorer(model, batch_size, max_length, dtype, here, share_prompt, deterministic)

@@ -66,6 +66,7 @@ def scorer_settings(scorer: Scorer, model: str, max_length: int, engine: Engine 
         "batch_size": scorer.batch_size,
         "dtype": str(next(scorer.model.parameters()).dtype).replace("torch.", ""),
         "device": str(scorer.device),
+        "deterministic": scorer.deterministic,
         "sequences": sequences,
         "truncated_sequences": truncated,
     }

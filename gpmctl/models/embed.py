@@ -77,6 +77,8 @@ class Scorer:
     """The model folder it was loaded from (for the provenance of results)."""
     started: float = field(default_factory=time.time)
     """When it was loaded: results report the wall time since."""
+    deterministic: bool = False
+    """Loaded for bit-stable reruns (`make_deterministic`, the heads in fp32)."""
     cache: dict | None = None
     """(token ids, gate position) -> (value, gate read in its pass): with a dict, each distinct sequence is embedded
     once over all calls (`gpmctl eval suite`: benchmarks that share responses)."""
@@ -163,7 +165,13 @@ class Scorer:
 
 
 def load_scorer(
-    model: str, batch_size: int, max_length: int, dtype: str = "auto", device: str = "auto", share_prompt: bool | str = "auto"
+    model: str,
+    batch_size: int,
+    max_length: int,
+    dtype: str = "auto",
+    device: str = "auto",
+    share_prompt: bool | str = "auto",
+    deterministic: bool = False,
 ) -> Scorer:
     """Load a model folder with its tokenizer and an encoder built from the model's head settings (its EOS and
     gate-position rules; right truncation at `max_length` tokens). `share_prompt`: auto (on where the
@@ -175,11 +183,31 @@ def load_scorer(
     quiet_libraries()
     device = resolve_device(device)
     started = time.time()
+    if deterministic:
+        make_deterministic()
     folder = model_folder(model)  # a hub id is fetched once, here
     net = load_model(folder, dtype=dtype, device=device)
+    if deterministic:  # the heads in fp32: apply_head casts the hidden states to the heads' dtype
+        for layer in (net.value_head, net.prompt_head):
+            if layer is not None:
+                layer.float()
     tokenizer = load_tokenizer(str(folder))
     encoder = model_encoder(net, tokenizer, max_length)
-    return Scorer(net, encoder, batch_size, device, resolve_share_prompt(net, share_prompt, model), folder, started)
+    return Scorer(
+        net, encoder, batch_size, device, resolve_share_prompt(net, share_prompt, model), folder, started, deterministic
+    )
+
+
+def make_deterministic() -> None:
+    """Bit-stable reruns: deterministic algorithms (an error where an op has none), cuBLAS's fixed workspace,
+    no TF32, no cuDNN autotuning. Batch composition still matters: run with the same batch size."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any CUDA work
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def model_encoder(model, tokenizer, max_length: int, truncation: str = "right") -> SequenceEncoder:
