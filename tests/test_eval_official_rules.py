@@ -55,6 +55,7 @@ class TableScorer:
         self.rewards = rewards
 
     def embed(self, prompts, responses, where=""):
+        self.last_cut = [0] * len(prompts)  # nothing is tokenised, nothing cut
         return torch.tensor([[self.rewards[r[-1]["content"]] for r in rs] for rs in responses], dtype=torch.float64), None
 
     def score_matrix(self, value, gate):

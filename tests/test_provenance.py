@@ -85,6 +85,13 @@ def test_cut_sequences_are_counted_and_over_one_percent_is_a_warning(setup, tmp_
     ]
     cut = sum(n > 20 for n in lengths)
     assert 0 < cut < 40 and settings["truncated_sequences"] == cut and settings["sequences"] == 40
+    pairs_cut = sum(a > 20 or b > 20 for a, b in zip(lengths[0::2], lengths[1::2]))  # examples with a sequence cut
+    assert settings["truncated_examples"] == {
+        "examples": 20,
+        "examples_cut": pairs_cut,
+        "share_cut": pairs_cut / 20,
+        "by_subset": {"all": {"examples": 20, "cut": pairs_cut}},
+    }
     assert f"warning: {cut} of 40 sequences ({100 * cut / 40:.1f}%) were longer than max_length 20" in result.stderr
 
 

@@ -246,7 +246,7 @@ def _pair_examples(ctx, data, scores, limit, num_processes, options: tuple):
     processes other than 0."""
     from gpmctl.errors import ConfigError, DataError
     from gpmctl.eval import pairs as ev
-    from gpmctl.eval.benchmarks import score_blocks
+    from gpmctl.eval.benchmarks import score_blocks, truncation_report
     from gpmctl.utils import log
 
     if scores:
@@ -262,6 +262,7 @@ def _pair_examples(ctx, data, scores, limit, num_processes, options: tuple):
         log(f"{len(records)} pairs, {2 * len(records)} sequences to embed")
         per_example = score_blocks(engine, records, lambda block, _: ev.score_records(scorer, block))
         extra = _settings(scorer, options[0], options[2], engine, data)
+    extra["truncated_examples"] = truncation_report(per_example, "subset")
     return (per_example, extra) if engine.is_main else None
 
 
@@ -463,7 +464,7 @@ def rewardbench2(
     if scores:
         per_example = rb2.read_scores(scores)
     else:
-        from gpmctl.eval.benchmarks import score_blocks
+        from gpmctl.eval.benchmarks import score_blocks, truncation_report
 
         rows = rb2.load_rows(data, split)
         options = (model, batch_size, max_length, dtype, device, share_prompt, deterministic)
@@ -472,7 +473,9 @@ def rewardbench2(
                 f"rewardbench2: {len(rows)} prompts, {sum(len(r['chosen']) + len(r['rejected']) for r in rows)} sequences to embed"
             )
             per_example = score_blocks(engine, rows, lambda block, first: rb2.score_examples(scorer, block, first))
-            extra = _settings(scorer, model, max_length, engine, data)
+            extra = _settings(scorer, model, max_length, engine, data) | {
+                "truncated_examples": truncation_report(per_example, "subset")
+            }
         if not engine.is_main:  # process 0 writes and prints
             return
         _write_examples(examples, per_example)

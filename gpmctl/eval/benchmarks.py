@@ -75,6 +75,21 @@ def scorer_settings(scorer: Scorer, model: str, max_length: int, engine: Engine 
     return settings | {"provenance": provenance(scorer, data) | {"processes": engine.world}}
 
 
+def truncation_report(examples: list[dict], key: str) -> dict:
+    """How many examples had a sequence cut at max_length (their `truncated` field), in all and per `key` (subset,
+    domain, category, scenario): a benchmark number with many cut examples is not a full-length one."""
+    groups: dict[str, list[int]] = {}
+    for e in examples:
+        groups.setdefault(str(e.get(key, "all")), []).append(1 if e.get("truncated") else 0)
+    cut = sum(sum(v) for v in groups.values())
+    return {
+        "examples": len(examples),
+        "examples_cut": cut,
+        "share_cut": cut / len(examples) if examples else 0.0,
+        f"by_{key}": {g: {"examples": len(v), "cut": sum(v)} for g, v in groups.items() if sum(v)},
+    }
+
+
 def rewardbench_rows(data: str, split: str) -> list[dict]:
     """RewardBench v1 rows (prompt, chosen and rejected strings, subset), checked against the filtered split."""
     rows = rb.load_rows(data, split)
@@ -98,6 +113,7 @@ def rewardbench(
     settings = scorer_settings(scorer, model, scorer.encoder.max_length, engine, data) | {"legacy_xstest_weights": legacy_xstest}
     model_type = "Seq. Classifier" if scorer.kind == "bt" else "Custom Classifier"
     chat_template = "tokenizer" if scorer.encoder.tokenizer.chat_template else "raw"
+    settings["truncated_examples"] = truncation_report(per_example, "subset")
     return rb.results_json(agg, model, model_type, chat_template, settings), per_example
 
 
@@ -123,6 +139,7 @@ def rmbench(
         log(f"warning: domain(s) {', '.join(result['missing_domains'])} not in the data; overall is the mean of the others")
     settings = scorer_settings(scorer, model, scorer.encoder.max_length, engine, [str(f) for f, _ in tables]) | {
         "rows": {f.name: len(rows) for f, rows in tables},
+        "truncated_examples": truncation_report(per_example, "domain"),
     }
     return {**result, "gpmctl": settings}, per_example
 
@@ -143,6 +160,7 @@ def judgebench(
         per_example += score_blocks(engine, rows, lambda block, _: jb.score_examples(scorer, name, block, both_orders))
     settings = scorer_settings(scorer, model, scorer.encoder.max_length, engine, data) | {
         "rows": {name: len(rows) for name, rows in tables},
+        "truncated_examples": truncation_report(per_example, "category"),
     }
     return {"data": data, **jb.aggregate(per_example, both_orders), "gpmctl": settings}, per_example
 
@@ -162,6 +180,7 @@ def rmb_benchmark(
     log(f"rmb: {len(rows)} rows, {sum(len(r['responses']) for r in rows)} sequences to embed")
     per_example = score_blocks(engine, rows, lambda block, _: rmb.score_examples(scorer, block))
     settings = scorer_settings(scorer, model, scorer.encoder.max_length, engine, data)
+    settings["truncated_examples"] = truncation_report(per_example, "scenario")
     return {"data": data, **rmb.aggregate(per_example), "gpmctl": settings}, per_example
 
 

@@ -114,6 +114,8 @@ def score_examples(scorer, name: str, rows: list[dict], both_orders: bool) -> li
         }
         if scorer.kind == "bt":
             record.update(reward_A=float(value[i, 0]), reward_B=float(value[i, 1]))
+        if scorer.last_cut[i]:
+            record["truncated"] = scorer.last_cut[i]
         out.append(record)
     return out
 

@@ -29,6 +29,7 @@ def score_records(scorer, records: list) -> list[dict]:
         record = {"id": r.id, "subset": r.subset}
         record.update((k, v) for k, v in (r.meta or {}).items() if k not in record)
         record.update(label=r.label, score=float(s[i]), p=float(p[i]), correct=pair_correct(float(s[i]), r.label))
+        record["truncated"] = scorer.last_cut[i] or None
         out.append({k: v for k, v in record.items() if v is not None})
     return out
 

@@ -316,6 +316,8 @@ def score_examples(scorer, rows: list[dict]) -> list[dict]:
         record = {"id": r["id"], "subset": r["subset"], "score": float(s[i]), "p": float(p[i]), "correct": 1 if s[i] > 0 else 0}
         if scorer.kind == "bt":
             record.update(score_chosen=float(value[i, 0]), score_rejected=float(value[i, 1]))
+        if scorer.last_cut[i]:
+            record["truncated"] = scorer.last_cut[i]
         out.append(record)
     return out
 

@@ -142,6 +142,8 @@ def score_examples(scorer, rows: list[dict], first: int = 0) -> list[dict]:
             record = {"id": r["id"], "subset": r["subset"], "num_correct": len(r["chosen"]), "scores": S[a].tolist()}
             if scorer.kind == "bt":
                 record["rewards"] = value[a].tolist()
+            if scorer.last_cut[a]:
+                record["truncated"] = scorer.last_cut[a]
             out[i] = record
     return out  # type: ignore[return-value]
 

@@ -130,6 +130,8 @@ def score_examples(scorer, rows: list[dict]) -> list[dict]:
             record.update(scores=scores, correct=row_correct(scores))
             if scorer.kind == "bt":
                 record["rewards"] = value[a].tolist()
+            if scorer.last_cut[a]:
+                record["truncated"] = scorer.last_cut[a]
             out[i] = record
     return out  # type: ignore[return-value]
 

@@ -140,6 +140,7 @@ def score_examples(scorer, path: Path, rows: list[dict], first: int = 0) -> list
                 "id": r.get("id"),
                 "scores": scores,
                 "matrix": matrix,
+                **({"truncated": scorer.last_cut[i]} if scorer.last_cut[i] else {}),
             }
         )
     return out

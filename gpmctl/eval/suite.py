@@ -47,7 +47,8 @@ def _rewardbench2() -> Benchmark:
     def run(scorer, model, data, rows):
         per_example = rb2.score_examples(scorer, rows)
         result = rb2.aggregate(per_example)
-        return {**result, "gpmctl": b.scorer_settings(scorer, model, scorer.encoder.max_length, data=data)}, per_example
+        settings = b.scorer_settings(scorer, model, scorer.encoder.max_length, data=data)
+        return {**result, "gpmctl": settings | {"truncated_examples": b.truncation_report(per_example, "subset")}}, per_example
 
     return Benchmark(
         load=lambda data: rb2.load_rows(data), run=run, headline=lambda r: r["score"], metric="score (mean of six subsets)"

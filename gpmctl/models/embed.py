@@ -79,6 +79,8 @@ class Scorer:
     """When it was loaded: results report the wall time since."""
     deterministic: bool = False
     """Loaded for bit-stable reruns (`make_deterministic`, the heads in fp32)."""
+    last_cut: list[int] = field(default_factory=list)
+    """Per prompt of the last `embed` call: how many of its sequences were cut at max_length."""
     cache: dict | None = None
     """(token ids, gate position) -> (value, gate read in its pass): with a dict, each distinct sequence is embedded
     once over all calls (`gpmctl eval suite`: benchmarks that share responses)."""
@@ -99,11 +101,13 @@ class Scorer:
         self, prompts: list[list[dict]], responses: list[list[list[dict]]], where: str = ""
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """prompts [n] (message lists), responses [n][K] (message lists, the same K for every prompt) ->
-        value [n, K, 2k] (BT: [n, K]) and one gate per prompt [n, k] (or None), float64."""
-        seqs = [
-            [self.encoder.encode(p, r, f"{where} row {i + 1}".strip()) for r in rs]
-            for i, (p, rs) in enumerate(zip(prompts, responses))
-        ]
+        value [n, K, 2k] (BT: [n, K]) and one gate per prompt [n, k] (or None), float64. `last_cut` then holds how
+        many of each prompt's sequences were cut at max_length (the evaluators' per-example `truncated`)."""
+        seqs, self.last_cut = [], []
+        for i, (p, rs) in enumerate(zip(prompts, responses)):
+            before = self.encoder.truncated
+            seqs.append([self.encoder.encode(p, r, f"{where} row {i + 1}".strip()) for r in rs])
+            self.last_cut.append(self.encoder.truncated - before)
         return self.embed_encoded(seqs)
 
     def embed_encoded(self, groups: list[list[EncodedSequence]]) -> tuple[torch.Tensor, torch.Tensor | None]:
