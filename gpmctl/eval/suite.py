@@ -84,11 +84,9 @@ def _pairs(cyclic: bool) -> Benchmark:
         report = pair_report(per_example, ev.GROUP_KEYS)
         if cyclic:
             report.update(ev.cyclic_report(per_example, per_example))
-        return {
-            "data": data,
-            **report,
-            "gpmctl": b.scorer_settings(scorer, model, scorer.encoder.max_length, data=data),
-        }, per_example
+        settings = b.scorer_settings(scorer, model, scorer.encoder.max_length, data=data)
+        settings["truncated_examples"] = b.truncation_report(per_example, "subset")
+        return {"data": data, **report, "gpmctl": settings}, per_example
 
     return Benchmark(load=load, run=run, headline=lambda r: r["accuracy"], metric="pair accuracy")
 
