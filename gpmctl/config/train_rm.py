@@ -24,8 +24,9 @@ class ModelConfig:
     """`tiny` (built from `model.tiny`, offline), a local folder, or a Hugging Face model id."""
     tokenizer: str | None = None
     """Tokenizer folder or id; default: the backbone's own (the shipped tiny tokenizer for `tiny`)."""
-    kind: Literal["gpm", "bt"] = "gpm"
-    """`gpm`: preference embedding in R^dim with the skew-symmetric operator; `bt`: scalar reward."""
+    kind: Literal["gpm", "bt", "gpm_bt"] = "gpm"
+    """`gpm`: preference embedding in R^dim with the skew-symmetric operator; `bt`: scalar reward; `gpm_bt`: both, a
+    scalar reward plus dim skew-symmetric dimensions, s = (r_a - r_b) under `bt_tau` plus the GPM score under `tau`."""
     dim: int = 2
     """GPM embedding dimension 2k (even). Ignored for BT."""
     gate: bool = False
@@ -35,7 +36,9 @@ class ModelConfig:
     l2: bool = True
     """L2-normalise the GPM embedding (paper section 4.2)."""
     tau: float | None = None
-    """Temperature: P = sigmoid(s / tau). Default 0.1 for GPM, 1.0 for BT (the paper's settings)."""
+    """Temperature: P = sigmoid(s / tau). Default 0.1 for GPM (and gpm_bt's blocks), 1.0 for BT (the paper's settings)."""
+    bt_tau: float = 1.0
+    """gpm_bt: the temperature of the scalar part."""
     pool: Literal["last", "first"] = "last"
     """Token whose hidden state gives the embedding: the last real token (decoders) or the first (CLS)."""
     eos: Literal["auto", "overwrite", "append", "none", "template", "openrlhf"] = "auto"
@@ -74,10 +77,10 @@ class ModelConfig:
     tiny: TinyBackbone = field(default_factory=TinyBackbone)
 
     def resolved_tau(self) -> float:
-        return self.tau if self.tau is not None else (0.1 if self.kind == "gpm" else 1.0)
+        return self.tau if self.tau is not None else (1.0 if self.kind == "bt" else 0.1)
 
     def resolved_eos(self) -> str:
-        return self.eos if self.eos != "auto" else ("overwrite" if self.kind == "gpm" else "template")
+        return self.eos if self.eos != "auto" else ("template" if self.kind == "bt" else "overwrite")
 
 
 @dataclass
@@ -178,7 +181,13 @@ class Recipe:
         m, d, t, e = self.model, self.data, self.train, self.evaluate
         loader.check(
             [
-                (m.kind == "bt" or (m.dim >= 2 and m.dim % 2 == 0), "model.dim", f"must be even and >= 2, got {m.dim}"),
+                (m.kind != "gpm" or (m.dim >= 2 and m.dim % 2 == 0), "model.dim", f"must be even and >= 2, got {m.dim}"),
+                (
+                    m.kind != "gpm_bt" or (m.dim >= 0 and m.dim % 2 == 0 and (m.dim > 0 or not m.gate)),
+                    "model.dim",
+                    f"gpm_bt: must be even and >= 0 (> 0 with a gate), got {m.dim}",
+                ),
+                (m.bt_tau > 0, "model.bt_tau", f"must be > 0, got {m.bt_tau}"),
                 (not (m.kind == "bt" and m.gate), "model.gate", "a gate needs a GPM (model.kind: gpm)"),
                 (m.tau is None or m.tau > 0, "model.tau", "must be > 0"),
                 (m.init_std is None or m.init_std > 0, "model.init_std", "must be > 0 (or null: 1 / (hidden_size + 1))"),

@@ -342,7 +342,7 @@ def count_parameters(model_cfg) -> tuple[int | None, str]:
             if known
             else (None, "unknown: no config offline")
         )
-    head = (model_cfg.dim if model_cfg.kind == "gpm" else 1) * hidden
+    head = {"gpm": model_cfg.dim, "bt": 1, "gpm_bt": 1 + model_cfg.dim}[model_cfg.kind] * hidden
     gate = (model_cfg.dim // 2) * hidden if model_cfg.gate else 0
     return count + head + gate, "backbone config"
 

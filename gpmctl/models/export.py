@@ -197,17 +197,18 @@ def model_card(source: Path, model, sequence_classifier: bool = False) -> str:
         pipeline_tag="text-classification" if sequence_classifier else None,
         datasets=[d for d in (_hub_id(data.get("train")),) if d] or None,
         license=recipe.get("license"),
-        tags=["reward-model", "preference-model", "gpmctl", "gpm" if head.kind == "gpm" else "bradley-terry"],
+        tags=["reward-model", "preference-model", "gpmctl", {"gpm": "gpm", "bt": "bradley-terry", "gpm_bt": "gpm"}[head.kind]],
         model_name=name,
         eval_results=results or None,
     )
     params = sum(p.numel() for p in model.parameters())
-    what = (
-        f"a General Preference Model (arXiv 2410.02197): {head.dim}-dimensional preference embedding, "
-        f"{'with' if head.gate else 'without'} prompt gate, L2 {'on' if head.l2 else 'off'}, tau {head.tau}"
-        if head.kind == "gpm"
-        else "a Bradley-Terry reward model: one scalar reward per response, P(a > b) = sigmoid(r_a - r_b)"
-    )
+    what = {
+        "gpm": f"a General Preference Model (arXiv 2410.02197): {head.dim}-dimensional preference embedding, "
+        f"{'with' if head.gate else 'without'} prompt gate, L2 {'on' if head.l2 else 'off'}, tau {head.tau}",
+        "bt": "a Bradley-Terry reward model: one scalar reward per response, P(a > b) = sigmoid(r_a - r_b)",
+        "gpm_bt": f"a hybrid preference model: a scalar reward (temperature {head.bt_tau}) plus a {head.dim}-dimensional "
+        f"GPM embedding (tau {head.tau}), P(a > b) = sigmoid((r_a - r_b) / bt_tau + <R v_a, v_b> / tau)",
+    }[head.kind]
     lines = [
         f"# {name}",
         "",

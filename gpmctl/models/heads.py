@@ -1,8 +1,11 @@
 """The two preference heads: what a hidden state becomes, and how two or K responses are scored.
 
-    GPMHead   value  v = W_v h_read in R^2k (L2-normalised when `l2`), gate lambda(x) = softmax(W_p h_prompt)
-              s(a > b) = <R(x) v_a, v_b>         (gpmctl.models.preference.preference_score / score_matrix)
-    BTHead    value  r = W_v h_read in R          s(a > b) = r_a - r_b
+    GPMHead     value  v = W_v h_read in R^2k (L2-normalised when `l2`), gate lambda(x) = softmax(W_p h_prompt)
+                s(a > b) = <R(x) v_a, v_b>         (gpmctl.models.preference.preference_score / score_matrix)
+    BTHead      value  r = W_v h_read in R          s(a > b) = r_a - r_b
+    HybridHead  value  (r, v) in R^(1 + 2k)         s(a > b) = tau (r_a - r_b) / bt_tau + <R(x) v_a, v_b>
+                (kind gpm_bt: transitive structure to the scalar, cyclic to the blocks; s / tau puts each part
+                under its own temperature, bt_tau and tau)
 
 A head is its settings (`HeadConfig`, saved beside the weights as preference_head.json) plus that math, so
 `model.head.tau`, `model.head.kind` and `model.head.score_matrix(...)` are one object. The weights
@@ -30,8 +33,8 @@ HEAD_FORMAT = "gpmctl-preference-head"
 class HeadConfig:
     """Everything a loader needs besides the backbone, saved as preference_head.json beside the weights."""
 
-    kind: str = "gpm"  # "gpm" | "bt"
-    dim: int = 2  # GPM embedding dimension 2k; 1 for BT
+    kind: str = "gpm"  # "gpm" | "bt" | "gpm_bt"
+    dim: int = 2  # GPM embedding dimension 2k (gpm_bt: its blocks', 0 allowed); 1 for BT
     gate: bool = False
     gate_variant: str = "softmax"
     l2: bool = True
@@ -44,6 +47,8 @@ class HeadConfig:
     reward_std: float | None = None
     normalize: bool = False
     """BT: report (r - reward_mean) / reward_std (OpenRLHF's normalize_reward, `gpmctl score --normalize`)."""
+    bt_tau: float = 1.0
+    """gpm_bt: the temperature of the scalar part, P = sigmoid((r_a - r_b) / bt_tau + <R v_a, v_b> / tau)."""
 
     @classmethod
     def from_model_config(cls, m) -> "HeadConfig":
@@ -58,6 +63,7 @@ class HeadConfig:
             pool=m.pool,
             eos=m.resolved_eos(),
             gate_prompt=m.gate_prompt,
+            bt_tau=m.bt_tau,
         )
 
     def to_json(self) -> dict:
@@ -148,7 +154,36 @@ class BTHead(PreferenceHead):
         return P.bt_score_matrix(value)
 
 
-HEADS = {"gpm": GPMHead, "bt": BTHead}
+class HybridHead(PreferenceHead):
+    """A scalar reward and k skew-symmetric blocks (kind gpm_bt): value [.., 1 + 2k] holds r then v. Antisymmetric;
+    with k = 0 it is BT (temperature bt_tau); with the scalar row at zero it is the GPM of its blocks."""
+
+    @property
+    def value_rows(self) -> int:
+        return 1 + self.dim
+
+    def outputs(self, value_logits: torch.Tensor, gate_logits: torch.Tensor | None, hidden_size: int) -> PreferenceOutput:
+        r, v = value_logits[..., :1], value_logits[..., 1:]
+        if self.l2 and self.dim:
+            v = P.normalize_embedding(v)
+        gate = None if gate_logits is None else P.eigenvalue_gate(gate_logits, self.gate_variant, hidden_size)
+        return PreferenceOutput(torch.cat([r, v], dim=-1), gate)
+
+    def _scale(self) -> float:
+        return self.tau / self.bt_tau
+
+    def pair_score(self, a: PreferenceOutput, b: PreferenceOutput) -> torch.Tensor:
+        gate = None if a.gate is None else P.prompt_gate(torch.stack([a.gate, b.gate], dim=-2))
+        scalar = self._scale() * (a.value[..., 0] - b.value[..., 0])
+        return scalar + (P.preference_score(a.value[..., 1:], b.value[..., 1:], gate) if self.dim else 0.0)
+
+    def score_matrix(self, value: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        r = value[..., 0]
+        scalar = self._scale() * (r.unsqueeze(-1) - r.unsqueeze(-2))
+        return scalar + (P.score_matrix(value[..., 1:], gate) if self.dim else 0.0)
+
+
+HEADS = {"gpm": GPMHead, "bt": BTHead, "gpm_bt": HybridHead}
 
 
 def make_head(config: HeadConfig) -> PreferenceHead:
@@ -156,9 +191,11 @@ def make_head(config: HeadConfig) -> PreferenceHead:
     if isinstance(config, PreferenceHead):
         return config
     if config.kind not in HEADS:
-        raise ModelError(f"unknown model kind {config.kind!r} (expected gpm or bt)")
+        raise ModelError(f"unknown model kind {config.kind!r} (expected gpm, bt or gpm_bt)")
     if config.kind == "gpm" and (config.dim < 2 or config.dim % 2):
         raise ModelError(f"a GPM needs an even embedding dimension >= 2, got {config.dim}")
+    if config.kind == "gpm_bt" and (config.dim < 0 or config.dim % 2 or (config.gate and not config.dim)):
+        raise ModelError(f"a gpm_bt head needs an even number of block dimensions >= 0 (> 0 with a gate), got {config.dim}")
     if config.normalize and (config.kind != "bt" or config.reward_mean is None or not config.reward_std):
         raise ModelError("normalize: needs a BT model with reward_mean and a non-zero reward_std")
     return HEADS[config.kind](**dataclasses.asdict(config))

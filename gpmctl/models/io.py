@@ -384,11 +384,21 @@ def read_head_file(file: Path) -> HeadConfig:
     for name in ("gate", "l2", "normalize"):
         if not isinstance(getattr(head, name), bool):
             raise ModelError(f"{file}: {name}: expected true or false, got {getattr(head, name)!r}")
-    if not isinstance(head.dim, int) or isinstance(head.dim, bool) or (head.kind == "gpm" and (head.dim < 2 or head.dim % 2)):
-        need = "an even integer >= 2 (a GPM embeds in R^2k)" if head.kind == "gpm" else "an integer"
+    odd = head.kind in ("gpm", "gpm_bt") and head.dim % 2 if isinstance(head.dim, int) else True
+    if not isinstance(head.dim, int) or isinstance(head.dim, bool) or odd or head.dim < (2 if head.kind == "gpm" else 0):
+        need = {"gpm": "an even integer >= 2 (a GPM embeds in R^2k)", "gpm_bt": "an even integer >= 0"}.get(
+            head.kind, "an integer"
+        )
         raise ModelError(f"{file}: dim: expected {need}, got {head.dim!r}")
     if not isinstance(head.tau, (int, float)) or isinstance(head.tau, bool) or not math.isfinite(head.tau) or head.tau <= 0:
         raise ModelError(f"{file}: tau: expected a finite number > 0, got {head.tau!r}")
+    if (
+        not isinstance(head.bt_tau, (int, float))
+        or isinstance(head.bt_tau, bool)
+        or not math.isfinite(head.bt_tau)
+        or head.bt_tau <= 0
+    ):
+        raise ModelError(f"{file}: bt_tau: expected a finite number > 0, got {head.bt_tau!r}")
     for name in ("reward_mean", "reward_std"):
         value = getattr(head, name)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)):

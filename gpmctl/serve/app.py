@@ -140,7 +140,7 @@ def create_app(scorer, batcher: Batcher, limits: Limits, api_key: str | None = N
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model": model_name, "kind": head.kind, "dim": head.dim, "tau": head.tau}
+        return {"status": "ok", "model": model_name, "kind": head.kind, "dim": head.dim, "tau": head.tau, "bt_tau": head.bt_tau}
 
     @app.get("/metrics", dependencies=[Depends(authorised)])
     def metrics() -> dict:

@@ -29,9 +29,12 @@ class RemoteJudge:
             retries,
         )
         info = self._call("GET", "/health")
-        if info.get("kind") not in ("gpm", "bt") or not isinstance(info.get("tau"), (int, float)):
+        if info.get("kind") not in ("gpm", "bt", "gpm_bt") or not isinstance(info.get("tau"), (int, float)):
             raise GpmctlError(f"judge.url {self.url}: /health does not describe a gpmctl model: {info}")
-        self.head = make_head(HeadConfig(kind=info["kind"], dim=int(info.get("dim") or 1), tau=float(info["tau"])))
+        dim = info.get("dim") if isinstance(info.get("dim"), int) else 1
+        self.head = make_head(
+            HeadConfig(kind=info["kind"], dim=dim, tau=float(info["tau"]), bt_tau=float(info.get("bt_tau", 1.0)))
+        )
         self.share_prompt = False
 
     @property

@@ -71,5 +71,5 @@ def score_table(raw: torch.Tensor, tau: float, kind: str, scale: str = "logit") 
     if scale == "logit":
         return raw / tau
     if scale == "authors":
-        return 2 * raw / (tau if kind == "gpm" else 1.0)
+        return 2 * raw / (1.0 if kind == "bt" else tau)
     raise ValueError(f"unknown score scale {scale!r} (expected logit or authors)")
