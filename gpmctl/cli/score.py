@@ -224,13 +224,8 @@ RESUME_FLAGS = {
 def _set_normalize(head, normalize: bool, model: str) -> None:
     from gpmctl.errors import ConfigError
 
-    if normalize and (head.kind != "bt" or head.reward_mean is None or not head.reward_std):
-        what = (
-            "is a GPM (no scalar reward)"
-            if head.kind != "bt"
-            else "has no saved reward statistics (train it again with eval pairs)"
-        )
-        raise ConfigError(f"--normalize: {model} {what}")
+    if normalize and (problem := head.normalization_problem()):
+        raise ConfigError(f"--normalize: {model} {problem}")
     head.normalize = normalize
 
 

@@ -263,17 +263,12 @@ def check_judge(recipe: GpoRecipe) -> None:
     recipe that can make one there. Problems name the GPO recipe file and the key."""
     from gpmctl.config import load_recipe, resolve_recipe
     from gpmctl.models.heads import HEAD_FILE
-    from gpmctl.models.io import HUB_ID, holds_model
-    from gpmctl.models.sources import PACKAGE
+    from gpmctl.models.io import holds_model, names_source
 
     j, source = recipe.judge, getattr(recipe, "source", "recipe")
     if j.url is not None or (Path(j.model).is_dir() and holds_model(j.model)):
         return
-    if (
-        j.train_recipe is None
-        and not Path(j.model).exists()
-        and (HUB_ID.fullmatch(str(j.model)) or str(j.model).startswith(PACKAGE))
-    ):
+    if j.train_recipe is None and names_source(str(j.model)):
         return  # fetched when the run starts (a missing one is then a one-line ModelError)
     if j.train_recipe is None:
         raise ConfigError(

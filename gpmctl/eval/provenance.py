@@ -5,6 +5,7 @@ max length, how many sequences were cut), dtype, batch size, device and wall tim
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
@@ -28,15 +29,23 @@ def model_fingerprint(folder: Path | None) -> dict:
     if folder is None or not Path(folder).is_dir():
         return {}
     files = sorted({p for pattern in MODEL_FILES for p in Path(folder).glob(pattern) if p.is_file()})
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.name}\0{file_sha256(path)}\n".encode())
     revision = HUB_REVISION.search(str(Path(folder).resolve()).replace("\\", "/"))
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)  # p: as named (a hub file is a link)
     return {
         "files": [p.name for p in files],
-        "sha256": digest.hexdigest(),
+        "sha256": _files_sha256(stamp),
         **({"hub_revision": revision.group(1)} if revision else {}),
     }
+
+
+@functools.lru_cache(maxsize=8)
+def _files_sha256(stamp: tuple[tuple[str, int, int], ...]) -> str:
+    """The digest of files named by (path, size, mtime): read once per process for an unchanged model (a suite
+    reports it in every benchmark's result; a large model's weights take seconds to hash)."""
+    digest = hashlib.sha256()
+    for path, _, _ in stamp:
+        digest.update(f"{Path(path).name}\0{file_sha256(Path(path))}\n".encode())
+    return digest.hexdigest()
 
 
 def data_files(data) -> list[dict]:

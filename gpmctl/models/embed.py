@@ -113,7 +113,7 @@ class Scorer:
     def embed_encoded(self, groups: list[list[EncodedSequence]]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encoded groups [n][K] (sequence k of group i: prompt i with its k-th response) -> as `embed`."""
         n, K = len(groups), len(groups[0])
-        value, gate = self.embed_sequences(groups)
+        value, gate = self.sequence_embeddings(groups)
         value = value.double().view(n, K, *value.shape[1:])
         gate = self.model.head.prompt_gate(None if gate is None else gate.double().view(n, K, -1))
         return value, gate
@@ -121,7 +121,7 @@ class Scorer:
     def embed_ragged(self, groups: list[list[EncodedSequence]]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """Groups of any sizes (`gpmctl serve` batches several requests) -> per group (value [K, 2k] or BT [K],
         its prompt's gate [k] or None), float64."""
-        value, gate = self.embed_sequences(groups)
+        value, gate = self.sequence_embeddings(groups)
         out, start = [], 0
         for group in groups:
             stop = start + len(group)
@@ -130,7 +130,7 @@ class Scorer:
             start = stop
         return out
 
-    def embed_sequences(self, groups: list[list[EncodedSequence]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def sequence_embeddings(self, groups: list[list[EncodedSequence]]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Every sequence of `groups`, in group-major order -> value [N, ...] and the gate read in its pass [N, k] or
         None, float32: packed rows (`share_prompt`) or padded batches. With a `cache`, a sequence embedded before
         (same tokens and gate position) is taken from it, and only the others are computed."""

@@ -66,6 +66,16 @@ class HeadConfig:
             bt_tau=m.bt_tau,
         )
 
+    def normalization_problem(self) -> str | None:
+        """Why rewards cannot be normalised (`normalize`) with this head, as "the model <...>"; None when they can."""
+        if self.kind != "bt":
+            return (
+                "is a GPM (no scalar reward)" if self.kind == "gpm" else f"is a {self.kind} model (its scores are not one reward)"
+            )
+        if self.reward_mean is None or not self.reward_std:
+            return "has no saved reward statistics (train it again with eval pairs)"
+        return None
+
     def to_json(self) -> dict:
         return {"format": HEAD_FORMAT, "version": 1, **dataclasses.asdict(self)}
 
@@ -196,6 +206,6 @@ def make_head(config: HeadConfig) -> PreferenceHead:
         raise ModelError(f"a GPM needs an even embedding dimension >= 2, got {config.dim}")
     if config.kind == "gpm_bt" and (config.dim < 0 or config.dim % 2 or (config.gate and not config.dim)):
         raise ModelError(f"a gpm_bt head needs an even number of block dimensions >= 0 (> 0 with a gate), got {config.dim}")
-    if config.normalize and (config.kind != "bt" or config.reward_mean is None or not config.reward_std):
-        raise ModelError("normalize: needs a BT model with reward_mean and a non-zero reward_std")
+    if config.normalize and (problem := config.normalization_problem()):
+        raise ModelError(f"normalize: the model {problem}")
     return HEADS[config.kind](**dataclasses.asdict(config))

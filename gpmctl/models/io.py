@@ -171,6 +171,8 @@ def normal_permissions(root: Path) -> None:
 SINGLE_WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 HEAD_TENSORS = ("value_head.weight", "prompt_head.weight")
+OWN_NAMES = {name: name for name in HEAD_TENSORS}
+"""The head tensors of gpmctl's own and the released layout: stored under gpmctl's names."""
 
 
 RELEASED_EXTRAS = ("lm_head.",)
@@ -191,6 +193,11 @@ def read_json(file: Path):
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
 """What a model needs from a hub repository: configs, safetensors weights, tokenizer files (never pickles)."""
+
+
+def names_source(name: str) -> bool:
+    """Whether `name` is no local path but a hub id or a package:/gguf: source, which `model_folder` fetches or finds."""
+    return not Path(name).exists() and (name.startswith((PACKAGE, GGUF)) or HUB_ID.fullmatch(name) is not None)
 
 
 def model_folder(path: str | Path) -> Path:
@@ -312,9 +319,8 @@ def _weight_map(index: Path) -> dict[str, str]:
 
 def _head_config(path: Path, tensors: TensorIndex) -> tuple[HeadConfig, dict[str, str]]:
     """The head settings and where its tensors are stored: {gpmctl name: the folder's tensor name}."""
-    own = {name: name for name in HEAD_TENSORS}
     if (path / HEAD_FILE).is_file():
-        return read_head_file(path / HEAD_FILE), own
+        return read_head_file(path / HEAD_FILE), OWN_NAMES
     config = read_json(path / "config.json") if (path / "config.json").is_file() else {}
     if not isinstance(config, dict):
         raise ModelError(f"{path / 'config.json'}: expected a JSON object")
@@ -342,7 +348,7 @@ def foreign_head(path: Path, config: dict, shapes: dict[str, list[int]]) -> tupl
         if config.get("normalize_reward") and "mean" in config and "std" in config:
             head.reward_mean, head.reward_std, head.normalize = float(config["mean"]), float(config["std"]), True
         return head, {"value_head.weight": name}
-    return _released_head(path, shapes), {name: name for name in HEAD_TENSORS}
+    return _released_head(path, shapes), OWN_NAMES
 
 
 def _released_head(path: Path, shapes: dict[str, list[int]]) -> HeadConfig:
@@ -403,8 +409,8 @@ def read_head_file(file: Path) -> HeadConfig:
         value = getattr(head, name)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)):
             raise ModelError(f"{file}: {name}: expected a finite number or null, got {value!r}")
-    if head.normalize and (head.kind != "bt" or head.reward_mean is None or not head.reward_std):
-        raise ModelError(f"{file}: normalize: needs a BT model with reward_mean and a non-zero reward_std")
+    if head.normalize and (problem := head.normalization_problem()):
+        raise ModelError(f"{file}: normalize: the model {problem}")
     return head
 
 

@@ -135,9 +135,6 @@ def create_app(scorer, batcher: Batcher, limits: Limits, api_key: str | None = N
             report["rewards"] = value.tolist()
         return report
 
-    def as_list(body: Union[Group, list[Group]]) -> tuple[list[Group], bool]:
-        return (body, True) if isinstance(body, list) else ([body], False)
-
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "model": model_name, "kind": head.kind, "dim": head.dim, "tau": head.tau, "bt_tau": head.bt_tau}
@@ -146,23 +143,21 @@ def create_app(scorer, batcher: Batcher, limits: Limits, api_key: str | None = N
     def metrics() -> dict:
         return batcher.stats.snapshot(batcher.queued)
 
+    def per_group(body: Union[Group, list[Group]], report) -> dict | list[dict]:
+        """One group or a list of them -> report(value, gate) of each, in the body's shape."""
+        many = isinstance(body, list)
+        with batcher.arriving():
+            encoded = encoded_groups(body if many else [body], "body" if many else "")
+        reports = [report(value, gate) for value, gate in embedded(encoded)]
+        return reports if many else reports[0]
+
     @app.post("/preference", dependencies=[Depends(authorised)])
     def preference(body: Union[Group, list[Group]]):
-        groups, many = as_list(body)
-        with batcher.arriving():
-            encoded = encoded_groups(groups, "" if not many else "body")
-        results = embedded(encoded)
-        reports = [group_report(value, gate) for value, gate in results]
-        return reports if many else reports[0]
+        return per_group(body, group_report)
 
     @app.post("/embed", dependencies=[Depends(authorised)])
     def embed(body: Union[Group, list[Group]]):
-        groups, many = as_list(body)
-        with batcher.arriving():
-            encoded = encoded_groups(groups, "" if not many else "body")
-        results = embedded(encoded)
-        reports = [{"values": value.tolist(), "gate": None if gate is None else gate.tolist()} for value, gate in results]
-        return reports if many else reports[0]
+        return per_group(body, lambda value, gate: {"values": value.tolist(), "gate": None if gate is None else gate.tolist()})
 
     @app.post("/get_reward", dependencies=[Depends(authorised)])
     def get_reward(body: RewardRequest):

@@ -102,7 +102,7 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000
         self.max_queue, self.batching = max_queue, batching
         self.jobs: queue.Queue[Job | None] = queue.Queue()
-        self.queued = 0  # sequences submitted and not yet taken by the thread
+        self.queued = 0  # sequences submitted and not yet taken by the thread (`_get`)
         self.incoming = 0  # requests being tokenised, about to be submitted
         self.lock = threading.Lock()
         self.stats = Stats()
@@ -135,44 +135,42 @@ class Batcher:
         self.jobs.put(None)
         self.thread.join()
 
-    def _take(self) -> list[Job] | None:
-        first = self.jobs.get()
-        if first is None:
-            return None
-        batch, sequences, tokens = [first], first.sequences, first.tokens
-        deadline = time.perf_counter() + self.max_wait
-        while self.batching:
-            wait = max(deadline - time.perf_counter(), 0) if self.incoming else 0
-            try:
-                job = self.jobs.get(timeout=wait) if wait else self.jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:  # closing: run what was taken, then stop
-                self.jobs.put(None)
-                break
-            if sequences + job.sequences > self.max_batch_size or tokens + job.tokens > self.max_batch_tokens:
-                self._run_batch(batch)  # the next job starts the next batch
-                batch, sequences, tokens = [], 0, 0
-                deadline = time.perf_counter() + self.max_wait
-            batch.append(job)
-            sequences, tokens = sequences + job.sequences, tokens + job.tokens
-        return batch
+    def _get(self, timeout: float | None = None) -> Job | None:
+        """The next job (None: closing); raises queue.Empty after `timeout` (0: only one already queued)."""
+        job = self.jobs.get(timeout=timeout) if timeout != 0 else self.jobs.get_nowait()
+        if job is not None:
+            with self.lock:
+                self.queued -= job.sequences
+        return job
 
     def _run(self) -> None:
-        while (batch := self._take()) is not None:
-            if batch:
-                self._run_batch(batch)
+        """Take a job, then more while they fit and come in time; run them as one batch; until closed."""
+        pending = None  # a job that did not fit into the last batch: it starts the next
+        while (first := pending or self._get()) is not None:
+            pending, batch = None, [first]
+            sequences, tokens = first.sequences, first.tokens
+            deadline = time.perf_counter() + self.max_wait
+            while self.batching:
+                try:
+                    job = self._get(max(deadline - time.perf_counter(), 0) if self.incoming else 0)
+                except queue.Empty:
+                    break
+                if job is None:  # closing: run what was taken, then stop
+                    self.jobs.put(None)
+                    break
+                if sequences + job.sequences > self.max_batch_size or tokens + job.tokens > self.max_batch_tokens:
+                    pending = job
+                    break
+                batch.append(job)
+                sequences, tokens = sequences + job.sequences, tokens + job.tokens
+            self._run_batch(batch)
 
     def _run_batch(self, batch: list[Job]) -> None:
-        with self.lock:
-            self.queued -= sum(job.sequences for job in batch)
         try:
             results = self.scorer.embed_ragged([g for job in batch for g in job.groups])
         except Exception as e:  # noqa: BLE001 (a request's problem must not stop the server)
             if len(batch) > 1:  # find the job that fails; the others get their answers
                 for job in batch:
-                    with self.lock:
-                        self.queued += job.sequences
                     self._run_batch([job])
                 return
             self.stats.batch(batch, ok=False)

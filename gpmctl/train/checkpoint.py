@@ -91,9 +91,6 @@ def open_run_folder(engine, output_dir: Path, recipe):
     return RunLog(output_dir / "log.jsonl", enabled=engine.is_main, trackers=trackers)
 
 
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
-
-
 def open_trackers(recipe, output_dir: Path) -> list:
     """accelerate's trackers for `train.report_to`, started under output_dir with the resolved recipe as their
     hyper-parameters. A tracker whose package is missing is a ConfigError naming it; wandb runs offline unless
@@ -109,8 +106,8 @@ def open_trackers(recipe, output_dir: Path) -> list:
 
     names = trackers(recipe.train.report_to)
     for name in names:
-        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
-            raise ConfigError(f"train.report_to: {name} needs its package: pip install {TRACKER_PACKAGES[name]}")
+        if importlib.util.find_spec(name) is None:  # each tracker's package has its name
+            raise ConfigError(f"train.report_to: {name} needs its package: pip install {name}")
     if "wandb" in names and not os.environ.get("WANDB_MODE") and not os.environ.get("WANDB_API_KEY"):
         os.environ["WANDB_MODE"] = "offline"
         log(f"wandb: offline (no WANDB_MODE or WANDB_API_KEY); sync later with `wandb sync {output_dir / 'wandb'}`")

@@ -156,14 +156,13 @@ def _iteration_dir(output_dir: Path, t: int) -> Path:
 def ensure_judge(recipe: GpoRecipe) -> Path:
     """The judge folder: a folder holding a model gpmctl reads (its own, or another tool's reward model), trained
     first with `judge.train_recipe` when it holds none yet; without a train recipe, a hub id or package: source."""
-    from gpmctl.models.io import HUB_ID, holds_model, model_folder
-    from gpmctl.models.sources import PACKAGE
+    from gpmctl.models.io import holds_model, model_folder, names_source
 
     j = recipe.judge
     path = Path(j.model)
     if path.is_dir() and holds_model(path):
         return path
-    if j.train_recipe is None and not path.exists() and (HUB_ID.fullmatch(str(j.model)) or str(j.model).startswith(PACKAGE)):
+    if j.train_recipe is None and names_source(str(j.model)):
         return model_folder(str(j.model))
     if j.train_recipe is None:
         raise ConfigError(
