@@ -119,7 +119,7 @@ def create_app(scorer, batcher: Batcher, limits: Limits, api_key: str | None = N
             raise HTTPException(500, f"scoring failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
     def group_report(value: torch.Tensor, gate: torch.Tensor | None) -> dict:
-        S = scorer.score_matrix(value[None], None if gate is None else gate[None])[0] / scorer.tau
+        S = logits(scorer, value, gate)
         P = torch.sigmoid(S)
         K = len(value)
         off = ~torch.eye(K, dtype=torch.bool)
@@ -198,5 +198,9 @@ def reward_of_queries(scorer, value: torch.Tensor, gate: torch.Tensor | None) ->
     one request for it to mean that."""
     if scorer.kind == "bt":
         return value.tolist()
-    S = scorer.score_matrix(value[None], None if gate is None else gate[None])[0] / scorer.tau
-    return S.mean(-1).tolist()
+    return logits(scorer, value, gate).mean(-1).tolist()
+
+
+def logits(scorer, value: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """One group's K x K log-odds s(y_i > y_j) / tau from its embeddings (value [K, ...], gate [k] or None)."""
+    return scorer.score_matrix(value[None], None if gate is None else gate[None])[0] / scorer.tau

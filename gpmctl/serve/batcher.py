@@ -102,7 +102,7 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000
         self.max_queue, self.batching = max_queue, batching
         self.jobs: queue.Queue[Job | None] = queue.Queue()
-        self.queued = 0  # sequences submitted and not yet taken by the thread (`_get`)
+        self.queued = 0  # sequences submitted and not yet running
         self.incoming = 0  # requests being tokenised, about to be submitted
         self.lock = threading.Lock()
         self.stats = Stats()
@@ -137,11 +137,7 @@ class Batcher:
 
     def _get(self, timeout: float | None = None) -> Job | None:
         """The next job (None: closing); raises queue.Empty after `timeout` (0: only one already queued)."""
-        job = self.jobs.get(timeout=timeout) if timeout != 0 else self.jobs.get_nowait()
-        if job is not None:
-            with self.lock:
-                self.queued -= job.sequences
-        return job
+        return self.jobs.get(timeout=timeout) if timeout != 0 else self.jobs.get_nowait()
 
     def _run(self) -> None:
         """Take a job, then more while they fit and come in time; run them as one batch; until closed."""
@@ -163,6 +159,8 @@ class Batcher:
                     break
                 batch.append(job)
                 sequences, tokens = sequences + job.sequences, tokens + job.tokens
+            with self.lock:  # gathered jobs waited until now: they count against max_queue until they run
+                self.queued -= sequences
             self._run_batch(batch)
 
     def _run_batch(self, batch: list[Job]) -> None:
