@@ -24,10 +24,10 @@ REPO = Path(__file__).resolve().parent.parent
 WORDS = "apple banana cherry dog elephant fox grape house ice jam kite lemon mango nut olive pear".split()
 
 
-def gpmctl(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+def gpmctl(*args: str, timeout: float = 180, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     return subprocess.run(
-        [sys.executable, "-m", "gpmctl", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "gpmctl", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, input=stdin
     )
 
 
@@ -144,6 +144,14 @@ def test_score_on_two_processes_writes_the_bytes_of_one_process(model, responses
     assert two.stdout == (tmp_path / "one.jsonl").read_text()
 
 
+def test_stdin_on_two_processes_is_read_once_by_process_0(model, responses, tmp_path):
+    a, b, _ = responses
+    in_process("score", a, b, "-m", model, "--chunk-lines", "4", "-o", str(tmp_path / "one.jsonl"))
+    two = gpmctl("score", "-", b, "-m", model, "--chunk-lines", "4", "--num-processes", "2", stdin=Path(a).read_text())
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "scored 23 lines" in two.stderr and two.stdout == (tmp_path / "one.jsonl").read_text()
+
+
 def test_three_files_on_two_processes_resume_an_interrupted_output_to_the_same_bytes(model, responses, tmp_path):
     args = [*responses, "-m", model, "--chunk-lines", "4", "--batch-size", "5", "--share-prompt", "false"]
     in_process("score", *args, "-o", str(tmp_path / "one.jsonl"))
@@ -237,3 +245,11 @@ def test_eval_rmb_on_two_processes_writes_the_files_of_one_process(model, tmp_pa
     )
     assert files["1"] == files["2"]
     assert len(files["2"][1].splitlines()) == 80 and json.loads(files["2"][0])["counts"]["BoN Harmlessness"]["rows"] == 40
+
+
+def test_eval_cyclic_on_two_processes_writes_the_files_of_one_process(model, tmp_path):
+    files = eval_on_one_and_two_processes(
+        ["cyclic", "-m", model, "--data", "cyclic:reworded?num_prompts=24", "--batch-size", "7"], tmp_path, "BT ceiling"
+    )
+    assert files["1"] == files["2"]
+    assert len(files["2"][1].splitlines()) == json.loads(files["2"][0])["pairs"] > 20
