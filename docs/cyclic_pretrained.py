@@ -72,6 +72,7 @@ class CyclicData:
         if len(token_rules) > 1:  # the heads must read the same features
             raise SystemExit(f"{backbone}: the recipes differ in backbone, eos, gate_prompt, data or max_length: {token_rules}")
         m, d = base.model, base.data
+        self.eos = m.resolved_eos()
         self.tokenizer = load_tokenizer(m.tokenizer or m.backbone)
         self.encoder = SequenceEncoder(self.tokenizer, d.max_length, m.resolved_eos(), m.gate_prompt, d.truncation)
         self.specs = {split: split_spec(d.train, split) for split in ("train", *TEST_SPLITS)}
@@ -130,7 +131,13 @@ def run_seeds(backbones: list[str], seeds: list[int], out: Path) -> None:
                         "name": backbone,
                         "head": head,
                         "seed": seed,
-                        "settings": {"lr": recipe.train.lr, "epochs": recipe.train.epochs, "tau": recipe.model.resolved_tau()},
+                        "settings": {
+                            "lr": recipe.train.lr,
+                            "epochs": recipe.train.epochs,
+                            "tau": recipe.model.resolved_tau(),
+                            "bt_tau": recipe.model.bt_tau if head == "gpm_bt" else None,
+                            "eos": recipe.model.resolved_eos(),
+                        },
                         "accuracy": accuracy,
                         "bt_ceiling": ceilings,
                         "lookup": lookup,
@@ -160,7 +167,7 @@ def tune(backbones: list[str], seed: int, out: Path, lrs: list[float], epochs_gr
                     for head in HEADS:
                         overrides = [f"train.lr={lr}", f"train.epochs={epochs}"]
                         _, run = train_head(backbone, head, seed, pairs, overrides, f"tune-{head}-lr{lr}-e{epochs}")
-                        record = {"name": backbone, "head": head, "seed": seed, "lr": lr, "epochs": epochs}
+                        record = {"name": backbone, "head": head, "seed": seed, "lr": lr, "epochs": epochs, "eos": data.eos}
                         record |= {"validation": run.final_metrics["accuracy"], "pairs": [len(p) for p in pairs]}
                         f.write(json.dumps(record) + "\n")
                         f.flush()

@@ -425,3 +425,18 @@ def test_data_cyclic_style_sentence_writes_the_sentence_rows_recipes_read(tmp_pa
         assert written == rows and source_rows(f"cyclic:{split}?{query}") == rows
         assert all(r["chosen"] != r["chosen_item"] and f" {r['chosen_item']} " in r["chosen"] for r in written)
     assert summary["bt_ceiling_new_items"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["minilm", "smollm2"])
+def test_pretrained_cyclic_recipes_give_every_head_the_same_features_and_every_test_split(backbone):
+    """docs/cyclic_pretrained.py compares bt, gpm and gpm_bt on one cached feature file per backbone."""
+    from gpmctl.config import load_recipe
+    from gpmctl.data.sources import parse_cyclic_spec
+
+    recipes = {kind: load_recipe(f"recipes/cyclic_{backbone}_{kind}.yaml") for kind in ("bt", "gpm", "gpm_bt")}
+    assert {kind: r.model.kind for kind, r in recipes.items()} == {"bt": "bt", "gpm": "gpm", "gpm_bt": "gpm_bt"}
+    reads = {(r.model.backbone, r.model.resolved_eos(), r.model.pool, r.data.train, r.data.max_length) for r in recipes.values()}
+    assert len(reads) == 1 and all(r.model.freeze_backbone and not r.model.gate for r in recipes.values())
+    assert {(r.train.lr, r.train.epochs) for r in recipes.values()} == {(recipes["gpm"].train.lr, recipes["gpm"].train.epochs)}
+    split, cfg = parse_cyclic_spec(recipes["gpm"].data.train)
+    assert split == "train" and cfg.style == "sentence" and cfg.blend_prompts > 0 and cfg.tournament_prompts > 0
