@@ -6,6 +6,7 @@ gpmctl.data.cyclic next to the exact BT ceiling of that split.
     python docs/cyclic_pretrained.py tune --lrs 0.03 0.1 --epochs 30 100 -o docs/results/cyclic_pretrained_tune.jsonl
     python docs/cyclic_pretrained.py run --seeds 0 1 2 3 4 -o docs/results/cyclic_pretrained.jsonl
     python docs/cyclic_pretrained.py table docs/results/cyclic_pretrained.jsonl
+    python docs/cyclic_pretrained.py features smollm2 model.eos=overwrite
 
 Each run is one `train_reward_model` on recipes/cyclic_{backbone}_{head}.yaml (the `gpmctl train-rm` frozen-backbone
 path: the head trains on cached features; log.jsonl and metrics.json under runs/cyclic_pretrained/, no model
@@ -21,6 +22,7 @@ six recipes (the temperatures stay the paper's: tau 0.1 for the GPM and gpm_bt b
 batch order; the data is fixed) and appends one JSON line per run: accuracy on the training pairs and on each test
 split, with that split's BT ceiling (gpmctl.data.cyclic.best_scalar_accuracy: the best any scalar reward of the
 items can do) and the accuracy of a lookup table of training labels. `table` prints mean ± std over seeds.
+`features` describes the cached features of the training sequences (why a head can or cannot separate the items).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from gpmctl.config import load_recipe
 from gpmctl.data.cyclic import TEST_SPLITS, best_scalar_accuracy, lookup_accuracy
 from gpmctl.data.formats import ReadOptions
@@ -39,8 +43,9 @@ from gpmctl.data.sources import read_source, source_rows
 from gpmctl.data.split import split_by_prompt
 from gpmctl.data.tokenize import EncodedPair, SequenceEncoder
 from gpmctl.engine import Engine
+from gpmctl.models.build import build_model
 from gpmctl.models.sources import load_tokenizer
-from gpmctl.train.features import FeaturePairs, feature_pairs
+from gpmctl.train.features import FeaturePairs, cached_features, feature_pairs
 from gpmctl.train.reward import evaluate, train_reward_model
 
 BACKBONES = ("minilm", "smollm2")
@@ -63,8 +68,8 @@ def split_spec(train_spec: str, split: str) -> str:
 class CyclicData:
     """The cyclic rows of a backbone's recipes, as rows (for the ceilings) and as tokenised pairs (for training)."""
 
-    def __init__(self, backbone: str):
-        recipes = [load_recipe(recipe_path(backbone, head)) for head in HEADS]
+    def __init__(self, backbone: str, overrides: tuple[str, ...] = ()):
+        recipes = [load_recipe(recipe_path(backbone, head), list(overrides)) for head in HEADS]
         base = recipes[0]
         token_rules = {
             (r.model.backbone, r.model.resolved_eos(), r.model.gate_prompt, r.data.train, r.data.max_length) for r in recipes
@@ -178,6 +183,52 @@ def tune(backbones: list[str], seed: int, out: Path, lrs: list[float], epochs_gr
     print_tune_table([out])
 
 
+def variance_share(x: torch.Tensor, groups: list[str]) -> float:
+    """The part of the total variance of the rows of x [n, H] that lies between the means of their groups."""
+    centred = x - x.mean(0)
+    between = 0.0
+    for g in set(groups):
+        rows = torch.tensor([i for i, name in enumerate(groups) if name == g])
+        between += len(rows) * float(((x[rows].mean(0) - x.mean(0)) ** 2).sum())
+    return between / float((centred**2).sum())
+
+
+def feature_report(backbone: str, overrides: list[str]) -> dict:
+    """How the backbone's cached read features of the training sequences hold the items: their geometry, the share
+    of their variance between items and between prompts, and a ridge probe naming the item of held-out sequences."""
+    data = CyclicData(backbone, tuple(overrides))
+    recipe = load_recipe(recipe_path(backbone, "gpm"), overrides)
+    model = build_model(recipe.model, data.tokenizer, recipe.train.seed)
+    pairs, rows = data.encode(data.records["train"], data.specs["train"]), data.rows["train"]
+    x = cached_features(model, [p.chosen for p in pairs] + [p.rejected for p in pairs], data.tokenizer.pad_token_id).read.double()
+    items = [r["chosen_item"] for r in rows] + [r["rejected_item"] for r in rows]
+    prompts = [r["prompt"] for r in rows] * 2
+    unit = torch.nn.functional.normalize(x, dim=1)
+    centred = x - x.mean(0)
+    # Ridge probe: one-hot items from standardised features, fitted on 80% of the sequences, scored on the rest.
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    fit, held = order[: int(0.8 * len(x))], order[int(0.8 * len(x)) :]
+    z = (x - x[fit].mean(0)) / (x[fit].std(0) + 1e-6)
+    z = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)
+    names = sorted(set(items))
+    label = torch.tensor([names.index(i) for i in items])
+    target = torch.nn.functional.one_hot(label, len(names)).double()
+    w = torch.linalg.solve(z[fit].T @ z[fit] + torch.eye(z.shape[1], dtype=z.dtype), z[fit].T @ target[fit])
+    return {
+        "name": backbone,
+        "eos": data.eos,
+        "sequences": len(x),
+        "mean_cosine": float((unit @ unit.T).mean()),
+        "mean_norm": float(x.norm(dim=1).mean()),
+        "top_dimension_share": float((centred**2).sum(0).max() / (centred**2).sum()),
+        "item_share": variance_share(x, items),
+        "prompt_share": variance_share(x, prompts),
+        "items": len(names),
+        "prompts": len(set(prompts)),
+        "probe_accuracy": float(((z[held] @ w).argmax(1) == label[held]).double().mean()),
+    }
+
+
 def read_jsonl(paths: list[Path]) -> list[dict]:
     return [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
 
@@ -243,6 +294,9 @@ def main() -> None:
     run.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
     run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     run.add_argument("-o", "--out", type=Path, required=True, help="jsonl file (appended)")
+    features = sub.add_parser("features", help="how the cached training features hold the items (one JSON line)")
+    features.add_argument("backbone", choices=BACKBONES)
+    features.add_argument("overrides", nargs="*", help="key.path=value for the recipes, e.g. model.eos=overwrite")
     table = sub.add_parser("table", help="the markdown table of one or more run files (tune files: the grid)")
     table.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args()
@@ -250,6 +304,8 @@ def main() -> None:
         tune(args.backbones, args.seed, args.out, args.lrs, args.epochs)
     elif args.command == "run":
         run_seeds(args.backbones, args.seeds, args.out)
+    elif args.command == "features":
+        print(json.dumps(feature_report(args.backbone, args.overrides)))
     elif "validation" in read_jsonl(args.files[:1])[0]:
         print_tune_table(args.files)
     else:
