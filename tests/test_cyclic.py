@@ -383,6 +383,7 @@ def test_demo_table_scores_both_models_on_every_test_set_as_eval_cyclic_does(tin
             ["blend_prompts", "num_items divisible by 3"],
         ),
         (["data", "cyclic", "{out}", "--tournament-prompts", "1", "--num-items", "18"], ["tournament_prompts", "num_items"]),
+        (["data", "cyclic", "{out}", "--style", "prose"], ["style", "word or sentence", "'prose'"]),
         (["eval", "cyclic", "-m", "{gpm}", "--data", "cyclic:new_items?num_prompts=4"], ["new_items", "blend_prompts"]),
         (["eval", "cyclic", "-m", "{gpm}", "--data", "cyclic:new_edges?num_prompts=4"], ["new_edges", "tournament_prompts"]),
     ],
@@ -408,3 +409,34 @@ def test_data_cyclic_writes_every_split_and_its_bt_ceiling(tmp_path):
         "bt_ceiling_new_items": pytest.approx(2 / 3, abs=1e-4),
         "bt_ceiling_new_edges": pytest.approx(5 / 6, abs=1e-4),
     }
+
+
+def test_data_cyclic_style_sentence_writes_the_sentence_rows_recipes_read(tmp_path):
+    from gpmctl.data.sources import source_rows
+
+    options = ["--num-prompts", "12", "--blend-prompts", "6", "--tournament-prompts", "2", "--style", "sentence"]
+    result = run("data", "cyclic", str(tmp_path), *options)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    splits = cyclic_splits(CyclicConfig(num_prompts=12, blend_prompts=6, tournament_prompts=2, style="sentence"))
+    query = "num_prompts=12&blend_prompts=6&tournament_prompts=2&style=sentence"  # what a recipe's data.train says
+    for split, rows in splits.items():
+        written = [json.loads(line) for line in Path(summary[split]).read_text().splitlines()]
+        assert written == rows and source_rows(f"cyclic:{split}?{query}") == rows
+        assert all(r["chosen"] != r["chosen_item"] and f" {r['chosen_item']} " in r["chosen"] for r in written)
+    assert summary["bt_ceiling_new_items"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["minilm", "smollm2"])
+def test_pretrained_cyclic_recipes_give_every_head_the_same_features_and_every_test_split(backbone):
+    """docs/cyclic_pretrained.py compares bt, gpm and gpm_bt on one cached feature file per backbone."""
+    from gpmctl.config import load_recipe
+    from gpmctl.data.sources import parse_cyclic_spec
+
+    recipes = {kind: load_recipe(f"recipes/cyclic_{backbone}_{kind}.yaml") for kind in ("bt", "gpm", "gpm_bt")}
+    assert {kind: r.model.kind for kind, r in recipes.items()} == {"bt": "bt", "gpm": "gpm", "gpm_bt": "gpm_bt"}
+    reads = {(r.model.backbone, r.model.resolved_eos(), r.model.pool, r.data.train, r.data.max_length) for r in recipes.values()}
+    assert len(reads) == 1 and all(r.model.freeze_backbone and not r.model.gate for r in recipes.values())
+    assert {(r.train.lr, r.train.epochs) for r in recipes.values()} == {(recipes["gpm"].train.lr, recipes["gpm"].train.epochs)}
+    split, cfg = parse_cyclic_spec(recipes["gpm"].data.train)
+    assert split == "train" and cfg.style == "sentence" and cfg.blend_prompts > 0 and cfg.tournament_prompts > 0

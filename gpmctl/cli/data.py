@@ -26,6 +26,9 @@ def cyclic(
     transitive_fraction: float = typer.Option(0.3, help="Share of prompts that also get a transitive triple (train only)."),
     blend_prompts: int = typer.Option(0, help="Extra prompts with cycles of two-word blends; > 0 writes new_items.jsonl."),
     tournament_prompts: int = typer.Option(0, help="Extra prompts with a 7-item tournament; > 0 writes new_edges.jsonl."),
+    style: str = typer.Option(
+        "word", help="Responses: word (the item's word alone) or sentence (the item in a random sentence)."
+    ),
 ) -> None:
     """Write intransitive (cyclic) preference data: the paper's Table 1 experiment.
 
@@ -36,6 +39,8 @@ def cyclic(
     accuracy a BT model could reach on each test set, as JSON on stdout.
 
     Example: gpmctl data cyclic data/cyclic --seed 0 --blend-prompts 100 --tournament-prompts 10
+
+    Example: gpmctl data cyclic data/cyclic-sentences --style sentence --blend-prompts 100 --tournament-prompts 10
     """
     from gpmctl.data.cyclic import CyclicConfig, best_scalar_accuracy, cyclic_splits, write_cyclic
     from gpmctl.errors import ConfigError
@@ -54,6 +59,7 @@ def cyclic(
         seed=seed,
         blend_prompts=blend_prompts,
         tournament_prompts=tournament_prompts,
+        style=style,
     )
     paths = write_cyclic(out_dir, cfg)
     summary = {name: str(p) for name, p in paths.items()}

@@ -5,7 +5,8 @@
                                                  .jsonl.gz, .json, .parquet), by sorted name, in turn
     cyclic:train  cyclic:reworded                the deterministic cyclic generator (gpmctl.data.cyclic),
     cyclic:new_items?blend_prompts=100           with CyclicConfig fields as query options; splits
-    cyclic:test?seed=1&num_prompts=100           train, reworded (alias test), new_items, new_edges
+    cyclic:test?seed=1&num_prompts=100           train, reworded (alias test), new_items, new_edges;
+    cyclic:train?style=sentence                  style=sentence: responses as sentences, not words
     ultrafeedback:SOURCE                         UltraFeedback rows of SOURCE (a file, folder or Hub id),
     ultrafeedback:binarize:SOURCE                  binarised: best vs worst completion (the default)
     ultrafeedback:cyclic:SOURCE                  the paper's cyclic triples from the aspect ratings,
