@@ -220,11 +220,6 @@ def prompt_win_rates(judge, prompts, new: list[list[str]], old: list[list[str]],
     return P.preference_probability(raw[:, :m, m:], judge.tau).mean((1, 2))
 
 
-def win_rate(judge, prompts, new: list[list[str]], old: list[list[str]], engine) -> float:
-    """Mean over prompts of P(y_new > y_old) under the judge, every new sample against every old one."""
-    return float(prompt_win_rates(judge, prompts, new, old, engine).mean())
-
-
 def win_rate_metrics(name: str, per_prompt: torch.Tensor) -> dict[str, float]:
     """{name: the mean over prompts, name_se: its standard error over prompts (sample sd / sqrt(N))}."""
     n = len(per_prompt)
@@ -690,16 +685,13 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
                 previous = texts(eval_samples(t - 1)) if t > 1 else initial_eval
                 metrics.update({"eval_" + k: v for k, v in response_tokens(new_rows).items()})
                 metrics.update({f"initial_{k}": v for k, v in initial.items()})
-                metrics.update(
-                    win_rate_metrics("win_rate_vs_initial", prompt_win_rates(judge, eval_prompts, new, initial_eval, engine))
-                )
-                metrics.update(
-                    win_rate_metrics("win_rate_vs_previous", prompt_win_rates(judge, eval_prompts, new, previous, engine))
-                )
-                if eval_judge is not None:
-                    for name, old in (("vs_initial", initial_eval), ("vs_previous", previous)):
-                        rates = prompt_win_rates(eval_judge, eval_prompts, new, old, engine)
-                        metrics.update(win_rate_metrics(f"eval_judge_win_rate_{name}", rates))
+                for prefix, j in (("", judge), ("eval_judge_", eval_judge)):
+                    if j is None:
+                        continue
+                    against_initial = prompt_win_rates(j, eval_prompts, new, initial_eval, engine)
+                    against_previous = against_initial if t == 1 else prompt_win_rates(j, eval_prompts, new, previous, engine)
+                    metrics.update(win_rate_metrics(f"{prefix}win_rate_vs_initial", against_initial))
+                    metrics.update(win_rate_metrics(f"{prefix}win_rate_vs_previous", against_previous))
                 if cyclic_items:
                     metrics["true_win_rate_vs_initial"] = cyclic_win_rate(new, initial_eval, cyclic_items)
                     metrics["true_win_rate_vs_previous"] = cyclic_win_rate(new, previous, cyclic_items)
