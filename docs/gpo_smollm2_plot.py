@@ -37,7 +37,7 @@ def main() -> None:
     wins.axhline(0.5, color="grey", lw=0.8)
     wins.set(xlabel="iteration", ylabel="held-out win rate vs pi_0", xticks=x)
     wins.legend(fontsize=7)
-    lengths.set(xlabel="iteration", ylabel="mean held-out response tokens", xticks=x)
+    lengths.set(xlabel="iteration", ylabel="mean held-out response tokens", xticks=x, ylim=(0, None))
     lengths.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(args.output, dpi=110)
