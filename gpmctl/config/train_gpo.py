@@ -142,11 +142,16 @@ class GpoTrainConfig(OptimConfig):
 
 @dataclass
 class GpoEvalConfig:
-    """Held-out win rates after each iteration: mean over prompts of P(y_new > y_old) under the judge."""
+    """Held-out win rates after each iteration: mean over prompts of P(y_new > y_old) under the judge, and
+    under an independent judge (`eval.judge`) when one is set."""
 
     samples: int = 4
     """Samples per held-out prompt and policy (same sampling settings as training; sample p uses seed
     `generation.seed * (p + 1) + 7_777_777` for every policy); every new sample meets every old one."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """A second judge the policy is NOT trained against (keys as `judge:`; none when model and url are unset),
+    e.g. another backbone trained on other prompts: a gain that only fools the training judge shows as a
+    gap between the two win rates (metrics `eval_judge_win_rate_vs_initial`, ...)."""
 
 
 @dataclass
@@ -176,13 +181,13 @@ class GpoRecipe:
                     "judge.model",
                     "set exactly one of judge.model (a model) and judge.url (a server)",
                 ),
+                *judge_checks(j, "judge"),
                 (
-                    j.url is None or j.url.startswith(("http://", "https://")),
-                    "judge.url",
-                    f"expected http://host:port, got {j.url!r}",
+                    self.eval.judge.model is None or self.eval.judge.url is None,
+                    "eval.judge.model",
+                    "set at most one of eval.judge.model (a model) and eval.judge.url (a server)",
                 ),
-                (j.batch_size >= 1, "judge.batch_size", f"must be >= 1, got {j.batch_size}"),
-                (j.max_length >= 8, "judge.max_length", f"must be >= 8, got {j.max_length}"),
+                *judge_checks(self.eval.judge, "eval.judge"),
                 (d.train is not None, "data.train", "is required (a prompt source)"),
                 (d.max_prompts is None or d.max_prompts >= 1, "data.max_prompts", f"must be >= 1, got {d.max_prompts}"),
                 (
@@ -232,6 +237,15 @@ class GpoRecipe:
         )
 
 
+def judge_checks(j: JudgeConfig, key: str) -> list[tuple[bool, str, str]]:
+    """The checks of one judge section (`judge`, `eval.judge`), for loader.check."""
+    return [
+        (j.url is None or j.url.startswith(("http://", "https://")), f"{key}.url", f"expected http://host:port, got {j.url!r}"),
+        (j.batch_size >= 1, f"{key}.batch_size", f"must be >= 1, got {j.batch_size}"),
+        (j.max_length >= 8, f"{key}.max_length", f"must be >= 8, got {j.max_length}"),
+    ]
+
+
 def is_gpo_recipe(path: str | Path) -> bool:
     """A recipe file that says `kind: gpo`, itself or through its `base:` chain (or is named gpo_*.yaml)."""
     return Path(path).name.startswith("gpo_") or loader.recipe_kind(path) == "gpo"
@@ -259,23 +273,29 @@ def check_policy(recipe: GpoRecipe) -> None:
 
 
 def check_judge(recipe: GpoRecipe) -> None:
-    """Before a run writes anything: judge.model holds a gpmctl model, or judge.train_recipe is a train-rm
-    recipe that can make one there. Problems name the GPO recipe file and the key."""
+    """Before a run writes anything: judge.model (and eval.judge.model, if set) holds a gpmctl model, or its
+    train_recipe is a train-rm recipe that can make one there. Problems name the GPO recipe file and the key."""
+    check_judge_section(recipe, recipe.judge, "judge")
+    if recipe.eval.judge.model is not None:
+        check_judge_section(recipe, recipe.eval.judge, "eval.judge")
+
+
+def check_judge_section(recipe: GpoRecipe, j: JudgeConfig, key: str) -> None:
     from gpmctl.config import load_recipe, resolve_recipe
     from gpmctl.models.heads import HEAD_FILE
     from gpmctl.models.io import holds_model, names_source
 
-    j, source = recipe.judge, getattr(recipe, "source", "recipe")
+    source = getattr(recipe, "source", "recipe")
     if j.url is not None or (Path(j.model).is_dir() and holds_model(j.model)):
         return
     if j.train_recipe is None and names_source(str(j.model)):
         return  # fetched when the run starts (a missing one is then a one-line ModelError)
     if j.train_recipe is None:
         raise ConfigError(
-            f"{source}: judge.model: {j.model} holds no gpmctl model ({HEAD_FILE}); "
-            f"train one (gpmctl train-rm RECIPE output_dir={j.model}) or set judge.train_recipe"
+            f"{source}: {key}.model: {j.model} holds no gpmctl model ({HEAD_FILE}); "
+            f"train one (gpmctl train-rm RECIPE output_dir={j.model}) or set {key}.train_recipe"
         )
     try:
         load_recipe(resolve_recipe(j.train_recipe), [*j.train_overrides, f"output_dir={j.model}"])
     except ConfigError as e:
-        raise ConfigError(f"{source}: judge.train_recipe: {e}") from None
+        raise ConfigError(f"{source}: {key}.train_recipe: {e}") from None

@@ -13,7 +13,7 @@ import torch
 
 from gpmctl.errors import ModelError
 from gpmctl.models.build import resolve_dtype, tiny_backbone
-from gpmctl.models.sources import TINY, load_tokenizer, offline_hint, quiet_call, refuse_pickles
+from gpmctl.models.sources import TINY, load_tokenizer, offline_hint, quiet_call, refuse_pickles, resolve_source
 from gpmctl.utils import first_line
 
 STOP_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")  # end-of-turn markers of common chat templates
@@ -51,6 +51,7 @@ def load_policy(
 ):
     from transformers import AutoModelForCausalLM
 
+    path = resolve_source(path)  # package:NAME and gguf: sources, as a reward model's backbone
     if Path(path).is_dir():
         refuse_pickles(Path(path))
     kwargs = {
@@ -116,9 +117,11 @@ def read_prompts(spec: str, limit: int | None = None) -> list[list[dict]]:
         if isinstance(first, dict) and "prompt" in first and "chosen" not in first:
             rows = [_prompt_field(spec, number, row) for number, row in lines]
     if rows is None:
+        from gpmctl.data.formats import ReadOptions
         from gpmctl.data.sources import read_source
 
-        rows = (r.prompt for r in read_source(spec))
+        # only the prompts are read: an empty answer (HH-RLHF has some) does not make a prompt unusable
+        rows = (r.prompt for r in read_source(spec, options=ReadOptions(allow_empty_responses=True)))
     seen, prompts = set(), []
     for prompt in rows:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]

@@ -9,7 +9,8 @@ The recipe, top to bottom (gpm_paper.md 9.1-9.2); iteration t samples from pi_{t
   3. regression targets; the pair (best, worst) or all K per prompt         iter-t/pairs.jsonl
   4. minimise (log pi/pi_{t-1} - target)^2 (gpmctl.train.gpo_loss)         iter-t/policy/ = pi_t
   5. held-out win rates of pi_t against pi_0 and pi_{t-1} under the judge    iter-t/eval_generations.jsonl,
-                                                                              iter-t/metrics.json, log.jsonl
+     (and under eval.judge, a judge it is not trained against), mean         iter-t/metrics.json, log.jsonl
+     response length, seconds per stage
 pi_t is the next iteration's sampler and reference. Resume (`--resume auto`) is per iteration: an
 iteration with metrics.json is done; an unfinished one reuses its saved generations and scores and
 trains again from pi_{t-1}. Each saved sample or score file has its settings beside it (K, sampling,
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from gpmctl.config.train_gpo import GpoRecipe
+from gpmctl.config.train_gpo import GpoRecipe, JudgeConfig
 from gpmctl.errors import ConfigError, GpmctlError
 from gpmctl.models import preference as P
 from gpmctl.models.policy import (
@@ -153,12 +154,12 @@ def _iteration_dir(output_dir: Path, t: int) -> Path:
 # The judge
 
 
-def ensure_judge(recipe: GpoRecipe) -> Path:
-    """The judge folder: a folder holding a model gpmctl reads (its own, or another tool's reward model), trained
-    first with `judge.train_recipe` when it holds none yet; without a train recipe, a hub id or package: source."""
+def ensure_judge(j: JudgeConfig, key: str = "judge") -> Path:
+    """The folder of judge section `key` (`judge`, `eval.judge`): a folder holding a model gpmctl reads (its own,
+    or another tool's reward model), trained first with its `train_recipe` when it holds none yet; without a
+    train recipe, a hub id or package: source."""
     from gpmctl.models.io import holds_model, model_folder, names_source
 
-    j = recipe.judge
     path = Path(j.model)
     if path.is_dir() and holds_model(path):
         return path
@@ -166,35 +167,34 @@ def ensure_judge(recipe: GpoRecipe) -> Path:
         return model_folder(str(j.model))
     if j.train_recipe is None:
         raise ConfigError(
-            f"judge.model: {path} holds no gpmctl model; train one (gpmctl train-rm RECIPE output_dir={path}) or set judge.train_recipe"
+            f"{key}.model: {path} holds no gpmctl model; train one (gpmctl train-rm RECIPE output_dir={path}) or set {key}.train_recipe"
         )
     from gpmctl.config import load_recipe, resolve_recipe
     from gpmctl.train.reward import train_reward_model
 
     rm_recipe = load_recipe(resolve_recipe(j.train_recipe), [*j.train_overrides, f"output_dir={path}"])
-    log(f"judge: {path} holds no model; training it with {j.train_recipe} first")
+    log(f"{key}: {path} holds no model; training it with {j.train_recipe} first")
     resume = None if rm_recipe.model.freeze_backbone else "auto"  # a frozen backbone's head keeps no checkpoints to resume
     train_reward_model(rm_recipe, resume=resume)
     return path
 
 
-def open_judge(recipe: GpoRecipe, judge_path: Path | None, engine):
-    """The judge: a running `gpmctl serve` (judge.url), or the model loaded here; every process holds it whole
-    (where the engine shards weights, only the optimised copy is)."""
+def open_judge(j: JudgeConfig, judge_path: Path | None, engine, where: str = "recipe: judge"):
+    """A judge: a running `gpmctl serve` (its url), or the model loaded here; every process holds it whole
+    (where the engine shards weights, only the optimised copy is). `where` names the section in messages."""
     import os
 
     from gpmctl.models.embed import Scorer, model_encoder, resolve_share_prompt
     from gpmctl.models.io import load_model
     from gpmctl.models.sources import load_tokenizer
 
-    j = recipe.judge
     if j.url is not None:
         from gpmctl.serve.client import RemoteJudge
 
         return RemoteJudge(j.url, os.environ.get(j.api_key_env), j.batch_size)
     net = engine.build(lambda: load_model(judge_path, dtype=j.dtype, device=engine.device))
     encoder = model_encoder(net, load_tokenizer(str(judge_path)), j.max_length)
-    shared = resolve_share_prompt(net, j.share_prompt, f"{getattr(recipe, 'source', 'recipe')}: judge")
+    shared = resolve_share_prompt(net, j.share_prompt, where)
     return Scorer(net, encoder, j.batch_size, engine.device, shared)
 
 
@@ -213,12 +213,26 @@ def judge_scores(judge, prompts: list[list[dict]], responses: list[list[str]], e
     return torch.stack(engine.shard_map(list(zip(prompts, responses)), block, max(1, judge.batch_size // K)))
 
 
-def win_rate(judge, prompts, new: list[list[str]], old: list[list[str]], engine) -> float:
-    """Mean over prompts of P(y_new > y_old) under the judge, every new sample against every old one."""
+def prompt_win_rates(judge, prompts, new: list[list[str]], old: list[list[str]], engine) -> torch.Tensor:
+    """P(y_new > y_old) under the judge per prompt [N]: the mean over every new sample against every old one."""
     raw = judge_scores(judge, prompts, [a + b for a, b in zip(new, old)], engine)
     m = len(new[0])
-    prob = P.preference_probability(raw[:, :m, m:], judge.tau)
-    return float(prob.mean())
+    return P.preference_probability(raw[:, :m, m:], judge.tau).mean((1, 2))
+
+
+def win_rate_metrics(name: str, per_prompt: torch.Tensor) -> dict[str, float]:
+    """{name: the mean over prompts, name_se: its standard error over prompts (sample sd / sqrt(N))}."""
+    n = len(per_prompt)
+    se = float(per_prompt.double().std() / math.sqrt(n)) if n > 1 else float("nan")
+    return {name: float(per_prompt.double().mean()), f"{name}_se": se}
+
+
+def response_tokens(rows: list[dict]) -> dict[str, float]:
+    """Mean response length in policy tokens (the stop token not counted) and the share of responses that
+    ended with a stop token (the rest hit generation.max_new_tokens), over all samples of a generations file."""
+    lengths = [len(ids) - done for row in rows for ids, done in zip(row["response_ids"], row["finished"])]
+    finished = [done for row in rows for done in row["finished"]]
+    return {"mean_tokens": sum(lengths) / len(lengths), "finished": sum(finished) / len(finished)}
 
 
 def sample(policy, tokenizer, prompt_ids: list[list[int]], seeds: list[int], gen, engine) -> list[list[Sample]]:
@@ -516,7 +530,10 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
     _prepare_output(output_dir, resume, overwrite, main)
     engine.wait()
     _check_resume(output_dir, recipe, settings)
-    judge_path = ensure_judge(recipe) if recipe.judge.url is None else None
+    judge_path = ensure_judge(recipe.judge) if recipe.judge.url is None else None
+    ej = recipe.eval.judge  # the independent judge of the held-out win rates, if any
+    has_eval_judge = bool(eval_prompts) and (ej.model is not None or ej.url is not None)
+    eval_judge_path = ensure_judge(ej, "eval.judge") if has_eval_judge and ej.url is None else None
 
     def write(path: Path, rows: list[dict]) -> None:  # process 0 writes; the others wait until it is there
         if main:
@@ -529,13 +546,17 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
 
     runlog = open_run_folder(engine, output_dir, recipe)
 
-    judge = open_judge(recipe, judge_path, engine)
+    source = getattr(recipe, "source", "recipe")
+    judge = open_judge(recipe.judge, judge_path, engine, f"{source}: judge")
     tau, kind = judge.tau, judge.kind
     log(
         f"judge: {recipe.judge.url or judge_path} ({kind}, dim {judge.head.dim}, "
         f"tau {tau}{', each prompt once per K' if judge.share_prompt else ''}); "
         f"{engine.world} process(es), {engine.precision}, {engine.describe()}"
     )
+    eval_judge = open_judge(ej, eval_judge_path, engine, f"{source}: eval.judge") if has_eval_judge else None
+    if eval_judge is not None:
+        log(f"eval.judge: {ej.url or eval_judge_path} ({eval_judge.kind}, tau {eval_judge.tau}): held-out win rates only")
 
     tokenizer = policy_tokenizer(pc.tokenizer or pc.model, pc.trust_remote_code)
     encode = lambda ps: [encode_prompt(tokenizer, p, recipe.data.max_prompt_length) for p in ps]  # noqa: E731
@@ -553,13 +574,16 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
         path = str(_iteration_dir(output_dir, t) / "policy")
         return engine.build(lambda: load_policy(path, policy_dtype, device, pc.attn_implementation, pc.trust_remote_code))
 
-    def eval_samples(t: int, policy=None) -> list[list[str]]:
-        """Held-out samples of pi_t (generated once, then read from iter-t/eval_generations.jsonl)."""
+    def eval_samples(t: int, policy=None) -> list[dict]:
+        """Held-out samples of pi_t (generated once, then read from iter-t/eval_generations.jsonl): its rows."""
         path = _iteration_dir(output_dir, t) / "eval_generations.jsonl"
         if not path.is_file():
             samples = sample(policy if policy is not None else load(t), tokenizer, eval_ids, eval_seeds, g, engine)
             write(path, _generation_rows(eval_prompts, samples))
-        return [row["responses"] for row in _read_jsonl(path)]
+        return _read_jsonl(path)
+
+    def texts(rows: list[dict]) -> list[list[str]]:
+        return [row["responses"] for row in rows]
 
     # 0. pi_0
     it0 = _iteration_dir(output_dir, 0)
@@ -575,7 +599,13 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
             policy = engine.build(lambda: load_policy(pc.model, pc.dtype, device, pc.attn_implementation, pc.trust_remote_code))
         save_policy(policy, tokenizer, it0 / "policy")
     engine.wait()
-    initial_eval = eval_samples(0) if eval_prompts else None
+    initial_rows = eval_samples(0) if eval_prompts else None
+    initial_eval = texts(initial_rows) if eval_prompts else None
+    initial = {"eval_" + k: v for k, v in response_tokens(initial_rows).items()} if eval_prompts else {}
+    if initial:
+        log(
+            f"pi_0: held-out responses {initial['eval_mean_tokens']:.1f} tokens on average ({initial['eval_finished']:.0%} finished)"
+        )
 
     results = []
     with StopFlag() as stop:
@@ -588,22 +618,26 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
             if main:
                 d.mkdir(exist_ok=True)
             started = time.perf_counter()
+            seconds = {}  # per stage of this start of the iteration (a stage whose output was saved earlier: ~0)
             policy = load(t - 1)
             if pc.gradient_checkpointing:
                 policy.gradient_checkpointing_enable()
 
             # 1. K samples per prompt from pi_{t-1}
             gen_path = d / "generations.jsonl"
+            stage = time.perf_counter()
             if gen_path.is_file():
                 log(f"iteration {t}: reusing {gen_path}")
             else:
                 seeds = [g.seed * (p + 1) + 1_000_003 * t for p in range(g.k)]
                 write(gen_path, _generation_rows(train_prompts, sample(policy, tokenizer, train_ids, seeds, g, engine)))
             generations = _read_jsonl(gen_path)
+            seconds["generation"] = round(time.perf_counter() - stage, 2)
             _stop_between_stages(stop, t, "generation", engine)
 
             # 2. the K x K table: K judge forwards per prompt
             score_path = d / "scores.jsonl"
+            stage = time.perf_counter()
             if score_path.is_file():
                 raw = torch.tensor([row["raw"] for row in _read_jsonl(score_path)], dtype=torch.float64)
             else:
@@ -623,6 +657,7 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
                         for n in range(len(generations))
                     ],
                 )
+            seconds["scoring"] = round(time.perf_counter() - stage, 2)
             _stop_between_stages(stop, t, "scoring", engine)
 
             # 3. targets and training sequences (recomputed from the table: switching the loss needs no new samples)
@@ -630,6 +665,7 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
             write(d / "pairs.jsonl", pair_rows)
 
             # 4. optimise -> pi_t
+            stage = time.perf_counter()
             stats, gathered = optimise(policy, recipe, train_ids, generations, train, t, engine, runlog, stop, d / "train_state")
             if main:
                 save_policy(policy, tokenizer, d / "policy", state_dict=gathered)
@@ -637,25 +673,42 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
             engine.wait()
             if engine.shards_weights:  # the optimised copy is sharded: sample from the saved one
                 policy = load(t)
+            seconds["training"] = round(time.perf_counter() - stage, 2)
 
-            # 5. held-out win rates
+            # 5. held-out win rates (under the training judge and eval.judge), response lengths
+            stage = time.perf_counter()
             metrics = {"iteration": t, "loss": recipe.objective.loss, **stats}
+            metrics.update({"train_" + k: v for k, v in response_tokens(generations).items()})  # samples of pi_{t-1}
             if eval_prompts:
-                new = eval_samples(t, policy)
-                previous = eval_samples(t - 1) if t > 1 else initial_eval
-                metrics["win_rate_vs_initial"] = win_rate(judge, eval_prompts, new, initial_eval, engine)
-                metrics["win_rate_vs_previous"] = win_rate(judge, eval_prompts, new, previous, engine)
+                new_rows = eval_samples(t, policy)
+                new = texts(new_rows)
+                previous = texts(eval_samples(t - 1)) if t > 1 else initial_eval
+                metrics.update({"eval_" + k: v for k, v in response_tokens(new_rows).items()})
+                metrics.update({f"initial_{k}": v for k, v in initial.items()})
+                for prefix, j in (("", judge), ("eval_judge_", eval_judge)):
+                    if j is None:
+                        continue
+                    against_initial = prompt_win_rates(j, eval_prompts, new, initial_eval, engine)
+                    against_previous = against_initial if t == 1 else prompt_win_rates(j, eval_prompts, new, previous, engine)
+                    metrics.update(win_rate_metrics(f"{prefix}win_rate_vs_initial", against_initial))
+                    metrics.update(win_rate_metrics(f"{prefix}win_rate_vs_previous", against_previous))
                 if cyclic_items:
                     metrics["true_win_rate_vs_initial"] = cyclic_win_rate(new, initial_eval, cyclic_items)
                     metrics["true_win_rate_vs_previous"] = cyclic_win_rate(new, previous, cyclic_items)
                     metrics["eval_items"] = _histogram(new)
+            seconds["eval"] = round(time.perf_counter() - stage, 2)
+            metrics["stage_seconds"] = seconds
             metrics["seconds"] = round(time.perf_counter() - started, 2)
             if main:
                 (d / "metrics.json").write_text(json_text(metrics, indent=2))
             engine.wait()
             runlog.write({"event": "iteration", **metrics})
             shown = ", ".join(
-                f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith(("win_rate", "true_win")) and v is not None
+                f"{k} {v:.3f}"
+                for k, v in metrics.items()
+                if k.startswith(("win_rate", "eval_judge_win", "true_win", "eval_mean_tokens"))
+                and not k.endswith("_se")
+                and v is not None
             )
             log(f"iteration {t}/{recipe.objective.iterations} ({recipe.objective.loss}): {shown} ({metrics['seconds']:.0f}s)")
             results.append(metrics)
@@ -667,7 +720,12 @@ def train_gpo(recipe: GpoRecipe, resume: str | None = None, overwrite: bool = Fa
         log(
             f"best held-out policy: iteration {best['iteration']} (win rate vs pi_0 {best['win_rate_vs_initial']:.3f}), {best['policy']}"
         )
-    summary = {"policy": str(final), "iterations": results, **({"best": best} if best else {})}
+    summary = {
+        "policy": str(final),
+        "iterations": results,
+        **({"initial": initial} if initial else {}),
+        **({"best": best} if best else {}),
+    }
     if main:
         (output_dir / "metrics.json").write_text(json_text(summary, indent=2))
     runlog.write({"event": "done", "policy": str(final), "best": best})
