@@ -3,7 +3,7 @@
 feature extraction per backbone and seconds per run.
 
     python docs/results_grid.py run recipes/minilm_hh_gpm.yaml -o docs/results/grid_minilm.jsonl
-    python docs/results_grid.py run recipes/smollm2_135m_hh_gpm.yaml -o docs/results/grid_smollm2.jsonl
+    python docs/results_grid.py run recipes/smollm2_135m_hh_gpm.yaml model.eos=template -o docs/results/grid_smollm2.jsonl
     python docs/results_grid.py table docs/results/grid_*.jsonl
     python docs/results_grid.py plot docs/results/grid_*.jsonl -o docs/results_grid.png
 
