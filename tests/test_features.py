@@ -179,3 +179,29 @@ def test_frozen_backbone_excludes_lora_last_layers_and_several_processes(tmp_pat
             frozen_recipe(tmp_path, "x", extra)
     with pytest.raises(ConfigError, match="--overwrite"):
         train_reward_model(frozen_recipe(tmp_path, "x"), resume="auto")
+
+
+def test_overwrite_after_a_template_that_ends_the_turn_with_eos_is_warned_of_on_a_frozen_backbone(tmp_path, capsys):
+    """ChatML with EOS = <|im_end|> (SmolLM2, Qwen): `overwrite` sets the newline after <|im_end|> to EOS again."""
+    import copy
+
+    from gpmctl.data.tokenize import SequenceEncoder
+    from gpmctl.train.reward import load_pairs
+
+    recipe = frozen_recipe(tmp_path, "x")
+    chatml = copy.deepcopy(load_tokenizer("tiny"))
+    chatml.eos_token = "<|im_end|>"
+    counts = {}
+    for name, tokenizer, rule in (
+        ("chatml", chatml, "overwrite"),
+        ("template", chatml, "template"),
+        ("tiny", load_tokenizer("tiny"), "overwrite"),
+    ):
+        encoder = SequenceEncoder(tokenizer, 64, rule, "first_turn", "left")
+        train, held = load_pairs(recipe, encoder)
+        counts[name] = encoder.doubled_eos
+        if name == "chatml":
+            end = chatml.convert_ids_to_tokens(train[0].chosen.ids[-2:].tolist())
+            assert end == ["<|im_end|>", "<|im_end|>"]
+    assert counts["chatml"] == 2 * (len(train) + len(held)) and counts["template"] == counts["tiny"] == 0
+    assert capsys.readouterr().err.count("end in two EOS tokens") == 1

@@ -74,6 +74,7 @@ class SequenceEncoder:
         self.pad_id = tokenizer.pad_token_id if pad_id is None else pad_id
         self.generation_header = generation_header(tokenizer)
         self.truncated = 0  # how many sequences were cut (reported by the caller)
+        self.doubled_eos = 0  # how many sequences `overwrite` made end in EOS, EOS (reported by the caller)
         self.encoded = 0  # how many sequences were encoded
 
     def render(self, messages: list[dict]) -> str:
@@ -160,6 +161,9 @@ class SequenceEncoder:
             ids = ids[start : start + limit]
         if self.eos in ("overwrite", "openrlhf"):
             ids[-1] = self.tokenizer.eos_token_id
+            # A template that closes the turn with EOS and then a newline (ChatML with EOS = <|im_end|>) now ends
+            # in a second EOS: a position whose frozen feature holds little of the response (docs/results.md).
+            self.doubled_eos += len(ids) > 1 and ids[-2] == self.tokenizer.eos_token_id
         elif self.eos == "append" and ids[-1] != self.tokenizer.eos_token_id:
             ids.append(self.tokenizer.eos_token_id)
         elif self.eos == "template":

@@ -83,6 +83,12 @@ def load_pairs(recipe: Recipe, encoder: SequenceEncoder) -> tuple[list[EncodedPa
     held = encode(eval_records, d.eval or d.train)
     if encoder.truncated:
         log(f"{encoder.truncated} sequences were longer than data.max_length={d.max_length} and were cut ({d.truncation})")
+    if encoder.doubled_eos and recipe.model.freeze_backbone:
+        log(
+            f"warning: {encoder.doubled_eos} sequences end in two EOS tokens: the chat template closes the turn with EOS, "
+            f"and model.eos: {encoder.eos} sets the token after it to EOS again. A frozen backbone's feature there can "
+            "hold too little of the response for a head (docs/results.md, section 1); model.eos: template reads the template's own last token"
+        )
     return train, held
 
 
