@@ -17,7 +17,7 @@ import typer
 import typer.main
 
 from gpmctl import __version__
-from gpmctl.cli import data, demo, eval, export, plot, recipes, score, serve, train_gpo, train_rm
+from gpmctl.cli import data, demo, eval, export, plot, processes, recipes, score, serve, train_gpo, train_rm
 from gpmctl.cli.factory import StdoutClosed, new_app
 
 # --install-completion / --show-completion: Typer's shell completion (bash, zsh, fish, PowerShell)
@@ -73,7 +73,18 @@ def _usage_line(e: Exception) -> str:
 
 
 def main() -> None:
-    """Console entry point: usage and user errors become one line on stderr (exit 2); GPMCTL_DEBUG=1 shows
+    """Console entry point (`run`). A process of a multi-process scoring command leaves by `processes.leave` once
+    the command is done: its exit code, without the interpreter's teardown of the process group."""
+    try:
+        run()
+    except SystemExit as e:
+        if processes.leaving():
+            processes.leave(e.code)
+        raise
+
+
+def run() -> None:
+    """The command line: usage and user errors become one line on stderr (exit 2); GPMCTL_DEBUG=1 shows
     tracebacks; SIGTERM and Ctrl-C unwind the command (temporary files are removed) and exit 143 / 130."""
     from gpmctl.errors import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_USAGE, GpmctlError
 

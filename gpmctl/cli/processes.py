@@ -84,7 +84,32 @@ def scoring(
     from gpmctl.models.embed import load_scorer
 
     engine = start(ctx, num_processes, device)
+    global _leave_at_exit
+    _leave_at_exit = engine.world > 1
     # under a launcher, "cuda" is this process's GPU (accelerate set it) and the settings saved read as one process's
     here = engine.device.type if engine.world > 1 else str(engine.device)
     with worker(errors_agreed=True):
         yield engine, load_scorer(model, batch_size, max_length, dtype, here, share_prompt, deterministic)
+
+
+_leave_at_exit = False
+
+
+def leaving() -> bool:
+    """True in a process of a multi-process scoring command (set by `scoring`): `gpmctl.cli.main` ends it by `leave`."""
+    return _leave_at_exit
+
+
+def leave(code) -> None:
+    """End a scoring worker whose command has finished (written, closed and printed everything) without the
+    interpreter's teardown: tearing down gloo's threads at exit can abort a finished process ("terminate called
+    without an active exception", SIGABRT), which fails a run whose output is complete."""
+    import os
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
