@@ -22,6 +22,19 @@ def assistant(text) -> list[dict]:
     return [{"role": "assistant", "content": text}] if isinstance(text, str) else [dict(m) for m in text]
 
 
+def groups_by_size(
+    scorer, prompts: list[str], responses: list[list[str]], name: str
+) -> Iterator[tuple[list[int], object, object]]:
+    """Rows whose response lists differ in length, embedded as one group per row, the rows of one size in one
+    `scorer.embed` -> (the rows' indices, value, K x K score matrix) per size; `scorer.last_cut` is that call's."""
+    sizes: dict[int, list[int]] = {}
+    for i, texts in enumerate(responses):
+        sizes.setdefault(len(texts), []).append(i)
+    for idx in sizes.values():
+        value, gate = scorer.embed([user(prompts[i]) for i in idx], [[assistant(t) for t in responses[i]] for i in idx], name)
+        yield idx, value, scorer.score_matrix(value, gate)
+
+
 def example_rows(path: str) -> Iterator[tuple[int, dict]]:
     """(line number, row) of a per-example file written by --examples (jsonl; also .json / .parquet copies).
     A missing, unreadable, non-UTF-8 or empty file, or a line that is not a JSON object, is one DataError;

@@ -123,20 +123,16 @@ def aggregate(examples: list[dict]) -> dict:
 def score_examples(scorer, rows: list[dict], first: int = 0) -> list[dict]:
     """Each completion embedded once; rows grouped by their number of completions (one K per batch of work).
     `first`: the index in the data of rows[0] (for the row numbers of errors)."""
-    from gpmctl.eval.examples import assistant, user
+    from gpmctl.eval.examples import groups_by_size
 
     out: list[dict | None] = [None] * len(rows)
-    groups: dict[int, list[int]] = {}
     for i, r in enumerate(rows):
         if not (isinstance(r.get("chosen"), list) and isinstance(r.get("rejected"), list) and r["chosen"] and r["rejected"]):
             raise DataError(
                 "rewardbench2", f"row {first + i + 1}: chosen and rejected must be non-empty lists", line=first + i + 1
             )
-        groups.setdefault(len(r["chosen"]) + len(r["rejected"]), []).append(i)
-    for K, idx in groups.items():
-        completions = [[assistant(t) for t in rows[i]["chosen"] + rows[i]["rejected"]] for i in idx]
-        value, gate = scorer.embed([user(rows[i]["prompt"]) for i in idx], completions, "rewardbench2")
-        S = scorer.score_matrix(value, gate)
+    responses = [r["chosen"] + r["rejected"] for r in rows]
+    for idx, value, S in groups_by_size(scorer, [r["prompt"] for r in rows], responses, "rewardbench2"):
         for a, i in enumerate(idx):
             r = rows[i]
             record = {"id": r["id"], "subset": r["subset"], "num_correct": len(r["chosen"]), "scores": S[a].tolist()}

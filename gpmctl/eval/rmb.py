@@ -114,16 +114,10 @@ def row_correct(scores: list[float]) -> int:
 def score_examples(scorer, rows: list[dict]) -> list[dict]:
     """Embed each row's responses once, as one group (rows grouped by their number of responses) -> {"set", "goal",
     "scenario", "file", "uid", "scores": [s(first > other j)], "correct"} (BT models add `rewards`)."""
-    from gpmctl.eval.examples import assistant, user
+    from gpmctl.eval.examples import groups_by_size
 
     out: list[dict | None] = [None] * len(rows)
-    groups: dict[int, list[int]] = {}
-    for i, r in enumerate(rows):
-        groups.setdefault(len(r["responses"]), []).append(i)
-    for idx in groups.values():
-        completions = [[assistant(t) for t in rows[i]["responses"]] for i in idx]
-        value, gate = scorer.embed([user(rows[i]["prompt"]) for i in idx], completions, "rmb")
-        S = scorer.score_matrix(value, gate)
+    for idx, value, S in groups_by_size(scorer, [r["prompt"] for r in rows], [r["responses"] for r in rows], "rmb"):
         for a, i in enumerate(idx):
             scores = S[a, 0, 1:].tolist()
             record = {k: rows[i][k] for k in ("set", "goal", "scenario", "file", "uid")}
